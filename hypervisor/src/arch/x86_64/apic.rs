@@ -1,0 +1,71 @@
+//! The host's local APIC (xAPIC, MMIO): the scheduler tick under SVM, where
+//! there is no VMX preemption timer. The legacy PIC is masked for good.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+use x86::io::outb;
+
+const APIC_BASE_MSR: u32 = 0x1B;
+const REG_EOI: u64 = 0xB0;
+const REG_SVR: u64 = 0xF0;
+const REG_LVT_TIMER: u64 = 0x320;
+const REG_TIMER_INIT: u64 = 0x380;
+const REG_TIMER_CURRENT: u64 = 0x390;
+const REG_TIMER_DIVIDE: u64 = 0x3E0;
+
+static BASE: AtomicU64 = AtomicU64::new(0);
+
+fn write(reg: u64, value: u32) {
+    let base = BASE.load(Ordering::Relaxed);
+    if base == 0 {
+        return;
+    }
+    // SAFETY: the APIC page is identity mapped (first 4 GiB) and `reg` is a
+    // valid register offset within it.
+    unsafe { core::ptr::write_volatile((base + reg) as *mut u32, value) }
+}
+
+fn read(reg: u64) -> u32 {
+    let base = BASE.load(Ordering::Relaxed);
+    if base == 0 {
+        return 0;
+    }
+    // SAFETY: as in `write`.
+    unsafe { core::ptr::read_volatile((base + reg) as *const u32) }
+}
+
+/// Enables the local APIC and masks the 8259 PICs.
+pub fn init() {
+    // SAFETY: masking both legacy PICs; reading the APIC base MSR.
+    let base = unsafe {
+        outb(0x21, 0xFF);
+        outb(0xA1, 0xFF);
+        x86::msr::rdmsr(APIC_BASE_MSR)
+    };
+    BASE.store(base & 0xF_FFFF_F000, Ordering::Relaxed);
+    write(REG_SVR, 0x100 | u32::from(super::idt::SPURIOUS_VECTOR));
+    write(REG_TIMER_DIVIDE, 0x3); // divide by 16
+    write(REG_LVT_TIMER, 1 << 16); // masked
+}
+
+/// Starts a masked one-shot count from the maximum, for calibration.
+pub fn start_calibration() {
+    write(REG_TIMER_DIVIDE, 0x3);
+    write(REG_LVT_TIMER, 1 << 16);
+    write(REG_TIMER_INIT, u32::MAX);
+}
+
+/// Timer ticks elapsed since `start_calibration`.
+pub fn calibration_elapsed() -> u32 {
+    u32::MAX - read(REG_TIMER_CURRENT)
+}
+
+/// Starts the periodic scheduler tick every `ticks` timer counts.
+pub fn start_periodic(ticks: u32) {
+    write(REG_LVT_TIMER, u32::from(super::idt::TIMER_VECTOR) | (1 << 17));
+    write(REG_TIMER_INIT, ticks.max(1));
+}
+
+/// Acknowledges the interrupt being handled.
+pub fn eoi() {
+    write(REG_EOI, 0);
+}

@@ -1,0 +1,96 @@
+//! The hypervisor's own GDT and TSS. VMX needs a non-null host TR, and the
+//! double-fault handler gets its own stack (IST1) so a stack overflow is
+//! still reported.
+
+use core::mem::size_of;
+use core::ptr::addr_of;
+
+/// Kernel code selector (host CS on VM exit).
+pub const KERNEL_CS: u16 = 0x08;
+/// Kernel data selector.
+pub const KERNEL_DS: u16 = 0x10;
+/// Task state segment selector (host TR on VM exit).
+pub const TSS_SEL: u16 = 0x18;
+
+#[repr(C, packed)]
+struct Tss {
+    reserved0: u32,
+    rsp: [u64; 3],
+    reserved1: u64,
+    ist: [u64; 7],
+    reserved2: u64,
+    reserved3: u16,
+    iomap_base: u16,
+}
+
+#[repr(C, align(16))]
+struct IstStack([u8; 16384]);
+
+static mut DOUBLE_FAULT_STACK: IstStack = IstStack([0; 16384]);
+
+static mut TSS: Tss = Tss {
+    reserved0: 0,
+    rsp: [0; 3],
+    reserved1: 0,
+    ist: [0; 7],
+    reserved2: 0,
+    reserved3: 0,
+    iomap_base: size_of::<Tss>() as u16,
+};
+
+static mut GDT: [u64; 5] = [0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, 0, 0];
+
+#[repr(C, packed)]
+struct DescriptorPointer {
+    limit: u16,
+    base: u64,
+}
+
+/// Base address of the TSS, for the VMCS host-state area.
+pub fn tss_base() -> u64 {
+    addr_of!(TSS) as u64
+}
+
+/// Base address of the GDT, for the VMCS host-state area.
+pub fn gdt_base() -> u64 {
+    addr_of!(GDT) as u64
+}
+
+/// Loads the GDT and TSS; called once per CPU at boot.
+pub fn init() {
+    let tss_addr = tss_base();
+    let limit = (size_of::<Tss>() - 1) as u64;
+    let low = (limit & 0xFFFF)
+        | ((tss_addr & 0xFF_FFFF) << 16)
+        | (0x89 << 40)
+        | (((limit >> 16) & 0xF) << 48)
+        | (((tss_addr >> 24) & 0xFF) << 56);
+    let high = tss_addr >> 32;
+    // SAFETY: single-threaded boot; these statics are written once here
+    // before any interrupt or VM exit can use them.
+    unsafe {
+        let stack_top = addr_of!(DOUBLE_FAULT_STACK) as u64 + size_of::<IstStack>() as u64;
+        (*core::ptr::addr_of_mut!(TSS)).ist[0] = stack_top;
+        let gdt = &mut *core::ptr::addr_of_mut!(GDT);
+        gdt[3] = low;
+        gdt[4] = high;
+        let ptr = DescriptorPointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: gdt_base() };
+        core::arch::asm!(
+            "lgdt [{ptr}]",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov ds, {ds:x}",
+            "mov es, {ds:x}",
+            "mov ss, {ds:x}",
+            "ltr {tr:x}",
+            ptr = in(reg) &ptr,
+            cs = in(reg) KERNEL_CS as u64,
+            tmp = out(reg) _,
+            ds = in(reg) KERNEL_DS as u64,
+            tr = in(reg) TSS_SEL as u64,
+        );
+    }
+}

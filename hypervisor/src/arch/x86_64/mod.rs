@@ -1,0 +1,12 @@
+//! x86-64 platform code: boot, descriptor tables, interrupts, timers,
+//! serial log, firmware tables and power.
+
+pub mod acpi;
+pub mod apic;
+pub mod boot;
+pub mod bootinfo;
+pub mod gdt;
+pub mod idt;
+pub mod power;
+pub mod serial;
+pub mod time;

@@ -1,0 +1,100 @@
+//! BMonitor: a type-1 micro-hypervisor for shared computers.
+//!
+//! Boot order: serial log, descriptor tables, boot info, memory, platform
+//! discovery (ACPI, CPUID), time, virtualization backend, then the VMs named
+//! by the node config in the boot bundle, time-sliced until all stop.
+#![no_std]
+#![no_main]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+extern crate alloc;
+
+mod arch;
+mod devices;
+mod mm;
+mod virt;
+mod vm;
+
+use alloc::vec::Vec;
+use arch::x86_64::{acpi, apic, bootinfo, gdt, idt, power, serial, time};
+use vmm_config::bundle::Bundle;
+
+/// Entered from the boot stub in long mode with the loader's magic and info.
+#[no_mangle]
+extern "C" fn kmain(magic: u32, info: u32) -> ! {
+    serial::init();
+    log!("BMonitor {} starting", env!("CARGO_PKG_VERSION"));
+    gdt::init();
+    idt::init();
+    match boot(magic, info) {
+        Ok(all_ok) => {
+            log!("BMonitor: all VMs stopped ({}); powering off", if all_ok { "all succeeded" } else { "some failed" });
+            power::off(all_ok)
+        }
+        Err(why) => {
+            log!("BMonitor: fatal: {}", why);
+            power::off(false)
+        }
+    }
+}
+
+fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
+    let bi = bootinfo::BootInfo::parse(magic, info)?;
+    let ram: u64 = bi.regions().iter().filter(|r| r.usable).map(|r| r.len).sum();
+    log!("boot: {} loader, {} MiB RAM in {} regions, {} module(s)", bi.loader, ram >> 20, bi.region_count, bi.module_count);
+    mm::frames::init(&bi);
+    mm::heap::init()?;
+    log!("memory: {} MiB free for VMs after the heap", (mm::frames::free_count() as u64 * mm::PAGE_SIZE) >> 20);
+    log_cpu();
+    match acpi::discover(bi.rsdp) {
+        Ok(p) => log!("acpi: {} CPU(s), {} I/O APIC(s), local APIC at {:#x}", p.cpus, p.io_apics, p.local_apic_address),
+        Err(why) => log!("acpi: {} (continuing with one CPU)", why),
+    }
+    apic::init();
+    time::calibrate();
+    log!("time: TSC {} MHz", time::tsc_per_ms() / 1000);
+    let backend = virt::enable_backend()?;
+    log!("backend: {}", backend.name());
+    log!("devices: no physical NIC or disk driver in this build; VMs run without uplink or disks");
+
+    let module = bi.modules().first().ok_or("no boot module: expected the node bundle")?;
+    let bytes = bootinfo::module_bytes(module).ok_or("boot module outside memory")?;
+    let bundle = Bundle::parse(bytes).map_err(|e| {
+        log!("bundle: {}", e);
+        "boot module is not a valid node bundle"
+    })?;
+    let config = bundle.node_config().map_err(|e| {
+        log!("config: {}", e);
+        "node config rejected"
+    })?;
+    log!("config: {} VM(s)", config.vms.len());
+
+    let mut vms: Vec<vm::Vm> = Vec::new();
+    for (i, cfg) in config.vms.iter().enumerate() {
+        vms.push(vm::build::build_vm(i as u16, cfg, &bundle, backend));
+    }
+    if backend == virt::Backend::Svm {
+        let ticks = time::apic_ticks_per_ms() * vm::scheduler::SLICE_MS;
+        apic::start_periodic(ticks.min(u64::from(u32::MAX)) as u32);
+    }
+    log!("scheduler: running {} VM(s), {} ms slices", vms.iter().filter(|v| v.is_running()).count(), vm::scheduler::SLICE_MS);
+    vm::scheduler::run_all(&mut vms);
+    Ok(vms.iter().all(|v| v.stopped.as_ref().is_some_and(|r| r.exit_code() == 0)))
+}
+
+fn log_cpu() {
+    let cpuid = raw_cpuid::CpuId::new();
+    let vendor = cpuid.get_vendor_info();
+    let brand = cpuid.get_processor_brand_string();
+    log!(
+        "cpu: {} {}",
+        vendor.as_ref().map_or("unknown", |v| v.as_str()),
+        brand.as_ref().map_or("", |b| b.as_str().trim())
+    );
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    serial::write_fmt_unlocked(format_args!("\nHYPERVISOR PANIC: {}\n", info));
+    power::fail_stop()
+}

@@ -1,0 +1,20 @@
+//! The hypervisor heap, carved out of physical frames at boot.
+
+use linked_list_allocator::LockedHeap;
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+/// Heap size: enough for VM bookkeeping and parsed configs; guest RAM and
+/// page tables come from frames, not the heap.
+pub const HEAP_BYTES: usize = 16 << 20;
+
+/// Gives the allocator its memory; must run before any allocation.
+pub fn init() -> Result<(), &'static str> {
+    let pages = HEAP_BYTES / super::PAGE_SIZE as usize;
+    let base = super::frames::alloc_contiguous(pages).ok_or("no memory for the heap")?;
+    // SAFETY: the range was just allocated for the heap alone and is
+    // identity mapped.
+    unsafe { HEAP.lock().init(base as *mut u8, HEAP_BYTES) };
+    Ok(())
+}

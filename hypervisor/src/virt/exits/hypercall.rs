@@ -1,0 +1,66 @@
+//! Hypercall ABI v1 (docs/hypercalls.md). Decoding and range checks are in
+//! `vmm_config::hypercall`; buffers are then translated through the VM's
+//! nested page table, so a bad pointer is an error status, never a host
+//! access.
+
+use super::ExitContext;
+use crate::vm::{Flow, StopReason};
+use vmm_config::hypercall::{decode, status, Hypercall, HypercallRegs, ABI_VERSION, CONSOLE_WRITE_MAX};
+
+pub fn handle(ctx: &mut ExitContext<'_>) -> Flow {
+    let r = *ctx.vcpu.regs();
+    let regs = HypercallRegs { rax: r.rax, rdi: r.rdi, rsi: r.rsi, rdx: r.rdx };
+    let call = match decode(regs, ctx.vcpu.long_mode()) {
+        Ok(call) => call,
+        Err(e) => return finish(ctx, e.status()),
+    };
+    match call {
+        Hypercall::AbiVersion => {
+            ctx.vcpu.regs().rdi = ABI_VERSION;
+            finish(ctx, status::OK)
+        }
+        Hypercall::VmInfo { buf, len } => {
+            let name = ctx.name.as_bytes();
+            let n = name.len().min(len as usize);
+            let part = name.get(..n).unwrap_or(&[]);
+            if ctx.mem.write(buf, part).is_err() {
+                return finish(ctx, status::BAD_ADDRESS);
+            }
+            let size = ctx.mem.size();
+            let (id, full) = (u64::from(ctx.id), name.len() as u64);
+            let regs = ctx.vcpu.regs();
+            regs.rdi = id;
+            regs.rsi = size;
+            regs.rdx = full;
+            finish(ctx, status::OK)
+        }
+        Hypercall::ConsoleWrite { buf, len } => {
+            let mut bytes = [0u8; CONSOLE_WRITE_MAX as usize];
+            let Some(dst) = bytes.get_mut(..len as usize) else { return finish(ctx, status::TOO_LARGE) };
+            if ctx.mem.read(buf, dst).is_err() {
+                return finish(ctx, status::BAD_ADDRESS);
+            }
+            ctx.ports.uart.write_bytes(dst, ctx.name);
+            finish(ctx, status::OK)
+        }
+        Hypercall::Yield => {
+            finish(ctx, status::OK);
+            Flow::Yield
+        }
+        Hypercall::Exit { code } => Flow::Stop(StopReason::Exited(code)),
+        Hypercall::DebugCorruptState => {
+            if !ctx.debug_hypercalls {
+                return finish(ctx, status::DENIED);
+            }
+            finish(ctx, status::OK);
+            ctx.vcpu.corrupt_state();
+            Flow::Continue
+        }
+    }
+}
+
+fn finish(ctx: &mut ExitContext<'_>, code: u64) -> Flow {
+    ctx.vcpu.regs().rax = code;
+    ctx.vcpu.skip_instruction();
+    Flow::Continue
+}

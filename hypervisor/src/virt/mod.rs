@@ -1,0 +1,200 @@
+//! The vCPU interface. Each backend (VMX, SVM) handles what is its own
+//! (VMCS/VMCB fields, event injection, control-register shadowing) and turns
+//! every other exit into one arch-neutral [`Exit`] that `exits/` handles.
+
+pub mod exits;
+pub mod svm;
+pub mod vmx;
+
+use alloc::boxed::Box;
+
+/// General-purpose registers the entry/exit stubs save, in x86 encoding
+/// order (so `get(n)` is register number `n`); `rsp` lives in the VMCS/VMCB.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestRegs {
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rbx: u64,
+    pub rsp_slot: u64,
+    pub rbp: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+impl GuestRegs {
+    /// Register by x86 encoding (0 = RAX ... 15 = R15); RSP reads as 0.
+    pub fn get(&self, n: u8) -> u64 {
+        match n {
+            0 => self.rax,
+            1 => self.rcx,
+            2 => self.rdx,
+            3 => self.rbx,
+            5 => self.rbp,
+            6 => self.rsi,
+            7 => self.rdi,
+            8 => self.r8,
+            9 => self.r9,
+            10 => self.r10,
+            11 => self.r11,
+            12 => self.r12,
+            13 => self.r13,
+            14 => self.r14,
+            15 => self.r15,
+            _ => 0,
+        }
+    }
+}
+
+/// Why the guest stopped running, in arch-neutral terms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// IN/OUT to `port`; `string` for INS/OUTS.
+    Io { port: u16, size: u8, write: bool, string: bool },
+    /// RDMSR (`write` false) or WRMSR; number in ECX, value in EDX:EAX.
+    Msr { write: bool },
+    /// CPUID; leaf in EAX, subleaf in ECX.
+    Cpuid,
+    /// VMCALL / VMMCALL.
+    Hypercall,
+    /// HLT.
+    Halt,
+    /// Access to a guest-physical address with no mapping.
+    NestedFault { gpa: u64, write: bool, fetch: bool },
+    /// The time slice ended (preemption timer or host tick).
+    Preempted,
+    /// The backend handled the exit itself (e.g. a shadowed CR write).
+    Handled,
+    /// The guest triple-faulted (shutdown).
+    TripleFault,
+    /// The CPU refused to enter the guest; `detail` is backend-specific.
+    EntryFailed { detail: u64 },
+    /// The guest used an instruction BMonitor does not offer (VMX/SVM
+    /// instructions, MONITOR/MWAIT, XSETBV): it gets #UD.
+    InvalidOpcode { what: &'static str },
+    /// An exit no handler knows; the VM is stopped.
+    Unhandled { code: u64 },
+}
+
+/// One virtual CPU, whichever the backend.
+pub trait Vcpu {
+    /// Enters the guest for at most `slice_tsc` TSC ticks of guest time.
+    fn run(&mut self, slice_tsc: u64) -> Exit;
+    /// The saved general-purpose registers.
+    fn regs(&mut self) -> &mut GuestRegs;
+    /// Moves RIP past the instruction that exited.
+    fn skip_instruction(&mut self);
+    /// Queues a hardware exception for the next entry.
+    fn inject_exception(&mut self, vector: u8, error: Option<u32>);
+    /// Whether the guest is executing 64-bit code (decides register width).
+    fn long_mode(&self) -> bool;
+    /// Guest RFLAGS.IF.
+    fn interrupts_enabled(&self) -> bool;
+    /// Guest CR0.PG.
+    fn paging_enabled(&self) -> bool;
+    /// Guest-visible EFER.
+    fn efer(&self) -> u64;
+    /// Sets EFER (already validated by the caller against what we offer).
+    fn set_efer(&mut self, value: u64);
+    /// Guest PAT.
+    fn pat(&self) -> u64;
+    /// Sets guest PAT (validated by the caller).
+    fn set_pat(&mut self, value: u64);
+    /// Makes this vCPU the one the CPU runs (load VMCS, syscall MSRs).
+    fn switch_in(&mut self);
+    /// Saves state the CPU shares between guests before another runs.
+    fn switch_out(&mut self);
+    /// Test-only: makes the next entry fail (see DEBUG_CORRUPT_STATE).
+    fn corrupt_state(&mut self);
+}
+
+/// Which virtualization extension runs guests on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Vmx,
+    Svm,
+}
+
+impl Backend {
+    /// Name used in the log (`backend: vmx`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Vmx => "vmx",
+            Backend::Svm => "svm",
+        }
+    }
+
+    /// Nested page table format this backend needs.
+    pub fn table_format(self) -> nested_paging::Format {
+        match self {
+            Backend::Vmx => nested_paging::Format::Ept,
+            Backend::Svm => nested_paging::Format::Npt,
+        }
+    }
+}
+
+/// FXSAVE area: x87/SSE state is switched per VM (the hypervisor itself is
+/// soft-float, so only guests use it).
+#[repr(C, align(16))]
+pub struct FxArea(pub [u8; 512]);
+
+impl FxArea {
+    /// Reset state: FCW 0x37F, MXCSR 0x1F80.
+    pub fn new_default() -> Box<FxArea> {
+        let mut fx = Box::new(FxArea([0; 512]));
+        if let Some(b) = fx.0.get_mut(0..2) {
+            b.copy_from_slice(&0x37Fu16.to_le_bytes());
+        }
+        if let Some(b) = fx.0.get_mut(24..28) {
+            b.copy_from_slice(&0x1F80u32.to_le_bytes());
+        }
+        fx
+    }
+}
+
+/// Entry state every guest starts with: flat 32-bit protected mode, paging
+/// off, as the PVH and multiboot1 specifications require.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryState {
+    pub rip: u64,
+    pub rax: u64,
+    pub rbx: u64,
+}
+
+/// Detects VMX or SVM from CPUID and enables it on this CPU.
+pub fn enable_backend() -> Result<Backend, &'static str> {
+    let cpuid = raw_cpuid::CpuId::new();
+    let has_vmx = cpuid.get_feature_info().is_some_and(|f| f.has_vmx());
+    let has_svm = cpuid.get_extended_processor_and_feature_identifiers().is_some_and(|f| f.has_svm());
+    if has_vmx {
+        vmx::enable()?;
+        Ok(Backend::Vmx)
+    } else if has_svm {
+        svm::enable()?;
+        Ok(Backend::Svm)
+    } else {
+        Err("CPU offers neither VT-x (VMX) nor AMD-V (SVM)")
+    }
+}
+
+/// Creates a vCPU for a VM on the enabled backend.
+pub fn create_vcpu(
+    backend: Backend,
+    id: u16,
+    root_pointer: u64,
+    entry: EntryState,
+) -> Result<Box<dyn Vcpu>, &'static str> {
+    match backend {
+        Backend::Vmx => Ok(Box::new(vmx::VmxVcpu::new(id, root_pointer, entry)?)),
+        Backend::Svm => Ok(Box::new(svm::SvmVcpu::new(id, root_pointer, entry)?)),
+    }
+}

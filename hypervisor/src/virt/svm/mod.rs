@@ -1,0 +1,228 @@
+//! AMD-V backend: one VMCB per vCPU, nested paging, an ASID per VM,
+//! intercepts for I/O, MSRs, CPUID, HLT, shutdown and the SVM instructions.
+//! Time slices come from the host APIC timer (SVM has no preemption timer).
+
+mod entry;
+mod vmcb;
+
+use super::{EntryState, Exit, GuestRegs, Vcpu};
+use crate::mm::frames;
+use vmcb::Vmcb;
+
+const EFER_MSR: u32 = 0xC000_0080;
+const VM_CR_MSR: u32 = 0xC001_0114;
+const HSAVE_PA_MSR: u32 = 0xC001_0117;
+const EFER_SVME: u64 = 1 << 12;
+const EFER_LMA: u64 = 1 << 10;
+const EFER_LME: u64 = 1 << 8;
+
+struct SvmState {
+    host_save: u64,
+    iopm: u64,
+    msrpm: u64,
+    nrips: bool,
+}
+
+static STATE: spin::Once<SvmState> = spin::Once::new();
+
+/// MSRs the guest owns directly: VMLOAD/VMSAVE switch them per VM.
+const PASSTHROUGH_MSRS: [u32; 10] = [
+    0x174, 0x175, 0x176, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, 0xC000_0100, 0xC000_0101,
+    0xC000_0102,
+];
+
+/// Turns on SVM (EFER.SVME) and allocates the shared intercept maps.
+pub fn enable() -> Result<(), &'static str> {
+    let cpuid = raw_cpuid::CpuId::new();
+    let svm = cpuid.get_svm_info().ok_or("CPUID has no SVM leaf")?;
+    if !svm.has_nested_paging() {
+        return Err("AMD-V without nested paging (NPT) is not supported");
+    }
+    if svm.supported_asids() < 2 {
+        return Err("AMD-V offers no ASIDs for guests");
+    }
+    // SAFETY: CPUID reports SVM; VM_CR, EFER and VM_HSAVE_PA exist. The frames
+    // allocated here live as long as the node.
+    unsafe {
+        if x86::msr::rdmsr(VM_CR_MSR) & (1 << 4) != 0 {
+            return Err("SVM disabled by firmware (VM_CR.SVMDIS)");
+        }
+        x86::msr::wrmsr(EFER_MSR, x86::msr::rdmsr(EFER_MSR) | EFER_SVME);
+        let hsave = frames::alloc().ok_or("no memory for host save area")?;
+        x86::msr::wrmsr(HSAVE_PA_MSR, hsave);
+        let host_save = frames::alloc().ok_or("no memory for host VMSAVE area")?;
+        let iopm = frames::alloc_contiguous(3).ok_or("no memory for I/O permission map")?;
+        core::ptr::write_bytes(iopm as *mut u8, 0xFF, 3 * 4096);
+        let msrpm = frames::alloc_contiguous(2).ok_or("no memory for MSR permission map")?;
+        core::ptr::write_bytes(msrpm as *mut u8, 0xFF, 2 * 4096);
+        let map = core::slice::from_raw_parts_mut(msrpm as *mut u8, 2 * 4096);
+        for m in PASSTHROUGH_MSRS {
+            let (base, index) = match m {
+                0..=0x1FFF => (0usize, m as usize),
+                0xC000_0000..=0xC000_1FFF => (0x800, (m - 0xC000_0000) as usize),
+                _ => continue,
+            };
+            // Two bits per MSR: read then write.
+            let bit = index * 2;
+            if let Some(byte) = map.get_mut(base + bit / 8) {
+                *byte &= !(3 << (bit % 8));
+            }
+        }
+        STATE.call_once(|| SvmState { host_save, iopm, msrpm, nrips: svm.has_nrip() });
+    }
+    Ok(())
+}
+
+/// One AMD-V vCPU.
+pub struct SvmVcpu {
+    vmcb: Vmcb,
+    regs: GuestRegs,
+    /// Length of the exiting instruction when the CPU gives no next-RIP.
+    insn_len: u64,
+    fxsave: alloc::boxed::Box<super::FxArea>,
+}
+
+impl SvmVcpu {
+    /// Builds a VMCB for a guest entering at `entry` in flat 32-bit mode.
+    pub fn new(id: u16, ncr3: u64, entry: EntryState) -> Result<SvmVcpu, &'static str> {
+        let st = STATE.get().ok_or("SVM not enabled")?;
+        let vmcb = Vmcb::new().ok_or("no memory for VMCB")?;
+        vmcb.init_guest(u32::from(id) + 1, ncr3, st.iopm, st.msrpm, entry.rip, entry.rax);
+        Ok(SvmVcpu {
+            vmcb,
+            regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, ..GuestRegs::default() },
+            insn_len: 0,
+            fxsave: super::FxArea::new_default(),
+        })
+    }
+
+    fn decode_exit(&mut self) -> Exit {
+        let code = self.vmcb.exit_code();
+        let info1 = self.vmcb.exit_info1();
+        let info2 = self.vmcb.exit_info2();
+        self.insn_len = 0;
+        match code {
+            0x60 => Exit::Preempted,
+            0x61 => Exit::Preempted,
+            0x72 => {
+                self.insn_len = 2;
+                Exit::Cpuid
+            }
+            0x76 => {
+                self.insn_len = 2;
+                self.skip_instruction();
+                Exit::Handled
+            }
+            0x78 => {
+                self.insn_len = 1;
+                Exit::Halt
+            }
+            0x7B => {
+                self.insn_len = info2.wrapping_sub(self.vmcb.rip());
+                let size = match (info1 >> 4) & 7 {
+                    1 => 1,
+                    2 => 2,
+                    _ => 4,
+                };
+                Exit::Io { port: (info1 >> 16) as u16, size, write: info1 & 1 == 0, string: info1 & 4 != 0 }
+            }
+            0x7C => {
+                self.insn_len = 2;
+                Exit::Msr { write: info1 & 1 != 0 }
+            }
+            0x7D => Exit::Unhandled { code },
+            0x7F => Exit::TripleFault,
+            0x80 | 0x82..=0x86 => Exit::InvalidOpcode { what: "SVM instruction" },
+            0x81 => {
+                self.insn_len = 3;
+                Exit::Hypercall
+            }
+            0x8A => Exit::InvalidOpcode { what: "MONITOR" },
+            0x8B | 0x8C => Exit::InvalidOpcode { what: "MWAIT" },
+            0x8D => Exit::InvalidOpcode { what: "XSETBV" },
+            0x400 => Exit::NestedFault { gpa: info2, write: info1 & 2 != 0, fetch: info1 & 0x10 != 0 },
+            u64::MAX => Exit::EntryFailed { detail: u64::MAX },
+            other => Exit::Unhandled { code: other },
+        }
+    }
+}
+
+impl Vcpu for SvmVcpu {
+    fn run(&mut self, _slice_tsc: u64) -> Exit {
+        let Some(st) = STATE.get() else { return Exit::EntryFailed { detail: 0 } };
+        self.vmcb.set_rax(self.regs.rax);
+        entry::run(&mut self.regs, self.vmcb.pa(), st.host_save);
+        self.regs.rax = self.vmcb.rax();
+        self.vmcb.stop_tlb_flush();
+        self.vmcb.clear_event_injection_if_delivered();
+        let exit = self.decode_exit();
+        if exit == Exit::Preempted {
+            entry::take_pending_interrupt();
+        }
+        exit
+    }
+
+    fn regs(&mut self) -> &mut GuestRegs {
+        &mut self.regs
+    }
+
+    fn skip_instruction(&mut self) {
+        let nrip = self.vmcb.next_rip();
+        let rip = match STATE.get() {
+            Some(st) if st.nrips && nrip != 0 => nrip,
+            _ => self.vmcb.rip().wrapping_add(self.insn_len),
+        };
+        self.vmcb.set_rip(rip);
+        self.vmcb.clear_interrupt_shadow();
+    }
+
+    fn inject_exception(&mut self, vector: u8, error: Option<u32>) {
+        self.vmcb.inject_exception(vector, error);
+    }
+
+    fn long_mode(&self) -> bool {
+        self.vmcb.efer() & EFER_LMA != 0 && self.vmcb.cs_long()
+    }
+
+    fn interrupts_enabled(&self) -> bool {
+        self.vmcb.rflags() & (1 << 9) != 0
+    }
+
+    fn paging_enabled(&self) -> bool {
+        self.vmcb.cr0() & (1 << 31) != 0
+    }
+
+    fn efer(&self) -> u64 {
+        self.vmcb.efer() & !EFER_SVME
+    }
+
+    fn set_efer(&mut self, value: u64) {
+        // LMA follows LME and paging, as the CPU would set it.
+        let lma = value & EFER_LME != 0 && self.paging_enabled();
+        let value = if lma { value | EFER_LMA } else { value & !EFER_LMA };
+        self.vmcb.set_efer(value | EFER_SVME);
+    }
+
+    fn pat(&self) -> u64 {
+        self.vmcb.g_pat()
+    }
+
+    fn set_pat(&mut self, value: u64) {
+        self.vmcb.set_g_pat(value);
+    }
+
+    fn switch_in(&mut self) {
+        // SAFETY: restoring this VM's x87/SSE state from its own area.
+        unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.fxsave.0.as_ptr()) };
+    }
+
+    fn switch_out(&mut self) {
+        // SAFETY: saving x87/SSE state into this VM's own area.
+        unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.fxsave.0.as_mut_ptr()) };
+    }
+
+    fn corrupt_state(&mut self) {
+        // VMRUN refuses a guest EFER without SVME.
+        self.vmcb.set_efer(self.vmcb.efer() & !EFER_SVME);
+    }
+}

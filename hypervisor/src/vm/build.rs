@@ -1,0 +1,77 @@
+//! Builds a VM from its validated config and the images in the boot bundle:
+//! parse the kernel, lay out boot info, allocate and fill guest RAM, create
+//! the vCPU. A VM that cannot be built is stopped with the reason; the
+//! others still run.
+
+use super::{Running, StopReason, Vm};
+use crate::devices::ports::PortBus;
+use crate::mm::guest::GuestMemory;
+use crate::virt::{self, Backend, EntryState};
+use alloc::format;
+use alloc::string::{String, ToString};
+use guest_loader::{GuestWriteData, ModuleRef, Preference};
+use vmm_config::bundle::Bundle;
+use vmm_config::config::{BootProtocol, VmConfig};
+
+const MIB: u64 = 1 << 20;
+
+/// Creates VM number `id`; on failure it is returned already stopped.
+pub fn build_vm(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend) -> Vm {
+    let mut vm = Vm {
+        id,
+        name: cfg.name.clone(),
+        running: None,
+        ports: PortBus::default(),
+        counters: Default::default(),
+        cpu_tsc: 0,
+        cpu_limit_ms: cfg.cpu_time_limit_ms,
+        debug_hypercalls: cfg.debug_hypercalls,
+        stopped: None,
+    };
+    match load(id, cfg, bundle, backend) {
+        Ok(running) => vm.running = Some(running),
+        Err(why) => vm.stop(StopReason::LoadFailed(why)),
+    }
+    vm
+}
+
+fn load(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend) -> Result<Running, String> {
+    let image = bundle.get(&cfg.kernel).ok_or_else(|| format!("kernel {} missing from bundle", cfg.kernel))?;
+    let pref = match cfg.boot {
+        BootProtocol::Auto => Preference::Auto,
+        BootProtocol::Pvh => Preference::Pvh,
+        BootProtocol::Multiboot1 => Preference::Multiboot1,
+    };
+    let kernel = guest_loader::parse_kernel(image, pref).map_err(|e| format!("kernel {}: {e}", cfg.kernel))?;
+    let module = match &cfg.module {
+        Some(name) => {
+            let data = bundle.get(name).ok_or_else(|| format!("module {name} missing from bundle"))?;
+            Some(ModuleRef { name, data })
+        }
+        None => None,
+    };
+    let mem_bytes = u64::from(cfg.memory_mib) * MIB;
+    let plan = guest_loader::plan_boot(&kernel, mem_bytes, &cfg.kernel, &cfg.cmdline, module)
+        .map_err(|e| format!("boot layout: {e}"))?;
+    let mem = GuestMemory::new(mem_bytes, backend.table_format()).map_err(|e| e.to_string())?;
+    for w in &plan.writes {
+        let data: &[u8] = match &w.data {
+            GuestWriteData::Borrowed(b) => b,
+            GuestWriteData::Owned(v) => v,
+        };
+        // RAM starts zeroed, so `zero_len` (BSS) needs no writes.
+        mem.write(w.gpa, data).map_err(|_| format!("boot data at {:#x} outside RAM", w.gpa))?;
+    }
+    let entry = EntryState { rip: plan.entry, rax: u64::from(plan.eax), rbx: u64::from(plan.ebx) };
+    let vcpu = virt::create_vcpu(backend, id, mem.root_pointer(), entry).map_err(|e| e.to_string())?;
+    crate::log!(
+        "vm {} loaded: {:?} kernel {} ({} bytes), entry {:#x}, {} MiB RAM",
+        cfg.name,
+        kernel.protocol,
+        cfg.kernel,
+        image.len(),
+        plan.entry,
+        cfg.memory_mib
+    );
+    Ok(Running { mem, vcpu })
+}

@@ -1,0 +1,61 @@
+//! Per-VM exit counters: what the consoles and tests read to reason about
+//! cost ("counted, not guessed").
+
+use crate::virt::Exit;
+use core::fmt;
+
+/// VM exits by reason, plus hypercalls and CPU time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitCounters {
+    pub total: u64,
+    pub io: u64,
+    pub hypercall: u64,
+    pub msr: u64,
+    pub cpuid: u64,
+    pub halt: u64,
+    pub npf: u64,
+    pub preempt: u64,
+    pub control: u64,
+    pub invalid_opcode: u64,
+    pub other: u64,
+}
+
+impl ExitCounters {
+    /// Counts one exit.
+    pub fn count(&mut self, exit: &Exit) {
+        self.total += 1;
+        let slot = match exit {
+            Exit::Io { .. } => &mut self.io,
+            Exit::Hypercall => &mut self.hypercall,
+            Exit::Msr { .. } => &mut self.msr,
+            Exit::Cpuid => &mut self.cpuid,
+            Exit::Halt => &mut self.halt,
+            Exit::NestedFault { .. } => &mut self.npf,
+            Exit::Preempted => &mut self.preempt,
+            Exit::Handled => &mut self.control,
+            Exit::InvalidOpcode { .. } => &mut self.invalid_opcode,
+            Exit::TripleFault | Exit::EntryFailed { .. } | Exit::Unhandled { .. } => &mut self.other,
+        };
+        *slot += 1;
+    }
+}
+
+impl fmt::Display for ExitCounters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exits={} (io={} hypercall={} msr={} cpuid={} halt={} npf={} preempt={} ctl={} ud={} other={})",
+            self.total,
+            self.io,
+            self.hypercall,
+            self.msr,
+            self.cpuid,
+            self.halt,
+            self.npf,
+            self.preempt,
+            self.control,
+            self.invalid_opcode,
+            self.other
+        )
+    }
+}
