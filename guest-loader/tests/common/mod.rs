@@ -73,7 +73,7 @@ impl Elf {
         let mut data = vec![0u8; phoff + phentsize * self.phdrs.len()];
         let mut offsets = vec![];
         for ph in &self.phdrs {
-            while data.len() % 16 != 0 {
+            while !data.len().is_multiple_of(16) {
                 data.push(0);
             }
             offsets.push(data.len());
@@ -81,13 +81,13 @@ impl Elf {
         }
         let mut sec_offsets = vec![];
         for s in &self.note_sections {
-            while data.len() % 8 != 0 {
+            while !data.len().is_multiple_of(8) {
                 data.push(0);
             }
             sec_offsets.push(data.len());
             data.extend_from_slice(s);
         }
-        while data.len() % 8 != 0 {
+        while !data.len().is_multiple_of(8) {
             data.push(0);
         }
         let shnum = if self.note_sections.is_empty() { 0 } else { self.note_sections.len() + 1 };
@@ -199,11 +199,11 @@ pub fn note(name: &str, typ: u32, desc: &[u8]) -> Vec<u8> {
     put32(&mut v, typ);
     v.extend_from_slice(name.as_bytes());
     v.push(0);
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v.extend_from_slice(desc);
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
     v

@@ -141,7 +141,8 @@ impl SvmVcpu {
             0x8B | 0x8C => Exit::InvalidOpcode { what: "MWAIT" },
             0x8D => Exit::InvalidOpcode { what: "XSETBV" },
             0x400 => Exit::NestedFault { gpa: info2, write: info1 & 2 != 0, fetch: info1 & 0x10 != 0 },
-            u64::MAX => Exit::EntryFailed { detail: u64::MAX },
+            // VMEXIT_INVALID is -1; some implementations store it 32 bits wide.
+            u64::MAX | 0xFFFF_FFFF => Exit::EntryFailed { detail: code },
             other => Exit::Unhandled { code: other },
         }
     }

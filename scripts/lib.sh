@@ -1,0 +1,147 @@
+# Shared helpers for run.sh, test.sh and the end-to-end tests. Source it.
+# shellcheck shell=bash
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BM_ELF=$TARGET_DIR/x86_64-unknown-none/release/bmonitor
+BMIMAGE=$TARGET_DIR/release/bmimage
+OUT=${BM_OUT:-$ROOT/out}
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Debian packages each engine needs, by command.
+declare -A PKG_FOR=(
+    [qemu-system-x86_64]="qemu-system-x86"
+    [bochs]="bochs bochsbios vgabios bochs-term"
+    [grub-mkrescue]="grub-pc-bin grub-common xorriso mtools"
+)
+
+# ensure_cmds CMD... : installs missing Debian packages when root, else
+# names what is missing and fails.
+ensure_cmds() {
+    local missing=() pkgs=() c
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 && continue
+        missing+=("$c")
+        pkgs+=(${PKG_FOR[$c]:-$c})
+    done
+    # grub-mkrescue also needs the BIOS platform files and xorriso/mformat.
+    if [[ " $* " == *" grub-mkrescue "* ]]; then
+        [[ -d /usr/lib/grub/i386-pc ]] || pkgs+=(grub-pc-bin)
+        command -v xorriso >/dev/null 2>&1 || pkgs+=(xorriso)
+        command -v mformat >/dev/null 2>&1 || pkgs+=(mtools)
+    fi
+    if [[ " $* " == *" bochs "* ]]; then
+        [[ -f /usr/share/bochs/BIOS-bochs-latest ]] || pkgs+=(bochsbios)
+        [[ -f /usr/share/vgabios/vgabios.bin ]] || pkgs+=(vgabios)
+        dpkg -s bochs-term >/dev/null 2>&1 || pkgs+=(bochs-term)
+    fi
+    ((${#pkgs[@]} == 0)) && return 0
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        say "installing Debian packages: ${pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null || die "apt-get update failed"
+        apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || die "apt-get install ${pkgs[*]} failed"
+    else
+        die "missing ${missing[*]:-files}: install Debian packages: ${pkgs[*]} (run as root to install them automatically)"
+    fi
+}
+
+# build: the hypervisor image, the test guests and the image builder.
+build_all() {
+    say "building BMonitor, test guests and bmimage"
+    (cd "$ROOT" &&
+        cargo build --quiet --release --target x86_64-unknown-none -p hypervisor -p test-guests &&
+        cargo build --quiet --release -p bmimage) || die "build failed"
+}
+
+# make_bundle CONFIG OUTFILE
+make_bundle() {
+    "$BMIMAGE" bundle --config "$1" --out "$2" || die "bmimage rejected $1"
+}
+
+# make_iso BUNDLE OUTFILE
+make_iso() {
+    ensure_cmds grub-mkrescue
+    "$BMIMAGE" iso --hypervisor "$BM_ELF" --bundle "$1" --out "$2" >/dev/null 2>&1 ||
+        "$BMIMAGE" iso --hypervisor "$BM_ELF" --bundle "$1" --out "$2" || die "ISO build failed"
+}
+
+# Does the host offer nested VT-x or AMD-V to KVM guests?
+kvm_nested_available() {
+    [[ -r /dev/kvm && -w /dev/kvm ]] || return 1
+    local n
+    if grep -qw vmx /proc/cpuinfo; then
+        n=$(cat /sys/module/kvm_intel/parameters/nested 2>/dev/null)
+    elif grep -qw svm /proc/cpuinfo; then
+        n=$(cat /sys/module/kvm_amd/parameters/nested 2>/dev/null)
+    else
+        return 1
+    fi
+    [[ $n == Y || $n == 1 ]]
+}
+
+# boot_engine ENGINE BUNDLE SERIAL_LOG TIMEOUT_S [FOLLOW]
+# Boots BMonitor with the bundle; returns 124 on timeout. The serial log is
+# the verdict: emulators' exit codes say nothing reliable (Bochs exits 1 on
+# a clean ACPI power-off).
+boot_engine() {
+    local engine=$1 bundle=$2 log=$3 secs=$4 follow=${5:-}
+    local work
+    work=$(dirname "$log")
+    : >"$log"
+    local tailpid=
+    if [[ -n $follow ]]; then
+        tail -n +1 -f "$log" &
+        tailpid=$!
+    fi
+    local rc=0
+    case $engine in
+    qemu-tcg | qemu-kvm)
+        ensure_cmds qemu-system-x86_64
+        local accel=(-accel tcg -cpu qemu64,+svm,+npt)
+        [[ $engine == qemu-kvm ]] && accel=(-accel kvm -cpu host)
+        timeout "$secs" qemu-system-x86_64 "${accel[@]}" -m 512 -display none -no-reboot \
+            -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+            -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?
+        ;;
+    qemu-tcg-iso)
+        ensure_cmds qemu-system-x86_64
+        make_iso "$bundle" "$work/node.iso"
+        timeout "$secs" qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt -m 512 -display none -no-reboot \
+            -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+            -cdrom "$work/node.iso" -boot d </dev/null >"$work/qemu.out" 2>&1 || rc=$?
+        ;;
+    bochs)
+        ensure_cmds bochs
+        make_iso "$bundle" "$work/node.iso"
+        cat >"$work/bochsrc" <<BOCHSRC
+megs: 512
+cpu: model=corei7_haswell_4770, count=1, ips=50000000, reset_on_triple_fault=0
+romimage: file=/usr/share/bochs/BIOS-bochs-latest
+vgaromimage: file=/usr/share/vgabios/vgabios.bin
+ata0-master: type=cdrom, path=$work/node.iso, status=inserted
+boot: cdrom
+com1: enabled=1, mode=file, dev=$log
+display_library: term
+magic_break: enabled=0
+clock: sync=none
+log: $work/bochsout.txt
+panic: action=fatal
+error: action=report
+info: action=ignore
+BOCHSRC
+        echo c >"$work/bochs-cont.rc"
+        timeout "$secs" bochs -q -f "$work/bochsrc" -rc "$work/bochs-cont.rc" </dev/null >"$work/bochs.out" 2>&1 || rc=$?
+        ;;
+    *) die "unknown engine $engine (bochs, qemu-tcg, qemu-kvm)" ;;
+    esac
+    if [[ -n $tailpid ]]; then
+        sleep 0.3
+        kill "$tailpid" 2>/dev/null
+        wait "$tailpid" 2>/dev/null
+    fi
+    [[ $rc == 124 ]] && return 124
+    return 0
+}
