@@ -142,6 +142,8 @@ BOCHSRC
         kill "$tailpid" 2>/dev/null
         wait "$tailpid" 2>/dev/null
     fi
+    # The UART sends CRLF; tests and users read plain lines.
+    sed -i 's/\r$//' "$log"
     [[ $rc == 124 ]] && return 124
     return 0
 }

@@ -134,26 +134,20 @@ fn assign_entries(config: &mut NodeConfig, config_dir: &Path) -> Result<Vec<Plan
         for (field, value) in fields {
             let Some(value) = value else { continue };
             let path = resolve(config_dir, value);
-            let canonical = fs::canonicalize(&path).with_context(|| {
-                format!("vm[{i}] ({}).{field}: cannot open {}", vm.name, path.display())
-            })?;
+            let canonical = fs::canonicalize(&path)
+                .with_context(|| format!("vm[{i}] ({}).{field}: cannot open {}", vm.name, path.display()))?;
             if let Some(name) = by_path.get(&canonical) {
                 *value = name.clone();
                 continue;
             }
-            let file_name = canonical
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| field.to_string());
+            let file_name =
+                canonical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| field.to_string());
             let taken = |n: &str| n == CONFIG_ENTRY || entries.iter().any(|e| e.name == n);
-            let candidates =
-                [file_name.clone(), format!("vm{i}.{field}.{file_name}"), format!("vm{i}.{field}")];
+            let candidates = [file_name.clone(), format!("vm{i}.{field}.{file_name}"), format!("vm{i}.{field}")];
             let name = candidates
                 .into_iter()
                 .find(|n| !n.is_empty() && n.len() <= MAX_ENTRY_NAME_LEN && !taken(n))
-                .with_context(|| {
-                    format!("vm[{i}].{field}: cannot find a unique bundle entry name")
-                })?;
+                .with_context(|| format!("vm[{i}].{field}: cannot find a unique bundle entry name"))?;
             by_path.insert(canonical.clone(), name.clone());
             entries.push(PlannedEntry { name: name.clone(), path: canonical });
             *value = name;
@@ -164,8 +158,7 @@ fn assign_entries(config: &mut NodeConfig, config_dir: &Path) -> Result<Vec<Plan
 
 /// Builds the bundle bytes for the config at `config_path`.
 fn build_bundle(config_path: &Path) -> Result<Vec<u8>> {
-    let text = fs::read_to_string(config_path)
-        .with_context(|| format!("cannot read {}", config_path.display()))?;
+    let text = fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let mut config = parse_config(&text, config_path)?;
     let config_dir = config_path.parent().unwrap_or(Path::new("."));
     let config_dir = if config_dir.as_os_str().is_empty() { Path::new(".") } else { config_dir };
@@ -173,28 +166,21 @@ fn build_bundle(config_path: &Path) -> Result<Vec<u8>> {
     let planned = assign_entries(&mut config, config_dir)?;
     let mut data: HashMap<String, Vec<u8>> = HashMap::new();
     for e in &planned {
-        let bytes =
-            fs::read(&e.path).with_context(|| format!("cannot read {}", e.path.display()))?;
+        let bytes = fs::read(&e.path).with_context(|| format!("cannot read {}", e.path.display()))?;
         data.insert(e.name.clone(), bytes);
     }
     for (i, (vm, host)) in config.vms.iter().zip(&original.vms).enumerate() {
         let kernel = data.get(&vm.kernel).map(Vec::as_slice).unwrap_or_default();
         let image = parse_kernel(kernel, Preference::from(vm.boot)).with_context(|| {
-            format!(
-                "vm[{i}] ({}): kernel {} ({} boot) does not load",
-                vm.name, host.kernel, vm.boot
-            )
+            format!("vm[{i}] ({}): kernel {} ({} boot) does not load", vm.name, host.kernel, vm.boot)
         })?;
-        let module = vm.module.as_ref().map(|name| ModuleRef {
-            name: name.as_str(),
-            data: data.get(name).map(Vec::as_slice).unwrap_or_default(),
-        });
+        let module = vm
+            .module
+            .as_ref()
+            .map(|name| ModuleRef { name: name.as_str(), data: data.get(name).map(Vec::as_slice).unwrap_or_default() });
         let mem = u64::from(vm.memory_mib) << 20;
         plan_boot(&image, mem, &vm.kernel, &vm.cmdline, module).with_context(|| {
-            format!(
-                "vm[{i}] ({}): kernel {} does not fit its {} MiB",
-                vm.name, host.kernel, vm.memory_mib
-            )
+            format!("vm[{i}] ({}): kernel {} does not fit its {} MiB", vm.name, host.kernel, vm.memory_mib)
         })?;
     }
     config.validate().map_err(|e| ConfigFileError {
@@ -230,8 +216,7 @@ menuentry \"BMonitor\" {
 ";
 
 fn cmd_iso(hypervisor: &Path, bundle_path: &Path, out: &Path) -> Result<()> {
-    let bytes =
-        fs::read(bundle_path).with_context(|| format!("cannot read {}", bundle_path.display()))?;
+    let bytes = fs::read(bundle_path).with_context(|| format!("cannot read {}", bundle_path.display()))?;
     bundle::Bundle::parse(&bytes)
         .and_then(|b| b.node_config())
         .with_context(|| format!("{} is not a valid bundle", bundle_path.display()))?;
@@ -250,11 +235,7 @@ fn cmd_iso(hypervisor: &Path, bundle_path: &Path, out: &Path) -> Result<()> {
         Err(e) => return Err(e).context("cannot run grub-mkrescue"),
     };
     if !output.status.success() {
-        bail!(
-            "grub-mkrescue failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("grub-mkrescue failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
     }
     Ok(())
 }

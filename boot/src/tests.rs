@@ -67,9 +67,7 @@ fn pvh_kernel(tag: u8) -> Vec<u8> {
     for v in [64u16, 56, n as u16, 64, 0, 0] {
         h.extend_from_slice(&v.to_le_bytes());
     }
-    for (typ, off, addr, len) in
-        [(1u32, code_off, 0x10_0000u64, 16u64), (4, note_off, 0, note.len() as u64)]
-    {
+    for (typ, off, addr, len) in [(1u32, code_off, 0x10_0000u64, 16u64), (4, note_off, 0, note.len() as u64)] {
         h.extend_from_slice(&typ.to_le_bytes());
         h.extend_from_slice(&5u32.to_le_bytes());
         for v in [off, addr, addr, len, len, 4] {
@@ -180,8 +178,7 @@ fn unloadable_kernel_names_vm_and_file() {
     assert!(msg.contains("no PVH entry note and no multiboot1 header"), "{msg}");
 
     // Right file, wrong protocol.
-    let toml =
-        "[[vm]]\nname = \"mb\"\nmemory_mib = 16\nkernel = \"pvh.elf\"\nboot = \"multiboot1\"\n";
+    let toml = "[[vm]]\nname = \"mb\"\nmemory_mib = 16\nkernel = \"pvh.elf\"\nboot = \"multiboot1\"\n";
     fs::write(d.join("node.toml"), toml).unwrap();
     let msg = format!("{:#}", build_bundle(&d.join("node.toml")).unwrap_err());
     assert!(msg.contains("vm[0] (mb)") && msg.contains("multiboot1"), "{msg}");
@@ -197,13 +194,10 @@ fn unloadable_kernel_names_vm_and_file() {
 fn config_errors_are_exit_code_2_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    fs::write(d.join("node.toml"), "[[vm]]\nname = \"a b\"\nmemory_mib = 1\nkernel = \"k\"\n")
-        .unwrap();
+    fs::write(d.join("node.toml"), "[[vm]]\nname = \"a b\"\nmemory_mib = 1\nkernel = \"k\"\n").unwrap();
     let e = build_bundle(&d.join("node.toml")).unwrap_err();
     assert!(e.downcast_ref::<ConfigFileError>().is_some());
-    assert!(e
-        .to_string()
-        .ends_with("node.toml: vm[0].name: must be 1 to 32 characters of A-Z a-z 0-9 _ . -"));
+    assert!(e.to_string().ends_with("node.toml: vm[0].name: must be 1 to 32 characters of A-Z a-z 0-9 _ . -"));
 }
 
 #[test]

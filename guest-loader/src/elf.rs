@@ -102,10 +102,7 @@ impl<'a> Elf<'a> {
     /// Reads program header `i`.
     fn phdr(&self, i: usize) -> Result<Phdr, LoadError> {
         let past_end = LoadError::ProgramHeaderPastEnd(i);
-        let at = (i as u64)
-            .checked_mul(self.phentsize)
-            .and_then(|o| o.checked_add(self.phoff))
-            .ok_or(past_end)?;
+        let at = (i as u64).checked_mul(self.phentsize).and_then(|o| o.checked_add(self.phoff)).ok_or(past_end)?;
         let b = range(self.image, at, if self.is64 { 56 } else { 32 }).ok_or(past_end)?;
         let r32 = |o| u32_at(b, o).ok_or(past_end);
         let r64 = |o| u64_at(b, o).ok_or(past_end);
@@ -143,8 +140,7 @@ impl<'a> Elf<'a> {
             if ph.filesz > ph.memsz {
                 return Err(LoadError::SegmentFileszExceedsMemsz(i));
             }
-            let data =
-                range(self.image, ph.offset, ph.filesz).ok_or(LoadError::SegmentPastEnd(i))?;
+            let data = range(self.image, ph.offset, ph.filesz).ok_or(LoadError::SegmentPastEnd(i))?;
             ph.paddr.checked_add(ph.memsz).ok_or(LoadError::SegmentAddressOverflow(i))?;
             if ph.memsz > 0 {
                 out.push(Segment { gpa: ph.paddr, data, mem_len: ph.memsz });
@@ -163,10 +159,7 @@ impl<'a> Elf<'a> {
             let ph = self.phdr(i)?;
             let end = ph.vaddr.checked_add(ph.memsz);
             if ph.typ == PT_LOAD && ph.vaddr <= self.entry && end.is_some_and(|e| self.entry < e) {
-                return ph
-                    .paddr
-                    .checked_add(self.entry - ph.vaddr)
-                    .ok_or(LoadError::SegmentAddressOverflow(i));
+                return ph.paddr.checked_add(self.entry - ph.vaddr).ok_or(LoadError::SegmentAddressOverflow(i));
             }
         }
         Ok(self.entry)
@@ -179,8 +172,7 @@ impl<'a> Elf<'a> {
             if ph.typ != PT_NOTE {
                 continue;
             }
-            let notes =
-                range(self.image, ph.offset, ph.filesz).ok_or(LoadError::SegmentPastEnd(i))?;
+            let notes = range(self.image, ph.offset, ph.filesz).ok_or(LoadError::SegmentPastEnd(i))?;
             if let Some(entry) = find_pvh_note(notes, ph.align)? {
                 return Ok(Some(entry));
             }
@@ -191,20 +183,13 @@ impl<'a> Elf<'a> {
         let shsize = if self.is64 { 64 } else { 40 };
         for i in 0..self.shnum {
             let past_end = LoadError::SectionHeaderPastEnd(i);
-            let at = (i as u64)
-                .checked_mul(self.shentsize)
-                .and_then(|o| o.checked_add(self.shoff))
-                .ok_or(past_end)?;
+            let at = (i as u64).checked_mul(self.shentsize).and_then(|o| o.checked_add(self.shoff)).ok_or(past_end)?;
             let sh = range(self.image, at, shsize).ok_or(past_end)?;
             if u32_at(sh, 4).ok_or(past_end)? != SHT_NOTE {
                 continue;
             }
             let (offset, size, align) = if self.is64 {
-                (
-                    u64_at(sh, 24).ok_or(past_end)?,
-                    u64_at(sh, 32).ok_or(past_end)?,
-                    u64_at(sh, 48).ok_or(past_end)?,
-                )
+                (u64_at(sh, 24).ok_or(past_end)?, u64_at(sh, 32).ok_or(past_end)?, u64_at(sh, 48).ok_or(past_end)?)
             } else {
                 (
                     u32_at(sh, 16).ok_or(past_end)?.into(),

@@ -107,10 +107,9 @@ impl fmt::Display for LoadError {
                 write!(f, "multiboot1 header address fields extend past end of file")
             }
             MultibootBadAddresses(why) => write!(f, "multiboot1 header addresses: {why}"),
-            MultibootNotElf => write!(
-                f,
-                "multiboot1 header has no address fields (flag bit 16) and the image is not ELF"
-            ),
+            MultibootNotElf => {
+                write!(f, "multiboot1 header has no address fields (flag bit 16) and the image is not ELF")
+            }
             NotElf => write!(f, "not an ELF file (PVH needs an ELF kernel)"),
             ElfHeaderTruncated => write!(f, "ELF header extends past end of file"),
             UnsupportedElf(why) => write!(f, "unsupported ELF: {why}"),
@@ -156,10 +155,9 @@ impl fmt::Display for LoadError {
             ModuleDoesNotFit { start, size } => {
                 write!(f, "module of {size:#x} bytes at {start:#x} does not fit in guest RAM")
             }
-            BootInfoTooLarge(needed) => write!(
-                f,
-                "boot information needs {needed} bytes, more than the 32 KiB boot-info area"
-            ),
+            BootInfoTooLarge(needed) => {
+                write!(f, "boot information needs {needed} bytes, more than the 32 KiB boot-info area")
+            }
             StringContainsNul(what) => write!(f, "{what} contains a NUL byte"),
         }
     }

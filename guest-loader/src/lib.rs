@@ -11,10 +11,7 @@
 //! Everything here treats the image as untrusted bytes: every read is
 //! bounds-checked and every address computation is overflow-checked.
 #![no_std]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 extern crate alloc;
 
@@ -28,8 +25,8 @@ use alloc::vec::Vec;
 
 pub use error::LoadError;
 pub use plan::{
-    plan_boot, BootPlan, GuestWrite, GuestWriteData, ModuleRef, BOOT_INFO_END, BOOT_INFO_START,
-    HIGH_RAM_START, LOW_RAM_END, MULTIBOOT_BOOTLOADER_MAGIC, PVH_START_INFO_MAGIC,
+    plan_boot, BootPlan, GuestWrite, GuestWriteData, ModuleRef, BOOT_INFO_END, BOOT_INFO_START, HIGH_RAM_START,
+    LOW_RAM_END, MULTIBOOT_BOOTLOADER_MAGIC, PVH_START_INFO_MAGIC,
 };
 
 /// The protocol a parsed kernel will be booted with.

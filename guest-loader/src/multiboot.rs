@@ -30,8 +30,7 @@ pub(crate) fn find_header(image: &[u8]) -> Result<Option<Header>, LoadError> {
     let mut offset = 0usize;
     while offset + 12 <= SEARCH_LEN {
         let at = offset as u64;
-        let (Some(magic), Some(flags), Some(sum)) =
-            (u32_at(image, at), u32_at(image, at + 4), u32_at(image, at + 8))
+        let (Some(magic), Some(flags), Some(sum)) = (u32_at(image, at), u32_at(image, at + 4), u32_at(image, at + 8))
         else {
             break;
         };
@@ -65,35 +64,26 @@ pub(crate) fn load<'a>(image: &'a [u8], h: &Header) -> Result<KernelImage<'a>, L
         return Err(LoadError::MultibootNotElf);
     }
     let elf = Elf::parse(image)?;
-    Ok(KernelImage {
-        protocol: Protocol::Multiboot1,
-        entry: elf.physical_entry()?,
-        segments: elf.segments()?,
-    })
+    Ok(KernelImage { protocol: Protocol::Multiboot1, entry: elf.physical_entry()?, segments: elf.segments()? })
 }
 
 /// The "a.out kludge": one segment described by the header's address fields.
 fn load_addresses<'a>(image: &'a [u8], h: &Header) -> Result<KernelImage<'a>, LoadError> {
     let field = |i: u64| {
-        u32_at(image, h.offset as u64 + 12 + 4 * i)
-            .map(u64::from)
-            .ok_or(LoadError::MultibootAddressesTruncated)
+        u32_at(image, h.offset as u64 + 12 + 4 * i).map(u64::from).ok_or(LoadError::MultibootAddressesTruncated)
     };
     let (header_addr, load_addr, load_end_addr, bss_end_addr, entry_addr) =
         (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
     let bad = LoadError::MultibootBadAddresses;
-    let before_header =
-        header_addr.checked_sub(load_addr).ok_or(bad("header_addr is below load_addr"))?;
-    let file_offset = (h.offset as u64)
-        .checked_sub(before_header)
-        .ok_or(bad("load_addr lies before the start of the file"))?;
+    let before_header = header_addr.checked_sub(load_addr).ok_or(bad("header_addr is below load_addr"))?;
+    let file_offset =
+        (h.offset as u64).checked_sub(before_header).ok_or(bad("load_addr lies before the start of the file"))?;
     let load_len = if load_end_addr == 0 {
         (image.len() as u64).saturating_sub(file_offset)
     } else {
         load_end_addr.checked_sub(load_addr).ok_or(bad("load_end_addr is below load_addr"))?
     };
-    let data = range(image, file_offset, load_len)
-        .ok_or(bad("load_end_addr lies past the end of the file"))?;
+    let data = range(image, file_offset, load_len).ok_or(bad("load_end_addr lies past the end of the file"))?;
     let mem_len = if bss_end_addr == 0 {
         load_len
     } else {

@@ -149,11 +149,7 @@ pub fn plan_boot<'a>(
         Some(m) => {
             let gpa = place_module(kernel_end, m.data.len() as u64, mem_bytes, multiboot)?;
             if !m.data.is_empty() {
-                writes.push(GuestWrite {
-                    gpa,
-                    data: GuestWriteData::Borrowed(m.data),
-                    zero_len: 0,
-                });
+                writes.push(GuestWrite { gpa, data: GuestWriteData::Borrowed(m.data), zero_len: 0 });
             }
             Some((gpa, m))
         }
@@ -167,11 +163,7 @@ pub fn plan_boot<'a>(
     } else {
         (0, start_info(&mut area, mem_bytes, cmdline, placed)?)
     };
-    writes.push(GuestWrite {
-        gpa: BOOT_INFO_START,
-        data: GuestWriteData::Owned(area.buf),
-        zero_len: 0,
-    });
+    writes.push(GuestWrite { gpa: BOOT_INFO_START, data: GuestWriteData::Owned(area.buf), zero_len: 0 });
     Ok(BootPlan { writes, entry: kernel.entry, eax, ebx })
 }
 
@@ -186,11 +178,7 @@ fn check_segments(segs: &[Segment<'_>], mem_bytes: u64, multiboot: bool) -> Resu
         if seg.mem_len == 0 {
             continue;
         }
-        let outside = LoadError::SegmentOutsideRam {
-            index,
-            start: seg.gpa,
-            end: seg.gpa.saturating_add(seg.mem_len),
-        };
+        let outside = LoadError::SegmentOutsideRam { index, start: seg.gpa, end: seg.gpa.saturating_add(seg.mem_len) };
         let end = seg.gpa.checked_add(seg.mem_len).ok_or(outside)?;
         if end > mem_bytes {
             return Err(outside);
@@ -216,12 +204,7 @@ fn check_segments(segs: &[Segment<'_>], mem_bytes: u64, multiboot: bool) -> Resu
 
 /// Page-aligned address after the kernel (and the boot-info area), moved to
 /// 1 MiB if it would fall into the reserved hole below it.
-fn place_module(
-    kernel_end: u64,
-    size: u64,
-    mem_bytes: u64,
-    multiboot: bool,
-) -> Result<u64, LoadError> {
+fn place_module(kernel_end: u64, size: u64, mem_bytes: u64, multiboot: bool) -> Result<u64, LoadError> {
     let too_big = |start| LoadError::ModuleDoesNotFit { start, size };
     let mut start = align_up(kernel_end.max(BOOT_INFO_END), PAGE).ok_or(too_big(kernel_end))?;
     if start < HIGH_RAM_START && start.saturating_add(size) > LOW_RAM_END {
@@ -365,9 +348,7 @@ fn multiboot_info(
     };
     let mem_upper = u32::try_from((mem_bytes - HIGH_RAM_START) / 1024).unwrap_or(u32::MAX);
     let mut mi = Le::default();
-    mi.u32(
-        MB_INFO_MEMORY | MB_INFO_CMDLINE | MB_INFO_MODS | MB_INFO_MMAP | MB_INFO_BOOT_LOADER_NAME,
-    );
+    mi.u32(MB_INFO_MEMORY | MB_INFO_CMDLINE | MB_INFO_MODS | MB_INFO_MMAP | MB_INFO_BOOT_LOADER_NAME);
     mi.u32((LOW_RAM_END / 1024) as u32).u32(mem_upper);
     mi.u32(0); // boot_device
     mi.u32(cmdline_addr).u32(mods_count).u32(mods_addr);

@@ -16,10 +16,7 @@ fn pvh_elf64_kernel() {
         let k = parse_kernel(&img, pref).unwrap();
         assert_eq!(k.protocol, Protocol::Pvh);
         assert_eq!(k.entry, 0x10_0040);
-        assert_eq!(
-            k.segments,
-            vec![Segment { gpa: 0x10_0000, data: &[0x90; 300], mem_len: 300 + 0x1000 }]
-        );
+        assert_eq!(k.segments, vec![Segment { gpa: 0x10_0000, data: &[0x90; 300], mem_len: 300 + 0x1000 }]);
     }
     assert_eq!(parse_kernel(&img, Preference::Multiboot1), Err(LoadError::NoMultibootHeader));
 }
@@ -205,10 +202,7 @@ fn aout_kludge() {
     let k = parse_kernel(&img, Preference::Auto).unwrap();
     assert_eq!(k.protocol, Protocol::Multiboot1);
     assert_eq!(k.entry, 0x10_0040);
-    assert_eq!(
-        k.segments,
-        vec![Segment { gpa: 0x10_0000, data: &img[..], mem_len: img.len() as u64 }]
-    );
+    assert_eq!(k.segments, vec![Segment { gpa: 0x10_0000, data: &img[..], mem_len: img.len() as u64 }]);
 
     // Loading starts before the header: load_addr maps to file offset 0
     // even when the header is deeper; load_end 0 = to end of file; bss.
@@ -253,10 +247,7 @@ fn aout_bad_addresses() {
     a.load_addr = 0x10_0000;
     let mut img = a.build();
     set32(&mut img, a.pad + 16, 0x10_0000 + 100); // load_addr above header_addr
-    assert!(matches!(
-        parse_kernel(&img, Preference::Multiboot1),
-        Err(LoadError::MultibootBadAddresses(_))
-    ));
+    assert!(matches!(parse_kernel(&img, Preference::Multiboot1), Err(LoadError::MultibootBadAddresses(_))));
 
     let mut img = a.build();
     set32(&mut img, a.pad + 12, 0x10_0000 + 100); // header 100 bytes in, but only 16 bytes precede it
@@ -277,10 +268,7 @@ fn aout_bad_addresses() {
 
     // Address fields cut off by the end of the file.
     let img = a.build();
-    assert_eq!(
-        parse_kernel(&img[..a.pad + 20], Preference::Multiboot1),
-        Err(LoadError::MultibootAddressesTruncated)
-    );
+    assert_eq!(parse_kernel(&img[..a.pad + 20], Preference::Multiboot1), Err(LoadError::MultibootAddressesTruncated));
 }
 
 #[test]
@@ -293,10 +281,7 @@ fn elf_header_errors() {
 
     let mut be = img.clone();
     be[5] = 2;
-    assert_eq!(
-        parse_kernel(&be, Preference::Pvh),
-        Err(LoadError::UnsupportedElf("not little-endian"))
-    );
+    assert_eq!(parse_kernel(&be, Preference::Pvh), Err(LoadError::UnsupportedElf("not little-endian")));
     let mut class = img.clone();
     class[4] = 3;
     assert!(matches!(parse_kernel(&class, Preference::Pvh), Err(LoadError::UnsupportedElf(_))));
@@ -390,8 +375,7 @@ fn truncated_note_ends_scan() {
 
 #[test]
 fn every_prefix_of_valid_images_is_handled() {
-    let images =
-        [pvh_elf64(0x10_0000).build(), mb_elf(false, 3).build(), Aout::new(0x10_0000).build()];
+    let images = [pvh_elf64(0x10_0000).build(), mb_elf(false, 3).build(), Aout::new(0x10_0000).build()];
     for img in &images {
         for len in 0..img.len() {
             for pref in ALL {

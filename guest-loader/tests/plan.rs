@@ -105,10 +105,7 @@ fn pvh_without_module() {
 
 #[test]
 fn multiboot_info_bytes() {
-    let k = kernel(
-        Protocol::Multiboot1,
-        vec![seg(0x10_0000, b"code", 0x3000), seg(0x20_0000, b"d", 1)],
-    );
+    let k = kernel(Protocol::Multiboot1, vec![seg(0x10_0000, b"code", 0x3000), seg(0x20_0000, b"d", 1)]);
     let module = ModuleRef { name: "mod", data: &[7; 5000] };
     let mem = 32 * MIB;
     let plan = plan_boot(&k, mem, "mbtest", "arg1 arg2", Some(module)).unwrap();
@@ -174,21 +171,9 @@ fn module_must_fit() {
 
 #[test]
 fn segment_errors() {
-    let e = plan_boot(
-        &kernel(Protocol::Pvh, vec![seg(0x1F_F000, b"", 0x2000)]),
-        2 * MIB,
-        "k",
-        "",
-        None,
-    );
+    let e = plan_boot(&kernel(Protocol::Pvh, vec![seg(0x1F_F000, b"", 0x2000)]), 2 * MIB, "k", "", None);
     assert_eq!(e, Err(LoadError::SegmentOutsideRam { index: 0, start: 0x1F_F000, end: 0x20_1000 }));
-    let e = plan_boot(
-        &kernel(Protocol::Pvh, vec![seg(u64::MAX - 5, b"", 0x10)]),
-        2 * MIB,
-        "k",
-        "",
-        None,
-    );
+    let e = plan_boot(&kernel(Protocol::Pvh, vec![seg(u64::MAX - 5, b"", 0x10)]), 2 * MIB, "k", "", None);
     assert!(matches!(e, Err(LoadError::SegmentOutsideRam { .. })));
 
     for (gpa, len) in [(0x7000, 0x1001), (0x8000, 1), (0xFFFF, 1), (0x0, 0x20000)] {
@@ -203,14 +188,8 @@ fn segment_errors() {
     k.entry = 0x7000;
     assert!(plan_boot(&k, 2 * MIB, "k", "", None).is_ok());
 
-    let k = kernel(
-        Protocol::Pvh,
-        vec![seg(0x10_0000, b"", 0x1000), seg(0x20_0000, b"", 0x10), seg(0x10_0FFF, b"", 2)],
-    );
-    assert_eq!(
-        plan_boot(&k, 4 * MIB, "k", "", None),
-        Err(LoadError::SegmentsOverlap { first: 0, second: 2 })
-    );
+    let k = kernel(Protocol::Pvh, vec![seg(0x10_0000, b"", 0x1000), seg(0x20_0000, b"", 0x10), seg(0x10_0FFF, b"", 2)]);
+    assert_eq!(plan_boot(&k, 4 * MIB, "k", "", None), Err(LoadError::SegmentsOverlap { first: 0, second: 2 }));
 
     let k = kernel(Protocol::Pvh, vec![seg(0x10_0000, b"abcd", 2)]);
     assert_eq!(plan_boot(&k, 4 * MIB, "k", "", None), Err(LoadError::SegmentDataTooLong(0)));
@@ -223,19 +202,10 @@ fn memory_entry_and_string_errors() {
     let mut far = k.clone();
     far.entry = 4 * MIB;
     assert_eq!(plan_boot(&far, 4 * MIB, "k", "", None), Err(LoadError::EntryOutsideRam(4 * MIB)));
-    assert_eq!(
-        plan_boot(&k, 2 * MIB, "k", "a\0b", None),
-        Err(LoadError::StringContainsNul("command line"))
-    );
-    assert_eq!(
-        plan_boot(&k, 2 * MIB, "k\0", "", None),
-        Err(LoadError::StringContainsNul("kernel name"))
-    );
+    assert_eq!(plan_boot(&k, 2 * MIB, "k", "a\0b", None), Err(LoadError::StringContainsNul("command line")));
+    assert_eq!(plan_boot(&k, 2 * MIB, "k\0", "", None), Err(LoadError::StringContainsNul("kernel name")));
     let m = ModuleRef { name: "\0", data: b"" };
-    assert_eq!(
-        plan_boot(&k, 2 * MIB, "k", "", Some(m)),
-        Err(LoadError::StringContainsNul("module name"))
-    );
+    assert_eq!(plan_boot(&k, 2 * MIB, "k", "", Some(m)), Err(LoadError::StringContainsNul("module name")));
 }
 
 #[test]
@@ -246,15 +216,9 @@ fn boot_info_area_limits() {
     let m = ModuleRef { name: &long_name, data: b"m" };
     assert!(plan_boot(&k, 2 * MIB, &long_name, &max_cmdline, Some(m)).is_ok());
     let huge = "c".repeat(40000);
-    assert!(matches!(
-        plan_boot(&k, 2 * MIB, "k", &huge, None),
-        Err(LoadError::BootInfoTooLarge(_))
-    ));
+    assert!(matches!(plan_boot(&k, 2 * MIB, "k", &huge, None), Err(LoadError::BootInfoTooLarge(_))));
     let pvh = kernel(Protocol::Pvh, vec![seg(0x10_0000, b"x", 1)]);
-    assert!(matches!(
-        plan_boot(&pvh, 2 * MIB, "k", &huge, None),
-        Err(LoadError::BootInfoTooLarge(_))
-    ));
+    assert!(matches!(plan_boot(&pvh, 2 * MIB, "k", &huge, None), Err(LoadError::BootInfoTooLarge(_))));
 }
 
 #[test]

@@ -41,7 +41,13 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
 fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
     let bi = bootinfo::BootInfo::parse(magic, info)?;
     let ram: u64 = bi.regions().iter().filter(|r| r.usable).map(|r| r.len).sum();
-    log!("boot: {} loader, {} MiB RAM in {} regions, {} module(s)", bi.loader, ram >> 20, bi.region_count, bi.module_count);
+    log!(
+        "boot: {} loader, {} MiB RAM in {} regions, {} module(s)",
+        bi.loader,
+        ram >> 20,
+        bi.region_count,
+        bi.module_count
+    );
     mm::frames::init(&bi);
     mm::heap::init()?;
     log!("memory: {} MiB free for VMs after the heap", (mm::frames::free_count() as u64 * mm::PAGE_SIZE) >> 20);
@@ -77,7 +83,11 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         let ticks = time::apic_ticks_per_ms() * vm::scheduler::SLICE_MS;
         apic::start_periodic(ticks.min(u64::from(u32::MAX)) as u32);
     }
-    log!("scheduler: running {} VM(s), {} ms slices", vms.iter().filter(|v| v.is_running()).count(), vm::scheduler::SLICE_MS);
+    log!(
+        "scheduler: running {} VM(s), {} ms slices",
+        vms.iter().filter(|v| v.is_running()).count(),
+        vm::scheduler::SLICE_MS
+    );
     vm::scheduler::run_all(&mut vms);
     Ok(vms.iter().all(|v| v.stopped.as_ref().is_some_and(|r| r.exit_code() == 0)))
 }

@@ -5,10 +5,7 @@
 //! [`FrameSource`], which also turns a table's host-physical address into a
 //! reference (identity map in the hypervisor, a `Vec` in tests).
 #![no_std]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 extern crate alloc;
 
@@ -162,23 +159,13 @@ impl NestedPageTable {
 
     fn leaf_perms(&self, entry: u64) -> Perms {
         match self.format {
-            Format::Ept => {
-                Perms { read: true, write: entry & EPT_W != 0, exec: entry & EPT_X != 0 }
-            }
-            Format::Npt => {
-                Perms { read: true, write: entry & NPT_RW != 0, exec: entry & NPT_NX == 0 }
-            }
+            Format::Ept => Perms { read: true, write: entry & EPT_W != 0, exec: entry & EPT_X != 0 },
+            Format::Npt => Perms { read: true, write: entry & NPT_RW != 0, exec: entry & NPT_NX == 0 },
         }
     }
 
     /// Maps the 4 KiB guest page at `gpa` to the host frame at `hpa`.
-    pub fn map_4k(
-        &mut self,
-        frames: &mut impl FrameSource,
-        gpa: u64,
-        hpa: u64,
-        perms: Perms,
-    ) -> Result<(), MapError> {
+    pub fn map_4k(&mut self, frames: &mut impl FrameSource, gpa: u64, hpa: u64, perms: Perms) -> Result<(), MapError> {
         if gpa >= GPA_LIMIT {
             return Err(MapError::AddressTooHigh(gpa));
         }
@@ -190,31 +177,23 @@ impl NestedPageTable {
         }
         let mut table = self.root;
         for level in (1..=3).rev() {
-            let slot = frames
-                .table(table)
-                .get_mut(index(gpa, level))
-                .ok_or(MapError::AddressTooHigh(gpa))?;
+            let slot = frames.table(table).get_mut(index(gpa, level)).ok_or(MapError::AddressTooHigh(gpa))?;
             if self.present(*slot) {
                 table = *slot & ADDR_MASK;
                 continue;
             }
             let next = frames.alloc_zeroed_frame().ok_or(MapError::OutOfFrames)?;
             let entry = (next & ADDR_MASK) | self.nonleaf_bits();
-            let slot = frames
-                .table(table)
-                .get_mut(index(gpa, level))
-                .ok_or(MapError::AddressTooHigh(gpa))?;
+            let slot = frames.table(table).get_mut(index(gpa, level)).ok_or(MapError::AddressTooHigh(gpa))?;
             *slot = entry;
             table = next & ADDR_MASK;
         }
         let leaf_bits = self.leaf_bits(perms);
-        let present = self
-            .present(*frames.table(table).get(index(gpa, 0)).ok_or(MapError::AddressTooHigh(gpa))?);
+        let present = self.present(*frames.table(table).get(index(gpa, 0)).ok_or(MapError::AddressTooHigh(gpa))?);
         if present {
             return Err(MapError::AlreadyMapped(gpa));
         }
-        let slot =
-            frames.table(table).get_mut(index(gpa, 0)).ok_or(MapError::AddressTooHigh(gpa))?;
+        let slot = frames.table(table).get_mut(index(gpa, 0)).ok_or(MapError::AddressTooHigh(gpa))?;
         *slot = hpa | leaf_bits;
         Ok(())
     }
@@ -278,12 +257,7 @@ impl NestedPageTable {
 
     /// Visits all tables (recorded in `tables`) and calls `leaf` for every
     /// leaf, iteratively with an explicit stack of (table, level, gpa base).
-    fn walk(
-        &self,
-        frames: &mut impl FrameSource,
-        leaf: &mut impl FnMut(u64, u64, Perms),
-        tables: &mut Vec<u64>,
-    ) {
+    fn walk(&self, frames: &mut impl FrameSource, leaf: &mut impl FnMut(u64, u64, Perms), tables: &mut Vec<u64>) {
         let mut stack: Vec<(u64, u32, u64)> = Vec::from([(self.root, 3u32, 0u64)]);
         while let Some((table, level, base)) = stack.pop() {
             tables.push(table);
@@ -380,28 +354,16 @@ mod tests {
         let mut t = NestedPageTable::new(Format::Ept, &mut f).unwrap();
         assert_eq!(t.map_4k(&mut f, 0x1001, 0x2000, Perms::RWX), Err(MapError::Misaligned));
         assert_eq!(t.map_4k(&mut f, 0x1000, 0x2001, Perms::RWX), Err(MapError::Misaligned));
-        assert_eq!(
-            t.map_4k(&mut f, 1 << 48, 0, Perms::RWX),
-            Err(MapError::AddressTooHigh(1 << 48))
-        );
-        assert_eq!(
-            t.map_4k(&mut f, 0, 1 << 52, Perms::RWX),
-            Err(MapError::AddressTooHigh(1 << 52))
-        );
+        assert_eq!(t.map_4k(&mut f, 1 << 48, 0, Perms::RWX), Err(MapError::AddressTooHigh(1 << 48)));
+        assert_eq!(t.map_4k(&mut f, 0, 1 << 52, Perms::RWX), Err(MapError::AddressTooHigh(1 << 52)));
         t.map_4k(&mut f, 0x1000, 0x2000, Perms::RWX).unwrap();
-        assert_eq!(
-            t.map_4k(&mut f, 0x1000, 0x3000, Perms::RW),
-            Err(MapError::AlreadyMapped(0x1000))
-        );
+        assert_eq!(t.map_4k(&mut f, 0x1000, 0x3000, Perms::RW), Err(MapError::AlreadyMapped(0x1000)));
         // A different PML4 slot needs three more tables; only 0 left.
         assert_eq!(t.map_4k(&mut f, 1 << 39, 0x3000, Perms::RW), Err(MapError::OutOfFrames));
         assert_eq!(t.translate(&mut f, 1 << 39), None);
         assert_eq!(t.translate(&mut f, u64::MAX), None);
         assert!(NestedPageTable::new(Format::Npt, &mut Frames::new(0)).is_err());
-        assert_eq!(
-            MapError::AlreadyMapped(0x1000).to_string(),
-            "guest page 0x1000 is already mapped"
-        );
+        assert_eq!(MapError::AlreadyMapped(0x1000).to_string(), "guest page 0x1000 is already mapped");
     }
 
     #[test]

@@ -24,26 +24,14 @@ fn main() {
     let mut bins: Vec<String> = std::fs::read_dir(dir.join("src/bin"))
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(|n| n.strip_suffix(".rs"))
-                        .map(String::from)
-                })
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".rs")).map(String::from))
                 .collect()
         })
         .unwrap_or_default();
     bins.sort();
     for bin in &bins {
-        let script = if MULTIBOOT1_BINS.contains(&bin.as_str()) {
-            "link-mb1.ld"
-        } else {
-            "link-pvh.ld"
-        };
-        println!(
-            "cargo:rustc-link-arg-bin={bin}=-T{}",
-            dir.join(script).display()
-        );
+        let script = if MULTIBOOT1_BINS.contains(&bin.as_str()) { "link-mb1.ld" } else { "link-pvh.ld" };
+        println!("cargo:rustc-link-arg-bin={bin}=-T{}", dir.join(script).display());
         println!("cargo:rustc-link-arg-bin={bin}=-no-pie");
         println!("cargo:rustc-link-arg-bin={bin}=--no-dynamic-linker");
     }

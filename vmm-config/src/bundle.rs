@@ -188,13 +188,10 @@ impl<'a> Bundle<'a> {
     /// and `module` must name an entry of this bundle.
     pub fn node_config(&self) -> Result<NodeConfig, BundleError> {
         let bytes = self.get(CONFIG_ENTRY).ok_or(BundleError::MissingConfig)?;
-        let (config, rest) = postcard::take_from_bytes::<NodeConfig>(bytes)
-            .map_err(|e| BundleError::BadConfig(format!("{e}")))?;
+        let (config, rest) =
+            postcard::take_from_bytes::<NodeConfig>(bytes).map_err(|e| BundleError::BadConfig(format!("{e}")))?;
         if !rest.is_empty() {
-            return Err(BundleError::BadConfig(format!(
-                "{} unexpected bytes after the config",
-                rest.len()
-            )));
+            return Err(BundleError::BadConfig(format!("{} unexpected bytes after the config", rest.len())));
         }
         config.validate().map_err(BundleError::Invalid)?;
         for (i, vm) in config.vms.iter().enumerate() {
@@ -287,10 +284,7 @@ mod tests {
         let mut huge = encode(&[("ab", b"")]);
         let n = huge.len();
         huge[n - 8..].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            Bundle::parse(&huge),
-            Err(BundleError::Truncated { what: "entry data", .. })
-        ));
+        assert!(matches!(Bundle::parse(&huge), Err(BundleError::Truncated { what: "entry data", .. })));
     }
 
     #[test]
@@ -332,17 +326,11 @@ mod tests {
         let mut cfg = config("k.elf", None);
         cfg.vms[0].memory_mib = 0;
         let e = Bundle::parse(&bundle_with(&cfg)).unwrap().node_config().unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "bundle config is invalid: vm[0].memory_mib: must be between 1 and 2048"
-        );
+        assert_eq!(e.to_string(), "bundle config is invalid: vm[0].memory_mib: must be between 1 and 2048");
 
         let cfg = config("other.elf", None);
         let e = Bundle::parse(&bundle_with(&cfg)).unwrap().node_config().unwrap_err();
-        assert_eq!(
-            e,
-            BundleError::MissingEntry { field: "vm[0].kernel".into(), name: "other.elf".into() }
-        );
+        assert_eq!(e, BundleError::MissingEntry { field: "vm[0].kernel".into(), name: "other.elf".into() });
         let cfg = config("k.elf", Some("missing"));
         let e = Bundle::parse(&bundle_with(&cfg)).unwrap().node_config().unwrap_err();
         assert_eq!(e.to_string(), "vm[0].module: bundle has no entry named \"missing\"");

@@ -100,10 +100,7 @@ impl NodeConfig {
             return Err(ConfigError::new("vm", "at least one VM is required"));
         }
         if self.vms.len() > MAX_VMS {
-            return Err(ConfigError::new(
-                "vm",
-                format!("at most {MAX_VMS} VMs are allowed, found {}", self.vms.len()),
-            ));
+            return Err(ConfigError::new("vm", format!("at most {MAX_VMS} VMs are allowed, found {}", self.vms.len())));
         }
         for (i, vm) in self.vms.iter().enumerate() {
             vm.validate(i)?;
@@ -134,10 +131,7 @@ impl VmConfig {
             ));
         }
         if !(1..=MAX_VM_MEMORY_MIB).contains(&self.memory_mib) {
-            return Err(ConfigError::new(
-                field("memory_mib"),
-                format!("must be between 1 and {MAX_VM_MEMORY_MIB}"),
-            ));
+            return Err(ConfigError::new(field("memory_mib"), format!("must be between 1 and {MAX_VM_MEMORY_MIB}")));
         }
         if self.kernel.is_empty() {
             return Err(ConfigError::new(field("kernel"), "must not be empty"));
@@ -284,25 +278,19 @@ mod tests {
             ".{0,20}",
             ".{0,40}",
             proptest::option::of(".{0,10}"),
-            prop_oneof![
-                Just(BootProtocol::Auto),
-                Just(BootProtocol::Pvh),
-                Just(BootProtocol::Multiboot1)
-            ],
+            prop_oneof![Just(BootProtocol::Auto), Just(BootProtocol::Pvh), Just(BootProtocol::Multiboot1)],
             proptest::option::of(0u64..u64::MAX),
             any::<bool>(),
         )
-            .prop_map(|(name, memory_mib, kernel, cmdline, module, boot, cpu, dbg)| {
-                VmConfig {
-                    name,
-                    memory_mib,
-                    kernel,
-                    cmdline,
-                    module,
-                    boot,
-                    cpu_time_limit_ms: cpu,
-                    debug_hypercalls: dbg,
-                }
+            .prop_map(|(name, memory_mib, kernel, cmdline, module, boot, cpu, dbg)| VmConfig {
+                name,
+                memory_mib,
+                kernel,
+                cmdline,
+                module,
+                boot,
+                cpu_time_limit_ms: cpu,
+                debug_hypercalls: dbg,
             })
     }
 

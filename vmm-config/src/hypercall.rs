@@ -147,14 +147,8 @@ mod tests {
     #[test]
     fn rejects_bad_calls() {
         assert_eq!(decode(regs(99, 0, 0), true), Err(DecodeError::UnknownCall(99)));
-        assert_eq!(
-            decode(regs(nr::CONSOLE_WRITE, 0, CONSOLE_WRITE_MAX + 1), true),
-            Err(DecodeError::TooLarge)
-        );
-        assert_eq!(
-            decode(regs(nr::CONSOLE_WRITE, u64::MAX - 2, 16), true),
-            Err(DecodeError::InvalidArgument)
-        );
+        assert_eq!(decode(regs(nr::CONSOLE_WRITE, 0, CONSOLE_WRITE_MAX + 1), true), Err(DecodeError::TooLarge));
+        assert_eq!(decode(regs(nr::CONSOLE_WRITE, u64::MAX - 2, 16), true), Err(DecodeError::InvalidArgument));
     }
 
     #[test]

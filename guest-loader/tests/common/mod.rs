@@ -18,14 +18,7 @@ pub const PT_NOTE: u32 = 4;
 impl Ph {
     /// A PT_LOAD at `paddr` (vaddr = paddr) with `data` and `bss` extra zero bytes.
     pub fn load(paddr: u64, data: &[u8], bss: u64) -> Ph {
-        Ph {
-            typ: PT_LOAD,
-            vaddr: paddr,
-            paddr,
-            data: data.to_vec(),
-            memsz: data.len() as u64 + bss,
-            align: 16,
-        }
+        Ph { typ: PT_LOAD, vaddr: paddr, paddr, data: data.to_vec(), memsz: data.len() as u64 + bss, align: 16 }
     }
     /// A PT_NOTE holding `notes`.
     pub fn note(notes: Vec<u8>) -> Ph {
@@ -54,13 +47,7 @@ pub struct Layout {
 
 impl Elf {
     pub fn new(is64: bool) -> Elf {
-        Elf {
-            is64,
-            machine: if is64 { 62 } else { 3 },
-            entry: 0,
-            phdrs: vec![],
-            note_sections: vec![],
-        }
+        Elf { is64, machine: if is64 { 62 } else { 3 }, entry: 0, phdrs: vec![], note_sections: vec![] }
     }
 
     pub fn build(&self) -> Vec<u8> {
@@ -144,8 +131,7 @@ impl Elf {
             if self.is64 {
                 put32(&mut p, ph.typ);
                 put32(&mut p, 7);
-                for v in [*off as u64, ph.vaddr, ph.paddr, ph.data.len() as u64, ph.memsz, ph.align]
-                {
+                for v in [*off as u64, ph.vaddr, ph.paddr, ph.data.len() as u64, ph.memsz, ph.align] {
                     put64(&mut p, v);
                 }
             } else {

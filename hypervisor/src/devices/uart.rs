@@ -107,8 +107,8 @@ impl Uart {
         }
     }
 
-    /// Output kept for the consoles, oldest first.
-    pub fn history(&self) -> impl Iterator<Item = u8> + '_ {
-        self.history.iter().copied()
+    /// Bytes of output kept for the consoles (reported when the VM stops).
+    pub fn history_len(&self) -> usize {
+        self.history.len()
     }
 }

@@ -97,8 +97,7 @@ pub fn init(info: &BootInfo) {
         bm.set_range(r.base, r.base.saturating_add(r.len), true);
     }
     // SAFETY: linker-defined symbols; only their addresses are taken.
-    let (img_start, img_end) =
-        unsafe { (&__image_start as *const u8 as u64, &__image_end as *const u8 as u64) };
+    let (img_start, img_end) = unsafe { (&__image_start as *const u8 as u64, &__image_end as *const u8 as u64) };
     bm.set_range(0, 0x10_0000, true);
     bm.set_range(img_start, img_end, true);
     bm.set_range(info.info_range.0, info.info_range.1, true);

@@ -64,7 +64,13 @@ impl fmt::Display for StopReason {
             StopReason::TripleFault => write!(f, "triple fault"),
             StopReason::EntryFailed(d) => write!(f, "VM entry failed (detail {d:#x})"),
             StopReason::MemoryFault { gpa, write, fetch } => {
-                let kind = if *fetch { "fetch" } else if *write { "write" } else { "read" };
+                let kind = if *fetch {
+                    "fetch"
+                } else if *write {
+                    "write"
+                } else {
+                    "read"
+                };
                 write!(f, "{kind} outside guest memory at gpa {gpa:#x}")
             }
             StopReason::UnhandledExit(c) => write!(f, "unhandled exit {c:#x}"),
@@ -114,11 +120,12 @@ impl Vm {
         self.running = None;
         let ms = crate::arch::x86_64::time::tsc_to_ms(self.cpu_tsc);
         crate::log!(
-            "vm {} stopped: exit-code={} {} cpu-time={}ms reason=\"{}\"",
+            "vm {} stopped: exit-code={} {} cpu-time={}ms console-bytes={} reason=\"{}\"",
             self.name,
             reason.exit_code(),
             self.counters,
             ms,
+            self.ports.uart.history_len(),
             reason
         );
         self.stopped = Some(reason);

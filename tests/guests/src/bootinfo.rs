@@ -124,10 +124,7 @@ fn string(addr: u64) -> (&'static str, Range) {
         Some(b) => {
             let s = match core::str::from_utf8(b) {
                 Ok(s) => s,
-                Err(e) => b
-                    .get(..e.valid_up_to())
-                    .and_then(|v| core::str::from_utf8(v).ok())
-                    .unwrap_or(""),
+                Err(e) => b.get(..e.valid_up_to()).and_then(|v| core::str::from_utf8(v).ok()).unwrap_or(""),
             };
             (s, Range::new(addr, b.len() as u64 + 1))
         }
@@ -144,14 +141,7 @@ fn field64(base: u64, off: u64) -> u64 {
 }
 
 /// Adds one map entry (`base`, `len`, `kind`) to `m` and `mem_*`.
-fn add_region(
-    m: &mut MemMap,
-    lower: &mut Option<u32>,
-    upper: &mut Option<u32>,
-    base: u64,
-    len: u64,
-    kind: u32,
-) {
+fn add_region(m: &mut MemMap, lower: &mut Option<u32>, upper: &mut Option<u32>, base: u64, len: u64, kind: u32) {
     m.entries += 1;
     if kind != 1 {
         return;
@@ -179,10 +169,7 @@ fn parse_pvh(eax: u32, ebx: u32) -> BootInfo {
     info.protect(r);
     info.module_count = nr_modules;
     if nr_modules > 0 && phys::mapped(modlist, 32) {
-        info.protect(Range::new(
-            modlist,
-            32 * u64::from(nr_modules).min(MAX_ENTRIES),
-        ));
+        info.protect(Range::new(modlist, 32 * u64::from(nr_modules).min(MAX_ENTRIES)));
         let (paddr, size) = (field64(modlist, 0), field64(modlist, 8));
         info.module = phys::bytes(paddr, size);
         if info.module.is_some() {
@@ -201,14 +188,7 @@ fn parse_pvh(eax: u32, ebx: u32) -> BootInfo {
             let (mut lower, mut upper) = (None, None);
             for i in 0..entries.min(MAX_ENTRIES) {
                 let e = map + 24 * i;
-                add_region(
-                    &mut m,
-                    &mut lower,
-                    &mut upper,
-                    field64(e, 0),
-                    field64(e, 8),
-                    field32(e, 16),
-                );
+                add_region(&mut m, &mut lower, &mut upper, field64(e, 0), field64(e, 8), field32(e, 16));
             }
             info.memmap = Some(m);
             info.mem_lower_kib = lower;
@@ -266,14 +246,7 @@ fn parse_mb1(eax: u32, ebx: u32) -> BootInfo {
                 if size < 20 {
                     break;
                 }
-                add_region(
-                    &mut m,
-                    &mut lower,
-                    &mut upper,
-                    field64(e, 4),
-                    field64(e, 12),
-                    field32(e, 20),
-                );
+                add_region(&mut m, &mut lower, &mut upper, field64(e, 4), field64(e, 12), field32(e, 20));
                 off += size + 4;
             }
             info.memmap = Some(m);

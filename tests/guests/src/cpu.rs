@@ -18,12 +18,7 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> Cpuid {
     #[allow(unused_unsafe)]
     // SAFETY: CPUID exists on every x86_64 CPU and has no memory effects.
     let r = unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) };
-    Cpuid {
-        eax: r.eax,
-        ebx: r.ebx,
-        ecx: r.ecx,
-        edx: r.edx,
-    }
+    Cpuid { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
 }
 
 /// The 12-byte CPU vendor string (leaf 0: EBX, EDX, ECX).
@@ -55,8 +50,6 @@ fn regs_to_bytes(a: u32, b: u32, c: u32) -> [u8; 12] {
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: RDTSC reads a counter into EDX:EAX; no memory effects.
-    unsafe {
-        core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) };
     (u64::from(hi) << 32) | u64::from(lo)
 }

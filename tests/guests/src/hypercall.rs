@@ -101,22 +101,14 @@ fn issue(flavor: Flavor, nr: u64, a0: u64, a1: u64, a2: u64) -> Ret {
             asm!("vmmcall", inout("rax") rax, inout("rdi") rdi, inout("rsi") rsi, inout("rdx") rdx, options(nostack))
         },
     }
-    Ret {
-        status: rax,
-        rdi,
-        rsi,
-        rdx,
-    }
+    Ret { status: rax, rdi, rsi, rdx }
 }
 
 fn call(nr: u64, a0: u64, a1: u64, a2: u64) -> Ret {
     match state() {
         2 => issue(Flavor::Vmcall, nr, a0, a1, a2),
         3 => issue(Flavor::Vmmcall, nr, a0, a1, a2),
-        _ => Ret {
-            status: NOT_PRESENT,
-            ..Ret::default()
-        },
+        _ => Ret { status: NOT_PRESENT, ..Ret::default() },
     }
 }
 
@@ -135,17 +127,8 @@ pub fn abi_version() -> Result<u64, u64> {
 
 /// `vm_info`: writes the VM name into `buf` (truncated to its length).
 pub fn vm_info(buf: &mut [u8]) -> Result<VmInfo, u64> {
-    let r = check(call(
-        nr::VM_INFO,
-        buf.as_mut_ptr() as u64,
-        buf.len() as u64,
-        0,
-    ))?;
-    let info = VmInfo {
-        id: r.rdi,
-        mem_bytes: r.rsi,
-        name_len: r.rdx,
-    };
+    let r = check(call(nr::VM_INFO, buf.as_mut_ptr() as u64, buf.len() as u64, 0))?;
+    let info = VmInfo { id: r.rdi, mem_bytes: r.rsi, name_len: r.rdx };
     RAM_BYTES.store(info.mem_bytes, Ordering::Relaxed);
     Ok(info)
 }
@@ -154,12 +137,7 @@ pub fn vm_info(buf: &mut [u8]) -> Result<VmInfo, u64> {
 /// [`CONSOLE_WRITE_MAX`]).
 pub fn console_write(bytes: &[u8]) -> Result<(), u64> {
     for chunk in bytes.chunks(CONSOLE_WRITE_MAX as usize) {
-        check(call(
-            nr::CONSOLE_WRITE,
-            chunk.as_ptr() as u64,
-            chunk.len() as u64,
-            0,
-        ))?;
+        check(call(nr::CONSOLE_WRITE, chunk.as_ptr() as u64, chunk.len() as u64, 0))?;
     }
     Ok(())
 }

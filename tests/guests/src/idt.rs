@@ -207,10 +207,7 @@ pub fn install() {
     for (slot, handler) in table.chunks_exact_mut(2).zip(handlers) {
         slot.copy_from_slice(&gate(handler));
     }
-    let ptr = DescriptorPointer {
-        limit: (16 * ENTRIES - 1) as u16,
-        base: IDT.0.get() as u64,
-    };
+    let ptr = DescriptorPointer { limit: (16 * ENTRIES - 1) as u16, base: IDT.0.get() as u64 };
     // SAFETY: the IDT is static and every gate points at a valid handler.
     unsafe { asm!("lidt [{}]", in(reg) &ptr, options(readonly, nostack, preserves_flags)) };
 }
@@ -235,10 +232,7 @@ fn finish_probe() -> Result<(), Fault> {
     PROBE_RESUME.store(0, Ordering::SeqCst);
     match PROBE_VECTOR.load(Ordering::SeqCst) {
         NO_FAULT => Ok(()),
-        v => Err(Fault {
-            vector: v as u8,
-            error_code: PROBE_ERROR.load(Ordering::SeqCst),
-        }),
+        v => Err(Fault { vector: v as u8, error_code: PROBE_ERROR.load(Ordering::SeqCst) }),
     }
 }
 
@@ -263,9 +257,7 @@ pub fn try_rdmsr(msr: u32) -> Result<u64, Fault> {
     start_probe();
     let (mut lo, mut hi) = (0u32, 0u32);
     // SAFETY: RDMSR only reads; a fault resumes after it (see module doc).
-    unsafe {
-        probe_asm!("rdmsr", in("ecx") msr, inout("eax") lo, inout("edx") hi, options(nostack))
-    };
+    unsafe { probe_asm!("rdmsr", in("ecx") msr, inout("eax") lo, inout("edx") hi, options(nostack)) };
     finish_probe().map(|()| (u64::from(hi) << 32) | u64::from(lo))
 }
 

@@ -29,10 +29,7 @@ pub struct Range {
 impl Range {
     /// `[start, start + len)`, saturating.
     pub fn new(start: u64, len: u64) -> Self {
-        Range {
-            start,
-            end: start.saturating_add(len),
-        }
+        Range { start, end: start.saturating_add(len) }
     }
 
     /// Whether the two ranges share a byte.
@@ -45,12 +42,7 @@ impl Range {
 pub fn image() -> Range {
     #[allow(unused_unsafe)]
     // SAFETY: only the addresses of the linker-defined symbols are taken.
-    let (start, end) = unsafe {
-        (
-            ptr::addr_of!(__image_start) as u64,
-            ptr::addr_of!(__image_end) as u64,
-        )
-    };
+    let (start, end) = unsafe { (ptr::addr_of!(__image_start) as u64, ptr::addr_of!(__image_end) as u64) };
     Range { start, end }
 }
 
@@ -61,20 +53,12 @@ pub fn mapped(addr: u64, len: u64) -> bool {
 
 /// Reads a `u32` at `addr` (any alignment), if mapped.
 pub fn read_u32(addr: u64) -> Option<u32> {
-    bytes(addr, 4).map(|b| {
-        b.iter()
-            .rev()
-            .fold(0u32, |acc, &x| (acc << 8) | u32::from(x))
-    })
+    bytes(addr, 4).map(|b| b.iter().rev().fold(0u32, |acc, &x| (acc << 8) | u32::from(x)))
 }
 
 /// Reads a `u64` at `addr` (any alignment), if mapped.
 pub fn read_u64(addr: u64) -> Option<u64> {
-    bytes(addr, 8).map(|b| {
-        b.iter()
-            .rev()
-            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x))
-    })
+    bytes(addr, 8).map(|b| b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
 }
 
 /// The `len` bytes at `addr` as a slice, if the range is mapped.
@@ -134,11 +118,7 @@ pub enum RamTest {
 /// restores the old contents. Skips addresses in the image or in `protected`.
 pub fn test_ram(addr: u64, protected: &[Range]) -> RamTest {
     let r = Range::new(addr, 8);
-    if !addr.is_multiple_of(8)
-        || !mapped(addr, 8)
-        || r.overlaps(&image())
-        || protected.iter().any(|p| p.overlaps(&r))
-    {
+    if !addr.is_multiple_of(8) || !mapped(addr, 8) || r.overlaps(&image()) || protected.iter().any(|p| p.overlaps(&r)) {
         return RamTest::Skipped;
     }
     let p = addr as *mut u64;

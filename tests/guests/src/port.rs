@@ -21,9 +21,7 @@ pub const ACPI_SLEEP_S5: u16 = 0x2000;
 pub fn inb(port: u16) -> u8 {
     let v: u8;
     // SAFETY: port input touches no memory of this program (see module doc).
-    unsafe {
-        asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("in al, dx", out("al") v, in("dx") port, options(nomem, nostack, preserves_flags)) };
     v
 }
 
@@ -31,9 +29,7 @@ pub fn inb(port: u16) -> u8 {
 pub fn inw(port: u16) -> u16 {
     let v: u16;
     // SAFETY: port input touches no memory of this program (see module doc).
-    unsafe {
-        asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("in ax, dx", out("ax") v, in("dx") port, options(nomem, nostack, preserves_flags)) };
     v
 }
 
@@ -41,34 +37,26 @@ pub fn inw(port: u16) -> u16 {
 pub fn inl(port: u16) -> u32 {
     let v: u32;
     // SAFETY: port input touches no memory of this program (see module doc).
-    unsafe {
-        asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("in eax, dx", out("eax") v, in("dx") port, options(nomem, nostack, preserves_flags)) };
     v
 }
 
 /// Writes a byte to `port`.
 pub fn outb(port: u16, value: u8) {
     // SAFETY: port output touches no memory of this program (see module doc).
-    unsafe {
-        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) };
 }
 
 /// Writes a 16-bit word to `port`.
 pub fn outw(port: u16, value: u16) {
     // SAFETY: port output touches no memory of this program (see module doc).
-    unsafe {
-        asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("out dx, ax", in("dx") port, in("ax") value, options(nomem, nostack, preserves_flags)) };
 }
 
 /// Writes a 32-bit dword to `port`.
 pub fn outl(port: u16, value: u32) {
     // SAFETY: port output touches no memory of this program (see module doc).
-    unsafe {
-        asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") value, options(nomem, nostack, preserves_flags)) };
 }
 
 /// Exits through the isa-debug-exit port (a 32-bit write of `code` to

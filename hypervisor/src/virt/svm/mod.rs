@@ -26,10 +26,8 @@ struct SvmState {
 static STATE: spin::Once<SvmState> = spin::Once::new();
 
 /// MSRs the guest owns directly: VMLOAD/VMSAVE switch them per VM.
-const PASSTHROUGH_MSRS: [u32; 10] = [
-    0x174, 0x175, 0x176, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, 0xC000_0100, 0xC000_0101,
-    0xC000_0102,
-];
+const PASSTHROUGH_MSRS: [u32; 10] =
+    [0x174, 0x175, 0x176, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, 0xC000_0100, 0xC000_0101, 0xC000_0102];
 
 /// Turns on SVM (EFER.SVME) and allocates the shared intercept maps.
 pub fn enable() -> Result<(), &'static str> {

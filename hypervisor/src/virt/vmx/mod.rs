@@ -63,9 +63,16 @@ const EFER_LMA: u64 = 1 << 10;
 /// MSRs the guest reads and writes directly: their state is either in the
 /// VMCS (FS/GS base, SYSENTER) or switched by `switch_in`/`switch_out`.
 const PASSTHROUGH_MSRS: [u32; 10] = [
-    0x174, 0x175, 0x176, // SYSENTER_CS/ESP/EIP
-    0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, // STAR, LSTAR, CSTAR, SFMASK
-    0xC000_0100, 0xC000_0101, 0xC000_0102, // FS/GS base, KERNEL_GS_BASE
+    0x174,
+    0x175,
+    0x176, // SYSENTER_CS/ESP/EIP
+    0xC000_0081,
+    0xC000_0082,
+    0xC000_0083,
+    0xC000_0084, // STAR, LSTAR, CSTAR, SFMASK
+    0xC000_0100,
+    0xC000_0101,
+    0xC000_0102, // FS/GS base, KERNEL_GS_BASE
 ];
 /// The syscall MSRs the CPU shares between guests under VMX.
 const SWITCHED_MSRS: [u32; 5] = [0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, 0xC000_0102];
@@ -105,9 +112,19 @@ pub fn enable() -> Result<(), &'static str> {
         let basic = rdmsr(msr::IA32_VMX_BASIC);
         let true_ctls = basic & (1 << 55) != 0;
         let (pin_msr, proc_msr, exit_msr, entry_msr) = if true_ctls {
-            (msr::IA32_VMX_TRUE_PINBASED_CTLS, msr::IA32_VMX_TRUE_PROCBASED_CTLS, msr::IA32_VMX_TRUE_EXIT_CTLS, msr::IA32_VMX_TRUE_ENTRY_CTLS)
+            (
+                msr::IA32_VMX_TRUE_PINBASED_CTLS,
+                msr::IA32_VMX_TRUE_PROCBASED_CTLS,
+                msr::IA32_VMX_TRUE_EXIT_CTLS,
+                msr::IA32_VMX_TRUE_ENTRY_CTLS,
+            )
         } else {
-            (msr::IA32_VMX_PINBASED_CTLS, msr::IA32_VMX_PROCBASED_CTLS, msr::IA32_VMX_EXIT_CTLS, msr::IA32_VMX_ENTRY_CTLS)
+            (
+                msr::IA32_VMX_PINBASED_CTLS,
+                msr::IA32_VMX_PROCBASED_CTLS,
+                msr::IA32_VMX_EXIT_CTLS,
+                msr::IA32_VMX_ENTRY_CTLS,
+            )
         };
         let (pin, ok) = adjust(pin_msr, PIN_EXT_INT_EXITING | PIN_NMI_EXITING | PIN_PREEMPTION_TIMER);
         if !ok {
@@ -122,7 +139,8 @@ pub fn enable() -> Result<(), &'static str> {
         if rdmsr(proc_msr) >> 63 == 0 {
             return Err("VMX lacks secondary controls (no EPT)");
         }
-        let (proc2, ok) = adjust(msr::IA32_VMX_PROCBASED_CTLS2, PROC2_EPT | PROC2_UNRESTRICTED | PROC2_VPID | PROC2_RDTSCP);
+        let (proc2, ok) =
+            adjust(msr::IA32_VMX_PROCBASED_CTLS2, PROC2_EPT | PROC2_UNRESTRICTED | PROC2_VPID | PROC2_RDTSCP);
         if !ok && proc2 & (PROC2_EPT | PROC2_UNRESTRICTED) != (PROC2_EPT | PROC2_UNRESTRICTED) {
             return Err("VMX lacks EPT or unrestricted guest");
         }

@@ -14,11 +14,7 @@ fn main(_info: &BootInfo) -> u32 {
     test_guests::serial::flush();
     match hypercall::debug_corrupt_state() {
         Ok(()) => println!("FAIL: still running after corrupt"),
-        Err(s) => println!(
-            "FAIL: still running after corrupt (status {} {})",
-            s,
-            status_name(s)
-        ),
+        Err(s) => println!("FAIL: still running after corrupt (status {} {})", s, status_name(s)),
     }
     1
 }

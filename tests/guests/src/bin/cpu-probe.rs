@@ -36,16 +36,8 @@ impl Checks {
 
 fn expect_fault(c: &mut Checks, name: &str, got: Result<impl core::fmt::Debug, Fault>, vector: u8) {
     match got {
-        Err(f) => c.check(
-            name,
-            f.vector == vector,
-            format_args!("vector {} (expected {})", f.vector, vector),
-        ),
-        Ok(v) => c.check(
-            name,
-            false,
-            format_args!("no fault (result {:?}), expected vector {}", v, vector),
-        ),
+        Err(f) => c.check(name, f.vector == vector, format_args!("vector {} (expected {})", f.vector, vector)),
+        Ok(v) => c.check(name, false, format_args!("no fault (result {:?}), expected vector {}", v, vector)),
     }
 }
 
@@ -55,31 +47,15 @@ fn main(_info: &BootInfo) -> u32 {
     let mut c = Checks { failures: 0 };
 
     let leaf1 = cpu::cpuid(1, 0);
-    c.check(
-        "no-vmx",
-        leaf1.ecx & (1 << 5) == 0,
-        format_args!("CPUID.1:ECX[5] (VMX) set"),
-    );
+    c.check("no-vmx", leaf1.ecx & (1 << 5) == 0, format_args!("CPUID.1:ECX[5] (VMX) set"));
     let ext_max = cpu::cpuid(0x8000_0000, 0).eax;
     let svm = ext_max >= 0x8000_0001 && cpu::cpuid(0x8000_0001, 0).ecx & (1 << 2) != 0;
-    c.check(
-        "no-svm",
-        !svm,
-        format_args!("CPUID.80000001:ECX[2] (SVM) set"),
-    );
+    c.check("no-svm", !svm, format_args!("CPUID.80000001:ECX[2] (SVM) set"));
 
     for msr in UNMODELLED_MSRS {
-        let name = if msr == UNMODELLED_MSRS[0] {
-            "rdmsr-unmodelled-c0012345"
-        } else {
-            "rdmsr-unmodelled-bad"
-        };
+        let name = if msr == UNMODELLED_MSRS[0] { "rdmsr-unmodelled-c0012345" } else { "rdmsr-unmodelled-bad" };
         expect_fault(&mut c, name, idt::try_rdmsr(msr), GP);
-        let name = if msr == UNMODELLED_MSRS[0] {
-            "wrmsr-unmodelled-c0012345"
-        } else {
-            "wrmsr-unmodelled-bad"
-        };
+        let name = if msr == UNMODELLED_MSRS[0] { "wrmsr-unmodelled-c0012345" } else { "wrmsr-unmodelled-bad" };
         expect_fault(&mut c, name, idt::try_wrmsr(msr, 0), GP);
     }
 
@@ -95,58 +71,30 @@ fn main(_info: &BootInfo) -> u32 {
     println!("check foreign-hypercall: ok");
 
     let b = port::inb(EMPTY_PORT);
-    c.check(
-        "empty-port-byte",
-        b == 0xFF,
-        format_args!("inb({:#x}) = {:#x}", EMPTY_PORT, b),
-    );
+    c.check("empty-port-byte", b == 0xFF, format_args!("inb({:#x}) = {:#x}", EMPTY_PORT, b));
     let w = port::inw(EMPTY_PORT);
-    c.check(
-        "empty-port-word",
-        w == 0xFFFF,
-        format_args!("inw({:#x}) = {:#x}", EMPTY_PORT, w),
-    );
+    c.check("empty-port-word", w == 0xFFFF, format_args!("inw({:#x}) = {:#x}", EMPTY_PORT, w));
     let d = port::inl(EMPTY_PORT);
-    c.check(
-        "empty-port-dword",
-        d == 0xFFFF_FFFF,
-        format_args!("inl({:#x}) = {:#x}", EMPTY_PORT, d),
-    );
+    c.check("empty-port-dword", d == 0xFFFF_FFFF, format_args!("inl({:#x}) = {:#x}", EMPTY_PORT, d));
 
     port::outb(0x80, 0x42);
     c.check("port-80-write", true, format_args!(""));
 
     port::outl(0xCF8, 0x8000_0000);
     let pci = port::inl(0xCFC);
-    c.check(
-        "pci-config-empty",
-        pci == 0xFFFF_FFFF,
-        format_args!("bus 0 dev 0 fn 0 reg 0 = {:#x}", pci),
-    );
+    c.check("pci-config-empty", pci == 0xFFFF_FFFF, format_args!("bus 0 dev 0 fn 0 reg 0 = {:#x}", pci));
 
     let t0 = cpu::rdtsc();
     test_guests::spin_delay(10_000);
     let t1 = cpu::rdtsc();
-    c.check(
-        "rdtsc-increases",
-        t1 > t0,
-        format_args!("{:#x} then {:#x}", t0, t1),
-    );
+    c.check("rdtsc-increases", t1 > t0, format_args!("{:#x} then {:#x}", t0, t1));
 
     match idt::try_rdmsr(MSR_EFER) {
         Ok(efer) => {
             let want = EFER_LME | EFER_LMA;
-            c.check(
-                "efer-long-mode",
-                efer & want == want,
-                format_args!("EFER = {:#x}", efer),
-            );
+            c.check("efer-long-mode", efer & want == want, format_args!("EFER = {:#x}", efer));
             for bit in [20u32, 63] {
-                let name = if bit == 20 {
-                    "efer-reserved-bit20"
-                } else {
-                    "efer-reserved-bit63"
-                };
+                let name = if bit == 20 { "efer-reserved-bit20" } else { "efer-reserved-bit63" };
                 let got = idt::try_wrmsr(MSR_EFER, efer | (1 << bit));
                 if got.is_ok() {
                     // Accepted: put EFER back before going on.
@@ -155,11 +103,7 @@ fn main(_info: &BootInfo) -> u32 {
                 expect_fault(&mut c, name, got, GP);
             }
         }
-        Err(f) => c.check(
-            "efer-long-mode",
-            false,
-            format_args!("rdmsr EFER raised vector {}", f.vector),
-        ),
+        Err(f) => c.check("efer-long-mode", false, format_args!("rdmsr EFER raised vector {}", f.vector)),
     }
 
     if c.failures != 0 {

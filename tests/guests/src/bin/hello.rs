@@ -36,19 +36,8 @@ fn main(info: &BootInfo) -> u32 {
 
     match hypercall::abi_version() {
         Ok(ABI_VERSION) => println!("abi version {}", ABI_VERSION),
-        Ok(v) => {
-            return fail(format_args!(
-                "abi_version is {} (expected {})",
-                v, ABI_VERSION
-            ))
-        }
-        Err(s) => {
-            return fail(format_args!(
-                "abi_version returned {} ({})",
-                s,
-                status_name(s)
-            ))
-        }
+        Ok(v) => return fail(format_args!("abi_version is {} (expected {})", v, ABI_VERSION)),
+        Err(s) => return fail(format_args!("abi_version returned {} ({})", s, status_name(s))),
     }
 
     let mut name_buf = [0u8; 64];
@@ -56,57 +45,30 @@ fn main(info: &BootInfo) -> u32 {
         Ok(vm) => vm,
         Err(s) => return fail(format_args!("vm_info returned {} ({})", s, status_name(s))),
     };
-    let name_len = usize::try_from(vm.name_len)
-        .unwrap_or(usize::MAX)
-        .min(name_buf.len());
-    let name = name_buf
-        .get(..name_len)
-        .and_then(|n| core::str::from_utf8(n).ok())
-        .unwrap_or("<bad name>");
-    println!(
-        "hello from {} (vm {}, {} MiB)",
-        name,
-        vm.id,
-        vm.mem_bytes >> 20
-    );
+    let name_len = usize::try_from(vm.name_len).unwrap_or(usize::MAX).min(name_buf.len());
+    let name = name_buf.get(..name_len).and_then(|n| core::str::from_utf8(n).ok()).unwrap_or("<bad name>");
+    println!("hello from {} (vm {}, {} MiB)", name, vm.id, vm.mem_bytes >> 20);
 
     if let Err(s) = hypercall::console_write(b"console_write ok\n") {
-        return fail(format_args!(
-            "console_write returned {} ({})",
-            s,
-            status_name(s)
-        ));
+        return fail(format_args!("console_write returned {} ({})", s, status_name(s)));
     }
     println!("console_write returned ok");
 
     let prime = nth_prime(10_000);
     if prime != EXPECTED_PRIME {
-        return fail(format_args!(
-            "compute: 10000th prime is {} (expected {})",
-            prime, EXPECTED_PRIME
-        ));
+        return fail(format_args!("compute: 10000th prime is {} (expected {})", prime, EXPECTED_PRIME));
     }
     println!("compute ok {}", prime);
 
     for i in 1..=3 {
         if let Err(s) = hypercall::yield_now() {
-            return fail(format_args!(
-                "yield {} returned {} ({})",
-                i,
-                s,
-                status_name(s)
-            ));
+            return fail(format_args!("yield {} returned {} ({})", i, s, status_name(s)));
         }
     }
     println!("yield ok (3 times)");
 
     if let Some(map) = info.memmap {
-        println!(
-            "memmap: {} entries, {} KiB usable, top {:#x}",
-            map.entries,
-            map.usable_bytes >> 10,
-            map.usable_top
-        );
+        println!("memmap: {} entries, {} KiB usable, top {:#x}", map.entries, map.usable_bytes >> 10, map.usable_top);
         if map.usable_top > vm.mem_bytes {
             return fail(format_args!(
                 "memmap usable top {:#x} beyond vm_info memory {:#x}",
@@ -130,13 +92,7 @@ fn test_top_of_ram(info: &BootInfo, mem: u64) -> Result<(), u32> {
     let top = mem.min(phys::MAPPED_LIMIT);
     let mut tested = 0;
     let mut highest = 0;
-    for target in [
-        top - 8,
-        top - 4096,
-        top - (64 << 10),
-        top - (1 << 20),
-        top / 2,
-    ] {
+    for target in [top - 8, top - 4096, top - (64 << 10), top - (1 << 20), top / 2] {
         // Step down a page at a time past boot structures / the image.
         let mut addr = target & !7;
         for _ in 0..64 {
@@ -148,24 +104,15 @@ fn test_top_of_ram(info: &BootInfo, mem: u64) -> Result<(), u32> {
                 }
                 RamTest::Skipped => addr = addr.saturating_sub(4096),
                 RamTest::Mismatch(wrote, read) => {
-                    return Err(fail(format_args!(
-                        "ram at {:#x}: wrote {:#x}, read {:#x}",
-                        addr, wrote, read
-                    )));
+                    return Err(fail(format_args!("ram at {:#x}: wrote {:#x}, read {:#x}", addr, wrote, read)));
                 }
             }
         }
     }
     if tested < 4 || highest + (1 << 20) < top {
-        return Err(fail(format_args!(
-            "ram test covered only {} places (highest {:#x})",
-            tested, highest
-        )));
+        return Err(fail(format_args!("ram test covered only {} places (highest {:#x})", tested, highest)));
     }
-    println!(
-        "ram ok ({} places, highest {:#x}, top {:#x})",
-        tested, highest, top
-    );
+    println!("ram ok ({} places, highest {:#x}, top {:#x})", tested, highest, top);
     Ok(())
 }
 

@@ -4,9 +4,7 @@
 #![no_std]
 #![no_main]
 
-use test_guests::bootinfo::{
-    MB1_INFO_CMDLINE, MB1_INFO_MEM, MB1_INFO_MMAP, MB1_INFO_MODS, MULTIBOOT1_EAX,
-};
+use test_guests::bootinfo::{MB1_INFO_CMDLINE, MB1_INFO_MEM, MB1_INFO_MMAP, MB1_INFO_MODS, MULTIBOOT1_EAX};
 use test_guests::{port, println, BootInfo, Protocol};
 
 test_guests::entry!(main);
@@ -33,12 +31,9 @@ fn probe(info: &BootInfo) -> bool {
     let flags = info.version_or_flags;
     println!("flags {:#x}", flags);
     let mut ok = true;
-    for (bit, name) in [
-        (MB1_INFO_MEM, "MEM"),
-        (MB1_INFO_CMDLINE, "CMDLINE"),
-        (MB1_INFO_MODS, "MODS"),
-        (MB1_INFO_MMAP, "MMAP"),
-    ] {
+    for (bit, name) in
+        [(MB1_INFO_MEM, "MEM"), (MB1_INFO_CMDLINE, "CMDLINE"), (MB1_INFO_MODS, "MODS"), (MB1_INFO_MMAP, "MMAP")]
+    {
         if !info.mb1_has(bit) {
             println!("FAIL: info flag {} missing", name);
             ok = false;
@@ -50,10 +45,7 @@ fn probe(info: &BootInfo) -> bool {
     let first = info.cmdline.split(' ').next().unwrap_or("");
     let base = first.rsplit('/').next().unwrap_or("");
     if base != KERNEL_NAME {
-        println!(
-            "FAIL: cmdline first word {:?} (expected {:?})",
-            first, KERNEL_NAME
-        );
+        println!("FAIL: cmdline first word {:?} (expected {:?})", first, KERNEL_NAME);
         ok = false;
     }
 
@@ -65,14 +57,8 @@ fn probe(info: &BootInfo) -> bool {
                 ok = false;
             }
             if !m.starts_with(MODULE_PREFIX) {
-                let shown = m
-                    .get(..m.len().min(32))
-                    .and_then(|h| core::str::from_utf8(h).ok())
-                    .unwrap_or("<binary>");
-                println!(
-                    "FAIL: module starts with {:?} (expected bmonitor-module)",
-                    shown
-                );
+                let shown = m.get(..m.len().min(32)).and_then(|h| core::str::from_utf8(h).ok()).unwrap_or("<binary>");
+                println!("FAIL: module starts with {:?} (expected bmonitor-module)", shown);
                 ok = false;
             }
         }
@@ -96,12 +82,7 @@ fn probe(info: &BootInfo) -> bool {
     }
     match info.memmap {
         Some(m) if m.usable_bytes > 0 => {
-            println!(
-                "mmap: {} entries, {} KiB usable, top {:#x}",
-                m.entries,
-                m.usable_bytes >> 10,
-                m.usable_top
-            )
+            println!("mmap: {} entries, {} KiB usable, top {:#x}", m.entries, m.usable_bytes >> 10, m.usable_top)
         }
         _ => {
             println!("FAIL: memory map empty");

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# End-to-end tests: boot BMonitor in Bochs (Intel VT-x) and QEMU TCG (AMD-V)
+# and check what the guests and the hypervisor print on the serial line.
+# Each boot is bounded by a timeout and every failed check names the
+# expected line and the log to read. Two emulators run at a time.
+#
+# usage: tests/e2e/run.sh [--engines "bochs qemu-tcg"] [--only NAME]
+set -uo pipefail
+source "$(cd "$(dirname "$0")/../.." && pwd)/scripts/lib.sh"
+
+engines="bochs qemu-tcg"
+only=
+while (($#)); do
+    case $1 in
+    --engines) engines=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    *) die "unknown argument $1" ;;
+    esac
+done
+
+E2E=$OUT/e2e
+rm -rf "$E2E"
+mkdir -p "$E2E"
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
+
+# --- expectations --------------------------------------------------------
+# Each check_* reads $log and calls fail "why" for each broken expectation.
+
+fail() { echo "$1" >>"$result"; }
+want() { grep -Eq -- "$1" "$log" || fail "missing line matching: $1"; }
+refuse() { ! grep -Eq -- "$1" "$log" || fail "unexpected line: $(grep -Em1 -- "$1" "$log")"; }
+# before A B: the first line matching A comes before the first matching B.
+before() {
+    local a b
+    a=$(grep -Enm1 -- "$1" "$log" | cut -d: -f1)
+    b=$(grep -Enm1 -- "$2" "$log" | cut -d: -f1)
+    [[ -n $a && -n $b && $a -lt $b ]] || fail "expected '$1' (line ${a:-none}) before '$2' (line ${b:-none})"
+}
+stopped() { # NAME CODE [REASON-REGEX]
+    want "^vm $1 stopped: exit-code=$2 exits=[0-9]+ \(io=[0-9]+ hypercall=[0-9]+ msr=[0-9]+ cpuid=[0-9]+ .*\) cpu-time=[0-9]+ms console-bytes=[0-9]+ reason=\"${3:-.*}\""
+}
+no_hypervisor_fault() { refuse "HYPERVISOR (FAULT|PANIC)|BMonitor: fatal"; }
+
+backend_for() { case $1 in bochs) echo vmx ;; *) echo svm ;; esac; }
+
+check_demo() {
+    no_hypervisor_fault
+    want "^backend: $(backend_for "$engine")$"
+    want "^scheduler: running 4 VM\(s\)"
+    stopped web-1 0 "exit hypercall \(0\)"
+    stopped web-2 0 "exit hypercall \(0\)"
+    stopped probe 0 "exit hypercall \(0\)"
+    stopped legacy 0 "isa-debug-exit \(0\)"
+    want "^\[web-1\] hello from web-1 \(vm 0, 16 MiB\)$"
+    want "^\[web-2\] hello from web-2 \(vm 1, 16 MiB\)$"
+    want "^\[web-1\] cmdline: role=web replica=1$"
+    want "^\[web-1\] console_write ok$"
+    want "^\[web-1\] compute ok 104729$"
+    want "^\[probe\] cpu-probe ok$"
+    want "^\[legacy\] cmdline: mb1-probe verbose$"
+    want "^\[legacy\] module: module.txt 29 bytes$"
+    refuse "FAIL"
+    # Side by side: the second VM starts before the first one finishes.
+    before "^\[web-2\] hello start" "^vm web-1 stopped"
+    want "all VMs stopped \(all succeeded\)"
+}
+
+check_containment() {
+    no_hypervisor_fault
+    want "^backend: $(backend_for "$engine")$"
+    stopped good 0 "exit hypercall \(0\)"
+    stopped oob -1 "read outside guest memory at gpa 0x40000000"
+    stopped tf -1 "triple fault"
+    stopped badentry -1 "VM entry failed.*"
+    stopped badcall 0 "exit hypercall \(0\)"
+    want "^\[badcall\] bad-hypercall ok$"
+    stopped spinner -1 "CPU time limit of 2000 ms reached"
+    stopped off 0 "guest power-off"
+    refuse "FAIL"
+    # The spinner (interrupts off, no exits) did not starve the others.
+    before "^\[spinner\] spinner start" "^vm good stopped"
+    before "^vm good stopped" "^vm spinner stopped"
+    want "all VMs stopped \(some failed\)"
+}
+
+check_iso_multiboot2() {
+    want "^boot: multiboot2 loader"
+    check_demo
+}
+
+check_pvh() {
+    want "^boot: pvh loader"
+}
+
+check_bad_bundle() {
+    want "^bundle: "
+    want "^BMonitor: fatal: boot module is not a valid node bundle"
+    refuse "HYPERVISOR (FAULT|PANIC)"
+}
+
+# --- scenarios: NAME ENGINE CONFIG CHECK -----------------------------------
+scenarios=()
+for engine in $engines; do
+    scenarios+=("demo-$engine $engine $ROOT/boot/configs/demo.toml check_demo")
+    scenarios+=("containment-$engine $engine $ROOT/tests/e2e/containment.toml check_containment")
+done
+if [[ " $engines " == *" qemu-tcg "* ]]; then
+    scenarios+=("grub-iso-qemu qemu-tcg-iso $ROOT/boot/configs/demo.toml check_iso_multiboot2")
+    scenarios+=("bad-bundle-qemu qemu-tcg GARBAGE check_bad_bundle")
+fi
+
+run_scenario() {
+    local name=$1 engine=$2 config=$3 check=$4
+    local dir=$E2E/$name
+    mkdir -p "$dir"
+    if [[ $config == GARBAGE ]]; then
+        head -c 4096 /dev/urandom >"$dir/node.bundle"
+    else
+        make_bundle "$config" "$dir/node.bundle" 2>"$dir/bmimage.err" || {
+            echo "bmimage failed: $(cat "$dir/bmimage.err")" >"$dir/result"
+            return
+        }
+    fi
+    local start=$SECONDS
+    boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT"
+    local rc=$?
+    log=$dir/serial.log result=$dir/result
+    : >"$result"
+    if [[ $rc == 124 ]]; then
+        fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
+    fi
+    [[ $engine == qemu-tcg-iso ]] && engine=qemu-tcg
+    $check
+    echo "$((SECONDS - start))" >"$dir/seconds"
+}
+
+pids=()
+for s in "${scenarios[@]}"; do
+    read -r name engine config check <<<"$s"
+    [[ -n $only && $name != *"$only"* ]] && continue
+    # At most two emulators at once: each uses one core.
+    while (($(jobs -rp | wc -l) >= 2)); do wait -n; done
+    run_scenario "$name" "$engine" "$config" "$check" &
+done
+wait
+
+passed=0 failed=0
+for s in "${scenarios[@]}"; do
+    read -r name _ <<<"$s"
+    [[ -n $only && $name != *"$only"* ]] && continue
+    dir=$E2E/$name
+    if [[ -s $dir/result ]]; then
+        failed=$((failed + 1))
+        echo "FAIL $name (serial log: $dir/serial.log)"
+        sed 's/^/     /' "$dir/result"
+    else
+        passed=$((passed + 1))
+        echo "PASS $name ($(cat "$dir/seconds" 2>/dev/null || echo ?)s)"
+    fi
+done
+echo "e2e: $passed passed, $failed failed"
+((failed == 0))
