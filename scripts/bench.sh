@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Benchmarks. System: boots the hcbench guest in each engine and reports the
+# cost of one hypercall and one port read (TSC ticks per round trip, as the
+# guest measures them) with BMonitor's exit counters for the run. Host:
+# criterion benchmarks of the pure crates (skipped with --system-only).
+# Timings here are noisy: compare ratios within one run.
+#
+# usage: scripts/bench.sh [--system-only] [--engines "bochs qemu-tcg"]
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+engines="bochs qemu-tcg" system_only=
+while (($#)); do
+    case $1 in
+    --system-only) system_only=1; shift ;;
+    --engines) engines=$2; shift 2 ;;
+    *) die "unknown argument $1" ;;
+    esac
+done
+
+build_all
+for engine in $engines; do
+    dir=$OUT/bench-$engine
+    mkdir -p "$dir"
+    make_bundle tests/e2e/bench.toml "$dir/node.bundle"
+    boot_engine "$engine" "$dir/node.bundle" "$dir/serial.log" 120 || die "$engine: benchmark boot timed out"
+    hc=$(grep -o 'hcbench hypercall: [0-9]*' "$dir/serial.log" | grep -o '[0-9]*$') || die "$engine: no result (see $dir/serial.log)"
+    io=$(grep -o 'hcbench port-read: [0-9]*' "$dir/serial.log" | grep -o '[0-9]*$')
+    tsc=$(grep -o 'TSC [0-9]* MHz' "$dir/serial.log" | grep -o '[0-9]*')
+    backend=$(grep -o 'backend: [a-z]*' "$dir/serial.log")
+    stop=$(grep '^vm bench stopped' "$dir/serial.log")
+    echo "$engine ($backend, TSC ${tsc} MHz): hypercall round trip ${hc} TSC ticks, port read ${io} TSC ticks (ratio $(awk "BEGIN {printf \"%.2f\", $io/$hc}"))"
+    echo "  counters: ${stop#*: }"
+done
+
+if [[ -z $system_only ]]; then
+    say "criterion benchmarks of the pure crates"
+    cargo bench --quiet --workspace --exclude hypervisor --exclude test-guests 2>&1 | grep -E "time:|thrpt:|^[a-z].*/" || true
+fi
