@@ -16,7 +16,7 @@ mod virt;
 mod vm;
 
 use alloc::vec::Vec;
-use arch::x86_64::{acpi, apic, bootinfo, gdt, idt, power, serial, time};
+use arch::x86_64::{acpi, apic, bootinfo, gdt, idt, percpu, power, serial, time};
 use vmm_config::bundle::Bundle;
 
 /// Entered from the boot stub in long mode with the loader's magic and info.
@@ -51,6 +51,7 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
     mm::frames::init(&bi);
     mm::heap::init()?;
     log!("memory: {} MiB free for VMs after the heap", (mm::frames::free_count() as u64 * mm::PAGE_SIZE) >> 20);
+    percpu::init_boot_cpu();
     log_cpu();
     match acpi::discover(bi.rsdp) {
         Ok(p) => log!("acpi: {} CPU(s), {} I/O APIC(s), local APIC at {:#x}", p.cpus, p.io_apics, p.local_apic_address),

@@ -161,6 +161,43 @@ impl FxArea {
     }
 }
 
+/// Debug registers the CPU does not switch on VM entry/exit (DR0-DR3 on
+/// both backends, DR6 on VMX): saved and restored when VMs change, so one
+/// VM's breakpoints never fire in another.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DebugRegs([u64; 5]);
+
+impl DebugRegs {
+    /// Reads DR0-DR3 and DR6.
+    pub fn save(&mut self) {
+        let [d0, d1, d2, d3, d6] = &mut self.0;
+        // SAFETY: reading debug registers at CPL 0 has no side effects.
+        unsafe {
+            core::arch::asm!("mov {}, dr0", out(reg) * d0);
+            core::arch::asm!("mov {}, dr1", out(reg) * d1);
+            core::arch::asm!("mov {}, dr2", out(reg) * d2);
+            core::arch::asm!("mov {}, dr3", out(reg) * d3);
+            core::arch::asm!("mov {}, dr6", out(reg) * d6);
+        }
+    }
+
+    /// Loads DR0-DR3 and DR6; the host keeps DR7 disabled, so nothing fires
+    /// in the hypervisor.
+    pub fn restore(&self) {
+        let [d0, d1, d2, d3, d6] = self.0;
+        let d6 = if d6 == 0 { 0xFFFF_0FF0 } else { d6 };
+        // SAFETY: writing breakpoint addresses and DR6 at CPL 0; host DR7
+        // has every breakpoint disabled.
+        unsafe {
+            core::arch::asm!("mov dr0, {}", in(reg) d0);
+            core::arch::asm!("mov dr1, {}", in(reg) d1);
+            core::arch::asm!("mov dr2, {}", in(reg) d2);
+            core::arch::asm!("mov dr3, {}", in(reg) d3);
+            core::arch::asm!("mov dr6, {}", in(reg) d6);
+        }
+    }
+}
+
 /// Entry state every guest starts with: flat 32-bit protected mode, paging
 /// off, as the PVH and multiboot1 specifications require.
 #[derive(Clone, Copy, Debug)]

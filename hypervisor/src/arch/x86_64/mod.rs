@@ -7,6 +7,7 @@ pub mod boot;
 pub mod bootinfo;
 pub mod gdt;
 pub mod idt;
+pub mod percpu;
 pub mod power;
 pub mod serial;
 pub mod time;

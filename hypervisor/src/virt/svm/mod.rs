@@ -6,7 +6,9 @@ mod entry;
 mod vmcb;
 
 use super::{EntryState, Exit, GuestRegs, Vcpu};
+use crate::arch::x86_64::percpu;
 use crate::mm::frames;
+use core::sync::atomic::Ordering;
 use vmcb::Vmcb;
 
 const EFER_MSR: u32 = 0xC000_0080;
@@ -17,7 +19,6 @@ const EFER_LMA: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 
 struct SvmState {
-    host_save: u64,
     iopm: u64,
     msrpm: u64,
     nrips: bool,
@@ -46,9 +47,12 @@ pub fn enable() -> Result<(), &'static str> {
             return Err("SVM disabled by firmware (VM_CR.SVMDIS)");
         }
         x86::msr::wrmsr(EFER_MSR, x86::msr::rdmsr(EFER_MSR) | EFER_SVME);
+        let cpu = percpu::current();
         let hsave = frames::alloc().ok_or("no memory for host save area")?;
         x86::msr::wrmsr(HSAVE_PA_MSR, hsave);
+        cpu.svm_hsave.store(hsave, Ordering::Relaxed);
         let host_save = frames::alloc().ok_or("no memory for host VMSAVE area")?;
+        cpu.svm_host_save.store(host_save, Ordering::Relaxed);
         let iopm = frames::alloc_contiguous(3).ok_or("no memory for I/O permission map")?;
         core::ptr::write_bytes(iopm as *mut u8, 0xFF, 3 * 4096);
         let msrpm = frames::alloc_contiguous(2).ok_or("no memory for MSR permission map")?;
@@ -66,7 +70,7 @@ pub fn enable() -> Result<(), &'static str> {
                 *byte &= !(3 << (bit % 8));
             }
         }
-        STATE.call_once(|| SvmState { host_save, iopm, msrpm, nrips: svm.has_nrip() });
+        STATE.call_once(|| SvmState { iopm, msrpm, nrips: svm.has_nrip() });
     }
     Ok(())
 }
@@ -78,6 +82,7 @@ pub struct SvmVcpu {
     /// Length of the exiting instruction when the CPU gives no next-RIP.
     insn_len: u64,
     fxsave: alloc::boxed::Box<super::FxArea>,
+    debug_regs: super::DebugRegs,
 }
 
 impl SvmVcpu {
@@ -91,6 +96,7 @@ impl SvmVcpu {
             regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, ..GuestRegs::default() },
             insn_len: 0,
             fxsave: super::FxArea::new_default(),
+            debug_regs: Default::default(),
         })
     }
 
@@ -115,6 +121,7 @@ impl SvmVcpu {
                 self.insn_len = 1;
                 Exit::Halt
             }
+            0x7A => Exit::InvalidOpcode { what: "INVLPGA" },
             0x7B => {
                 self.insn_len = info2.wrapping_sub(self.vmcb.rip());
                 let size = match (info1 >> 4) & 7 {
@@ -148,9 +155,12 @@ impl SvmVcpu {
 
 impl Vcpu for SvmVcpu {
     fn run(&mut self, _slice_tsc: u64) -> Exit {
-        let Some(st) = STATE.get() else { return Exit::EntryFailed { detail: 0 } };
+        let host_save = percpu::current().svm_host_save.load(Ordering::Relaxed);
+        if host_save == 0 {
+            return Exit::EntryFailed { detail: 0 };
+        }
         self.vmcb.set_rax(self.regs.rax);
-        entry::run(&mut self.regs, self.vmcb.pa(), st.host_save);
+        entry::run(&mut self.regs, self.vmcb.pa(), host_save);
         self.regs.rax = self.vmcb.rax();
         self.vmcb.stop_tlb_flush();
         self.vmcb.clear_event_injection_if_delivered();
@@ -213,11 +223,13 @@ impl Vcpu for SvmVcpu {
     fn switch_in(&mut self) {
         // SAFETY: restoring this VM's x87/SSE state from its own area.
         unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.fxsave.0.as_ptr()) };
+        self.debug_regs.restore();
     }
 
     fn switch_out(&mut self) {
         // SAFETY: saving x87/SSE state into this VM's own area.
         unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) self.fxsave.0.as_mut_ptr()) };
+        self.debug_regs.save();
     }
 
     fn corrupt_state(&mut self) {

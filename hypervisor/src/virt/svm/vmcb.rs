@@ -49,6 +49,7 @@ const I_NMI: u32 = 1 << 1;
 const I_CPUID: u32 = 1 << 18;
 const I_INVD: u32 = 1 << 22;
 const I_HLT: u32 = 1 << 24;
+const I_INVLPGA: u32 = 1 << 26;
 const I_IOIO: u32 = 1 << 27;
 const I_MSR: u32 = 1 << 28;
 const I_TASK_SWITCH: u32 = 1 << 29;
@@ -124,7 +125,7 @@ impl Vmcb {
     pub fn init_guest(&self, asid: u32, ncr3: u64, iopm: u64, msrpm: u64, rip: u64, rax: u64) {
         self.w32(
             INTERCEPT_MISC1,
-            I_INTR | I_NMI | I_CPUID | I_INVD | I_HLT | I_IOIO | I_MSR | I_TASK_SWITCH | I_SHUTDOWN,
+            I_INTR | I_NMI | I_CPUID | I_INVD | I_HLT | I_INVLPGA | I_IOIO | I_MSR | I_TASK_SWITCH | I_SHUTDOWN,
         );
         self.w32(
             INTERCEPT_MISC2,

@@ -3,7 +3,7 @@
 
 mod entry;
 
-use super::{EntryState, Exit, FxArea, GuestRegs, Vcpu};
+use super::{DebugRegs, EntryState, Exit, FxArea, GuestRegs, Vcpu};
 use crate::mm::frames;
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86::msr::{self, rdmsr, wrmsr};
@@ -178,6 +178,7 @@ pub fn enable() -> Result<(), &'static str> {
         let vmxon = frames::alloc().ok_or("no memory for VMXON region")?;
         core::ptr::write_volatile(vmxon as *mut u32, caps.revision);
         x86::bits64::vmx::vmxon(vmxon).map_err(|_| "VMXON failed")?;
+        crate::arch::x86_64::percpu::current().vmxon_region.store(vmxon, Ordering::Relaxed);
         REVISION.store(u64::from(caps.revision), Ordering::Relaxed);
         CTLS.call_once(|| caps);
 
@@ -215,6 +216,7 @@ pub struct VmxVcpu {
     launched: bool,
     syscall_msrs: [u64; 5],
     fxsave: alloc::boxed::Box<FxArea>,
+    debug_regs: DebugRegs,
 }
 
 impl VmxVcpu {
@@ -235,6 +237,7 @@ impl VmxVcpu {
             launched: false,
             syscall_msrs: [0; 5],
             fxsave: FxArea::new_default(),
+            debug_regs: Default::default(),
         };
         // Controls.
         vmwrite(control::PINBASED_EXEC_CONTROLS, u64::from(caps.pin));
@@ -507,6 +510,7 @@ impl Vcpu for VmxVcpu {
             }
             core::arch::asm!("fxrstor64 [{}]", in(reg) self.fxsave.0.as_ptr());
         }
+        self.debug_regs.restore();
     }
 
     fn switch_out(&mut self) {
@@ -517,6 +521,7 @@ impl Vcpu for VmxVcpu {
             }
             core::arch::asm!("fxsave64 [{}]", in(reg) self.fxsave.0.as_mut_ptr());
         }
+        self.debug_regs.save();
     }
 
     fn corrupt_state(&mut self) {
