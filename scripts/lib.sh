@@ -106,6 +106,15 @@ boot_engine() {
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?
         ;;
+    qemu-tcg-net)
+        # q35 (ECAM) with a virtio-net uplink on QEMU user networking; the
+        # management port is forwarded to 127.0.0.1:$BM_MGMT_PORT.
+        ensure_cmds qemu-system-x86_64
+        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt -m 512 -display none -no-reboot \
+            -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+            -netdev "user,id=uplink,hostfwd=tcp:127.0.0.1:${BM_MGMT_PORT:-7700}-:7700" -device virtio-net-pci,netdev=uplink \
+            -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?
+        ;;
     qemu-tcg-iso)
         ensure_cmds qemu-system-x86_64
         make_iso "$bundle" "$work/node.iso"

@@ -89,6 +89,7 @@ fn vm(name: &str, kernel: &str, module: Option<&str>) -> vmm_config::config::VmC
         boot: BootProtocol::Auto,
         cpu_time_limit_ms: None,
         debug_hypercalls: false,
+        ..Default::default()
     }
 }
 
@@ -117,6 +118,7 @@ fn entry_names_dedup_and_disambiguate() {
             vm("v2", "b/kernel.elf", None),
             vm("v3", "node.config", None),
         ],
+        ..Default::default()
     };
     let entries = assign_entries(&mut config, d).unwrap();
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
@@ -131,7 +133,7 @@ fn entry_names_dedup_and_disambiguate() {
 #[test]
 fn missing_file_names_vm_and_path() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = NodeConfig { vms: vec![vm("web", "nope.elf", None)] };
+    let mut config = NodeConfig { vms: vec![vm("web", "nope.elf", None)], ..Default::default() };
     let e = assign_entries(&mut config, dir.path()).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("vm[0] (web).kernel") && msg.contains("nope.elf"), "{msg}");

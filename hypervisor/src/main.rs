@@ -11,7 +11,9 @@ extern crate alloc;
 
 mod arch;
 mod devices;
+mod drivers;
 mod mm;
+mod net;
 mod virt;
 mod vm;
 
@@ -53,16 +55,21 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
     log!("memory: {} MiB free for VMs after the heap", (mm::frames::free_count() as u64 * mm::PAGE_SIZE) >> 20);
     percpu::init_boot_cpu();
     log_cpu();
-    match acpi::discover(bi.rsdp) {
-        Ok(p) => log!("acpi: {} CPU(s), {} I/O APIC(s), local APIC at {:#x}", p.cpus, p.io_apics, p.local_apic_address),
-        Err(why) => log!("acpi: {} (continuing with one CPU)", why),
-    }
+    let platform = match acpi::discover(bi.rsdp) {
+        Ok(p) => {
+            log!("acpi: {} CPU(s), {} I/O APIC(s), local APIC at {:#x}", p.cpus, p.io_apics, p.local_apic_address);
+            p
+        }
+        Err(why) => {
+            log!("acpi: {} (continuing with one CPU)", why);
+            acpi::Platform::default()
+        }
+    };
     apic::init();
     time::calibrate();
     log!("time: TSC {} MHz", time::tsc_per_ms() / 1000);
     let backend = virt::enable_backend()?;
     log!("backend: {}", backend.name());
-    log!("devices: no physical NIC or disk driver in this build; VMs run without uplink or disks");
 
     let module = bi.modules().first().ok_or("no boot module: expected the node bundle")?;
     let bytes = bootinfo::module_bytes(module).ok_or("boot module outside memory")?;
@@ -74,7 +81,8 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         log!("config: {}", e);
         "node config rejected"
     })?;
-    log!("config: {} VM(s)", config.vms.len());
+    log!("config: {} VM(s), {} cluster(s), {} rule(s)", config.vms.len(), config.clusters.len(), config.rules.len());
+    let mut node_net = net::node::NodeNet::start(platform.ecam, net::mgmt::AddressMode::from_config(&config.uplink));
 
     let mut vms: Vec<vm::Vm> = Vec::new();
     for (i, cfg) in config.vms.iter().enumerate() {
@@ -89,7 +97,19 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         vms.iter().filter(|v| v.is_running()).count(),
         vm::scheduler::SLICE_MS
     );
-    vm::scheduler::run_all(&mut vms);
+    vm::scheduler::run_all(&mut vms, node_net.as_mut());
+    if config.node.keep_running {
+        match node_net.as_mut() {
+            Some(n) => {
+                log!("node: all VMs stopped; staying up for the management plane (keep_running)");
+                loop {
+                    n.poll();
+                    core::hint::spin_loop();
+                }
+            }
+            None => log!("node: keep_running set but there is no uplink; powering off"),
+        }
+    }
     Ok(vms.iter().all(|v| v.stopped.as_ref().is_some_and(|r| r.exit_code() == 0)))
 }
 

@@ -47,6 +47,7 @@ check_demo() {
     no_hypervisor_fault
     want "^backend: $(backend_for "$engine")$"
     want "^scheduler: running 4 VM\(s\)"
+    want "^net: no uplink \(.*\); VMs switch among themselves only$"
     stopped web-1 0 "exit hypercall \(0\)"
     stopped web-2 0 "exit hypercall \(0\)"
     stopped probe 0 "exit hypercall \(0\)"
@@ -92,6 +93,35 @@ check_pvh() {
     want "^boot: pvh loader"
 }
 
+# A node with a NIC: wait for its address, then reach the management port
+# from the host through QEMU's forwarded port.
+check_uplink() {
+    no_hypervisor_fault
+    want "^net: uplink virtio-net "
+    want "$UPLINK_LINE"
+    want "^vm solo stopped: exit-code=0 "
+    want "^node: all VMs stopped; staying up"
+    [[ $(cat "$dir/banner" 2>/dev/null) == "BMonitor management port: ready" ]] ||
+        fail "management port: expected banner, got '$(cat "$dir/banner" 2>/dev/null)'"
+}
+
+# boot_with_client: boots in the background, waits for the address line,
+# reads the banner from the forwarded management port, then stops the node.
+boot_with_client() {
+    local port=$((20000 + RANDOM % 20000))
+    BM_MGMT_PORT=$port boot_engine qemu-tcg-net "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" &
+    local boot=$!
+    local deadline=$((SECONDS + 60))
+    until grep -Eq "$UPLINK_LINE" "$dir/serial.log" 2>/dev/null && grep -q "staying up" "$dir/serial.log"; do
+        ((SECONDS > deadline)) && break
+        sleep 0.5
+    done
+    timeout 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && head -n1 <&3" >"$dir/banner" 2>/dev/null || true
+    pkill -f "hostfwd=tcp:127.0.0.1:$port-" 2>/dev/null
+    wait "$boot"
+    return 0
+}
+
 check_bad_bundle() {
     want "^bundle: "
     want "^BMonitor: fatal: boot module is not a valid node bundle"
@@ -107,6 +137,8 @@ done
 if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("grub-iso-qemu qemu-tcg-iso $ROOT/boot/configs/demo.toml check_iso_multiboot2")
     scenarios+=("bad-bundle-qemu qemu-tcg GARBAGE check_bad_bundle")
+    scenarios+=("uplink-dhcp-qemu qemu-tcg-net $ROOT/tests/e2e/uplink.toml check_uplink")
+    scenarios+=("uplink-static-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-static.toml check_uplink")
 fi
 
 run_scenario() {
@@ -121,9 +153,16 @@ run_scenario() {
             return
         }
     fi
-    local start=$SECONDS
-    boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT"
-    local rc=$?
+    local start=$SECONDS rc=0
+    case $name in
+    uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
+    uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
+    esac
+    if [[ $engine == qemu-tcg-net ]]; then
+        boot_with_client
+    else
+        boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
+    fi
     log=$dir/serial.log result=$dir/result
     : >"$result"
     if [[ $rc == 124 ]]; then

@@ -231,7 +231,9 @@ mod tests {
                 boot: BootProtocol::Pvh,
                 cpu_time_limit_ms: Some(10),
                 debug_hypercalls: false,
+                ..Default::default()
             }],
+            ..Default::default()
         }
     }
 

@@ -12,6 +12,8 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::net::{ClusterConfig, Endpoint, NicConfig, Protocol, RuleConfig, UplinkConfig};
+
 /// Most VMs one node runs, bounding per-node tables in the hypervisor.
 pub const MAX_VMS: usize = 16;
 /// Largest guest RAM per VM, so the frame allocator and guest addresses stay below 4 GiB.
@@ -22,13 +24,40 @@ pub const MAX_NAME_LEN: usize = 32;
 pub const MAX_CMDLINE_LEN: usize = 1024;
 
 /// Everything a node runs: the list of VMs, in boot order.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
+    /// Node-wide options (`[node]`).
+    #[serde(default)]
+    pub node: NodeOptions,
     /// The VMs; spelled `[[vm]]` in TOML.
     #[serde(rename = "vm")]
     pub vms: Vec<VmConfig>,
+    /// How the management address is obtained (`[uplink]`); DHCP by default.
+    #[serde(default)]
+    pub uplink: UplinkConfig,
+    /// Tenant clusters (`[[cluster]]`): the landlord's boundaries.
+    #[serde(default, rename = "cluster")]
+    pub clusters: Vec<ClusterConfig>,
+    /// Tenant sub-boundaries (`[[rule]]`).
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
 }
+
+/// Node-wide options.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NodeOptions {
+    /// Keep the node (and its management plane) up after every VM has
+    /// stopped, instead of powering off.
+    #[serde(default)]
+    pub keep_running: bool,
+}
+
+/// Most clusters and most rules one node config may name.
+pub const MAX_CLUSTERS: usize = 64;
+/// Most tenant rules in a node config.
+pub const MAX_RULES: usize = 4096;
 
 /// How the hypervisor should enter a guest kernel.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -44,7 +73,7 @@ pub enum BootProtocol {
 }
 
 /// One VM: its resources, its kernel and how to boot it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Unique name, 1 to [`MAX_NAME_LEN`] characters of `[A-Za-z0-9_.-]`.
@@ -68,6 +97,12 @@ pub struct VmConfig {
     /// Enables the test-only hypercalls (e.g. state corruption) for this VM.
     #[serde(default)]
     pub debug_hypercalls: bool,
+    /// The tenant cluster this VM belongs to (required with a NIC).
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// A virtual NIC (`[vm.nic]`), if the VM has one.
+    #[serde(default)]
+    pub nic: Option<NicConfig>,
 }
 
 /// A config value that failed validation: which field, and why.
@@ -109,6 +144,98 @@ impl NodeConfig {
                     format!("vm[{i}].name"),
                     format!("\"{}\" is already the name of vm[{first}]", vm.name),
                 ));
+            }
+        }
+        self.validate_network()
+    }
+
+    fn validate_network(&self) -> Result<(), ConfigError> {
+        if self.clusters.len() > MAX_CLUSTERS {
+            return Err(ConfigError::new("cluster", format!("at most {MAX_CLUSTERS} clusters are allowed")));
+        }
+        for (i, c) in self.clusters.iter().enumerate() {
+            if !valid_name(&c.name) {
+                return Err(ConfigError::new(
+                    format!("cluster[{i}].name"),
+                    format!("must be 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . -"),
+                ));
+            }
+            if self.clusters.iter().take(i).any(|o| o.name == c.name) {
+                return Err(ConfigError::new(format!("cluster[{i}].name"), format!("\"{}\" is defined twice", c.name)));
+            }
+            if let Some(j) = c.remote.iter().position(|e| matches!(e, Endpoint::Vm(_))) {
+                return Err(ConfigError::new(
+                    format!("cluster[{i}].remote[{j}]"),
+                    "must be an IPv4 or MAC address (VMs of this node join a cluster by their own `cluster` field)",
+                ));
+            }
+        }
+        let cluster_exists = |name: &str| self.clusters.iter().any(|c| c.name == name);
+        for (i, vm) in self.vms.iter().enumerate() {
+            if let Some(c) = &vm.cluster {
+                if !cluster_exists(c) {
+                    return Err(ConfigError::new(
+                        format!("vm[{i}].cluster"),
+                        format!("no [[cluster]] is named \"{c}\""),
+                    ));
+                }
+            }
+            let Some(nic) = &vm.nic else { continue };
+            if vm.cluster.is_none() {
+                return Err(ConfigError::new(format!("vm[{i}].cluster"), "a VM with a NIC must belong to a cluster"));
+            }
+            for (j, other) in self.vms.iter().enumerate().take(i) {
+                let Some(o) = &other.nic else { continue };
+                if o.ip == nic.ip {
+                    return Err(ConfigError::new(
+                        format!("vm[{i}].nic.ip"),
+                        format!("{} is already vm[{j}]'s", nic.ip),
+                    ));
+                }
+                if nic.mac.is_some() && o.mac == nic.mac {
+                    return Err(ConfigError::new(format!("vm[{i}].nic.mac"), "is already another VM's"));
+                }
+            }
+            if nic.mac.is_some_and(|m| m.0[0] & 1 != 0 || m.0 == [0; 6]) {
+                return Err(ConfigError::new(format!("vm[{i}].nic.mac"), "must be a unicast, non-zero address"));
+            }
+        }
+        if self.rules.len() > MAX_RULES {
+            return Err(ConfigError::new("rule", format!("at most {MAX_RULES} rules are allowed")));
+        }
+        for (i, r) in self.rules.iter().enumerate() {
+            if !cluster_exists(&r.cluster) {
+                return Err(ConfigError::new(
+                    format!("rule[{i}].cluster"),
+                    format!("no [[cluster]] is named \"{}\"", r.cluster),
+                ));
+            }
+            for (side, list) in [("from", &r.from), ("to", &r.to)] {
+                if list.is_empty() {
+                    return Err(ConfigError::new(format!("rule[{i}].{side}"), "must name at least one endpoint"));
+                }
+                for (j, e) in list.iter().enumerate() {
+                    if let Endpoint::Vm(name) = e {
+                        match self.vms.iter().find(|v| &v.name == name) {
+                            None => {
+                                return Err(ConfigError::new(
+                                    format!("rule[{i}].{side}[{j}]"),
+                                    format!("no VM is named \"{name}\""),
+                                ))
+                            }
+                            Some(v) if v.cluster.as_deref() != Some(r.cluster.as_str()) || v.nic.is_none() => {
+                                return Err(ConfigError::new(
+                                    format!("rule[{i}].{side}[{j}]"),
+                                    format!("VM \"{name}\" has no NIC in cluster \"{}\"", r.cluster),
+                                ))
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+            if r.ports.is_some() && r.protocol == Protocol::Icmp {
+                return Err(ConfigError::new(format!("rule[{i}].ports"), "ICMP has no ports"));
             }
         }
         Ok(())
@@ -185,6 +312,7 @@ mod tests {
             boot: BootProtocol::Auto,
             cpu_time_limit_ms: None,
             debug_hypercalls: false,
+            ..Default::default()
         }
     }
 
@@ -194,13 +322,13 @@ mod tests {
 
     #[test]
     fn valid_config_passes() {
-        let c = NodeConfig { vms: vec![vm("a"), vm("b-1.x_y")] };
+        let c = NodeConfig { vms: vec![vm("a"), vm("b-1.x_y")], ..Default::default() };
         assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]
     fn display_names_field() {
-        let mut c = NodeConfig { vms: vec![vm("a"), vm("b"), vm("bad name")] };
+        let mut c = NodeConfig { vms: vec![vm("a"), vm("b"), vm("bad name")], ..Default::default() };
         let e = c.validate().unwrap_err();
         assert_eq!(e.to_string(), "vm[2].name: must be 1 to 32 characters of A-Z a-z 0-9 _ . -");
         c.vms[2].name = "x".repeat(33);
@@ -211,16 +339,16 @@ mod tests {
 
     #[test]
     fn count_errors() {
-        assert_eq!(NodeConfig { vms: vec![] }.validate().unwrap_err().field, "vm");
+        assert_eq!(NodeConfig { vms: vec![], ..Default::default() }.validate().unwrap_err().field, "vm");
         let vms = (0..=MAX_VMS).map(|i| vm(&format!("v{i}"))).collect();
-        assert_eq!(NodeConfig { vms }.validate().unwrap_err().field, "vm");
+        assert_eq!(NodeConfig { vms, ..Default::default() }.validate().unwrap_err().field, "vm");
         let vms = (0..MAX_VMS).map(|i| vm(&format!("v{i}"))).collect();
-        assert_eq!(NodeConfig { vms }.validate(), Ok(()));
+        assert_eq!(NodeConfig { vms, ..Default::default() }.validate(), Ok(()));
     }
 
     #[test]
     fn duplicate_names() {
-        let e = NodeConfig { vms: vec![vm("a"), vm("b"), vm("a")] }.validate().unwrap_err();
+        let e = NodeConfig { vms: vec![vm("a"), vm("b"), vm("a")], ..Default::default() }.validate().unwrap_err();
         assert_eq!(e.field, "vm[2].name");
         assert!(e.reason.contains("vm[0]"));
     }
@@ -266,7 +394,7 @@ mod tests {
         b.boot = BootProtocol::Multiboot1;
         b.cpu_time_limit_ms = Some(5000);
         b.debug_hypercalls = true;
-        let c = NodeConfig { vms: vec![vm("a"), b] };
+        let c = NodeConfig { vms: vec![vm("a"), b], ..Default::default() };
         let bytes = postcard::to_allocvec(&c).unwrap();
         assert_eq!(postcard::from_bytes::<NodeConfig>(&bytes).unwrap(), c);
     }
@@ -291,13 +419,100 @@ mod tests {
                 boot,
                 cpu_time_limit_ms: cpu,
                 debug_hypercalls: dbg,
+                ..Default::default()
             })
+    }
+
+    fn net_config() -> NodeConfig {
+        use crate::net::{ClusterConfig, Ipv4, NicConfig};
+        let nic = |ip: u8| Some(NicConfig { ip: Ipv4([10, 0, 0, ip]), mac: None });
+        let mut a = vm("a");
+        a.cluster = Some("red".into());
+        a.nic = nic(1);
+        let mut b = vm("b");
+        b.cluster = Some("red".into());
+        b.nic = nic(2);
+        let mut c = vm("c");
+        c.cluster = Some("blue".into());
+        c.nic = nic(3);
+        NodeConfig {
+            vms: vec![a, b, c],
+            clusters: vec![
+                ClusterConfig { name: "red".into(), remote: vec![] },
+                ClusterConfig { name: "blue".into(), remote: vec![] },
+            ],
+            ..Default::default()
+        }
+    }
+
+    fn rule(cluster: &str, from: &str, to: &str) -> crate::net::RuleConfig {
+        crate::net::RuleConfig {
+            cluster: cluster.into(),
+            from: vec![from.parse().unwrap()],
+            to: vec![to.parse().unwrap()],
+            direction: Default::default(),
+            protocol: Default::default(),
+            ports: None,
+            except: false,
+            action: Default::default(),
+        }
+    }
+
+    #[test]
+    fn network_references_are_checked() {
+        assert_eq!(net_config().validate(), Ok(()));
+
+        let mut c = net_config();
+        c.vms[2].cluster = Some("green".into());
+        assert_eq!(c.validate().unwrap_err().field, "vm[2].cluster");
+
+        let mut c = net_config();
+        c.vms[1].cluster = None;
+        assert_eq!(c.validate().unwrap_err().to_string(), "vm[1].cluster: a VM with a NIC must belong to a cluster");
+
+        let mut c = net_config();
+        c.vms[1].nic.as_mut().unwrap().ip = crate::net::Ipv4([10, 0, 0, 1]);
+        assert_eq!(c.validate().unwrap_err().field, "vm[1].nic.ip");
+
+        let mut c = net_config();
+        c.clusters[1].name = "red".into();
+        assert_eq!(c.validate().unwrap_err().field, "cluster[1].name");
+
+        let mut c = net_config();
+        c.rules.push(rule("red", "a", "b"));
+        assert_eq!(c.validate(), Ok(()));
+        c.rules.push(rule("red", "a", "c"));
+        assert_eq!(c.validate().unwrap_err().to_string(), "rule[1].to[0]: VM \"c\" has no NIC in cluster \"red\"");
+
+        let mut c = net_config();
+        c.rules.push(rule("red", "a", "nobody"));
+        assert_eq!(c.validate().unwrap_err().field, "rule[0].to[0]");
+
+        let mut c = net_config();
+        c.rules.push(rule("pink", "a", "b"));
+        assert_eq!(c.validate().unwrap_err().field, "rule[0].cluster");
+
+        let mut c = net_config();
+        let mut r = rule("red", "a", "b");
+        r.protocol = crate::net::Protocol::Icmp;
+        r.ports = Some("80".parse().unwrap());
+        c.rules.push(r);
+        assert_eq!(c.validate().unwrap_err().field, "rule[0].ports");
+    }
+
+    #[test]
+    fn network_config_round_trips_through_postcard() {
+        let mut c = net_config();
+        c.rules.push(rule("red", "a", "10.0.0.2"));
+        c.uplink.address = Some("10.0.2.15/24".parse().unwrap());
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<NodeConfig>(&bytes).unwrap(), c);
     }
 
     proptest! {
         #[test]
         fn valid_configs_round_trip(vms in proptest::collection::vec(arb_vm(), 1..6)) {
-            let c = NodeConfig { vms };
+            let c = NodeConfig { vms, ..Default::default() };
             if c.validate().is_ok() {
                 let bytes = postcard::to_allocvec(&c).unwrap();
                 prop_assert_eq!(postcard::from_bytes::<NodeConfig>(&bytes).unwrap(), c);

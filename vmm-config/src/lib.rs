@@ -8,3 +8,4 @@ extern crate alloc;
 pub mod bundle;
 pub mod config;
 pub mod hypercall;
+pub mod net;

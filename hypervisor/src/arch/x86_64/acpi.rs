@@ -2,6 +2,7 @@
 //! controllers from the MADT. Tables are reached through the identity map.
 
 use acpi::madt::{Madt, MadtEntry};
+use acpi::mcfg::Mcfg;
 use acpi::{AcpiHandler, AcpiTables, PhysicalMapping};
 use core::ptr::NonNull;
 
@@ -29,6 +30,16 @@ pub struct Platform {
     pub cpus: usize,
     pub io_apics: usize,
     pub local_apic_address: u32,
+    /// PCI Express memory-mapped configuration space (segment 0), if any.
+    pub ecam: Option<Ecam>,
+}
+
+/// One ECAM window from the MCFG.
+#[derive(Clone, Copy, Debug)]
+pub struct Ecam {
+    pub base: u64,
+    pub bus_start: u8,
+    pub bus_end: u8,
 }
 
 /// Reads the MADT; `rsdp` from the boot loader, else a BIOS-area search.
@@ -52,6 +63,13 @@ pub fn discover(rsdp: Option<u64>) -> Result<Platform, &'static str> {
             MadtEntry::IoApic(_) => p.io_apics += 1,
             _ => {}
         }
+    }
+    if let Ok(mcfg) = tables.find_table::<Mcfg>() {
+        p.ecam = mcfg.get().entries().iter().find(|e| e.pci_segment_group == 0).map(|e| Ecam {
+            base: e.base_address,
+            bus_start: e.bus_number_start,
+            bus_end: e.bus_number_end,
+        });
     }
     Ok(p)
 }

@@ -1,0 +1,181 @@
+//! The management network stack: smoltcp on a queue-backed device whose
+//! frames the node loop moves to and from the switch. It takes its address
+//! by DHCP (or a static one from the node config) and listens on the
+//! management port.
+
+use crate::arch::x86_64::time;
+use alloc::collections::VecDeque;
+use alloc::vec;
+use alloc::vec::Vec;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::socket::{dhcpv4, tcp};
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
+
+/// TCP port of the management service.
+pub const MGMT_PORT: u16 = 7700;
+const MAX_QUEUE: usize = 256;
+
+/// Frames waiting to enter or leave the stack.
+#[derive(Default)]
+pub struct FrameQueues {
+    pub rx: VecDeque<Vec<u8>>,
+    pub tx: VecDeque<Vec<u8>>,
+}
+
+impl Device for FrameQueues {
+    type RxToken<'a> = QueueRx;
+    type TxToken<'a> = QueueTx<'a>;
+
+    fn receive(&mut self, _now: Instant) -> Option<(QueueRx, QueueTx<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((QueueRx(frame), QueueTx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _now: Instant) -> Option<QueueTx<'_>> {
+        (self.tx.len() < MAX_QUEUE).then_some(QueueTx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ethernet;
+        caps.max_transmission_unit = 1514;
+        caps
+    }
+}
+
+/// A received frame handed to smoltcp.
+pub struct QueueRx(Vec<u8>);
+
+impl RxToken for QueueRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+/// Room for one outgoing frame.
+pub struct QueueTx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl TxToken for QueueTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0u8; len];
+        let r = f(&mut frame);
+        self.0.push_back(frame);
+        r
+    }
+}
+
+/// How the management address is obtained.
+#[derive(Clone, Copy, Debug)]
+pub enum AddressMode {
+    Dhcp,
+    Static { address: Ipv4Cidr, gateway: Option<Ipv4Address> },
+}
+
+impl AddressMode {
+    /// Static when the config names an address, else DHCP.
+    pub fn from_config(uplink: &vmm_config::net::UplinkConfig) -> AddressMode {
+        match uplink.address {
+            Some(c) => AddressMode::Static {
+                address: Ipv4Cidr::new(Ipv4Address::from(c.addr.0), c.prefix),
+                gateway: uplink.gateway.map(|g| Ipv4Address::from(g.0)),
+            },
+            None => AddressMode::Dhcp,
+        }
+    }
+}
+
+/// The management interface and its sockets.
+pub struct MgmtStack {
+    pub queues: FrameQueues,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dhcp: Option<SocketHandle>,
+    leased: bool,
+    listener: SocketHandle,
+    /// Connections served on the management port.
+    pub connections: u64,
+}
+
+fn now() -> Instant {
+    Instant::from_millis(time::tsc_to_ms(time::rdtsc()) as i64)
+}
+
+impl MgmtStack {
+    /// Creates the stack with the NIC's MAC address.
+    pub fn new(mac: [u8; 6], mode: AddressMode) -> MgmtStack {
+        let mut queues = FrameQueues::default();
+        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        let mut iface = Interface::new(config, &mut queues, now());
+        let mut sockets = SocketSet::new(Vec::new());
+        let dhcp = match mode {
+            AddressMode::Dhcp => Some(sockets.add(dhcpv4::Socket::new())),
+            AddressMode::Static { address, gateway } => {
+                iface.update_ip_addrs(|addrs| {
+                    let _ = addrs.push(IpCidr::Ipv4(address));
+                });
+                if let Some(gw) = gateway {
+                    let _ = iface.routes_mut().add_default_ipv4_route(gw);
+                }
+                crate::log!("net: static management address {}", address);
+                None
+            }
+        };
+        let tcp = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 4096]), tcp::SocketBuffer::new(vec![0; 4096]));
+        let listener = sockets.add(tcp);
+        MgmtStack { queues, iface, sockets, dhcp, leased: false, listener, connections: 0 }
+    }
+
+    /// Runs the stack: DHCP progress, the management listener.
+    pub fn poll(&mut self) {
+        let ts = now();
+        self.iface.poll(ts, &mut self.queues, &mut self.sockets);
+        if let Some(h) = self.dhcp {
+            match self.sockets.get_mut::<dhcpv4::Socket>(h).poll() {
+                Some(dhcpv4::Event::Configured(cfg)) => {
+                    crate::log!(
+                        "net: DHCP lease {} gateway {} from {}",
+                        cfg.address,
+                        cfg.router.map_or_else(|| alloc::string::String::from("none"), |r| alloc::format!("{r}")),
+                        cfg.server.address
+                    );
+                    self.leased = true;
+                    let address = cfg.address;
+                    let router = cfg.router;
+                    self.iface.update_ip_addrs(|addrs| {
+                        addrs.clear();
+                        let _ = addrs.push(IpCidr::Ipv4(address));
+                    });
+                    if let Some(r) = router {
+                        let _ = self.iface.routes_mut().add_default_ipv4_route(r);
+                    }
+                }
+                Some(dhcpv4::Event::Deconfigured) => {
+                    if self.leased {
+                        crate::log!("net: DHCP lease lost");
+                    }
+                    self.leased = false;
+                    self.iface.update_ip_addrs(|addrs| addrs.clear());
+                    self.iface.routes_mut().remove_default_ipv4_route();
+                }
+                None => {}
+            }
+        }
+        self.serve();
+        self.iface.poll(ts, &mut self.queues, &mut self.sockets);
+    }
+
+    /// The management service: for now a status banner per connection.
+    fn serve(&mut self) {
+        let sock = self.sockets.get_mut::<tcp::Socket>(self.listener);
+        if !sock.is_open() {
+            let _ = sock.listen(MGMT_PORT);
+        }
+        if sock.can_send() {
+            let _ = sock.send_slice(b"BMonitor management port: ready\n");
+            sock.close();
+            self.connections += 1;
+        }
+    }
+}
