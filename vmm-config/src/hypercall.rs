@@ -27,6 +27,9 @@ pub mod nr {
     pub const YIELD: u64 = 3;
     /// Stops the VM with exit code RDI (low 32 bits).
     pub const EXIT: u64 = 4;
+    /// Returns RDI = nanoseconds since the node booted (monotonic), so
+    /// guests without a calibrated clock can time out and pace themselves.
+    pub const CLOCK: u64 = 5;
     /// Test-only: corrupts this VM's saved CPU state so the next VM entry
     /// fails. Refused with `DENIED` unless the VM config enables debug calls.
     pub const DEBUG_CORRUPT_STATE: u64 = 0xDEB0;
@@ -62,6 +65,8 @@ pub enum Hypercall {
     Yield,
     /// Stop with this exit code.
     Exit { code: u32 },
+    /// Report monotonic time.
+    Clock,
     /// Test-only state corruption (see [`nr::DEBUG_CORRUPT_STATE`]).
     DebugCorruptState,
 }
@@ -121,6 +126,7 @@ pub fn decode(regs: HypercallRegs, long_mode: bool) -> Result<Hypercall, DecodeE
         }
         nr::YIELD => Ok(Hypercall::Yield),
         nr::EXIT => Ok(Hypercall::Exit { code: (rdi & 0xFFFF_FFFF) as u32 }),
+        nr::CLOCK => Ok(Hypercall::Clock),
         nr::DEBUG_CORRUPT_STATE => Ok(Hypercall::DebugCorruptState),
         other => Err(DecodeError::UnknownCall(other)),
     }

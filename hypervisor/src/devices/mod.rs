@@ -2,5 +2,6 @@
 //! a 16550 UART per VM, isa-debug-exit, power/reset ports and an empty PCI
 //! configuration space.
 
+pub mod mmio;
 pub mod ports;
 pub mod uart;

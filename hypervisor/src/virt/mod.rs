@@ -115,6 +115,17 @@ pub trait Vcpu {
     fn switch_out(&mut self);
     /// Test-only: makes the next entry fail (see DEBUG_CORRUPT_STATE).
     fn corrupt_state(&mut self);
+    /// Paging and code-segment state, to walk the guest's page tables and
+    /// decode the instruction that touched an MMIO window.
+    fn cpu_mode(&self) -> insn_decode::CpuMode;
+    /// Guest RIP.
+    fn rip(&self) -> u64;
+    /// Moves RIP by `len` bytes past an instruction we emulated.
+    fn advance_rip(&mut self, len: u64);
+    /// Guest RSP (kept by the VMCS/VMCB, not in [`GuestRegs`]).
+    fn rsp(&self) -> u64;
+    /// Sets guest RSP.
+    fn set_rsp(&mut self, value: u64);
 }
 
 /// Which virtualization extension runs guests on this node.

@@ -22,6 +22,7 @@ pub fn build_vm(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend) 
         name: cfg.name.clone(),
         running: None,
         ports: PortBus::default(),
+        mmio: Default::default(),
         counters: Default::default(),
         cpu_tsc: 0,
         cpu_limit_ms: cfg.cpu_time_limit_ms,

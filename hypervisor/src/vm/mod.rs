@@ -5,6 +5,7 @@ pub mod build;
 pub mod counters;
 pub mod scheduler;
 
+use crate::devices::mmio::MmioBus;
 use crate::devices::ports::PortBus;
 use crate::mm::guest::GuestMemory;
 use crate::virt::Vcpu;
@@ -38,6 +39,8 @@ pub enum StopReason {
     CpuTimeLimit(u64),
     /// INS/OUTS, which BMonitor does not emulate yet.
     StringIo(u16),
+    /// An access to the device window BMonitor could not emulate.
+    BadMmio { gpa: u64, why: &'static str },
     /// The VM could not be built (bad image, no memory).
     LoadFailed(String),
 }
@@ -77,6 +80,7 @@ impl fmt::Display for StopReason {
             StopReason::HaltedForever => write!(f, "HLT with interrupts disabled"),
             StopReason::CpuTimeLimit(ms) => write!(f, "CPU time limit of {ms} ms reached"),
             StopReason::StringIo(p) => write!(f, "string I/O (INS/OUTS) on port {p:#x} is not supported"),
+            StopReason::BadMmio { gpa, why } => write!(f, "MMIO access at gpa {gpa:#x}: {why}"),
             StopReason::LoadFailed(why) => write!(f, "load failed: {why}"),
         }
     }
@@ -105,6 +109,7 @@ pub struct Vm {
     pub name: String,
     pub running: Option<Running>,
     pub ports: PortBus,
+    pub mmio: MmioBus,
     pub counters: ExitCounters,
     pub cpu_tsc: u64,
     pub cpu_limit_ms: Option<u64>,

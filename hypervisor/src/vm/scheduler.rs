@@ -29,7 +29,7 @@ pub fn run_all(vms: &mut [Vm], mut net: Option<&mut NodeNet>) {
 }
 
 fn run_slice(vm: &mut Vm, slice: u64) {
-    let Vm { id, name, running, ports, counters, debug_hypercalls, .. } = vm;
+    let Vm { id, name, running, ports, mmio, counters, debug_hypercalls, .. } = vm;
     let Some(run) = running.as_mut() else { return };
     run.vcpu.switch_in();
     let start = time::rdtsc();
@@ -44,6 +44,7 @@ fn run_slice(vm: &mut Vm, slice: u64) {
             vcpu: run.vcpu.as_mut(),
             mem: &run.mem,
             ports,
+            mmio,
             name,
             id: *id,
             debug_hypercalls: *debug_hypercalls,

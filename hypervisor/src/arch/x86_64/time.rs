@@ -23,6 +23,12 @@ pub fn apic_ticks_per_ms() -> u64 {
     APIC_TICKS_PER_MS.load(Ordering::Relaxed)
 }
 
+/// Nanoseconds since boot (TSC reset), for guests and logs.
+pub fn now_ns() -> u64 {
+    let t = u128::from(rdtsc());
+    (t * 1_000_000 / u128::from(tsc_per_ms().max(1))) as u64
+}
+
 /// Converts TSC ticks to milliseconds.
 pub fn tsc_to_ms(ticks: u64) -> u64 {
     ticks / tsc_per_ms().max(1)

@@ -48,6 +48,10 @@ pub fn handle(ctx: &mut ExitContext<'_>) -> Flow {
             Flow::Yield
         }
         Hypercall::Exit { code } => Flow::Stop(StopReason::Exited(code)),
+        Hypercall::Clock => {
+            ctx.vcpu.regs().rdi = crate::arch::x86_64::time::now_ns();
+            finish(ctx, status::OK)
+        }
         Hypercall::DebugCorruptState => {
             if !ctx.debug_hypercalls {
                 return finish(ctx, status::DENIED);

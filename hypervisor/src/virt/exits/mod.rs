@@ -4,9 +4,11 @@
 mod cpuid;
 mod hypercall;
 mod io;
+mod mmio;
 mod msr;
 
 use super::{Exit, Vcpu};
+use crate::devices::mmio::MmioBus;
 use crate::devices::ports::PortBus;
 use crate::mm::guest::GuestMemory;
 use crate::vm::{Flow, StopReason};
@@ -21,6 +23,7 @@ pub struct ExitContext<'a> {
     pub vcpu: &'a mut dyn Vcpu,
     pub mem: &'a GuestMemory,
     pub ports: &'a mut PortBus,
+    pub mmio: &'a mut MmioBus,
     pub name: &'a str,
     pub id: u16,
     pub debug_hypercalls: bool,
@@ -42,7 +45,7 @@ pub fn handle(ctx: &mut ExitContext<'_>, exit: Exit) -> Flow {
                 Flow::Stop(StopReason::HaltedForever)
             }
         }
-        Exit::NestedFault { gpa, write, fetch } => Flow::Stop(StopReason::MemoryFault { gpa, write, fetch }),
+        Exit::NestedFault { gpa, write, fetch } => mmio::handle(ctx, gpa, write, fetch),
         Exit::Preempted => Flow::Yield,
         Exit::Handled => Flow::Continue,
         Exit::TripleFault => Flow::Stop(StopReason::TripleFault),

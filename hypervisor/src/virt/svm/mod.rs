@@ -232,6 +232,27 @@ impl Vcpu for SvmVcpu {
         self.debug_regs.save();
     }
 
+    fn cpu_mode(&self) -> insn_decode::CpuMode {
+        self.vmcb.cpu_mode()
+    }
+
+    fn rip(&self) -> u64 {
+        self.vmcb.rip()
+    }
+
+    fn advance_rip(&mut self, len: u64) {
+        self.vmcb.set_rip(self.vmcb.rip().wrapping_add(len));
+        self.vmcb.clear_interrupt_shadow();
+    }
+
+    fn rsp(&self) -> u64 {
+        self.vmcb.rsp()
+    }
+
+    fn set_rsp(&mut self, value: u64) {
+        self.vmcb.set_rsp(value);
+    }
+
     fn corrupt_state(&mut self) {
         // VMRUN refuses a guest EFER without SVME.
         self.vmcb.set_efer(self.vmcb.efer() & !EFER_SVME);

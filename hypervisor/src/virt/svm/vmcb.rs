@@ -238,6 +238,30 @@ impl Vmcb {
         self.w64(G_PAT, v);
     }
 
+    /// Guest RSP.
+    pub fn rsp(&self) -> u64 {
+        self.r64(RSP)
+    }
+
+    /// Sets guest RSP.
+    pub fn set_rsp(&self, v: u64) {
+        self.w64(RSP, v);
+    }
+
+    /// Paging and code-segment state for the MMIO instruction decoder.
+    pub fn cpu_mode(&self) -> insn_decode::CpuMode {
+        let attrib = self.r16(SEG_CS + 2);
+        insn_decode::CpuMode {
+            cr0: self.r64(CR0),
+            cr3: self.r64(CR3),
+            cr4: self.r64(CR4),
+            efer: self.r64(EFER),
+            cs_long: attrib & (1 << 9) != 0,
+            cs_db: attrib & (1 << 10) != 0,
+            cs_base: self.r64(SEG_CS + 8),
+        }
+    }
+
     /// Whether CS is a 64-bit code segment (attribute bit L).
     pub fn cs_long(&self) -> bool {
         self.r16(SEG_CS + 2) & (1 << 9) != 0

@@ -448,13 +448,8 @@ impl Vcpu for VmxVcpu {
     }
 
     fn skip_instruction(&mut self) {
-        let len = vmread(ro::VMEXIT_INSTRUCTION_LEN);
-        vmwrite(guest::RIP, vmread(guest::RIP).wrapping_add(len));
-        // Stepping over an instruction ends STI/MOV-SS blocking.
-        let intr = vmread(guest::INTERRUPTIBILITY_STATE);
-        if intr & 3 != 0 {
-            vmwrite(guest::INTERRUPTIBILITY_STATE, intr & !3);
-        }
+        // Stepping over an instruction also ends STI/MOV-SS blocking.
+        self.advance_rip(vmread(ro::VMEXIT_INSTRUCTION_LEN));
     }
 
     fn inject_exception(&mut self, vector: u8, error: Option<u32>) {
@@ -522,6 +517,39 @@ impl Vcpu for VmxVcpu {
             core::arch::asm!("fxsave64 [{}]", in(reg) self.fxsave.0.as_mut_ptr());
         }
         self.debug_regs.save();
+    }
+
+    fn cpu_mode(&self) -> insn_decode::CpuMode {
+        let ar = vmread(guest::CS_ACCESS_RIGHTS);
+        insn_decode::CpuMode {
+            cr0: vmread(guest::CR0),
+            cr3: vmread(guest::CR3),
+            cr4: vmread(guest::CR4),
+            efer: vmread(guest::IA32_EFER_FULL),
+            cs_long: ar & (1 << 13) != 0,
+            cs_db: ar & (1 << 14) != 0,
+            cs_base: vmread(guest::CS_BASE),
+        }
+    }
+
+    fn rip(&self) -> u64 {
+        vmread(guest::RIP)
+    }
+
+    fn advance_rip(&mut self, len: u64) {
+        vmwrite(guest::RIP, vmread(guest::RIP).wrapping_add(len));
+        let intr = vmread(guest::INTERRUPTIBILITY_STATE);
+        if intr & 3 != 0 {
+            vmwrite(guest::INTERRUPTIBILITY_STATE, intr & !3);
+        }
+    }
+
+    fn rsp(&self) -> u64 {
+        vmread(guest::RSP)
+    }
+
+    fn set_rsp(&mut self, value: u64) {
+        vmwrite(guest::RSP, value);
     }
 
     fn corrupt_state(&mut self) {

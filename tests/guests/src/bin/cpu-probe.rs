@@ -87,6 +87,29 @@ fn main(_info: &BootInfo) -> u32 {
     let t0 = cpu::rdtsc();
     test_guests::spin_delay(10_000);
     let t1 = cpu::rdtsc();
+    // The virtio-mmio window: an empty slot reads zero (no magic, device
+    // ID 0) through the hypervisor's MMIO emulation, with several encodings.
+    if hypercall::present() {
+        let slot = 0xFEB0_0000usize + 31 * 0x200;
+        // SAFETY: identity-mapped guest-physical MMIO window; reads of an
+        // empty slot have no side effects.
+        let (magic, id, byte, word): (u32, u32, u8, u16) = unsafe {
+            (
+                core::ptr::read_volatile(slot as *const u32),
+                core::ptr::read_volatile((slot + 8) as *const u32),
+                core::ptr::read_volatile((slot + 1) as *const u8),
+                core::ptr::read_volatile((slot + 2) as *const u16),
+            )
+        };
+        c.check(
+            "mmio-empty-slot",
+            magic == 0 && id == 0 && byte == 0 && word == 0,
+            format_args!("magic {:#x} id {:#x} byte {:#x} word {:#x}", magic, id, byte, word),
+        );
+        // SAFETY: as above; writes to an empty slot are ignored.
+        unsafe { core::ptr::write_volatile((slot + 0x70) as *mut u32, 0xFFFF_FFFF) };
+        c.check("mmio-empty-slot-write", true, format_args!(""));
+    }
     c.check("rdtsc-increases", t1 > t0, format_args!("{:#x} then {:#x}", t0, t1));
 
     match idt::try_rdmsr(MSR_EFER) {

@@ -1,0 +1,79 @@
+//! Nested page faults: an access inside the VM's MMIO window is emulated
+//! (fetch the instruction through the guest's own page tables, decode the
+//! MOV, perform it on the device, advance RIP); any other address outside
+//! RAM stops the VM.
+
+use super::ExitContext;
+use crate::devices::mmio::MmioBus;
+use crate::mm::guest::GuestMemory;
+use crate::vm::{Flow, StopReason};
+use insn_decode::decode::{decode_mmio, AccessKind};
+use insn_decode::{apply_load, store_value, walk, GuestPhys};
+
+/// Guest RAM as the decoder reads it (through EPT/NPT).
+struct Phys<'a>(&'a GuestMemory);
+
+impl GuestPhys for Phys<'_> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), ()> {
+        self.0.read(gpa, buf).map_err(|_| ())
+    }
+}
+
+pub fn handle(ctx: &mut ExitContext<'_>, gpa: u64, write: bool, fetch: bool) -> Flow {
+    if fetch || !MmioBus::window_contains(gpa) {
+        return Flow::Stop(StopReason::MemoryFault { gpa, write, fetch });
+    }
+    let mode = ctx.vcpu.cpu_mode();
+    let mut bytes = [0u8; 15];
+    let n = match walk::fetch(&Phys(ctx.mem), &mode, ctx.vcpu.rip(), &mut bytes) {
+        Ok(n) => n,
+        Err(_) => return Flow::Stop(StopReason::BadMmio { gpa, why: "instruction not readable" }),
+    };
+    let Ok(access) = decode_mmio(bytes.get(..n).unwrap_or(&[]), &mode) else {
+        return Flow::Stop(StopReason::BadMmio { gpa, why: "not an emulated MOV" });
+    };
+    let mut regs = reg_array(ctx);
+    match access.kind {
+        AccessKind::Load { .. } => {
+            let value = ctx.mmio.read(gpa, access.size, ctx.mem);
+            apply_load(&mut regs, &access, value);
+            write_back(ctx, &regs);
+        }
+        AccessKind::Store { .. } => {
+            let value = store_value(&regs, &access);
+            ctx.mmio.write(gpa, access.size, value, ctx.mem);
+        }
+    }
+    ctx.vcpu.advance_rip(u64::from(access.len));
+    Flow::Continue
+}
+
+fn reg_array(ctx: &mut ExitContext<'_>) -> [u64; 16] {
+    let rsp = ctx.vcpu.rsp();
+    let r = ctx.vcpu.regs();
+    [r.rax, r.rcx, r.rdx, r.rbx, rsp, r.rbp, r.rsi, r.rdi, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15]
+}
+
+fn write_back(ctx: &mut ExitContext<'_>, a: &[u64; 16]) {
+    let [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15] = *a;
+    ctx.vcpu.set_rsp(rsp);
+    let r = ctx.vcpu.regs();
+    *r = crate::virt::GuestRegs {
+        rax,
+        rcx,
+        rdx,
+        rbx,
+        rsp_slot: 0,
+        rbp,
+        rsi,
+        rdi,
+        r8,
+        r9,
+        r10,
+        r11,
+        r12,
+        r13,
+        r14,
+        r15,
+    };
+}
