@@ -60,6 +60,9 @@ fuzz_target!(|data: &[u8]| {
             AccessKind::Load { reg, dst_size, .. } => assert!(reg < 16 && dst_size >= a.size),
             AccessKind::Store { src: StoreSource::Reg { reg, .. } } => assert!(reg < 16),
             AccessKind::Store { src: StoreSource::Imm(_) } => {}
+            AccessKind::Compare { .. } => {
+                let _ = insn_decode::compare_flags(&[0x5555_5555_5555_5555; 16], &a, u64::MAX, 0x2);
+            }
         }
         let mut regs = [word(rest, 0); 16];
         apply_load(&mut regs, &a, word(rest, 8));

@@ -82,11 +82,15 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         "node config rejected"
     })?;
     log!("config: {} VM(s), {} cluster(s), {} rule(s)", config.vms.len(), config.clusters.len(), config.rules.len());
-    let mut node_net = net::node::NodeNet::start(platform.ecam, net::mgmt::AddressMode::from_config(&config.uplink));
+    let mut network = net::node::Network::start(platform.ecam, &config).map_err(|e| {
+        log!("config: {}", e);
+        "network policy rejected"
+    })?;
 
+    let nics = net::switchboard::nic_identities(&config);
     let mut vms: Vec<vm::Vm> = Vec::new();
     for (i, cfg) in config.vms.iter().enumerate() {
-        vms.push(vm::build::build_vm(i as u16, cfg, &bundle, backend));
+        vms.push(vm::build::build_vm(i as u16, cfg, &bundle, backend, &nics));
     }
     if backend == virt::Backend::Svm {
         let ticks = time::apic_ticks_per_ms() * vm::scheduler::SLICE_MS;
@@ -97,18 +101,16 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         vms.iter().filter(|v| v.is_running()).count(),
         vm::scheduler::SLICE_MS
     );
-    vm::scheduler::run_all(&mut vms, node_net.as_mut());
+    vm::scheduler::run_all(&mut vms, &mut network);
     if config.node.keep_running {
-        match node_net.as_mut() {
-            Some(n) => {
-                log!("node: all VMs stopped; staying up for the management plane (keep_running)");
-                loop {
-                    n.poll();
-                    core::hint::spin_loop();
-                }
+        if network.has_uplink() {
+            log!("node: all VMs stopped; staying up for the management plane (keep_running)");
+            loop {
+                network.round(&mut vms);
+                core::hint::spin_loop();
             }
-            None => log!("node: keep_running set but there is no uplink; powering off"),
         }
+        log!("node: keep_running set but there is no uplink; powering off");
     }
     Ok(vms.iter().all(|v| v.stopped.as_ref().is_some_and(|r| r.exit_code() == 0)))
 }

@@ -23,7 +23,7 @@ mod regs;
 pub mod walk;
 
 pub use mode::{CodeBits, CpuMode, CR0_PG, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE};
-pub use regs::{apply_load, store_value};
+pub use regs::{apply_load, compare_flags, store_value, ARITH_FLAGS};
 
 /// Read access to guest-physical memory, so this crate never needs to know
 /// how the hypervisor maps guest RAM (it goes through EPT/NPT).

@@ -1,6 +1,6 @@
 //! Applying a decoded access to the guest's general-purpose registers.
 
-use crate::decode::{AccessKind, MmioAccess, StoreSource};
+use crate::decode::{AccessKind, CompareOp, MmioAccess, StoreSource};
 
 /// The mask covering the low `size` bytes (anything above 4 means 8).
 fn mask(size: u8) -> u64 {
@@ -43,6 +43,11 @@ pub fn store_value(regs: &[u64; 16], access: &MmioAccess) -> u64 {
     let AccessKind::Store { src } = access.kind else {
         return 0;
     };
+    source_value(regs, access.size, src)
+}
+
+/// A register or immediate operand, masked to `size` bytes.
+fn source_value(regs: &[u64; 16], size: u8, src: StoreSource) -> u64 {
     let v = match src {
         StoreSource::Reg { reg, high_byte } => {
             let r = regs.get(usize::from(reg & 15)).copied().unwrap_or(0);
@@ -54,7 +59,7 @@ pub fn store_value(regs: &[u64; 16], access: &MmioAccess) -> u64 {
         }
         StoreSource::Imm(imm) => imm,
     };
-    v & mask(access.size)
+    v & mask(size)
 }
 
 #[cfg(test)]
@@ -139,5 +144,107 @@ mod tests {
         assert_eq!(regs[200 & 15], u64::MAX);
         let s = MmioAccess { len: 1, size: 2, kind: AccessKind::Store { src: StoreSource::Imm(0x12_3456) } };
         assert_eq!(store_value(&regs, &s), 0x3456);
+    }
+}
+
+/// Arithmetic flags CMP/TEST write: CF, PF, AF, ZF, SF, OF.
+pub const ARITH_FLAGS: u64 = 0x8D5;
+
+/// RFLAGS after emulating a [`AccessKind::Compare`] that read `mem` from the
+/// device; other access kinds return `rflags` unchanged.
+pub fn compare_flags(regs: &[u64; 16], access: &MmioAccess, mem: u64, rflags: u64) -> u64 {
+    let AccessKind::Compare { op, with, mem_first } = access.kind else { return rflags };
+    let bits = u32::from(access.size) * 8;
+    let mask = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let other = match with {
+        StoreSource::Imm(v) => v,
+        StoreSource::Reg { .. } => source_value(regs, access.size, with),
+    } & mask;
+    let bits = bits.max(8);
+    let mem = mem & mask;
+    let sign = 1u64 << (bits - 1);
+    let (result, cf, of, af) = match op {
+        CompareOp::Test => (mem & other, false, false, false),
+        CompareOp::Cmp => {
+            let (a, b) = if mem_first { (mem, other) } else { (other, mem) };
+            let r = a.wrapping_sub(b) & mask;
+            let of = (a ^ b) & (a ^ r) & sign != 0;
+            (r, a < b, of, (a ^ b ^ r) & 0x10 != 0)
+        }
+    };
+    let mut f = rflags & !ARITH_FLAGS;
+    if cf {
+        f |= 1;
+    }
+    if (result as u8).count_ones().is_multiple_of(2) {
+        f |= 1 << 2;
+    }
+    if af {
+        f |= 1 << 4;
+    }
+    if result == 0 {
+        f |= 1 << 6;
+    }
+    if result & sign != 0 {
+        f |= 1 << 7;
+    }
+    if of {
+        f |= 1 << 11;
+    }
+    f
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod compare_tests {
+    use super::*;
+    use crate::decode::decode_mmio;
+    use crate::CpuMode;
+
+    fn long() -> CpuMode {
+        CpuMode { cr0: 0x8000_0011, efer: 0x500, cs_long: true, ..CpuMode::default() }
+    }
+
+    #[test]
+    fn cmp_mem_imm8_sets_zf_and_cf() {
+        // cmp dword [rax+rcx*4+0x40], 0
+        let a = decode_mmio(&[0x83, 0x7c, 0x88, 0x40, 0x00], &long()).unwrap();
+        assert_eq!((a.len, a.size), (5, 4));
+        let regs = [0u64; 16];
+        assert_eq!(compare_flags(&regs, &a, 0, 0x2) & ARITH_FLAGS, (1 << 6) | (1 << 2));
+        assert_eq!(compare_flags(&regs, &a, 1, 0x2) & (1 << 6), 0);
+        // cmp byte [rax], 5 with mem 3: borrow -> CF, SF.
+        let b = decode_mmio(&[0x80, 0x38, 0x05], &long()).unwrap();
+        let f = compare_flags(&regs, &b, 3, 0);
+        assert_eq!(f & 1, 1);
+        assert_eq!(f & (1 << 7), 1 << 7);
+    }
+
+    #[test]
+    fn cmp_reg_mem_order_and_test() {
+        // cmp eax, [rbx] (3B /r): eax - mem
+        let a = decode_mmio(&[0x3b, 0x03], &long()).unwrap();
+        let mut regs = [0u64; 16];
+        regs[0] = 1;
+        assert_eq!(compare_flags(&regs, &a, 2, 0) & 1, 1, "1 - 2 borrows");
+        // cmp [rbx], eax (39 /r): mem - eax
+        let b = decode_mmio(&[0x39, 0x03], &long()).unwrap();
+        assert_eq!(compare_flags(&regs, &b, 2, 0) & 1, 0);
+        // test dword [rbx], 0x10 (F7 /0 id)
+        let t = decode_mmio(&[0xf7, 0x03, 0x10, 0, 0, 0], &long()).unwrap();
+        assert_eq!(t.len, 6);
+        assert_eq!(compare_flags(&regs, &t, 0x10, 0) & (1 << 6), 0);
+        assert_eq!(compare_flags(&regs, &t, 0x01, 0) & (1 << 6), 1 << 6);
+        // overflow: cmp [rbx], eax with mem=0x80000000, eax=1
+        let f = compare_flags(&regs, &b, 0x8000_0000, 0);
+        assert_eq!(f & (1 << 11), 1 << 11);
+    }
+
+    #[test]
+    fn other_group1_ops_are_refused() {
+        // add dword [rax], 1 (83 /0)
+        assert!(decode_mmio(&[0x83, 0x00, 0x01], &long()).is_err());
+        // not dword [rax] (F7 /2)
+        assert!(decode_mmio(&[0xf7, 0x10], &long()).is_err());
     }
 }

@@ -122,6 +122,29 @@ boot_with_client() {
     return 0
 }
 
+# Two tenants on one L2 segment: boundaries, a sub-boundary, a partial
+# rule with refusals, and a spoofing guest (tests/e2e/network.toml).
+check_network() {
+    no_hypervisor_fault
+    want "^backend: $(backend_for "$engine")$"
+    want "^config: 6 VM\(s\), 2 cluster\(s\), 2 rule\(s\)$"
+    refuse "FAIL"
+    want "^\[a-cli\] check ping:10\.0\.0\.11:ok: ok ok$"
+    want "^\[a-cli\] check udp:10\.0\.0\.11:7:ok: ok ok$"
+    want "^\[a-cli\] check tcp:10\.0\.0\.11:80:ok: ok ok$"
+    want "^\[a-cli\] check ping:10\.0\.0\.21:blocked: blocked ok$"
+    want "^\[a-cli\] check tcp:10\.0\.0\.21:80:blocked: blocked ok$"
+    want "^\[b-cli\] check ping:10\.0\.0\.11:blocked: blocked ok$"
+    want "^\[a-iso\] check ping:10\.0\.0\.11:blocked: blocked ok$"
+    want "^\[a-iso\] check ping:10\.0\.0\.12:ok: ok ok$"
+    want "^\[b-cli\] check tcp:10\.0\.0\.21:80:ok: ok ok$"
+    want "^\[b-cli\] check tcp:10\.0\.0\.21:8080:refused: refused ok$"
+    want "^\[a-spoof\] spoof: no reply \(dropped\)$"
+    want "^vm a-spoof net: .* spoofed=[1-9][0-9]* "
+    for vm in a-srv a-cli a-iso a-spoof b-srv b-cli; do stopped "$vm" 0 "exit hypercall \(0\)"; done
+    want "all VMs stopped \(all succeeded\)"
+}
+
 check_bad_bundle() {
     want "^bundle: "
     want "^BMonitor: fatal: boot module is not a valid node bundle"
@@ -133,6 +156,7 @@ scenarios=()
 for engine in $engines; do
     scenarios+=("demo-$engine $engine $ROOT/boot/configs/demo.toml check_demo")
     scenarios+=("containment-$engine $engine $ROOT/tests/e2e/containment.toml check_containment")
+    scenarios+=("network-$engine $engine $ROOT/tests/e2e/network.toml check_network")
 done
 if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("grub-iso-qemu qemu-tcg-iso $ROOT/boot/configs/demo.toml check_iso_multiboot2")

@@ -1,43 +1,88 @@
 //! The VM's MMIO device window: 32 slots of 0x200 bytes at 0xFEB0_0000
-//! (the layout of QEMU's microvm, so the same guests run on both). A slot
-//! without a device reads as zero (virtio-mmio: no magic, device ID 0) and
-//! ignores writes.
+//! (the layout of QEMU's microvm, so the same guests run on both). Slot 0
+//! holds the VM's virtio-net NIC when it has one. A slot without a device
+//! reads as zero (virtio-mmio: no magic, device ID 0) and ignores writes.
 
 use crate::mm::guest::GuestMemory;
-use alloc::boxed::Box;
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use virtio_dev::{MmioDevice, VirtioNet};
+use vswitch::policy::PortId;
 
 /// First byte of the window.
 pub const WINDOW_BASE: u64 = 0xFEB0_0000;
 /// Bytes per device slot.
 pub const SLOT_SIZE: u64 = 0x200;
 /// Number of slots.
-pub const SLOTS: usize = 32;
+pub const SLOTS: u64 = 32;
 /// One past the last byte of the window.
-pub const WINDOW_END: u64 = WINDOW_BASE + SLOT_SIZE * SLOTS as u64;
+pub const WINDOW_END: u64 = WINDOW_BASE + SLOT_SIZE * SLOTS;
+/// Frames held for a VM whose receive ring is full, before dropping.
+const MAX_PENDING_RX: usize = 64;
 
-/// A device that lives in one slot. `offset` is within the slot; accesses
-/// are at most 8 bytes and never cross the slot's end.
-pub trait MmioDevice {
-    /// Guest read of `size` bytes.
-    fn read(&mut self, offset: u64, size: u8, mem: &GuestMemory) -> u64;
-    /// Guest write of `size` bytes.
-    fn write(&mut self, offset: u64, size: u8, value: u64, mem: &GuestMemory);
-    /// Moves pending work (e.g. received frames) between the device and the
-    /// node; called by the scheduler between slices.
-    fn poll(&mut self, _mem: &GuestMemory) {}
-    /// Kernel command-line fragment announcing the device to Linux.
-    fn cmdline_fragment(&self, base: u64) -> alloc::string::String {
-        alloc::format!("virtio_mmio.device=512@{base:#x}:5")
+/// The VM's NIC: the virtio device, its switch port and frames waiting
+/// for receive buffers.
+pub struct NetSlot {
+    pub base: u64,
+    pub dev: MmioDevice<VirtioNet>,
+    pub port: PortId,
+    pub pending_rx: VecDeque<Vec<u8>>,
+    /// Frames dropped because the guest posted no receive buffers in time.
+    pub rx_overflow: u64,
+}
+
+impl NetSlot {
+    /// Puts a frame into the guest's receive ring, or holds it until the
+    /// guest posts buffers.
+    pub fn deliver(&mut self, mem: &GuestMemory, frame: Vec<u8>) {
+        if !self.pending_rx.is_empty() {
+            self.flush_pending(mem);
+        }
+        if self.pending_rx.is_empty() {
+            match self.dev.deliver_rx(mem, &frame) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(_) => return, // device now needs a reset; counted by the device
+            }
+        }
+        if self.pending_rx.len() >= MAX_PENDING_RX {
+            self.rx_overflow += 1;
+            return;
+        }
+        self.pending_rx.push_back(frame);
+    }
+
+    /// Retries held frames.
+    pub fn flush_pending(&mut self, mem: &GuestMemory) {
+        while let Some(frame) = self.pending_rx.front() {
+            match self.dev.deliver_rx(mem, frame) {
+                Ok(true) => {
+                    self.pending_rx.pop_front();
+                }
+                Ok(false) => break,
+                Err(_) => {
+                    self.pending_rx.clear();
+                    break;
+                }
+            }
+        }
     }
 }
 
 /// The VM's devices by slot.
 #[derive(Default)]
 pub struct MmioBus {
-    slots: Vec<(usize, Box<dyn MmioDevice>)>,
-    /// Accesses to empty slots or across slot ends.
+    pub nic: Option<NetSlot>,
+    /// Accesses to empty slots.
     pub stray: u64,
+}
+
+/// What an MMIO write asks of the scheduler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteEffect {
+    None,
+    /// The guest queued frames to send: end its slice so they are switched.
+    TxQueued,
 }
 
 impl MmioBus {
@@ -46,26 +91,32 @@ impl MmioBus {
         (WINDOW_BASE..WINDOW_END).contains(&gpa)
     }
 
-    /// Places a device in the first free slot; returns its base address.
-    pub fn attach(&mut self, dev: Box<dyn MmioDevice>) -> Option<u64> {
-        let slot = (0..SLOTS).find(|s| self.slots.iter().all(|(used, _)| used != s))?;
-        self.slots.push((slot, dev));
-        Some(WINDOW_BASE + slot as u64 * SLOT_SIZE)
+    /// Gives the VM a virtio-net NIC in slot 0.
+    pub fn attach_nic(&mut self, mac: [u8; 6], port: PortId) -> u64 {
+        let base = WINDOW_BASE;
+        self.nic = Some(NetSlot {
+            base,
+            dev: MmioDevice::new(VirtioNet::new(mac)),
+            port,
+            pending_rx: VecDeque::new(),
+            rx_overflow: 0,
+        });
+        base
     }
 
-    fn locate(&mut self, gpa: u64, size: u8) -> Option<(&mut Box<dyn MmioDevice>, u64)> {
-        let rel = gpa.checked_sub(WINDOW_BASE)?;
-        let (slot, offset) = ((rel / SLOT_SIZE) as usize, rel % SLOT_SIZE);
-        if offset + u64::from(size) > SLOT_SIZE {
-            return None;
-        }
-        self.slots.iter_mut().find(|(s, _)| *s == slot).map(|(_, d)| (d, offset))
+    fn nic_offset(&mut self, gpa: u64, size: u8) -> Option<(&mut NetSlot, u64)> {
+        let nic = self.nic.as_mut()?;
+        let off = gpa.checked_sub(nic.base)?;
+        (off + u64::from(size) <= SLOT_SIZE).then_some((nic, off))
     }
 
     /// Guest read; zero where there is no device.
-    pub fn read(&mut self, gpa: u64, size: u8, mem: &GuestMemory) -> u64 {
-        match self.locate(gpa, size) {
-            Some((dev, off)) => dev.read(off, size, mem),
+    pub fn read(&mut self, gpa: u64, size: u8, _mem: &GuestMemory) -> u64 {
+        match self.nic_offset(gpa, size) {
+            Some((nic, off)) if size == 8 => {
+                u64::from(nic.dev.read(off, 4)) | (u64::from(nic.dev.read(off + 4, 4)) << 32)
+            }
+            Some((nic, off)) => u64::from(nic.dev.read(off, size)),
             None => {
                 self.stray += 1;
                 0
@@ -74,22 +125,22 @@ impl MmioBus {
     }
 
     /// Guest write; ignored where there is no device.
-    pub fn write(&mut self, gpa: u64, size: u8, value: u64, mem: &GuestMemory) {
-        match self.locate(gpa, size) {
-            Some((dev, off)) => dev.write(off, size, value, mem),
-            None => self.stray += 1,
+    pub fn write(&mut self, gpa: u64, size: u8, value: u64, mem: &GuestMemory) -> WriteEffect {
+        let Some((nic, off)) = self.nic_offset(gpa, size) else {
+            self.stray += 1;
+            return WriteEffect::None;
+        };
+        let outcome = nic.dev.write(off, size.min(4), value as u32, mem);
+        if outcome.reset {
+            nic.pending_rx.clear();
         }
-    }
-
-    /// Lets every device move pending work.
-    pub fn poll(&mut self, mem: &GuestMemory) {
-        for (_, dev) in &mut self.slots {
-            dev.poll(mem);
+        match outcome.notified {
+            Some(0) => {
+                nic.flush_pending(mem);
+                WriteEffect::None
+            }
+            Some(1) => WriteEffect::TxQueued,
+            _ => WriteEffect::None,
         }
-    }
-
-    /// Devices present, for the boot log.
-    pub fn len(&self) -> usize {
-        self.slots.len()
     }
 }

@@ -124,3 +124,13 @@ impl Drop for GuestMemory {
         }
     }
 }
+
+impl virtio_dev::GuestMemory for GuestMemory {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), virtio_dev::MemoryError> {
+        GuestMemory::read(self, gpa, buf).map_err(|_| virtio_dev::MemoryError { gpa, len: buf.len() as u64 })
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<(), virtio_dev::MemoryError> {
+        GuestMemory::write(self, gpa, data).map_err(|_| virtio_dev::MemoryError { gpa, len: data.len() as u64 })
+    }
+}

@@ -5,3 +5,4 @@
 pub mod mgmt;
 pub mod node;
 pub mod phys_nic;
+pub mod switchboard;

@@ -1,63 +1,145 @@
-//! The node's network: the uplink NIC and the management stack, polled by
-//! the scheduler between time slices (there are no NIC interrupts).
+//! The node's network: the switch between VM NICs, and (when the node has
+//! a NIC) the uplink and the management stack. The scheduler calls
+//! [`Network::round`] between time slices; there are no NIC interrupts.
 
 use super::mgmt::{AddressMode, MgmtStack};
 use super::phys_nic::PhysNic;
+use super::switchboard::{Delivery, Switchboard, UPLINK_PORT};
 use crate::arch::x86_64::acpi::Ecam;
+use crate::arch::x86_64::time;
+use crate::vm::Vm;
+use alloc::string::String;
+use alloc::vec::Vec;
 use virtio_drivers::transport::DeviceType;
+use vmm_config::config::NodeConfig;
 
-/// Most frames moved per direction in one poll, so a flood cannot hold the
-/// CPU away from the VMs.
-const FRAMES_PER_POLL: usize = 64;
+/// Most frames taken from one source in one round, so a flood cannot hold
+/// the CPU away from the VMs.
+const FRAMES_PER_ROUND: usize = 256;
 
-/// Uplink and management stack; both absent on nodes without a NIC.
-pub struct NodeNet {
+/// The physical NIC with the management stack behind it.
+pub struct Uplink {
     nic: PhysNic,
     pub mgmt: MgmtStack,
+    mac: [u8; 6],
 }
 
-impl NodeNet {
-    /// Finds and starts the uplink; `None` (with the reason logged) when the
-    /// node has no usable NIC, as under Bochs.
-    pub fn start(ecam: Option<Ecam>, mode: AddressMode) -> Option<NodeNet> {
-        let transport = match crate::drivers::pci::find_virtio(ecam, DeviceType::Network) {
-            Ok(t) => t,
-            Err(why) => {
-                crate::log!("net: no uplink ({why}); VMs switch among themselves only");
-                return None;
-            }
-        };
-        let nic = match PhysNic::new(transport) {
-            Ok(n) => n,
-            Err(why) => {
-                crate::log!("net: no uplink ({why})");
-                return None;
-            }
-        };
-        let mac = nic.mac();
-        crate::log!(
-            "net: uplink virtio-net {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            mac[0],
-            mac[1],
-            mac[2],
-            mac[3],
-            mac[4],
-            mac[5]
-        );
-        let mgmt = MgmtStack::new(mac, mode);
-        Some(NodeNet { nic, mgmt })
+/// Switch plus optional uplink.
+pub struct Network {
+    pub switchboard: Switchboard,
+    pub uplink: Option<Uplink>,
+}
+
+fn start_uplink(ecam: Option<Ecam>, mode: AddressMode) -> Option<Uplink> {
+    let transport = match crate::drivers::pci::find_virtio(ecam, DeviceType::Network) {
+        Ok(t) => t,
+        Err(why) => {
+            crate::log!("net: no uplink ({why}); VMs switch among themselves only");
+            return None;
+        }
+    };
+    let nic = match PhysNic::new(transport) {
+        Ok(n) => n,
+        Err(why) => {
+            crate::log!("net: no uplink ({why})");
+            return None;
+        }
+    };
+    let mac = nic.mac();
+    let [a, b, c, d, e, f] = mac;
+    crate::log!("net: uplink virtio-net {a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}");
+    Some(Uplink { nic, mgmt: MgmtStack::new(mac, mode), mac })
+}
+
+impl Network {
+    /// Brings up the uplink (if any) and builds the switch from the config.
+    pub fn start(ecam: Option<Ecam>, config: &NodeConfig) -> Result<Network, String> {
+        let uplink = start_uplink(ecam, AddressMode::from_config(&config.uplink));
+        let switchboard = Switchboard::new(config, uplink.is_some())?;
+        Ok(Network { switchboard, uplink })
     }
 
-    /// Moves frames between the NIC and the management stack.
-    pub fn poll(&mut self) {
-        for _ in 0..FRAMES_PER_POLL {
-            let Some(frame) = self.nic.recv() else { break };
-            self.mgmt.queues.rx.push_back(frame);
+    /// One round: frames the VMs sent, frames from the wire, and the
+    /// management stack, each switched and delivered.
+    pub fn round(&mut self, vms: &mut [Vm]) {
+        let now = time::tsc_to_ms(time::rdtsc()) / 1000;
+        let mut out: Vec<Delivery> = Vec::new();
+        for vm in vms.iter_mut() {
+            let (Some(run), Some(nic)) = (vm.running.as_ref(), vm.mmio.nic.as_mut()) else { continue };
+            let _ = nic.dev.poll(&run.mem);
+            nic.flush_pending(&run.mem);
+            let frames = nic.dev.backend_mut().take_tx_frames();
+            for f in frames.iter().take(FRAMES_PER_ROUND) {
+                out.extend(self.switchboard.switch(nic.port, f, now));
+            }
         }
-        self.mgmt.poll();
-        for _ in 0..FRAMES_PER_POLL {
-            let Some(frame) = self.mgmt.queues.tx.pop_front() else { break };
-            self.nic.send(&frame);
+        if let Some(up) = self.uplink.as_mut() {
+            for _ in 0..FRAMES_PER_ROUND {
+                let Some(frame) = up.nic.recv() else { break };
+                let dst: [u8; 6] = frame.get(..6).and_then(|d| d.try_into().ok()).unwrap_or([0; 6]);
+                let broadcast = dst[0] & 1 != 0;
+                if dst == up.mac || broadcast {
+                    up.mgmt.queues.rx.push_back(frame.clone());
+                }
+                if dst != up.mac {
+                    out.extend(self.switchboard.switch(UPLINK_PORT, &frame, now));
+                }
+            }
+            up.mgmt.poll();
+            while let Some(frame) = up.mgmt.queues.tx.pop_front() {
+                up.nic.send(&frame);
+            }
         }
+        self.route(vms, out);
+        self.switchboard.expire(now);
+        self.report_stopped(vms);
+    }
+
+    /// Prints the network counters of VMs that stopped and detaches their
+    /// NICs, so nothing is delivered into freed memory.
+    fn report_stopped(&mut self, vms: &mut [Vm]) {
+        for vm in vms.iter_mut().filter(|v| v.running.is_none()) {
+            let Some(nic) = vm.mmio.nic.take() else { continue };
+            let c = nic.dev.backend().counters();
+            let packets = c.tx_frames + c.rx_frames;
+            let per_packet = if packets == 0 { 0.0 } else { vm.counters.total as f64 / packets as f64 };
+            crate::log!(
+                "vm {} net: tx-frames={} rx-frames={} rx-no-buffer={} device-errors={} switch {} exits-per-packet={:.3}",
+                vm.name,
+                c.tx_frames,
+                c.rx_frames,
+                c.rx_dropped_no_buffer + nic.rx_overflow,
+                c.errors,
+                self.switchboard.port_summary(nic.port),
+                per_packet
+            );
+        }
+    }
+
+    fn route(&mut self, vms: &mut [Vm], deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            if d.port == UPLINK_PORT {
+                if let Some(up) = self.uplink.as_mut() {
+                    let to_mgmt =
+                        d.frame.get(..6).is_some_and(|m| m == up.mac) || d.frame.first().is_some_and(|b| b & 1 != 0);
+                    if to_mgmt {
+                        up.mgmt.queues.rx.push_back(d.frame.clone());
+                    }
+                    up.nic.send(&d.frame);
+                }
+                continue;
+            }
+            let target = vms.iter_mut().find(|v| v.mmio.nic.as_ref().is_some_and(|n| n.port == d.port));
+            if let Some(vm) = target {
+                if let (Some(run), Some(nic)) = (vm.running.as_ref(), vm.mmio.nic.as_mut()) {
+                    nic.deliver(&run.mem, d.frame);
+                }
+            }
+        }
+    }
+
+    /// Whether the node has an uplink (for keep_running).
+    pub fn has_uplink(&self) -> bool {
+        self.uplink.is_some()
     }
 }

@@ -122,6 +122,10 @@ pub trait Vcpu {
     fn rip(&self) -> u64;
     /// Moves RIP by `len` bytes past an instruction we emulated.
     fn advance_rip(&mut self, len: u64);
+    /// Guest RFLAGS.
+    fn rflags(&self) -> u64;
+    /// Sets guest RFLAGS (emulated CMP/TEST on MMIO).
+    fn set_rflags(&mut self, value: u64);
     /// Guest RSP (kept by the VMCS/VMCB, not in [`GuestRegs`]).
     fn rsp(&self) -> u64;
     /// Sets guest RSP.

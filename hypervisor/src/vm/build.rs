@@ -6,6 +6,7 @@
 use super::{Running, StopReason, Vm};
 use crate::devices::ports::PortBus;
 use crate::mm::guest::GuestMemory;
+use crate::net::switchboard::{self, NicIdentity};
 use crate::virt::{self, Backend, EntryState};
 use alloc::format;
 use alloc::string::{String, ToString};
@@ -16,7 +17,7 @@ use vmm_config::config::{BootProtocol, VmConfig};
 const MIB: u64 = 1 << 20;
 
 /// Creates VM number `id`; on failure it is returned already stopped.
-pub fn build_vm(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend) -> Vm {
+pub fn build_vm(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend, nics: &[NicIdentity]) -> Vm {
     let mut vm = Vm {
         id,
         name: cfg.name.clone(),
@@ -30,7 +31,18 @@ pub fn build_vm(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend) 
         stopped: None,
     };
     match load(id, cfg, bundle, backend) {
-        Ok(running) => vm.running = Some(running),
+        Ok(running) => {
+            vm.running = Some(running);
+            if let Some(nic) = nics.iter().find(|n| n.vm == id) {
+                let base = vm.mmio.attach_nic(nic.mac, switchboard::vm_port(id));
+                let [a, b, c, d, e, f] = nic.mac;
+                let ip = core::net::Ipv4Addr::from(nic.ip);
+                crate::log!(
+                    "vm {} nic: virtio-net at {base:#x}, mac {a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}, ip {ip}",
+                    cfg.name
+                );
+            }
+        }
         Err(why) => vm.stop(StopReason::LoadFailed(why)),
     }
     vm

@@ -40,7 +40,7 @@ pub enum StopReason {
     /// INS/OUTS, which BMonitor does not emulate yet.
     StringIo(u16),
     /// An access to the device window BMonitor could not emulate.
-    BadMmio { gpa: u64, why: &'static str },
+    BadMmio { gpa: u64, why: String },
     /// The VM could not be built (bad image, no memory).
     LoadFailed(String),
 }

@@ -4,23 +4,25 @@
 
 use super::{Flow, StopReason, Vm};
 use crate::arch::x86_64::time;
-use crate::net::node::NodeNet;
+use crate::net::node::Network;
 use crate::virt::exits::{self, ExitContext};
 
 /// Length of one time slice.
 pub const SLICE_MS: u64 = 10;
 
 /// Runs VMs until every one has stopped.
-pub fn run_all(vms: &mut [Vm], mut net: Option<&mut NodeNet>) {
+pub fn run_all(vms: &mut [Vm], net: &mut Network) {
     let slice = SLICE_MS * time::tsc_per_ms();
     loop {
         let mut any = false;
-        for vm in vms.iter_mut().filter(|vm| vm.is_running()) {
+        for i in 0..vms.len() {
+            let Some(vm) = vms.get_mut(i) else { continue };
+            if !vm.is_running() {
+                continue;
+            }
             any = true;
             run_slice(vm, slice);
-            if let Some(n) = net.as_deref_mut() {
-                n.poll();
-            }
+            net.round(vms);
         }
         if !any {
             break;

@@ -59,6 +59,27 @@ pub enum AccessKind {
         /// Where the stored value comes from.
         src: StoreSource,
     },
+    /// Memory is read and compared (CMP) or ANDed (TEST) with a register or
+    /// immediate; only RFLAGS changes. Compilers fold volatile MMIO reads
+    /// into these (e.g. `cmp dword [rax+0x44], 0`).
+    Compare {
+        /// CMP or TEST.
+        op: CompareOp,
+        /// The other operand.
+        with: StoreSource,
+        /// For CMP: memory is the left operand (`mem - other`), else the
+        /// register is (`reg - mem`). TEST ignores it.
+        mem_first: bool,
+    },
+}
+
+/// The flag-setting operation of a [`AccessKind::Compare`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareOp {
+    /// Subtract, discard the result (CMP).
+    Cmp,
+    /// AND, discard the result (TEST).
+    Test,
 }
 
 /// The source operand of a store.
@@ -122,6 +143,37 @@ pub fn decode_mmio(bytes: &[u8], mode: &CpuMode) -> Result<MmioAccess, DecodeErr
                 AccessKind::Store { src: StoreSource::Reg { reg: 0, high_byte: false } }
             };
             (size, kind)
+        }
+        0x38..=0x3B | 0x84 | 0x85 => {
+            let m = modrm::parse(&mut cur, addr_size)?;
+            let size = if opcode & 1 == 0 { 1 } else { op_size };
+            let (reg, high_byte) = p.reg(m.reg, size);
+            let op = if opcode >= 0x84 { CompareOp::Test } else { CompareOp::Cmp };
+            let mem_first = opcode <= 0x39 || opcode >= 0x84;
+            (size, AccessKind::Compare { op, with: StoreSource::Reg { reg, high_byte }, mem_first })
+        }
+        0x80 | 0x81 | 0x83 | 0xF6 | 0xF7 => {
+            let m = modrm::parse(&mut cur, addr_size)?;
+            let op = match (opcode, m.reg) {
+                (0x80 | 0x81 | 0x83, 7) => CompareOp::Cmp,
+                (0xF6 | 0xF7, 0) => CompareOp::Test,
+                // ADD/OR/.../NOT/NEG/MUL/DIV on MMIO: not emulated.
+                _ => return Err(DecodeError::Unsupported(opcode)),
+            };
+            let size = if matches!(opcode, 0x80 | 0xF6) { 1 } else { op_size };
+            let imm = if opcode == 0x83 {
+                i64::from(cur.le(1)? as u8 as i8) as u64
+            } else {
+                let imm_len = size.min(4);
+                let raw = cur.le(usize::from(imm_len))?;
+                match imm_len {
+                    1 => i64::from(raw as u8 as i8) as u64,
+                    2 => i64::from(raw as u16 as i16) as u64,
+                    _ => i64::from(raw as u32 as i32) as u64,
+                }
+            };
+            let mask = if size == 8 { u64::MAX } else { (1u64 << (u32::from(size) * 8)) - 1 };
+            (size, AccessKind::Compare { op, with: StoreSource::Imm(imm & mask), mem_first: true })
         }
         0x0F => {
             let second = cur.byte()?;

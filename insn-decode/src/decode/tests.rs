@@ -283,6 +283,10 @@ mod props {
                         prop_assert!(reg < 16 && (!high_byte || reg < 4));
                     }
                     AccessKind::Store { src: StoreSource::Imm(_) } => {}
+                    AccessKind::Compare { with: StoreSource::Reg { reg, high_byte }, .. } => {
+                        prop_assert!(reg < 16 && (!high_byte || reg < 4));
+                    }
+                    AccessKind::Compare { with: StoreSource::Imm(_), .. } => {}
                 }
             }
         }

@@ -8,7 +8,7 @@
 //! saves EAX/EBX, zeroes `.bss`, builds identity page tables for the first
 //! 4 GiB with 2 MiB pages (tables in `.bss`), enables PAE, sets EFER.LME,
 //! loads CR3, enables paging, loads a 64-bit GDT, far-jumps to 64-bit code,
-//! sets RSP to the top of a 16 KiB `.bss` stack and calls
+//! sets RSP to the top of a 64 KiB `.bss` stack and calls
 //! `test_guest_rust_entry(eax, ebx)` (defined by [`crate::entry!`]).
 //!
 //! Both headers are emitted here; each linker script keeps one and discards
@@ -17,7 +17,7 @@
 use crate::bootinfo::{self, BootInfo};
 
 /// Size of the boot stack in `.bss`.
-pub const STACK_SIZE: usize = 16 * 1024;
+pub const STACK_SIZE: usize = 64 * 1024;
 
 /// Multiboot1 header flags: page-align modules (0), memory info (1),
 /// a.out-kludge address fields valid (16).

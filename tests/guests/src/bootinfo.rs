@@ -109,11 +109,14 @@ impl BootInfo {
 }
 
 /// Parses the boot information the loader left in EAX/EBX.
+///
+/// The PVH magic at EBX wins over the multiboot EAX value: QEMU's `microvm`
+/// firmware (qboot) enters PVH kernels with EAX = 0x2BADB002 left over.
 pub fn parse(eax: u32, ebx: u32) -> BootInfo {
-    if eax == MULTIBOOT1_EAX {
-        parse_mb1(eax, ebx)
-    } else if phys::read_u32(u64::from(ebx)) == Some(PVH_MAGIC) {
+    if phys::read_u32(u64::from(ebx)) == Some(PVH_MAGIC) {
         parse_pvh(eax, ebx)
+    } else if eax == MULTIBOOT1_EAX {
+        parse_mb1(eax, ebx)
     } else {
         BootInfo::empty(Protocol::Unknown, eax, ebx)
     }

@@ -147,6 +147,11 @@ pub fn yield_now() -> Result<(), u64> {
     check(call(nr::YIELD, 0, 0, 0)).map(|_| ())
 }
 
+/// `clock`: nanoseconds since the node booted (monotonic).
+pub fn clock() -> Result<u64, u64> {
+    check(call(nr::CLOCK, 0, 0, 0)).map(|r| r.rdi)
+}
+
 /// `exit`: stops the VM with `code`. Returns only if the call failed.
 pub fn exit(code: u32) -> Result<(), u64> {
     check(call(nr::EXIT, u64::from(code), 0, 0)).map(|_| ())

@@ -1,21 +1,27 @@
 //! Runtime for BMonitor's test guests: boot stubs (PVH and multiboot1), a
 //! polled 16550 UART, the hypercall ABI, boot-information parsing, a small
-//! IDT for guests that catch exceptions, and port I/O.
+//! IDT for guests that catch exceptions, port I/O, a heap (for guests that
+//! call [`heap::init`]) and a virtio-net + smoltcp network stack ([`net`]).
 //!
 //! Each guest is a binary in `src/bin/` that names its main function with
 //! [`entry!`]. The runtime enters it in 64-bit long mode with the first
-//! 4 GiB identity-mapped (2 MiB pages), interrupts off, on a 16 KiB stack in
+//! 4 GiB identity-mapped (2 MiB pages), interrupts off, on a 64 KiB stack in
 //! `.bss`, and exits with the code main returns (see [`exit`]).
 //!
 //! All `unsafe` code of the guests lives in this crate.
 #![no_std]
 #![warn(missing_docs)]
 
+extern crate alloc;
+
 pub mod boot;
 pub mod bootinfo;
+pub mod clock;
 pub mod cpu;
+pub mod heap;
 pub mod hypercall;
 pub mod idt;
+pub mod net;
 pub mod phys;
 pub mod port;
 pub mod serial;
@@ -111,20 +117,3 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     }
     exit(PANIC_EXIT_CODE)
 }
-
-/// The guests do not allocate; `vmm-config` links `alloc`, which needs an
-/// allocator to exist. Every allocation fails.
-struct NoAlloc;
-
-// SAFETY: `alloc` always returns null, which the `GlobalAlloc` contract
-// allows (allocation failure); `dealloc` is never handed a pointer we returned.
-unsafe impl core::alloc::GlobalAlloc for NoAlloc {
-    unsafe fn alloc(&self, _layout: core::alloc::Layout) -> *mut u8 {
-        core::ptr::null_mut()
-    }
-
-    unsafe fn dealloc(&self, _ptr: *mut u8, _layout: core::alloc::Layout) {}
-}
-
-#[global_allocator]
-static ALLOCATOR: NoAlloc = NoAlloc;

@@ -4,11 +4,11 @@
 //! RAM stops the VM.
 
 use super::ExitContext;
-use crate::devices::mmio::MmioBus;
+use crate::devices::mmio::{MmioBus, WriteEffect};
 use crate::mm::guest::GuestMemory;
 use crate::vm::{Flow, StopReason};
 use insn_decode::decode::{decode_mmio, AccessKind};
-use insn_decode::{apply_load, store_value, walk, GuestPhys};
+use insn_decode::{apply_load, compare_flags, store_value, walk, GuestPhys};
 
 /// Guest RAM as the decoder reads it (through EPT/NPT).
 struct Phys<'a>(&'a GuestMemory);
@@ -27,10 +27,17 @@ pub fn handle(ctx: &mut ExitContext<'_>, gpa: u64, write: bool, fetch: bool) -> 
     let mut bytes = [0u8; 15];
     let n = match walk::fetch(&Phys(ctx.mem), &mode, ctx.vcpu.rip(), &mut bytes) {
         Ok(n) => n,
-        Err(_) => return Flow::Stop(StopReason::BadMmio { gpa, why: "instruction not readable" }),
+        Err(e) => {
+            return Flow::Stop(StopReason::BadMmio { gpa, why: alloc::format!("instruction not readable ({e})") })
+        }
     };
-    let Ok(access) = decode_mmio(bytes.get(..n).unwrap_or(&[]), &mode) else {
-        return Flow::Stop(StopReason::BadMmio { gpa, why: "not an emulated MOV" });
+    let insn = bytes.get(..n).unwrap_or(&[]);
+    let access = match decode_mmio(insn, &mode) {
+        Ok(a) => a,
+        Err(e) => {
+            let shown = insn.get(..insn.len().min(8)).unwrap_or(&[]);
+            return Flow::Stop(StopReason::BadMmio { gpa, why: alloc::format!("{e} (bytes {shown:02x?})") });
+        }
     };
     let mut regs = reg_array(ctx);
     match access.kind {
@@ -39,9 +46,17 @@ pub fn handle(ctx: &mut ExitContext<'_>, gpa: u64, write: bool, fetch: bool) -> 
             apply_load(&mut regs, &access, value);
             write_back(ctx, &regs);
         }
+        AccessKind::Compare { .. } => {
+            let value = ctx.mmio.read(gpa, access.size, ctx.mem);
+            let flags = compare_flags(&regs, &access, value, ctx.vcpu.rflags());
+            ctx.vcpu.set_rflags(flags);
+        }
         AccessKind::Store { .. } => {
             let value = store_value(&regs, &access);
-            ctx.mmio.write(gpa, access.size, value, ctx.mem);
+            if ctx.mmio.write(gpa, access.size, value, ctx.mem) == WriteEffect::TxQueued {
+                ctx.vcpu.advance_rip(u64::from(access.len));
+                return Flow::Yield;
+            }
         }
     }
     ctx.vcpu.advance_rip(u64::from(access.len));
@@ -58,22 +73,6 @@ fn write_back(ctx: &mut ExitContext<'_>, a: &[u64; 16]) {
     let [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15] = *a;
     ctx.vcpu.set_rsp(rsp);
     let r = ctx.vcpu.regs();
-    *r = crate::virt::GuestRegs {
-        rax,
-        rcx,
-        rdx,
-        rbx,
-        rsp_slot: 0,
-        rbp,
-        rsi,
-        rdi,
-        r8,
-        r9,
-        r10,
-        r11,
-        r12,
-        r13,
-        r14,
-        r15,
-    };
+    *r =
+        crate::virt::GuestRegs { rax, rcx, rdx, rbx, rsp_slot: 0, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15 };
 }

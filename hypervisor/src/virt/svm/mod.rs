@@ -245,6 +245,14 @@ impl Vcpu for SvmVcpu {
         self.vmcb.clear_interrupt_shadow();
     }
 
+    fn rflags(&self) -> u64 {
+        self.vmcb.rflags()
+    }
+
+    fn set_rflags(&mut self, value: u64) {
+        self.vmcb.set_rflags(value);
+    }
+
     fn rsp(&self) -> u64 {
         self.vmcb.rsp()
     }

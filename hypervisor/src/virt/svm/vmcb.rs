@@ -213,6 +213,11 @@ impl Vmcb {
         self.r64(RFLAGS)
     }
 
+    /// Sets guest RFLAGS.
+    pub fn set_rflags(&self, v: u64) {
+        self.w64(RFLAGS, v);
+    }
+
     /// Guest CR0.
     pub fn cr0(&self) -> u64 {
         self.r64(CR0)

@@ -544,6 +544,14 @@ impl Vcpu for VmxVcpu {
         }
     }
 
+    fn rflags(&self) -> u64 {
+        vmread(guest::RFLAGS)
+    }
+
+    fn set_rflags(&mut self, value: u64) {
+        vmwrite(guest::RFLAGS, value);
+    }
+
     fn rsp(&self) -> u64 {
         vmread(guest::RSP)
     }
