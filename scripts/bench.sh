@@ -33,6 +33,17 @@ for engine in $engines; do
     echo "  counters: ${stop#*: }"
 done
 
+for engine in $engines; do
+    dir=$OUT/bench-net-$engine
+    mkdir -p "$dir"
+    make_bundle tests/e2e/bulk.toml "$dir/node.bundle"
+    boot_engine "$engine" "$dir/node.bundle" "$dir/serial.log" 300 || die "$engine: network benchmark timed out"
+    bulk=$(grep -o 'bulk: [0-9]* bytes in [0-9]* ms = [0-9]* KiB/s' "$dir/serial.log" | head -1)
+    net=$(grep '^vm bulk net:' "$dir/serial.log")
+    echo "$engine: VM-to-VM TCP through the switch: ${bulk:-no result (see $dir/serial.log)}"
+    echo "  sender: ${net#*net: }"
+done
+
 if [[ -z $system_only ]]; then
     say "criterion benchmarks of the pure crates"
     cargo bench --quiet --workspace --exclude hypervisor --exclude test-guests 2>&1 | grep -E "time:|thrpt:|^[a-z].*/" || true

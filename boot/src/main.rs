@@ -87,6 +87,9 @@ fn parse_config(text: &str, file: &Path) -> Result<NodeConfig, ConfigFileError> 
     let err = |message: String| ConfigFileError { file: file.to_path_buf(), message };
     let config: NodeConfig = toml::from_str(text).map_err(|e| err(toml_message(text, &e)))?;
     config.validate().map_err(|e| err(e.to_string()))?;
+    // The switch policy: tenant rules may not reach outside their cluster.
+    let nics = vswitch::config::nic_identities(&config);
+    vswitch::config::build_policy(&config, &nics).map_err(err)?;
     Ok(config)
 }
 

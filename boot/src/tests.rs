@@ -214,3 +214,35 @@ fn grub_cfg_contents() {
         assert!(GRUB_CFG.contains(line), "{line}");
     }
 }
+
+#[test]
+fn rule_crossing_a_cluster_boundary_is_refused_with_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[[cluster]]
+name = "a"
+[[cluster]]
+name = "b"
+[[vm]]
+name = "a1"
+memory_mib = 8
+kernel = "k"
+cluster = "a"
+[vm.nic]
+ip = "10.0.0.1"
+[[vm]]
+name = "b1"
+memory_mib = 8
+kernel = "k"
+cluster = "b"
+[vm.nic]
+ip = "10.0.0.2"
+[[rule]]
+cluster = "a"
+from = ["a1"]
+to = ["10.0.0.2"]
+"#;
+    let e = parse_config(toml, &dir.path().join("node.toml")).unwrap_err();
+    assert!(e.message.starts_with("rule[0]: dst[0]"), "{}", e.message);
+    assert!(e.message.contains("may not cross its cluster boundary"), "{}", e.message);
+}

@@ -102,6 +102,7 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         vm::scheduler::SLICE_MS
     );
     vm::scheduler::run_all(&mut vms, &mut network);
+    network.report();
     if config.node.keep_running {
         if network.has_uplink() {
             log!("node: all VMs stopped; staying up for the management plane (keep_running)");

@@ -142,7 +142,32 @@ check_network() {
     want "^\[a-spoof\] spoof: no reply \(dropped\)$"
     want "^vm a-spoof net: .* spoofed=[1-9][0-9]* "
     for vm in a-srv a-cli a-iso a-spoof b-srv b-cli; do stopped "$vm" 0 "exit hypercall \(0\)"; done
+    want "^net: switched=[0-9]+ dropped=[0-9]+ boundary-drops=[1-9][0-9]*$"
+    want "^net: rule\[0\] matched=[1-9][0-9]*$"
+    want "^net: rule\[1\] matched=[1-9][0-9]*$"
     want "all VMs stopped \(all succeeded\)"
+}
+
+# Boundaries enforced against a peer beyond the uplink.
+check_uplink_boundary() {
+    no_hypervisor_fault
+    want "^net: uplink virtio-net "
+    want "^\[a-out\] check ping:10\.0\.2\.2:blocked: blocked ok$"
+    want "^\[a-out\] check tcp:10\.0\.2\.2:80:blocked: blocked ok$"
+    want "^\[b-out\] check ping:10\.0\.2\.2:ok: ok ok$"
+    refuse "FAIL"
+    stopped a-out 0 "exit hypercall \(0\)"
+    stopped b-out 0 "exit hypercall \(0\)"
+}
+
+# Bulk TCP between two VMs through the switch.
+check_bulk() {
+    no_hypervisor_fault
+    want "^\[bulk\] bulk: 4194304 bytes in [0-9]+ ms = [0-9]+ KiB/s$"
+    want "^\[sink\] sink: 4194304 bytes from 10\.0\.0\.12:"
+    want "^vm bulk net: tx-frames=[0-9]+ .* dropped=0 spoofed=0 exits-per-packet=[0-9.]+ device-exits-per-packet=0\.[0-9]+$"
+    stopped bulk 0 "exit hypercall \(0\)"
+    stopped sink 0 "exit hypercall \(0\)"
 }
 
 check_bad_bundle() {
@@ -161,6 +186,8 @@ done
 if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("grub-iso-qemu qemu-tcg-iso $ROOT/boot/configs/demo.toml check_iso_multiboot2")
     scenarios+=("bad-bundle-qemu qemu-tcg GARBAGE check_bad_bundle")
+    scenarios+=("bulk-qemu qemu-tcg $ROOT/tests/e2e/bulk.toml check_bulk")
+    scenarios+=("uplink-boundary-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-boundary.toml check_uplink_boundary")
     scenarios+=("uplink-dhcp-qemu qemu-tcg-net $ROOT/tests/e2e/uplink.toml check_uplink")
     scenarios+=("uplink-static-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-static.toml check_uplink")
 fi
@@ -182,7 +209,7 @@ run_scenario() {
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $engine == qemu-tcg-net ]]; then
+    if [[ $name == uplink-dhcp* || $name == uplink-static* ]]; then
         boot_with_client
     else
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?

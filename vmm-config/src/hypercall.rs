@@ -27,8 +27,9 @@ pub mod nr {
     pub const YIELD: u64 = 3;
     /// Stops the VM with exit code RDI (low 32 bits).
     pub const EXIT: u64 = 4;
-    /// Returns RDI = nanoseconds since the node booted (monotonic), so
-    /// guests without a calibrated clock can time out and pace themselves.
+    /// Returns RDI = nanoseconds since the node booted (monotonic), RSI =
+    /// TSC ticks per millisecond and RDX = the TSC value RDI corresponds to,
+    /// so guests can keep time with RDTSC (no exit) after one call.
     pub const CLOCK: u64 = 5;
     /// Test-only: corrupts this VM's saved CPU state so the next VM entry
     /// fails. Refused with `DENIED` unless the VM config enables debug calls.

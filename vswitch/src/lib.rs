@@ -20,6 +20,7 @@ extern crate alloc;
 
 mod bytes;
 pub mod checksum;
+pub mod config;
 pub mod engine;
 pub mod frame;
 mod hash;

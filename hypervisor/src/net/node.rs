@@ -102,16 +102,17 @@ impl Network {
             let Some(nic) = vm.mmio.nic.take() else { continue };
             let c = nic.dev.backend().counters();
             let packets = c.tx_frames + c.rx_frames;
-            let per_packet = if packets == 0 { 0.0 } else { vm.counters.total as f64 / packets as f64 };
+            let ratio = |n: u64| if packets == 0 { 0.0 } else { n as f64 / packets as f64 };
             crate::log!(
-                "vm {} net: tx-frames={} rx-frames={} rx-no-buffer={} device-errors={} switch {} exits-per-packet={:.3}",
+                "vm {} net: tx-frames={} rx-frames={} rx-no-buffer={} device-errors={} switch {} exits-per-packet={:.3} device-exits-per-packet={:.3}",
                 vm.name,
                 c.tx_frames,
                 c.rx_frames,
                 c.rx_dropped_no_buffer + nic.rx_overflow,
                 c.errors,
                 self.switchboard.port_summary(nic.port),
-                per_packet
+                ratio(vm.counters.total),
+                ratio(vm.counters.npf)
             );
         }
     }
@@ -135,6 +136,15 @@ impl Network {
                     nic.deliver(&run.mem, d.frame);
                 }
             }
+        }
+    }
+
+    /// Logs switch totals and the frames each rule matched.
+    pub fn report(&self) {
+        let sb = &self.switchboard;
+        crate::log!("net: switched={} dropped={} boundary-drops={}", sb.switched, sb.dropped, sb.boundary_drops());
+        for (i, hits) in sb.rule_hits().iter().enumerate() {
+            crate::log!("net: rule[{i}] matched={hits}");
         }
     }
 

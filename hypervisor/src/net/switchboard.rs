@@ -9,10 +9,11 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 use vmm_config::config::NodeConfig;
-use vmm_config::net::{Action, Direction, Endpoint, Protocol};
+use vswitch::config::build_policy;
+pub use vswitch::config::{nic_identities, NicIdentity};
 use vswitch::engine::CompiledPolicy;
 use vswitch::frame::MacAddr;
-use vswitch::policy::{self, ClusterBoundary, ClusterId, Match, Policy, PortId, Rule};
+use vswitch::policy::{PortId, RuleId};
 use vswitch::switch::{Outcome, Switch, SwitchConfig};
 
 /// The uplink's switch port.
@@ -23,108 +24,10 @@ pub fn vm_port(id: u16) -> PortId {
     PortId(u32::from(id) + 1)
 }
 
-/// MAC address BMonitor assigns to VM `id` when the config names none:
-/// locally administered, "BM", then the VM number.
-pub fn assigned_mac(id: u16) -> [u8; 6] {
-    let [hi, lo] = id.to_be_bytes();
-    [0x02, 0x42, 0x4D, 0x00, hi, lo]
-}
-
-/// A VM's NIC identity as the switch knows it.
-#[derive(Clone, Copy, Debug)]
-pub struct NicIdentity {
-    pub vm: u16,
-    pub mac: [u8; 6],
-    pub ip: [u8; 4],
-}
-
-/// The NIC of every VM that has one, in VM order.
-pub fn nic_identities(config: &NodeConfig) -> Vec<NicIdentity> {
-    config
-        .vms
-        .iter()
-        .enumerate()
-        .filter_map(|(i, vm)| {
-            let nic = vm.nic.as_ref()?;
-            let id = i as u16;
-            Some(NicIdentity { vm: id, mac: nic.mac.map_or_else(|| assigned_mac(id), |m| m.0), ip: nic.ip.0 })
-        })
-        .collect()
-}
-
-fn cluster_id(config: &NodeConfig, name: &str) -> Option<ClusterId> {
-    config.clusters.iter().position(|c| c.name == name).map(|i| ClusterId(i as u32 + 1))
-}
-
-fn endpoint(config: &NodeConfig, nics: &[NicIdentity], e: &Endpoint) -> policy::Endpoint {
-    match e {
-        Endpoint::Ip(ip) => policy::Endpoint { mac: None, ip: Some(Ipv4Addr::from(ip.0)) },
-        Endpoint::Mac(m) => policy::Endpoint { mac: Some(MacAddr(m.0)), ip: None },
-        Endpoint::Vm(name) => {
-            let nic = config
-                .vms
-                .iter()
-                .position(|v| &v.name == name)
-                .and_then(|i| nics.iter().find(|n| usize::from(n.vm) == i));
-            match nic {
-                Some(n) => policy::Endpoint::new(MacAddr(n.mac), Ipv4Addr::from(n.ip)),
-                // Validation guarantees named VMs have NICs; an empty endpoint
-                // is refused by the policy if it ever happens.
-                None => policy::Endpoint { mac: None, ip: None },
-            }
-        }
-    }
-}
-
-/// Builds the policy from the config; an error names the offending rule.
-pub fn build_policy(config: &NodeConfig, nics: &[NicIdentity]) -> Result<Policy, String> {
-    let mut boundary = ClusterBoundary::new();
-    for (i, vm) in config.vms.iter().enumerate() {
-        let (Some(cluster), Some(nic)) = (vm.cluster.as_deref(), nics.iter().find(|n| usize::from(n.vm) == i)) else {
-            continue;
-        };
-        let id = cluster_id(config, cluster).ok_or_else(|| format!("vm[{i}].cluster: unknown cluster"))?;
-        boundary.assign_endpoint(policy::Endpoint::new(MacAddr(nic.mac), Ipv4Addr::from(nic.ip)), id);
-    }
-    for (i, c) in config.clusters.iter().enumerate() {
-        let id = ClusterId(i as u32 + 1);
-        for e in &c.remote {
-            for addr in endpoint(config, nics, e).addresses() {
-                boundary.assign(addr, id);
-            }
-        }
-    }
-    let mut policy = Policy::new(boundary);
-    for (i, r) in config.rules.iter().enumerate() {
-        let cluster = cluster_id(config, &r.cluster).ok_or_else(|| format!("rule[{i}].cluster: unknown cluster"))?;
-        let rule = Rule {
-            src: r.from.iter().map(|e| endpoint(config, nics, e)).collect(),
-            dst: r.to.iter().map(|e| endpoint(config, nics, e)).collect(),
-            direction: match r.direction {
-                Direction::Both => policy::Direction::Both,
-                Direction::OneWay => policy::Direction::OneWay,
-            },
-            protocol: match r.protocol {
-                Protocol::Any => policy::Protocol::Any,
-                Protocol::Tcp => policy::Protocol::Tcp,
-                Protocol::Udp => policy::Protocol::Udp,
-                Protocol::Icmp => policy::Protocol::Icmp,
-            },
-            dst_ports: r.ports.map(|p| policy::PortRange { first: p.first, last: p.last }),
-            matching: if r.except { Match::AllExcept } else { Match::Only },
-            action: match r.action {
-                Action::Drop => policy::Action::Drop,
-                Action::Refuse => policy::Action::Refuse,
-            },
-        };
-        policy.add_rule(cluster, rule).map_err(|e| format!("rule[{i}]: {e}"))?;
-    }
-    Ok(policy)
-}
-
 /// The running switch.
 pub struct Switchboard {
     switch: Switch,
+    rule_ids: Vec<RuleId>,
     /// Frames switched and dropped, for the log and status.
     pub switched: u64,
     pub dropped: u64,
@@ -140,7 +43,7 @@ impl Switchboard {
     /// Builds the switch for the config's NICs; `uplink` adds the uplink port.
     pub fn new(config: &NodeConfig, uplink: bool) -> Result<Switchboard, String> {
         let nics = nic_identities(config);
-        let policy = build_policy(config, &nics)?;
+        let (policy, rule_ids) = build_policy(config, &nics)?;
         let mut switch = Switch::new(SwitchConfig::default(), CompiledPolicy::compile(&policy));
         for n in &nics {
             switch
@@ -150,7 +53,7 @@ impl Switchboard {
         if uplink {
             switch.set_uplink(UPLINK_PORT).map_err(|e| format!("uplink: {e}"))?;
         }
-        Ok(Switchboard { switch, switched: 0, dropped: 0 })
+        Ok(Switchboard { switch, rule_ids, switched: 0, dropped: 0 })
     }
 
     /// Switches one frame arriving on `ingress`; returns where it goes
@@ -171,6 +74,16 @@ impl Switchboard {
     /// Ages learned MACs; `now` is in seconds.
     pub fn expire(&mut self, now: u64) {
         self.switch.expire(now);
+    }
+
+    /// Frames each config rule matched, in config order.
+    pub fn rule_hits(&self) -> Vec<u64> {
+        self.rule_ids.iter().map(|id| self.switch.engine().rule_counters(*id).map_or(0, |c| c.packets)).collect()
+    }
+
+    /// Frames dropped by the landlord's cluster boundaries.
+    pub fn boundary_drops(&self) -> u64 {
+        self.switch.engine().boundary_drops()
     }
 
     /// Per-port counters line for a VM's stop report.

@@ -41,12 +41,27 @@ pub fn source() -> Source {
     }
 }
 
+// Under BMonitor: one clock sample, then RDTSC extrapolation (no exits).
+static BASE_NS: AtomicU64 = AtomicU64::new(0);
+static BASE_TSC: AtomicU64 = AtomicU64::new(0);
+static BASE_TSC_PER_MS: AtomicU64 = AtomicU64::new(0);
+
 /// Nanoseconds since some fixed point (node boot under BMonitor).
 pub fn now_ns() -> u64 {
-    if hypercall::present() {
-        if let Ok(ns) = hypercall::clock() {
-            return ns;
+    if BASE_TSC_PER_MS.load(Ordering::Relaxed) == 0 && hypercall::present() {
+        if let Ok(c) = hypercall::clock_sample() {
+            if c.tsc_per_ms > 0 {
+                BASE_NS.store(c.ns, Ordering::Relaxed);
+                BASE_TSC.store(c.tsc, Ordering::Relaxed);
+                BASE_TSC_PER_MS.store(c.tsc_per_ms, Ordering::Relaxed);
+            }
         }
+    }
+    let per_ms = BASE_TSC_PER_MS.load(Ordering::Relaxed);
+    if per_ms != 0 {
+        let dt = cpu::rdtsc().saturating_sub(BASE_TSC.load(Ordering::Relaxed));
+        let ns = u128::from(dt) * 1_000_000 / u128::from(per_ms);
+        return BASE_NS.load(Ordering::Relaxed).saturating_add(u64::try_from(ns).unwrap_or(u64::MAX));
     }
     let hz = tsc_hz();
     let ns = u128::from(cpu::rdtsc()) * 1_000_000_000 / u128::from(hz);

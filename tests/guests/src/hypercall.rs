@@ -149,7 +149,24 @@ pub fn yield_now() -> Result<(), u64> {
 
 /// `clock`: nanoseconds since the node booted (monotonic).
 pub fn clock() -> Result<u64, u64> {
-    check(call(nr::CLOCK, 0, 0, 0)).map(|r| r.rdi)
+    clock_sample().map(|c| c.ns)
+}
+
+/// One `clock` reading with the TSC rate, so time can be extrapolated with
+/// RDTSC instead of further hypercalls.
+#[derive(Clone, Copy, Debug)]
+pub struct ClockSample {
+    /// Nanoseconds since node boot.
+    pub ns: u64,
+    /// TSC ticks per millisecond.
+    pub tsc_per_ms: u64,
+    /// The TSC value `ns` corresponds to.
+    pub tsc: u64,
+}
+
+/// `clock` with all its results.
+pub fn clock_sample() -> Result<ClockSample, u64> {
+    check(call(nr::CLOCK, 0, 0, 0)).map(|r| ClockSample { ns: r.rdi, tsc_per_ms: r.rsi, tsc: r.rdx })
 }
 
 /// `exit`: stops the VM with `code`. Returns only if the call failed.

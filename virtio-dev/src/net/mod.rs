@@ -65,13 +65,31 @@ pub struct VirtioNet {
     tx_bytes: usize,
     /// The last transmit pass stopped with chains still pending.
     tx_backlog: bool,
+    /// The hypervisor polls the transmit ring itself, so the guest is asked
+    /// never to notify (no exit per packet).
+    tx_polled: bool,
     counters: NetCounters,
 }
 
 impl VirtioNet {
+    /// Polled transmit: the guest is told not to notify after sends (and
+    /// EVENT_IDX is not offered, see `features`), and
+    /// the hypervisor drains the ring with `MmioDevice::poll` on its own
+    /// schedule (e.g. every time slice and whenever the guest yields).
+    pub fn set_tx_polling(&mut self, polled: bool) {
+        self.tx_polled = polled;
+    }
+
     /// A NIC with the MAC address BMonitor assigned; the link is always up.
     pub fn new(mac: [u8; 6]) -> Self {
-        Self { mac, tx_frames: VecDeque::new(), tx_bytes: 0, tx_backlog: false, counters: NetCounters::default() }
+        Self {
+            mac,
+            tx_frames: VecDeque::new(),
+            tx_bytes: 0,
+            tx_backlog: false,
+            tx_polled: false,
+            counters: NetCounters::default(),
+        }
     }
 
     /// The MAC address the guest sees.
@@ -110,6 +128,12 @@ impl DeviceBackend for VirtioNet {
     }
 
     fn features(&self) -> u64 {
+        // Polled transmit relies on used.flags NO_NOTIFY, which every driver
+        // honours; some drivers (virtio-drivers 0.13) misread avail_event and
+        // would notify per frame with EVENT_IDX.
+        if self.tx_polled {
+            return VERSION_1 | F_MAC | F_STATUS | INDIRECT_DESC;
+        }
         VERSION_1 | F_MAC | F_STATUS | EVENT_IDX | INDIRECT_DESC
     }
 

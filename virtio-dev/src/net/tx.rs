@@ -25,9 +25,16 @@ impl VirtioNet {
                 self.take_frame(&chain, mem)?;
                 q.push_used(mem, chain.head(), 0)?;
             }
-            q.set_notifications(mem, true)?;
-            if !q.has_available(mem)? {
-                return Ok(());
+            if self.tx_polled {
+                // The hypervisor will come back: leave notifications off.
+                if !q.has_available(mem)? {
+                    return Ok(());
+                }
+            } else {
+                q.set_notifications(mem, true)?;
+                if !q.has_available(mem)? {
+                    return Ok(());
+                }
             }
             if budget == 0 || self.backlog_full() {
                 break;

@@ -23,10 +23,9 @@ pub fn apic_ticks_per_ms() -> u64 {
     APIC_TICKS_PER_MS.load(Ordering::Relaxed)
 }
 
-/// Nanoseconds since boot (TSC reset), for guests and logs.
-pub fn now_ns() -> u64 {
-    let t = u128::from(rdtsc());
-    (t * 1_000_000 / u128::from(tsc_per_ms().max(1))) as u64
+/// Nanoseconds since boot (TSC reset) at TSC value `tsc`.
+pub fn tsc_to_ns(tsc: u64) -> u64 {
+    (u128::from(tsc) * 1_000_000 / u128::from(tsc_per_ms().max(1))) as u64
 }
 
 /// Converts TSC ticks to milliseconds.

@@ -49,7 +49,12 @@ pub fn handle(ctx: &mut ExitContext<'_>) -> Flow {
         }
         Hypercall::Exit { code } => Flow::Stop(StopReason::Exited(code)),
         Hypercall::Clock => {
-            ctx.vcpu.regs().rdi = crate::arch::x86_64::time::now_ns();
+            use crate::arch::x86_64::time;
+            let tsc = time::rdtsc();
+            let regs = ctx.vcpu.regs();
+            regs.rdi = time::tsc_to_ns(tsc);
+            regs.rsi = time::tsc_per_ms();
+            regs.rdx = tsc;
             finish(ctx, status::OK)
         }
         Hypercall::DebugCorruptState => {
