@@ -33,6 +33,12 @@ enum Cmd {
         /// Bundle file to write.
         #[arg(long)]
         out: PathBuf,
+        /// The node's provisioning secret, which seals its disk key store
+        /// when the node has no TPM. Created (random, mode 0600) if missing.
+        /// Default: `node.secret` beside the config. Only used when a VM
+        /// has a disk.
+        #[arg(long)]
+        seal_secret: Option<PathBuf>,
     },
     /// Make a GRUB-bootable ISO from the hypervisor and a bundle.
     Iso {
@@ -66,7 +72,7 @@ impl std::error::Error for ConfigFileError {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Bundle { config, out } => cmd_bundle(&config, &out),
+        Cmd::Bundle { config, out, seal_secret } => cmd_bundle(&config, &out, seal_secret.as_deref()),
         Cmd::Iso { hypervisor, bundle, out } => cmd_iso(&hypervisor, &bundle, &out),
     };
     match result {
@@ -159,8 +165,35 @@ fn assign_entries(config: &mut NodeConfig, config_dir: &Path) -> Result<Vec<Plan
     Ok(entries)
 }
 
-/// Builds the bundle bytes for the config at `config_path`.
-fn build_bundle(config_path: &Path) -> Result<Vec<u8>> {
+/// Bundle entry holding the 32-byte provisioning secret.
+pub const SEAL_SECRET_ENTRY: &str = "node.secret";
+
+/// Reads the node's provisioning secret, creating it on first use.
+fn seal_secret(path: &Path) -> Result<Vec<u8>> {
+    if let Ok(bytes) = fs::read(path) {
+        if bytes.len() != 32 {
+            bail!("{}: a seal secret is exactly 32 bytes, found {}", path.display(), bytes.len());
+        }
+        return Ok(bytes);
+    }
+    let mut secret = vec![0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut secret))
+        .context("cannot read /dev/urandom")?;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut f, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!("bmimage: created the node seal secret {} (keep it with the node's boot medium)", path.display());
+    Ok(secret)
+}
+
+/// Builds the bundle bytes for the config at `config_path`; the seal
+/// secret (when a VM has a disk) is `secret_path`, else `node.secret`
+/// beside the config.
+fn build_bundle_with(config_path: &Path, secret_path: Option<&Path>) -> Result<Vec<u8>> {
     let text = fs::read_to_string(config_path).with_context(|| format!("cannot read {}", config_path.display()))?;
     let mut config = parse_config(&text, config_path)?;
     let config_dir = config_path.parent().unwrap_or(Path::new("."));
@@ -195,6 +228,15 @@ fn build_bundle(config_path: &Path) -> Result<Vec<u8>> {
     for e in &planned {
         list.push((e.name.as_str(), data.get(&e.name).map(Vec::as_slice).unwrap_or_default()));
     }
+    let secret = if config.vms.iter().any(|v| v.disk.is_some()) {
+        let path = secret_path.map_or_else(|| config_dir.join("node.secret"), Path::to_path_buf);
+        Some(seal_secret(&path)?)
+    } else {
+        None
+    };
+    if let Some(s) = &secret {
+        list.push((SEAL_SECRET_ENTRY, s.as_slice()));
+    }
     let bytes = bundle::encode(&list);
     // Read it back exactly as the hypervisor will.
     let parsed = bundle::Bundle::parse(&bytes).context("bundle does not parse back")?;
@@ -202,8 +244,8 @@ fn build_bundle(config_path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn cmd_bundle(config: &Path, out: &Path) -> Result<()> {
-    let bytes = build_bundle(config)?;
+fn cmd_bundle(config: &Path, out: &Path, secret: Option<&Path>) -> Result<()> {
+    let bytes = build_bundle_with(config, secret)?;
     fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(())
 }

@@ -149,7 +149,7 @@ fn bundle_end_to_end() {
     let toml = "[[vm]]\nname = \"one\"\nmemory_mib = 16\nkernel = \"k/guest.elf\"\nmodule = \"initrd.img\"\n\
                 cmdline = \"hello\"\n[[vm]]\nname = \"two\"\nmemory_mib = 4\nkernel = \"k/guest.elf\"\nboot = \"pvh\"\n";
     fs::write(d.join("node.toml"), toml).unwrap();
-    let bytes = build_bundle(&d.join("node.toml")).unwrap();
+    let bytes = build_bundle_with(&d.join("node.toml"), None).unwrap();
     let b = bundle::Bundle::parse(&bytes).unwrap();
     let c = b.node_config().unwrap();
     assert_eq!(c.vms[0].kernel, "guest.elf");
@@ -161,7 +161,7 @@ fn bundle_end_to_end() {
     assert_eq!(b.get("initrd.img"), Some(&b"initrd-bytes"[..]));
 
     // Written through the command too.
-    cmd_bundle(&d.join("node.toml"), &d.join("node.bundle")).unwrap();
+    cmd_bundle(&d.join("node.toml"), &d.join("node.bundle"), None).unwrap();
     assert_eq!(fs::read(d.join("node.bundle")).unwrap(), bytes);
 }
 
@@ -174,7 +174,7 @@ fn unloadable_kernel_names_vm_and_file() {
     let toml = "[[vm]]\nname = \"ok\"\nmemory_mib = 16\nkernel = \"pvh.elf\"\n\
                 [[vm]]\nname = \"bad\"\nmemory_mib = 16\nkernel = \"junk.bin\"\n";
     fs::write(d.join("node.toml"), toml).unwrap();
-    let e = build_bundle(&d.join("node.toml")).unwrap_err();
+    let e = build_bundle_with(&d.join("node.toml"), None).unwrap_err();
     let msg = format!("{e:#}");
     assert!(msg.contains("vm[1] (bad)") && msg.contains("junk.bin"), "{msg}");
     assert!(msg.contains("no PVH entry note and no multiboot1 header"), "{msg}");
@@ -182,13 +182,13 @@ fn unloadable_kernel_names_vm_and_file() {
     // Right file, wrong protocol.
     let toml = "[[vm]]\nname = \"mb\"\nmemory_mib = 16\nkernel = \"pvh.elf\"\nboot = \"multiboot1\"\n";
     fs::write(d.join("node.toml"), toml).unwrap();
-    let msg = format!("{:#}", build_bundle(&d.join("node.toml")).unwrap_err());
+    let msg = format!("{:#}", build_bundle_with(&d.join("node.toml"), None).unwrap_err());
     assert!(msg.contains("vm[0] (mb)") && msg.contains("multiboot1"), "{msg}");
 
     // A kernel that does not fit in 1 MiB of RAM.
     let toml = "[[vm]]\nname = \"tiny\"\nmemory_mib = 1\nkernel = \"pvh.elf\"\n";
     fs::write(d.join("node.toml"), toml).unwrap();
-    let msg = format!("{:#}", build_bundle(&d.join("node.toml")).unwrap_err());
+    let msg = format!("{:#}", build_bundle_with(&d.join("node.toml"), None).unwrap_err());
     assert!(msg.contains("vm[0] (tiny)"), "{msg}");
 }
 
@@ -197,7 +197,7 @@ fn config_errors_are_exit_code_2_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     fs::write(d.join("node.toml"), "[[vm]]\nname = \"a b\"\nmemory_mib = 1\nkernel = \"k\"\n").unwrap();
-    let e = build_bundle(&d.join("node.toml")).unwrap_err();
+    let e = build_bundle_with(&d.join("node.toml"), None).unwrap_err();
     assert!(e.downcast_ref::<ConfigFileError>().is_some());
     assert!(e.to_string().ends_with("node.toml: vm[0].name: must be 1 to 32 characters of A-Z a-z 0-9 _ . -"));
 }
@@ -245,4 +245,30 @@ to = ["10.0.0.2"]
     let e = parse_config(toml, &dir.path().join("node.toml")).unwrap_err();
     assert!(e.message.starts_with("rule[0]: dst[0]"), "{}", e.message);
     assert!(e.message.contains("may not cross its cluster boundary"), "{}", e.message);
+}
+
+#[test]
+fn disk_vms_get_a_persistent_seal_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let kernel = std::env::var("CARGO_MANIFEST_DIR").unwrap() + "/../target/x86_64-unknown-none/release/hello";
+    if !Path::new(&kernel).exists() {
+        return; // guests not built in this checkout; covered end to end
+    }
+    let toml = format!(
+        "[[cluster]]\nname = \"t\"\n[[vm]]\nname = \"v\"\nmemory_mib = 8\nkernel = \"{kernel}\"\ncluster = \"t\"\n[vm.disk]\nsize_mib = 4\n"
+    );
+    fs::write(d.join("node.toml"), toml).unwrap();
+    let b1 = build_bundle_with(&d.join("node.toml"), None).unwrap();
+    let secret = fs::read(d.join("node.secret")).unwrap();
+    assert_eq!(secret.len(), 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(d.join("node.secret")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let b2 = build_bundle_with(&d.join("node.toml"), None).unwrap();
+    let get = |b: &[u8]| vmm_config::bundle::Bundle::parse(b).unwrap().get(SEAL_SECRET_ENTRY).unwrap().to_vec();
+    assert_eq!(get(&b1), secret);
+    assert_eq!(get(&b2), secret, "the secret is reused, not regenerated");
 }

@@ -42,7 +42,33 @@ pub struct NodeConfig {
     /// Tenant sub-boundaries (`[[rule]]`).
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// Node disk key management (`[storage]`).
+    #[serde(default)]
+    pub storage: StorageConfig,
 }
+
+/// Key management for the node's encrypted disks, until the consoles can
+/// do it at run time. Epochs make a rotation idempotent across reboots:
+/// BMonitor remembers the epoch it last applied and acts only when the
+/// config names a higher one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Raising it discards K_L: every volume on the node is crypto-erased.
+    #[serde(default)]
+    pub landlord_key_epoch: u32,
+}
+
+/// A VM's virtual disk (`[vm.disk]`): an encrypted volume on the node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Capacity in MiB (1 to [`MAX_DISK_MIB`]).
+    pub size_mib: u32,
+}
+
+/// Largest virtual disk.
+pub const MAX_DISK_MIB: u32 = 64 * 1024;
 
 /// Node-wide options.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -103,6 +129,10 @@ pub struct VmConfig {
     /// A virtual NIC (`[vm.nic]`), if the VM has one.
     #[serde(default)]
     pub nic: Option<NicConfig>,
+    /// A virtual disk (`[vm.disk]`), if the VM has one; it belongs to the
+    /// VM's cluster (its tenant), so a VM with a disk needs a cluster.
+    #[serde(default)]
+    pub disk: Option<DiskConfig>,
 }
 
 /// A config value that failed validation: which field, and why.
@@ -178,6 +208,17 @@ impl NodeConfig {
                         format!("vm[{i}].cluster"),
                         format!("no [[cluster]] is named \"{c}\""),
                     ));
+                }
+            }
+            if let Some(d) = &vm.disk {
+                if !(1..=MAX_DISK_MIB).contains(&d.size_mib) {
+                    return Err(ConfigError::new(
+                        format!("vm[{i}].disk.size_mib"),
+                        format!("must be between 1 and {MAX_DISK_MIB}"),
+                    ));
+                }
+                if vm.cluster.is_none() {
+                    return Err(ConfigError::new(format!("vm[{i}].cluster"), "a VM with a disk must belong to a cluster"));
                 }
             }
             let Some(nic) = &vm.nic else { continue };
@@ -438,8 +479,8 @@ mod tests {
         NodeConfig {
             vms: vec![a, b, c],
             clusters: vec![
-                ClusterConfig { name: "red".into(), remote: vec![] },
-                ClusterConfig { name: "blue".into(), remote: vec![] },
+                ClusterConfig { name: "red".into(), remote: vec![], ..Default::default() },
+                ClusterConfig { name: "blue".into(), remote: vec![], ..Default::default() },
             ],
             ..Default::default()
         }

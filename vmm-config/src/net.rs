@@ -227,7 +227,7 @@ pub struct UplinkConfig {
 
 /// A tenant cluster (`[[cluster]]`): the landlord's boundary. Frames between
 /// different clusters are dropped both ways.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Cluster name, referenced by VMs and rules.
@@ -236,6 +236,13 @@ pub struct ClusterConfig {
     /// holds across the uplink.
     #[serde(default)]
     pub remote: Vec<Endpoint>,
+    /// The tenant has a key (K_T): its disks are encrypted under K_L and
+    /// K_T combined, not K_L alone.
+    #[serde(default)]
+    pub tenant_key: bool,
+    /// Raising it regenerates K_T: this tenant's volumes are crypto-erased.
+    #[serde(default)]
+    pub tenant_key_epoch: u32,
 }
 
 /// A VM's virtual NIC (`[vm.nic]`).

@@ -135,8 +135,8 @@ mod tests {
         NodeConfig {
             vms: alloc::vec![vm("a1", "a", 1), vm("a2", "a", 2), vm("b1", "b", 3)],
             clusters: alloc::vec![
-                ClusterConfig { name: "a".into(), remote: alloc::vec![] },
-                ClusterConfig { name: "b".into(), remote: alloc::vec!["10.9.9.9".parse().unwrap()] },
+                ClusterConfig { name: "a".into(), remote: alloc::vec![], ..Default::default() },
+                ClusterConfig { name: "b".into(), remote: alloc::vec!["10.9.9.9".parse().unwrap()], ..Default::default() },
             ],
             ..Default::default()
         }

@@ -37,6 +37,9 @@ pub enum QueueError {
     BadLayout,
     /// The device returned a buffer it did not take (a device-model bug).
     NotInFlight,
+    /// A request chain the device cannot even answer (e.g. a block request
+    /// with no device-writable status byte).
+    BadRequest,
 }
 
 impl fmt::Display for QueueError {
@@ -53,6 +56,7 @@ impl fmt::Display for QueueError {
             Self::BadIndirect => f.write_str("malformed indirect descriptor"),
             Self::BadLayout => f.write_str("bad queue size or ring alignment"),
             Self::NotInFlight => f.write_str("used buffer that was never made available"),
+            Self::BadRequest => f.write_str("request has no device-writable status byte"),
         }
     }
 }
