@@ -7,7 +7,8 @@
 //!   length checked and bounded work per call;
 //! - [`mmio`]: the virtio-mmio v2 transport (registers, status, features,
 //!   interrupts), generic over a [`mmio::DeviceBackend`];
-//! - [`net`]: virtio-net as such a backend. virtio-blk is meant to be another.
+//! - [`net`]: virtio-net as such a backend;
+//! - [`blk`]: virtio-blk as another, over a [`blk::BlockBackend`] (the encrypted volume).
 //!
 //! A guest that breaks the queue protocol gets its device put into
 //! DEVICE_NEEDS_RESET; it never panics, hangs or reaches outside guest RAM.
@@ -17,12 +18,14 @@
 
 extern crate alloc;
 
+pub mod blk;
 pub mod features;
 pub mod memory;
 pub mod mmio;
 pub mod net;
 pub mod queue;
 
+pub use blk::{BlockBackend, BlockError, MemBackend, VirtioBlk};
 pub use memory::{GuestMemory, MemoryError, VecMemory};
 pub use mmio::{DeviceBackend, MmioDevice, MmioOutcome};
 pub use net::VirtioNet;

@@ -1,7 +1,8 @@
 //! Runtime for BMonitor's test guests: boot stubs (PVH and multiboot1), a
 //! polled 16550 UART, the hypercall ABI, boot-information parsing, a small
 //! IDT for guests that catch exceptions, port I/O, a heap (for guests that
-//! call [`heap::init`]) and a virtio-net + smoltcp network stack ([`net`]).
+//! call [`heap::init`]), a virtio-net + smoltcp network stack ([`net`]) and
+//! a polled virtio-blk disk ([`blk`]).
 //!
 //! Each guest is a binary in `src/bin/` that names its main function with
 //! [`entry!`]. The runtime enters it in 64-bit long mode with the first
@@ -14,6 +15,7 @@
 
 extern crate alloc;
 
+pub mod blk;
 pub mod boot;
 pub mod bootinfo;
 pub mod clock;

@@ -1,0 +1,820 @@
+//! The command tree (clap) and its execution.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use mgmt_proto::crypto::{from_hex32, to_hex};
+use mgmt_proto::*;
+use serde_json::{json, Value};
+
+use crate::client::{Client, ClientError};
+use crate::profile::{role_string, Config, Profile};
+use crate::rules::{format_rule, parse_rule};
+use crate::upload::{upload_image, UploadOptions};
+
+/// bmctl: the BMonitor landlord and tenant console.
+#[derive(Debug, Parser)]
+#[command(name = "bmctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Configuration directory (default: $XDG_CONFIG_HOME/bmctl).
+    #[arg(long, global = true, env = "BMCTL_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Profile to use (default: the only landlord or tenant profile).
+    #[arg(long, short = 'p', global = true, env = "BMCTL_PROFILE")]
+    pub profile: Option<String>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate a console key (X25519) or, with --signing, an image signing key (Ed25519).
+    Keygen {
+        /// Key name (file name under keys/).
+        name: String,
+        /// Generate an Ed25519 image-signing key instead.
+        #[arg(long)]
+        signing: bool,
+    },
+    /// Manage connection profiles.
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+    /// Landlord operations (hardware and facility).
+    #[command(subcommand)]
+    Landlord(LandlordCmd),
+    /// Tenant operations (your own VMs).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Print shell completions.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Profile commands.
+#[derive(Debug, Subcommand)]
+pub enum ProfileCmd {
+    /// Add a profile.
+    Add {
+        /// Profile name.
+        name: String,
+        /// Node address: host:port or serial:/dev/ttyS1.
+        #[arg(long)]
+        node: String,
+        /// The node's public key for this role (64 hex digits).
+        #[arg(long)]
+        node_key: String,
+        /// landlord or tenant:LEASE.
+        #[arg(long)]
+        role: String,
+        /// Console key name (default: the profile name; generated if missing).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// List profiles.
+    List,
+    /// Remove a profile (its key file stays).
+    Remove {
+        /// Profile name.
+        name: String,
+    },
+}
+
+/// Landlord commands.
+#[derive(Debug, Subcommand)]
+pub enum LandlordCmd {
+    /// Node status and health.
+    Status,
+    /// Reboot the node.
+    Reboot,
+    /// Shut the node down.
+    Shutdown,
+    /// Leases.
+    #[command(subcommand)]
+    Lease(LeaseCmd),
+    /// VMs.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Set a cluster's boundary (rules ACTION:PROTO:NET[:PORTS], first match wins).
+    Boundary {
+        /// Cluster id.
+        cluster: u32,
+        /// Rules.
+        rules: Vec<String>,
+    },
+    /// Node keys.
+    #[command(subcommand)]
+    Keys(LandlordKeysCmd),
+    /// Read the audit log.
+    Audit {
+        /// First entry index.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+}
+
+/// Lease commands.
+#[derive(Debug, Subcommand)]
+pub enum LeaseCmd {
+    /// Create a lease for a tenant console key; prints the tenant node key.
+    Create {
+        /// The tenant console's public key (hex).
+        #[arg(long)]
+        tenant_key: String,
+        /// Cluster the lease's VMs join.
+        #[arg(long, default_value_t = 0)]
+        cluster: u32,
+    },
+    /// End a lease (destroys its VMs and keys).
+    End {
+        /// Lease id.
+        lease: u32,
+    },
+}
+
+/// Landlord VM commands.
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// Define a VM.
+    Create {
+        /// Lease owning it.
+        #[arg(long)]
+        lease: u32,
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Uploaded image name.
+        #[arg(long)]
+        image: String,
+        /// Virtual CPUs.
+        #[arg(long, default_value_t = 1)]
+        vcpus: u8,
+        /// RAM in MiB.
+        #[arg(long, default_value_t = 256)]
+        memory: u32,
+        /// Disk in MiB.
+        #[arg(long, default_value_t = 0)]
+        disk: u32,
+        /// Cluster.
+        #[arg(long, default_value_t = 0)]
+        cluster: u32,
+    },
+    /// Destroy a VM.
+    Destroy {
+        /// VM id.
+        vm: u32,
+    },
+    /// List all VMs.
+    List,
+    /// Start a VM.
+    Start {
+        /// VM id.
+        vm: u32,
+    },
+    /// Stop a VM.
+    Stop {
+        /// VM id.
+        vm: u32,
+    },
+}
+
+/// Image commands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Upload an image (chunked; re-running resumes an interrupted upload).
+    Upload {
+        /// The image file.
+        file: PathBuf,
+        /// Name on the node (default: the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Lease the image is for.
+        #[arg(long)]
+        lease: Option<u32>,
+        /// Signature file from `bmctl tenant sign-image`.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Chunk size in KiB.
+        #[arg(long, default_value_t = 60)]
+        chunk_kib: usize,
+        /// Reconnections allowed after a broken connection.
+        #[arg(long, default_value_t = 5)]
+        retries: u32,
+    },
+}
+
+/// Landlord key commands.
+#[derive(Debug, Subcommand)]
+pub enum LandlordKeysCmd {
+    /// Generate a new landlord key pair (crypto-erases data under the old key).
+    Rotate,
+    /// Generate a new tenant key pair for a lease (the old tenant console is refused).
+    RegenerateTenant {
+        /// Lease id.
+        lease: u32,
+        /// Register a new tenant console key at the same time.
+        #[arg(long)]
+        tenant_key: Option<String>,
+    },
+}
+
+/// Tenant commands.
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// List your VMs.
+    Vms,
+    /// Start a VM.
+    Start {
+        /// VM id.
+        vm: u32,
+    },
+    /// Stop a VM.
+    Stop {
+        /// VM id.
+        vm: u32,
+    },
+    /// Restart a VM.
+    Restart {
+        /// VM id.
+        vm: u32,
+    },
+    /// Restart a VM from a fresh copy of its image.
+    Reload {
+        /// VM id.
+        vm: u32,
+    },
+    /// Attach to a VM's serial console (lines typed are sent; Ctrl-D leaves).
+    Console {
+        /// VM id.
+        vm: u32,
+        /// Print what is there and leave.
+        #[arg(long)]
+        no_input: bool,
+    },
+    /// Sub-boundary rules.
+    #[command(subcommand)]
+    Rule(RuleCmd),
+    /// Your node keys.
+    #[command(subcommand)]
+    Keys(TenantKeysCmd),
+    /// Counters of a VM.
+    Counters {
+        /// VM id.
+        vm: u32,
+    },
+    /// Read your part of the audit log.
+    Audit {
+        /// First entry index.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+    /// Sign an image with an Ed25519 signing key (offline; writes FILE.sig).
+    SignImage {
+        /// The image file.
+        file: PathBuf,
+        /// Signing key name (from `bmctl keygen --signing`).
+        #[arg(long)]
+        key: String,
+        /// Output file (default FILE.sig).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Register (or with --clear, remove) the key that must sign your images.
+    SigningKey {
+        /// Signing key name.
+        key: Option<String>,
+        /// Stop requiring signatures.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// Tenant rule commands.
+#[derive(Debug, Subcommand)]
+pub enum RuleCmd {
+    /// Add a rule ACTION:PROTO:NET[:PORTS]; it may only narrow the cluster boundary.
+    Add {
+        /// The rule.
+        rule: String,
+    },
+    /// Remove a rule.
+    Remove {
+        /// Rule id.
+        id: u32,
+    },
+}
+
+/// Tenant key commands.
+#[derive(Debug, Subcommand)]
+pub enum TenantKeysCmd {
+    /// Generate a new tenant key pair; the profile is updated with its public half.
+    Rotate,
+}
+
+/// A failed command: message and exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// Error, with causes.
+    pub error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        let code = error.chain().find_map(|c| c.downcast_ref::<ClientError>()).map_or(1, ClientError::exit_code);
+        Failure { code, error }
+    }
+}
+
+struct Ctx {
+    cfg: Config,
+    profile: Option<String>,
+    json: bool,
+}
+
+impl Ctx {
+    fn out(&self, value: Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{value}");
+        } else {
+            let h = human();
+            if !h.is_empty() {
+                println!("{h}");
+            }
+        }
+    }
+
+    fn connect(&self, landlord: bool) -> Result<(Profile, Client)> {
+        let p = self.cfg.pick_profile(self.profile.as_deref(), landlord)?;
+        if matches!(p.role()?, Role::Landlord) != landlord {
+            bail!(
+                "profile {:?} is for role {}, not {}",
+                p.name,
+                p.role,
+                if landlord { "landlord" } else { "a tenant" }
+            );
+        }
+        let key = self.cfg.load_key(&p.key)?;
+        let c = Client::connect_profile(&p, &key.secret)
+            .with_context(|| format!("connecting to {} as {}", p.node, p.role))?;
+        Ok((p, c))
+    }
+
+    fn call(&self, landlord: bool, req: Request) -> Result<(Profile, Response)> {
+        let (p, mut c) = self.connect(landlord)?;
+        let name = req.name();
+        let r = c.call(req).with_context(|| format!("{name} failed"))?;
+        Ok((p, r))
+    }
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Ctx { cfg: Config::locate(cli.config_dir)?, profile: cli.profile, json: cli.json };
+    match cli.command {
+        Command::Keygen { name, signing } => {
+            if signing {
+                let k = ctx.cfg.keygen_signing(&name)?;
+                ctx.out(json!({"name": name, "signing_public_key": to_hex(&k)}), || {
+                    format!("signing key {name} created\nverifying key: {}", to_hex(&k))
+                });
+            } else {
+                let k = ctx.cfg.keygen(&name)?;
+                ctx.out(json!({"name": name, "public_key": k.to_hex()}), || {
+                    format!("console key {name} created\npublic key: {k}\n(give it to the landlord to register)")
+                });
+            }
+        }
+        Command::Profile(p) => profile_cmd(&ctx, p)?,
+        Command::Landlord(l) => landlord_cmd(&ctx, l)?,
+        Command::Tenant(t) => tenant_cmd(&ctx, t)?,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "bmctl", &mut std::io::stdout());
+        }
+    }
+    Ok(())
+}
+
+fn profile_cmd(ctx: &Ctx, cmd: ProfileCmd) -> Result<()> {
+    match cmd {
+        ProfileCmd::Add { name, node, node_key, role, key } => {
+            let key = key.unwrap_or_else(|| name.clone());
+            let p =
+                Profile { name: name.clone(), node, node_key: node_key.trim().to_lowercase(), role, key: key.clone() };
+            // Validate before touching any key file.
+            p.role()?;
+            p.node_key()?;
+            p.addr()?;
+            let generated = match ctx.cfg.load_key(&key) {
+                Ok(_) => None,
+                Err(_) => Some(ctx.cfg.keygen(&key)?),
+            };
+            ctx.cfg.save_profile(&p, false)?;
+            let public = ctx.cfg.load_key(&key)?.public;
+            ctx.out(
+                json!({"profile": p, "console_public_key": public.to_hex(), "key_generated": generated.is_some()}),
+                || {
+                    let mut s =
+                        format!("profile {name} added ({} at {})\nconsole public key: {public}", p.role, p.node);
+                    if generated.is_some() {
+                        s.push_str("\n(new key generated: have it registered with the node)");
+                    }
+                    s
+                },
+            );
+        }
+        ProfileCmd::List => {
+            let all = ctx.cfg.list_profiles()?;
+            ctx.out(json!(all), || {
+                if all.is_empty() {
+                    return "no profiles".into();
+                }
+                all.iter()
+                    .map(|p| format!("{:<16} {:<12} {:<24} key={}", p.name, p.role, p.node, p.key))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        ProfileCmd::Remove { name } => {
+            ctx.cfg.remove_profile(&name)?;
+            ctx.out(json!({"removed": name}), || format!("profile {name} removed"));
+        }
+    }
+    Ok(())
+}
+
+fn done(ctx: &Ctx, what: &str) {
+    ctx.out(json!({"ok": true, "action": what}), || format!("{what}: done"));
+}
+
+fn vm_table(vms: &[VmInfo]) -> String {
+    if vms.is_empty() {
+        return "no VMs".into();
+    }
+    let mut s =
+        format!("{:>5} {:<16} {:>6} {:<8} {:>5} {:>8} IMAGE", "ID", "NAME", "LEASE", "STATE", "VCPU", "MEM MiB");
+    for v in vms {
+        s.push_str(&format!(
+            "\n{:>5} {:<16} {:>6} {:<8} {:>5} {:>8} {}",
+            v.id.0,
+            v.spec.name,
+            v.spec.lease.0,
+            format!("{:?}", v.state).to_lowercase(),
+            v.spec.vcpus,
+            v.spec.memory_mib,
+            v.spec.image
+        ));
+    }
+    s
+}
+
+fn audit_text(entries: &[AuditEntry]) -> String {
+    if entries.is_empty() {
+        return "no entries".into();
+    }
+    entries
+        .iter()
+        .map(|e| {
+            let who = e.role.map_or_else(|| "-".to_string(), |r| role_string(&r));
+            format!("{:>6} t={:<8} {:<10} {:<22} {}", e.index, e.time_secs, who, e.action, e.outcome)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn unexpected(r: Response) -> anyhow::Error {
+    anyhow!(ClientError::Unexpected(format!("{r:?}")))
+}
+
+fn parse_key(s: &str, what: &str) -> Result<PublicKey> {
+    PublicKey::from_hex(s).ok_or_else(|| anyhow!("{what}: expected 64 hex digits"))
+}
+
+/// After a node key rotation, point the profile at the new key so the next
+/// command still connects.
+fn update_profile_key(ctx: &Ctx, mut p: Profile, key: &PublicKey) -> Result<()> {
+    p.node_key = key.to_hex();
+    ctx.cfg.save_profile(&p, true)
+}
+
+fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
+    match cmd {
+        LandlordCmd::Status => match ctx.call(true, Request::NodeStatus)?.1 {
+            Response::Status(s) => ctx.out(serde_json::to_value(&s)?, || {
+                let mut t = format!(
+                    "BMonitor {} up {}s\ncpus {}  memory {}/{} MiB free  nic {}\nleases {}  vms {} ({} running)",
+                    s.version,
+                    s.uptime_secs,
+                    s.cpus,
+                    s.memory_free_mib,
+                    s.memory_total_mib,
+                    if s.nic_up { "up" } else { "down" },
+                    s.leases,
+                    s.vms_total,
+                    s.vms_running
+                );
+                for d in &s.disks {
+                    t.push_str(&format!("\ndisk {} {} MiB", d.name, d.value));
+                }
+                for c in &s.counters {
+                    t.push_str(&format!("\n  {:<32} {}", c.name, c.value));
+                }
+                t
+            }),
+            r => return Err(unexpected(r)),
+        },
+        LandlordCmd::Reboot => {
+            ctx.call(true, Request::Reboot)?;
+            done(ctx, "reboot");
+        }
+        LandlordCmd::Shutdown => {
+            ctx.call(true, Request::Shutdown)?;
+            done(ctx, "shutdown");
+        }
+        LandlordCmd::Lease(LeaseCmd::Create { tenant_key, cluster }) => {
+            let key = parse_key(&tenant_key, "--tenant-key")?;
+            match ctx.call(true, Request::CreateLease { tenant_console_key: key, cluster: ClusterId(cluster) })?.1 {
+                Response::LeaseCreated { lease, tenant_node_key } => {
+                    ctx.out(json!({"lease": lease.0, "tenant_node_key": tenant_node_key.to_hex()}), || {
+                        format!(
+                            "lease {} created\ntenant node key: {tenant_node_key}\ngive the tenant: --role tenant:{} --node-key {tenant_node_key}",
+                            lease.0, lease.0
+                        )
+                    })
+                }
+                r => return Err(unexpected(r)),
+            }
+        }
+        LandlordCmd::Lease(LeaseCmd::End { lease }) => {
+            ctx.call(true, Request::EndLease { lease: LeaseId(lease) })?;
+            done(ctx, "end lease");
+        }
+        LandlordCmd::Vm(VmCmd::Create { lease, name, image, vcpus, memory, disk, cluster }) => {
+            let spec = VmSpec {
+                lease: LeaseId(lease),
+                name,
+                vcpus,
+                memory_mib: memory,
+                disk_mib: disk,
+                image,
+                cluster: ClusterId(cluster),
+            };
+            match ctx.call(true, Request::CreateVm { spec })?.1 {
+                Response::VmCreated { vm } => ctx.out(json!({"vm": vm.0}), || format!("VM {} created", vm.0)),
+                r => return Err(unexpected(r)),
+            }
+        }
+        LandlordCmd::Vm(VmCmd::Destroy { vm }) => {
+            ctx.call(true, Request::DestroyVm { vm: VmId(vm) })?;
+            done(ctx, "destroy VM");
+        }
+        LandlordCmd::Vm(VmCmd::List) => vms(ctx, true)?,
+        LandlordCmd::Vm(VmCmd::Start { vm }) => {
+            ctx.call(true, Request::StartVm { vm: VmId(vm) })?;
+            done(ctx, "start VM");
+        }
+        LandlordCmd::Vm(VmCmd::Stop { vm }) => {
+            ctx.call(true, Request::StopVm { vm: VmId(vm) })?;
+            done(ctx, "stop VM");
+        }
+        LandlordCmd::Image(ImageCmd::Upload { file, name, lease, signature, chunk_kib, retries }) => {
+            let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("--name: cannot derive from the file name"))?,
+            };
+            let signature = match signature {
+                Some(p) => Some(read_signature(&p)?),
+                None => None,
+            };
+            let opts = UploadOptions {
+                name,
+                lease: lease.map(LeaseId),
+                signature,
+                chunk: chunk_kib.saturating_mul(1024),
+                retries,
+                backoff: Duration::from_secs(1),
+            };
+            let bar = if ctx.json { ProgressBar::hidden() } else { ProgressBar::new(data.len() as u64) };
+            bar.set_style(
+                ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                    .map_err(|e| anyhow!("{e}"))?
+                    .progress_chars("=> "),
+            );
+            bar.set_message(opts.name.clone());
+            let mut connect = || {
+                ctx.connect(true).map(|(_, c)| c).map_err(|e| match e.downcast::<ClientError>() {
+                    Ok(ce) => ce,
+                    Err(e) => ClientError::Local(format!("{e:#}")),
+                })
+            };
+            let report = upload_image(&mut connect, &data, &opts, &bar)?;
+            ctx.out(serde_json::to_value(&report)?, || {
+                format!("image {} stored: {} bytes, sha256 {}", report.name, report.size, report.sha256)
+            });
+        }
+        LandlordCmd::Boundary { cluster, rules } => {
+            let rules = rules.iter().map(|r| parse_rule(r)).collect::<Result<Vec<_>>>()?;
+            ctx.call(true, Request::SetClusterBoundary { cluster: ClusterId(cluster), rules })?;
+            done(ctx, "set boundary");
+        }
+        LandlordCmd::Keys(LandlordKeysCmd::Rotate) => match ctx.call(true, Request::RotateLandlordKey)? {
+            (p, Response::NodeKey { public }) => {
+                update_profile_key(ctx, p, &public)?;
+                ctx.out(json!({"landlord_node_key": public.to_hex()}), || {
+                    format!("new landlord node key: {public} (profile updated)")
+                });
+            }
+            (_, r) => return Err(unexpected(r)),
+        },
+        LandlordCmd::Keys(LandlordKeysCmd::RegenerateTenant { lease, tenant_key }) => {
+            let tenant_console_key = tenant_key.map(|k| parse_key(&k, "--tenant-key")).transpose()?;
+            match ctx.call(true, Request::RegenerateTenantKey { lease: LeaseId(lease), tenant_console_key })?.1 {
+                Response::NodeKey { public } => ctx
+                    .out(json!({"lease": lease, "tenant_node_key": public.to_hex()}), || {
+                        format!("new tenant node key for lease {lease}: {public}")
+                    }),
+                r => return Err(unexpected(r)),
+            }
+        }
+        LandlordCmd::Audit { from } => audit(ctx, true, from)?,
+    }
+    Ok(())
+}
+
+fn vms(ctx: &Ctx, landlord: bool) -> Result<()> {
+    match ctx.call(landlord, Request::ListVms)?.1 {
+        Response::Vms(v) => ctx.out(serde_json::to_value(&v)?, || vm_table(&v)),
+        r => return Err(unexpected(r)),
+    }
+    Ok(())
+}
+
+fn audit(ctx: &Ctx, landlord: bool, from: u64) -> Result<()> {
+    match ctx.call(landlord, Request::ReadAudit { from })?.1 {
+        Response::Audit { entries, next } => {
+            ctx.out(json!({"entries": entries, "next": next}), || audit_text(&entries))
+        }
+        r => return Err(unexpected(r)),
+    }
+    Ok(())
+}
+
+fn read_signature(p: &std::path::Path) -> Result<ImageSignature> {
+    let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+    let t = text.trim();
+    if t.len() != 128 {
+        bail!("{}: expected 128 hex digits", p.display());
+    }
+    let r = from_hex32(t.get(..64).unwrap_or("")).ok_or_else(|| anyhow!("{}: not hex", p.display()))?;
+    let s = from_hex32(t.get(64..).unwrap_or("")).ok_or_else(|| anyhow!("{}: not hex", p.display()))?;
+    Ok(ImageSignature { r, s })
+}
+
+fn tenant_cmd(ctx: &Ctx, cmd: TenantCmd) -> Result<()> {
+    let simple = |req: Request, what: &str| -> Result<()> {
+        ctx.call(false, req)?;
+        done(ctx, what);
+        Ok(())
+    };
+    match cmd {
+        TenantCmd::Vms => vms(ctx, false)?,
+        TenantCmd::Start { vm } => simple(Request::StartVm { vm: VmId(vm) }, "start VM")?,
+        TenantCmd::Stop { vm } => simple(Request::StopVm { vm: VmId(vm) }, "stop VM")?,
+        TenantCmd::Restart { vm } => simple(Request::RestartVm { vm: VmId(vm) }, "restart VM")?,
+        TenantCmd::Reload { vm } => simple(Request::ReloadImage { vm: VmId(vm) }, "reload image")?,
+        TenantCmd::Console { vm, no_input } => console(ctx, VmId(vm), no_input)?,
+        TenantCmd::Rule(RuleCmd::Add { rule }) => {
+            let r = parse_rule(&rule)?;
+            match ctx.call(false, Request::SetSubBoundary { rule: r })?.1 {
+                Response::RuleAdded { id } => ctx.out(json!({"rule": id.0, "spec": format_rule(&r)}), || {
+                    format!("rule {} added: {}", id.0, format_rule(&r))
+                }),
+                r => return Err(unexpected(r)),
+            }
+        }
+        TenantCmd::Rule(RuleCmd::Remove { id }) => {
+            simple(Request::RemoveSubBoundary { id: RuleId(id) }, "remove rule")?
+        }
+        TenantCmd::Keys(TenantKeysCmd::Rotate) => match ctx.call(false, Request::RotateTenantKey)? {
+            (p, Response::NodeKey { public }) => {
+                update_profile_key(ctx, p, &public)?;
+                ctx.out(json!({"tenant_node_key": public.to_hex()}), || {
+                    format!("new tenant node key: {public} (profile updated)")
+                });
+            }
+            (_, r) => return Err(unexpected(r)),
+        },
+        TenantCmd::Counters { vm } => match ctx.call(false, Request::ReadCounters { vm: VmId(vm) })?.1 {
+            Response::Counters(cs) => ctx.out(serde_json::to_value(&cs)?, || {
+                cs.iter().map(|c| format!("{:<32} {}", c.name, c.value)).collect::<Vec<_>>().join("\n")
+            }),
+            r => return Err(unexpected(r)),
+        },
+        TenantCmd::Audit { from } => audit(ctx, false, from)?,
+        TenantCmd::SignImage { file, key, out } => {
+            let seed = ctx.cfg.load_signing(&key)?;
+            let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let sig = sign_image(&seed, &data);
+            let out = out.unwrap_or_else(|| {
+                let mut s = file.clone().into_os_string();
+                s.push(".sig");
+                PathBuf::from(s)
+            });
+            let hex = to_hex(&sig.to_bytes());
+            std::fs::write(&out, format!("{hex}\n")).with_context(|| format!("writing {}", out.display()))?;
+            ctx.out(json!({"signature": hex, "file": out, "sha256": to_hex(&image_digest(&data))}), || {
+                format!("signature written to {}", out.display())
+            });
+        }
+        TenantCmd::SigningKey { key, clear } => {
+            let key = match (key, clear) {
+                (Some(_), true) => bail!("give a key name or --clear, not both"),
+                (None, false) => bail!("give a signing key name, or --clear"),
+                (None, true) => None,
+                (Some(k), false) => Some(image_verify_key(&ctx.cfg.load_signing(&k)?)),
+            };
+            simple(Request::SetImageSigningKey { key }, "set image signing key")?;
+        }
+    }
+    Ok(())
+}
+
+/// Interactive console: a thread reads stdin lines; the main loop polls the
+/// console output and sends typed lines.
+fn console(ctx: &Ctx, vm: VmId, no_input: bool) -> Result<()> {
+    let (_, mut c) = ctx.connect(false)?;
+    let (tx, rx) = std::sync::mpsc::channel::<Option<Vec<u8>>>();
+    if !no_input {
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            let mut lock = stdin.lock();
+            loop {
+                let mut line = Vec::new();
+                match lock.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    Ok(_) => {
+                        if tx.send(Some(line)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        if !ctx.json {
+            eprintln!("[connected to VM {}; type lines to send, Ctrl-D to leave]", vm.0);
+        }
+    }
+    let mut offset = 0u64;
+    let mut stdout = std::io::stdout();
+    loop {
+        match c.call(Request::ConsoleRead { vm, from_offset: offset })? {
+            Response::ConsoleOutput { next_offset, bytes } => {
+                stdout.write_all(&bytes)?;
+                stdout.flush()?;
+                let got_any = !bytes.is_empty();
+                offset = next_offset;
+                if no_input && !got_any {
+                    return Ok(());
+                }
+                if got_any {
+                    continue;
+                }
+            }
+            r => return Err(unexpected(r)),
+        }
+        if no_input {
+            continue;
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(Some(line)) => {
+                for chunk in line.chunks(MAX_CONSOLE_BYTES) {
+                    c.call(Request::ConsoleWrite { vm, bytes: chunk.to_vec() })?;
+                }
+            }
+            Ok(None) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+}

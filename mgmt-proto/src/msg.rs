@@ -1,0 +1,726 @@
+//! The typed messages of the management protocol and their codec.
+//!
+//! All messages are `postcard`-encoded. VM, rule and status types are kept
+//! small and self-contained here (the hypervisor maps them to its own config
+//! types) so that this crate is the single definition of the wire format.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::crypto::PublicKey;
+
+/// Identifies a lease (one tenant's tenancy on a node); also selects which
+/// tenant key pair answers a tenant console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LeaseId(pub u32);
+
+/// Identifies a VM on a node, unique across leases so a tenant cannot name
+/// another lease's VM by accident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VmId(pub u32);
+
+/// Identifies an image upload in progress, so an interrupted upload can be
+/// resumed by a later session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UploadId(pub u32);
+
+/// Identifies a tenant sub-boundary rule, so it can be removed later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RuleId(pub u32);
+
+/// Identifies a cluster (a group of VMs sharing a landlord boundary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClusterId(pub u32);
+
+/// Who is speaking: selects the node's static key for the handshake and
+/// bounds what the session may do (see [`crate::authorize`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// The facility operator: hardware and facility operations.
+    Landlord,
+    /// A tenant, confined to its lease's VMs and rules.
+    Tenant(LeaseId),
+}
+
+impl core::fmt::Display for Role {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Role::Landlord => write!(f, "landlord"),
+            Role::Tenant(l) => write!(f, "tenant of lease {}", l.0),
+        }
+    }
+}
+
+/// The first, cleartext frame from the console. It selects the node's static
+/// key and is the Noise prologue on both sides, so tampering with it breaks
+/// the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The protocol version the console speaks ([`crate::PROTOCOL_VERSION`]).
+    pub version: u16,
+    /// The role the console asks for.
+    pub role: Role,
+}
+
+/// The node's answer to the console's hello and first handshake message:
+/// either the second Noise message or a (cleartext, unauthenticated) refusal
+/// so the console can tell the user why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HandshakeReply {
+    /// The Noise IK responder message; the session is established.
+    Accept(Vec<u8>),
+    /// The node refused the handshake.
+    Refused(ErrorReply),
+}
+
+/// One request, numbered so replays and reordering are detected even inside
+/// an authenticated session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Strictly increasing per session, starting at 1.
+    pub seq: u64,
+    /// The request.
+    pub body: Request,
+}
+
+/// The answer to the request with the same `seq` (or `seq` 0 for a refusal
+/// of a message that could not be decoded, after which the node closes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request's sequence number.
+    pub seq: u64,
+    /// The result.
+    pub body: Result<Response, ErrorReply>,
+}
+
+/// Why a request or session was refused: a machine-readable code for scripts
+/// and a human message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// The category.
+    pub code: ErrorCode,
+    /// A human-readable explanation naming the field or reason.
+    pub message: String,
+}
+
+impl ErrorReply {
+    /// Builds an error reply, so call sites stay one line.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorReply { code, message: message.into() }
+    }
+}
+
+impl core::fmt::Display for ErrorReply {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+/// Error categories, stable across versions so scripts can match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The message could not be decoded.
+    Malformed,
+    /// The message exceeded a size limit.
+    Oversize,
+    /// The protocol version is not supported.
+    Version,
+    /// The console's static key is not registered on this node.
+    UnknownKey,
+    /// The console's key is registered, but not for the role it asked for.
+    WrongRole,
+    /// The role names no lease on this node.
+    UnknownRole,
+    /// The handshake failed cryptographically.
+    Handshake,
+    /// A sequence number was replayed or out of order.
+    Replay,
+    /// The role may not perform this request.
+    Denied,
+    /// The named object does not exist (or is not visible to this role).
+    NotFound,
+    /// A field is invalid; the message names it.
+    Invalid,
+    /// The request conflicts with current state (e.g. name in use).
+    Conflict,
+    /// A tenant rule would widen the landlord's boundary.
+    Widening,
+    /// An image signature did not verify.
+    BadSignature,
+    /// The node does not support this request (yet).
+    Unsupported,
+    /// The node failed internally.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether this code marks a protocol refusal after which the node has
+    /// closed the session. Request handlers must not use these codes.
+    pub fn closes_session(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Malformed | ErrorCode::Oversize | ErrorCode::Replay | ErrorCode::Version | ErrorCode::Handshake
+        )
+    }
+}
+
+/// An Ed25519 public key used to verify tenant image signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageVerifyKey(pub [u8; 32]);
+
+/// An Ed25519 signature, split in halves because serde derives arrays only up
+/// to 32 elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSignature {
+    /// R, the first half of the signature.
+    pub r: [u8; 32],
+    /// s, the second half.
+    pub s: [u8; 32],
+}
+
+impl ImageSignature {
+    /// From the 64-byte form that Ed25519 libraries use.
+    pub fn from_bytes(b: &[u8; 64]) -> Self {
+        let mut r = [0u8; 32];
+        let mut s = [0u8; 32];
+        r.copy_from_slice(b.get(..32).unwrap_or(&[0u8; 32]));
+        s.copy_from_slice(b.get(32..).unwrap_or(&[0u8; 32]));
+        ImageSignature { r, s }
+    }
+
+    /// To the 64-byte form that Ed25519 libraries use.
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut b = [0u8; 64];
+        for (d, s) in b.iter_mut().zip(self.r.iter().chain(self.s.iter())) {
+            *d = *s;
+        }
+        b
+    }
+}
+
+/// What a boundary rule does with matching traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Let it through.
+    Allow,
+    /// Drop it.
+    Deny,
+}
+
+/// Which IP protocol a rule matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Proto {
+    /// Any protocol.
+    Any,
+    /// TCP only.
+    Tcp,
+    /// UDP only.
+    Udp,
+    /// ICMP only.
+    Icmp,
+}
+
+/// An IPv4 network, `addr/prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv4Net {
+    /// Network address.
+    pub addr: [u8; 4],
+    /// Prefix length, 0..=32.
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    /// Whether `other` lies entirely inside `self`, used for the "sub-boundary
+    /// only narrows" check.
+    pub fn contains_net(&self, other: &Ipv4Net) -> bool {
+        if self.prefix > 32 || other.prefix > 32 || other.prefix < self.prefix {
+            return false;
+        }
+        let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(self.prefix)) };
+        (u32::from_be_bytes(self.addr) & mask) == (u32::from_be_bytes(other.addr) & mask)
+    }
+}
+
+/// An inclusive port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRange {
+    /// First port.
+    pub lo: u16,
+    /// Last port.
+    pub hi: u16,
+}
+
+/// One boundary rule: cluster boundaries (landlord) and sub-boundaries
+/// (tenant) share this shape so narrowing can be checked rule against rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BoundaryRule {
+    /// Allow or deny.
+    pub action: Action,
+    /// Protocol matched.
+    pub proto: Proto,
+    /// Peer network matched.
+    pub peer: Ipv4Net,
+    /// Peer ports matched (`None` = all ports).
+    pub ports: Option<PortRange>,
+}
+
+/// A VM definition, as the landlord creates it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSpec {
+    /// The lease owning the VM.
+    pub lease: LeaseId,
+    /// A human name, unique per lease.
+    pub name: String,
+    /// Virtual CPUs.
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Virtual disk size in MiB (0 = no disk).
+    pub disk_mib: u32,
+    /// Name of an uploaded image to boot.
+    pub image: String,
+    /// Cluster the VM joins.
+    pub cluster: ClusterId,
+}
+
+/// Run state of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Defined, not running.
+    Stopped,
+    /// Running.
+    Running,
+    /// Stopped by a fault; the reason is in the audit log.
+    Faulted,
+}
+
+/// A VM as listed to a console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmInfo {
+    /// Its id.
+    pub id: VmId,
+    /// Its definition.
+    pub spec: VmSpec,
+    /// Its state.
+    pub state: VmState,
+}
+
+/// A named counter (VM exits per reason, packets, drops, bytes encrypted).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    /// Counter name, e.g. `exits.io`.
+    pub name: String,
+    /// Its value.
+    pub value: u64,
+}
+
+/// Node health for the landlord.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// BMonitor version string.
+    pub version: String,
+    /// Seconds since boot.
+    pub uptime_secs: u64,
+    /// Physical CPUs.
+    pub cpus: u32,
+    /// Total memory in MiB.
+    pub memory_total_mib: u64,
+    /// Free memory in MiB.
+    pub memory_free_mib: u64,
+    /// Disks present, with sizes in MiB.
+    pub disks: Vec<Counter>,
+    /// Whether the uplink NIC has a link and an address.
+    pub nic_up: bool,
+    /// Number of leases.
+    pub leases: u32,
+    /// VMs defined.
+    pub vms_total: u32,
+    /// VMs running.
+    pub vms_running: u32,
+    /// Node-wide counters.
+    pub counters: Vec<Counter>,
+}
+
+/// One audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Position in the log (monotonic).
+    pub index: u64,
+    /// Node time in seconds since boot.
+    pub time_secs: u64,
+    /// Who acted (`None` = the node itself or an unauthenticated peer).
+    pub role: Option<Role>,
+    /// What was attempted.
+    pub action: String,
+    /// `ok` or the refusal reason.
+    pub outcome: String,
+}
+
+/// Requests. Landlord and tenant operations share one enum so that
+/// [`crate::authorize`] is one match that a reviewer reads in one place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    // ---- landlord ----
+    /// Node health and counters.
+    NodeStatus,
+    /// Reboot the node.
+    Reboot,
+    /// Power the node off.
+    Shutdown,
+    /// Create a lease and register the tenant console's static key; the reply
+    /// carries the new tenant node key U_T.
+    CreateLease {
+        /// The tenant console's X25519 static public key.
+        tenant_console_key: PublicKey,
+        /// The cluster the lease's VMs join.
+        cluster: ClusterId,
+    },
+    /// End a lease: destroys its VMs, discards its keys.
+    EndLease {
+        /// The lease.
+        lease: LeaseId,
+    },
+    /// Replace a cluster's boundary rules.
+    SetClusterBoundary {
+        /// The cluster.
+        cluster: ClusterId,
+        /// Its rules, first match wins, default deny.
+        rules: Vec<BoundaryRule>,
+    },
+    /// Start (or resume) an image upload. On an existing upload with the same
+    /// name and size the reply gives its current offset.
+    UploadImageBegin {
+        /// Image name.
+        name: String,
+        /// Total size in bytes.
+        size: u64,
+        /// Expected SHA-256 of the whole image, checked at commit.
+        sha256: Option<[u8; 32]>,
+        /// Tenant Ed25519 signature, checked when the lease has a signing key.
+        signature: Option<ImageSignature>,
+        /// The lease the image is for (its signing key applies).
+        lease: Option<LeaseId>,
+    },
+    /// One chunk; `offset` must equal the upload's current offset.
+    UploadImageChunk {
+        /// The upload.
+        upload: UploadId,
+        /// Where this chunk goes.
+        offset: u64,
+        /// At most [`crate::MAX_CHUNK`] bytes.
+        bytes: Vec<u8>,
+    },
+    /// Finish an upload: checks size, hash and signature, stores the image.
+    UploadImageCommit {
+        /// The upload.
+        upload: UploadId,
+    },
+    /// Define a VM.
+    CreateVm {
+        /// Its definition.
+        spec: VmSpec,
+    },
+    /// Stop and delete a VM and its disk.
+    DestroyVm {
+        /// The VM.
+        vm: VmId,
+    },
+    /// Generate a new landlord key pair (crypto-erases data under the old K_L).
+    RotateLandlordKey,
+    /// Generate a new tenant key pair for a lease (the old tenant console is
+    /// refused from then on), optionally registering a new tenant console key.
+    RegenerateTenantKey {
+        /// The lease.
+        lease: LeaseId,
+        /// A new tenant console static key, if the tenant changes hands.
+        tenant_console_key: Option<PublicKey>,
+    },
+    // ---- both (scoped by role) ----
+    /// Audit log from index `from` (a tenant sees only its lease's entries).
+    ReadAudit {
+        /// First index wanted.
+        from: u64,
+    },
+    /// VMs visible to the role.
+    ListVms,
+    /// Start a VM.
+    StartVm {
+        /// The VM.
+        vm: VmId,
+    },
+    /// Stop a VM.
+    StopVm {
+        /// The VM.
+        vm: VmId,
+    },
+    /// Restart a VM.
+    RestartVm {
+        /// The VM.
+        vm: VmId,
+    },
+    /// Counters of one VM.
+    ReadCounters {
+        /// The VM.
+        vm: VmId,
+    },
+    // ---- tenant ----
+    /// Restart a VM from a fresh copy of its image.
+    ReloadImage {
+        /// The VM.
+        vm: VmId,
+    },
+    /// Read a VM's serial console output from an offset.
+    ConsoleRead {
+        /// The VM.
+        vm: VmId,
+        /// Offset in the console output stream.
+        from_offset: u64,
+    },
+    /// Type into a VM's serial console.
+    ConsoleWrite {
+        /// The VM.
+        vm: VmId,
+        /// At most [`crate::MAX_CONSOLE_BYTES`] bytes.
+        bytes: Vec<u8>,
+    },
+    /// Add a sub-boundary rule; must only narrow the cluster boundary.
+    SetSubBoundary {
+        /// The rule.
+        rule: BoundaryRule,
+    },
+    /// Remove a sub-boundary rule.
+    RemoveSubBoundary {
+        /// The rule.
+        id: RuleId,
+    },
+    /// Generate a new tenant key pair for the caller's lease.
+    RotateTenantKey,
+    /// Set (or clear) the Ed25519 key that must sign this lease's images.
+    SetImageSigningKey {
+        /// The key, or `None` to stop requiring signatures.
+        key: Option<ImageVerifyKey>,
+    },
+}
+
+impl Request {
+    /// A short name for logs and the audit trail (no payload bytes).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::NodeStatus => "node-status",
+            Request::Reboot => "reboot",
+            Request::Shutdown => "shutdown",
+            Request::CreateLease { .. } => "create-lease",
+            Request::EndLease { .. } => "end-lease",
+            Request::SetClusterBoundary { .. } => "set-cluster-boundary",
+            Request::UploadImageBegin { .. } => "upload-begin",
+            Request::UploadImageChunk { .. } => "upload-chunk",
+            Request::UploadImageCommit { .. } => "upload-commit",
+            Request::CreateVm { .. } => "create-vm",
+            Request::DestroyVm { .. } => "destroy-vm",
+            Request::RotateLandlordKey => "rotate-landlord-key",
+            Request::RegenerateTenantKey { .. } => "regenerate-tenant-key",
+            Request::ReadAudit { .. } => "read-audit",
+            Request::ListVms => "list-vms",
+            Request::StartVm { .. } => "start-vm",
+            Request::StopVm { .. } => "stop-vm",
+            Request::RestartVm { .. } => "restart-vm",
+            Request::ReadCounters { .. } => "read-counters",
+            Request::ReloadImage { .. } => "reload-image",
+            Request::ConsoleRead { .. } => "console-read",
+            Request::ConsoleWrite { .. } => "console-write",
+            Request::SetSubBoundary { .. } => "set-sub-boundary",
+            Request::RemoveSubBoundary { .. } => "remove-sub-boundary",
+            Request::RotateTenantKey => "rotate-tenant-key",
+            Request::SetImageSigningKey { .. } => "set-image-signing-key",
+        }
+    }
+}
+
+/// Successful responses, one shape per kind of result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The request was carried out; nothing to return.
+    Done,
+    /// Node health.
+    Status(NodeStatus),
+    /// A lease was created; `tenant_node_key` is U_T for the tenant console.
+    LeaseCreated {
+        /// The new lease.
+        lease: LeaseId,
+        /// The node's tenant static public key for this lease.
+        tenant_node_key: PublicKey,
+    },
+    /// A node static key was (re)generated; the new public half.
+    NodeKey {
+        /// The new public key.
+        public: PublicKey,
+    },
+    /// Where an upload stands.
+    Upload {
+        /// The upload.
+        upload: UploadId,
+        /// Bytes received so far (the next chunk's offset).
+        offset: u64,
+    },
+    /// An image was stored.
+    ImageStored {
+        /// Its name.
+        name: String,
+        /// Its size.
+        size: u64,
+        /// Its SHA-256.
+        sha256: [u8; 32],
+    },
+    /// A VM was created.
+    VmCreated {
+        /// Its id.
+        vm: VmId,
+    },
+    /// VMs visible to the role.
+    Vms(Vec<VmInfo>),
+    /// Console output.
+    ConsoleOutput {
+        /// Offset after these bytes (ask from here next time).
+        next_offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// A rule was added.
+    RuleAdded {
+        /// Its id.
+        id: RuleId,
+    },
+    /// Counters.
+    Counters(Vec<Counter>),
+    /// Audit entries.
+    Audit {
+        /// The entries.
+        entries: Vec<AuditEntry>,
+        /// Index to ask from next time.
+        next: u64,
+    },
+}
+
+/// Why a message failed to decode or encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecError {
+    /// Larger than the limit.
+    Oversize {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not a valid encoding of the expected type, or trailing bytes.
+    Malformed,
+}
+
+impl core::fmt::Display for CodecError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CodecError::Oversize { len, limit } => write!(f, "message of {len} bytes exceeds the limit of {limit}"),
+            CodecError::Malformed => write!(f, "malformed message"),
+        }
+    }
+}
+
+/// Encodes a message, refusing results above `limit` so a reply never
+/// overflows a frame.
+pub fn encode<T: Serialize>(msg: &T, limit: usize) -> Result<Vec<u8>, CodecError> {
+    let v = postcard::to_allocvec(msg).map_err(|_| CodecError::Malformed)?;
+    if v.len() > limit {
+        return Err(CodecError::Oversize { len: v.len(), limit });
+    }
+    Ok(v)
+}
+
+/// Decodes a message of exactly `bytes` (trailing bytes are refused, so one
+/// ciphertext maps to one meaning), refusing input above `limit` before
+/// parsing. Decoded size is bounded by input size: postcard never allocates
+/// more than the bytes present.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, CodecError> {
+    if bytes.len() > limit {
+        return Err(CodecError::Oversize { len: bytes.len(), limit });
+    }
+    let (v, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|_| CodecError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(CodecError::Malformed);
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn request_round_trip() {
+        let e = Envelope {
+            seq: 7,
+            body: Request::UploadImageChunk { upload: UploadId(3), offset: 99, bytes: vec![1, 2, 3] },
+        };
+        let b = encode(&e, crate::MAX_MESSAGE).unwrap();
+        assert_eq!(decode::<Envelope>(&b, crate::MAX_MESSAGE).unwrap(), e);
+    }
+
+    #[test]
+    fn trailing_bytes_refused() {
+        let mut b = encode(&Hello { version: 1, role: Role::Landlord }, 64).unwrap();
+        b.push(0);
+        assert_eq!(decode::<Hello>(&b, 64), Err(CodecError::Malformed));
+    }
+
+    #[test]
+    fn oversize_refused() {
+        let b = encode(&Envelope { seq: 1, body: Request::ConsoleWrite { vm: VmId(1), bytes: vec![0; 100] } }, 1000)
+            .unwrap();
+        assert!(matches!(decode::<Envelope>(&b, 50), Err(CodecError::Oversize { .. })));
+        assert!(matches!(
+            encode(&Envelope { seq: 1, body: Request::ConsoleWrite { vm: VmId(1), bytes: vec![0; 100] } }, 50),
+            Err(CodecError::Oversize { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_refused() {
+        assert_eq!(decode::<Envelope>(&[0xff; 12], 100), Err(CodecError::Malformed));
+        // A length prefix claiming more bytes than present.
+        assert_eq!(decode::<Envelope>(&[1, 21, 1, 0xff, 0xff, 0x03], 100), Err(CodecError::Malformed));
+    }
+
+    #[test]
+    fn max_chunk_fits_a_message() {
+        let e = Envelope {
+            seq: u64::MAX,
+            body: Request::UploadImageChunk {
+                upload: UploadId(u32::MAX),
+                offset: u64::MAX,
+                bytes: vec![0xAA; crate::MAX_CHUNK],
+            },
+        };
+        assert!(encode(&e, crate::MAX_MESSAGE).is_ok());
+    }
+
+    #[test]
+    fn net_contains() {
+        let a = Ipv4Net { addr: [10, 0, 0, 0], prefix: 8 };
+        assert!(a.contains_net(&Ipv4Net { addr: [10, 1, 2, 0], prefix: 24 }));
+        assert!(!a.contains_net(&Ipv4Net { addr: [11, 1, 2, 0], prefix: 24 }));
+        assert!(!a.contains_net(&Ipv4Net { addr: [10, 0, 0, 0], prefix: 7 }));
+        assert!(Ipv4Net { addr: [0; 4], prefix: 0 }.contains_net(&a));
+        assert!(!a.contains_net(&Ipv4Net { addr: [10, 0, 0, 0], prefix: 33 }));
+    }
+
+    #[test]
+    fn signature_bytes_round_trip() {
+        let mut b = [0u8; 64];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = i as u8;
+        }
+        assert_eq!(ImageSignature::from_bytes(&b).to_bytes(), b);
+    }
+}

@@ -1,0 +1,550 @@
+//! An in-memory node that serves the protocol, for testing consoles without
+//! the hypervisor (feature `sim`). It is also a reference for the
+//! hypervisor's glue: receive, authorize, handle, audit, reply.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use sha2::{Digest, Sha256};
+
+use crate::authz::{authorize, Ownership};
+use crate::crypto::{Entropy, KeyPair, PublicKey};
+use crate::msg::*;
+use crate::session::{KeyTable, NodeEvent, NodeSession, SessionError};
+use crate::sig::verify_image_digest;
+use crate::{MAX_CHUNK, MAX_CONSOLE_BYTES};
+
+/// Largest number of audit entries returned per request.
+const AUDIT_PAGE: usize = 100;
+
+/// A lease as the simulated node records it.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// Cluster its VMs join.
+    pub cluster: ClusterId,
+    /// U_T, the node's tenant public key.
+    pub node_key: PublicKey,
+    /// Key that must sign this lease's images, if set.
+    pub signing_key: Option<ImageVerifyKey>,
+}
+
+/// A simulated VM.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    /// Its definition.
+    pub spec: VmSpec,
+    /// Its state.
+    pub state: VmState,
+    /// Serial console output (the sim echoes console input here).
+    pub console: Vec<u8>,
+    /// Times started.
+    pub starts: u64,
+}
+
+/// An upload in progress.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// Image name.
+    pub name: String,
+    /// Declared size.
+    pub size: u64,
+    /// Expected hash.
+    pub sha256: Option<[u8; 32]>,
+    /// Tenant signature.
+    pub signature: Option<ImageSignature>,
+    /// Lease the image is for.
+    pub lease: Option<LeaseId>,
+    /// Bytes received.
+    pub data: Vec<u8>,
+}
+
+/// A stored image.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Its bytes.
+    pub data: Vec<u8>,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+}
+
+/// The whole simulated node: keys, leases, VMs, images, rules, audit log.
+pub struct NodeState {
+    rng: Box<dyn Entropy>,
+    /// Node keys and registered console keys; the sessions' key directory.
+    pub keys: KeyTable,
+    /// U_L.
+    pub landlord_key: PublicKey,
+    /// Leases.
+    pub leases: BTreeMap<LeaseId, Lease>,
+    /// VMs.
+    pub vms: BTreeMap<VmId, Vm>,
+    /// Images by name.
+    pub images: BTreeMap<String, Image>,
+    /// Uploads in progress.
+    pub uploads: BTreeMap<UploadId, Upload>,
+    /// Cluster boundaries.
+    pub boundaries: BTreeMap<ClusterId, Vec<BoundaryRule>>,
+    /// Tenant sub-boundary rules.
+    pub sub_rules: BTreeMap<RuleId, (LeaseId, BoundaryRule)>,
+    /// The audit log.
+    pub audit: Vec<AuditEntry>,
+    /// Set by `Reboot`.
+    pub reboot_requested: bool,
+    /// Set by `Shutdown`.
+    pub shutdown_requested: bool,
+    next_id: u32,
+    clock: u64,
+}
+
+impl NodeState {
+    /// A freshly provisioned node: generates the landlord pair and registers
+    /// the landlord console's key. Returns the state (U_L is `landlord_key`).
+    pub fn provision(mut rng: Box<dyn Entropy>, landlord_console: PublicKey) -> Result<NodeState, crate::EntropyError> {
+        let landlord = KeyPair::generate(&mut *rng)?;
+        let keys = KeyTable { landlord: Some((landlord.secret.clone(), landlord_console)), ..KeyTable::default() };
+        Ok(NodeState {
+            rng,
+            keys,
+            landlord_key: landlord.public,
+            leases: BTreeMap::new(),
+            vms: BTreeMap::new(),
+            images: BTreeMap::new(),
+            uploads: BTreeMap::new(),
+            boundaries: BTreeMap::new(),
+            sub_rules: BTreeMap::new(),
+            audit: Vec::new(),
+            reboot_requested: false,
+            shutdown_requested: false,
+            next_id: 1,
+            clock: 0,
+        })
+    }
+
+    fn id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    fn log(&mut self, role: Option<Role>, action: &str, outcome: String) {
+        self.clock += 1;
+        let index = self.audit.len() as u64;
+        self.audit.push(AuditEntry { index, time_secs: self.clock, role, action: action.to_string(), outcome });
+    }
+
+    /// Serves received bytes on one session: handshake, then every request
+    /// (authorized, handled, audited, answered). Refusals are audited and
+    /// returned; the caller sends `session.take_output()` either way.
+    pub fn serve(&mut self, session: &mut NodeSession, input: &[u8]) -> Result<(), SessionError> {
+        let events = match session.receive(input, &self.keys) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.log(session.role(), "session", format!("refused: {e}"));
+                return Err(e);
+            }
+        };
+        for ev in events {
+            match ev {
+                NodeEvent::Established { role, console_key } => {
+                    self.log(Some(role), "connect", format!("ok (console {})", console_key.to_hex()))
+                }
+                NodeEvent::Request(env) => {
+                    let role = session.role().ok_or(SessionError::NotEstablished)?;
+                    let result = self.handle(role, &env.body);
+                    let outcome = match &result {
+                        Ok(_) => "ok".to_string(),
+                        Err(e) => format!("refused: {e}"),
+                    };
+                    self.log(Some(role), env.body.name(), outcome);
+                    session.reply(env.seq, result)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one request for `role`: authorization first, then the effect.
+    pub fn handle(&mut self, role: Role, req: &Request) -> Result<Response, ErrorReply> {
+        authorize(&role, req, self).map_err(|d| d.to_error())?;
+        let not_found = |what: &str| ErrorReply::new(ErrorCode::NotFound, format!("no such {what}"));
+        match req {
+            Request::NodeStatus => Ok(Response::Status(NodeStatus {
+                version: String::from("sim"),
+                uptime_secs: self.clock,
+                cpus: 2,
+                memory_total_mib: 4096,
+                memory_free_mib: 4096 - self.vms.values().map(|v| u64::from(v.spec.memory_mib)).sum::<u64>().min(4096),
+                disks: Vec::new(),
+                nic_up: true,
+                leases: self.leases.len() as u32,
+                vms_total: self.vms.len() as u32,
+                vms_running: self.vms.values().filter(|v| v.state == VmState::Running).count() as u32,
+                counters: alloc::vec![Counter { name: String::from("audit.entries"), value: self.audit.len() as u64 }],
+            })),
+            Request::Reboot => {
+                self.reboot_requested = true;
+                Ok(Response::Done)
+            }
+            Request::Shutdown => {
+                self.shutdown_requested = true;
+                Ok(Response::Done)
+            }
+            Request::CreateLease { tenant_console_key, cluster } => {
+                let lease = LeaseId(self.id());
+                let pair = KeyPair::generate(&mut *self.rng).map_err(|_| internal())?;
+                self.keys.tenants.insert(lease, (pair.secret.clone(), *tenant_console_key));
+                self.leases.insert(lease, Lease { cluster: *cluster, node_key: pair.public, signing_key: None });
+                Ok(Response::LeaseCreated { lease, tenant_node_key: pair.public })
+            }
+            Request::EndLease { lease } => {
+                self.leases.remove(lease).ok_or_else(|| not_found("lease"))?;
+                self.keys.tenants.remove(lease);
+                self.vms.retain(|_, v| v.spec.lease != *lease);
+                self.sub_rules.retain(|_, (l, _)| l != lease);
+                Ok(Response::Done)
+            }
+            Request::SetClusterBoundary { cluster, rules } => {
+                self.boundaries.insert(*cluster, rules.clone());
+                Ok(Response::Done)
+            }
+            Request::UploadImageBegin { name, size, sha256, signature, lease } => {
+                if name.is_empty() || name.len() > 64 {
+                    return Err(ErrorReply::new(ErrorCode::Invalid, "name: must be 1 to 64 bytes"));
+                }
+                if let Some(l) = lease {
+                    if !self.leases.contains_key(l) {
+                        return Err(not_found("lease"));
+                    }
+                }
+                if let Some((id, u)) = self.uploads.iter().find(|(_, u)| u.name == *name) {
+                    if u.size != *size || u.sha256 != *sha256 {
+                        return Err(ErrorReply::new(
+                            ErrorCode::Conflict,
+                            "an upload of this name with another size or hash is in progress",
+                        ));
+                    }
+                    return Ok(Response::Upload { upload: *id, offset: u.data.len() as u64 });
+                }
+                let id = UploadId(self.id());
+                self.uploads.insert(
+                    id,
+                    Upload {
+                        name: name.clone(),
+                        size: *size,
+                        sha256: *sha256,
+                        signature: *signature,
+                        lease: *lease,
+                        data: Vec::new(),
+                    },
+                );
+                Ok(Response::Upload { upload: id, offset: 0 })
+            }
+            Request::UploadImageChunk { upload, offset, bytes } => {
+                let u = self.uploads.get_mut(upload).ok_or_else(|| not_found("upload"))?;
+                if bytes.len() > MAX_CHUNK {
+                    return Err(ErrorReply::new(ErrorCode::Invalid, format!("bytes: chunk above {MAX_CHUNK} bytes")));
+                }
+                if *offset != u.data.len() as u64 {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Invalid,
+                        format!("offset: expected {}, got {offset}", u.data.len()),
+                    ));
+                }
+                if u.data.len() as u64 + bytes.len() as u64 > u.size {
+                    return Err(ErrorReply::new(ErrorCode::Invalid, "bytes: past the declared size"));
+                }
+                u.data.extend_from_slice(bytes);
+                Ok(Response::Upload { upload: *upload, offset: u.data.len() as u64 })
+            }
+            Request::UploadImageCommit { upload } => {
+                let u = self.uploads.get(upload).ok_or_else(|| not_found("upload"))?;
+                if u.data.len() as u64 != u.size {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Invalid,
+                        format!("size: {} of {} bytes received", u.data.len(), u.size),
+                    ));
+                }
+                let digest: [u8; 32] = Sha256::digest(&u.data).into();
+                if u.sha256.is_some_and(|h| h != digest) {
+                    return Err(ErrorReply::new(ErrorCode::Invalid, "sha256: image does not match"));
+                }
+                let key = u.lease.and_then(|l| self.leases.get(&l)).and_then(|l| l.signing_key);
+                if let Some(key) = key {
+                    let sig = u.signature.ok_or_else(|| {
+                        ErrorReply::new(ErrorCode::BadSignature, "signature: required by the lease's signing key")
+                    })?;
+                    verify_image_digest(&key, &digest, &sig)
+                        .map_err(|e| ErrorReply::new(ErrorCode::BadSignature, e.to_string()))?;
+                }
+                let u = self.uploads.remove(upload).ok_or_else(|| not_found("upload"))?;
+                let (name, size) = (u.name.clone(), u.size);
+                self.images.insert(u.name, Image { data: u.data, sha256: digest });
+                Ok(Response::ImageStored { name, size, sha256: digest })
+            }
+            Request::CreateVm { spec } => {
+                if !self.leases.contains_key(&spec.lease) {
+                    return Err(not_found("lease"));
+                }
+                if !self.images.contains_key(&spec.image) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::NotFound,
+                        format!("image: no image named {:?}", spec.image),
+                    ));
+                }
+                if spec.vcpus == 0 || spec.memory_mib == 0 {
+                    return Err(ErrorReply::new(ErrorCode::Invalid, "vcpus/memory_mib: must be positive"));
+                }
+                if self.vms.values().any(|v| v.spec.lease == spec.lease && v.spec.name == spec.name) {
+                    return Err(ErrorReply::new(ErrorCode::Conflict, "name: already used in this lease"));
+                }
+                let vm = VmId(self.id());
+                self.vms.insert(vm, Vm { spec: spec.clone(), state: VmState::Stopped, console: Vec::new(), starts: 0 });
+                Ok(Response::VmCreated { vm })
+            }
+            Request::DestroyVm { vm } => {
+                self.vms.remove(vm).ok_or_else(|| not_found("VM"))?;
+                Ok(Response::Done)
+            }
+            Request::RotateLandlordKey => {
+                let pair = KeyPair::generate(&mut *self.rng).map_err(|_| internal())?;
+                if let Some((secret, _)) = self.keys.landlord.as_mut() {
+                    *secret = pair.secret.clone();
+                }
+                self.landlord_key = pair.public;
+                Ok(Response::NodeKey { public: pair.public })
+            }
+            Request::RegenerateTenantKey { lease, tenant_console_key } => {
+                let public = self.regenerate_tenant(*lease)?;
+                if let (Some(k), Some((_, console))) = (tenant_console_key, self.keys.tenants.get_mut(lease)) {
+                    *console = *k;
+                }
+                Ok(Response::NodeKey { public })
+            }
+            Request::RotateTenantKey => match role {
+                Role::Tenant(lease) => Ok(Response::NodeKey { public: self.regenerate_tenant(lease)? }),
+                Role::Landlord => Err(internal()),
+            },
+            Request::ReadAudit { from } => {
+                let start = usize::try_from(*from).unwrap_or(usize::MAX);
+                let entries: Vec<AuditEntry> = self
+                    .audit
+                    .iter()
+                    .skip(start)
+                    .filter(|e| role == Role::Landlord || e.role == Some(role))
+                    .take(AUDIT_PAGE)
+                    .cloned()
+                    .collect();
+                let next = if entries.len() < AUDIT_PAGE {
+                    (self.audit.len() as u64).max(*from)
+                } else {
+                    entries.last().map_or(*from, |e| e.index + 1)
+                };
+                Ok(Response::Audit { entries, next })
+            }
+            Request::ListVms => Ok(Response::Vms(
+                self.vms
+                    .iter()
+                    .filter(|(_, v)| role == Role::Landlord || role == Role::Tenant(v.spec.lease))
+                    .map(|(id, v)| VmInfo { id: *id, spec: v.spec.clone(), state: v.state })
+                    .collect(),
+            )),
+            Request::StartVm { vm } | Request::RestartVm { vm } | Request::ReloadImage { vm } => {
+                let v = self.vms.get_mut(vm).ok_or_else(|| not_found("VM"))?;
+                if matches!(req, Request::StartVm { .. }) && v.state == VmState::Running {
+                    return Err(ErrorReply::new(ErrorCode::Conflict, "VM already running"));
+                }
+                v.state = VmState::Running;
+                v.starts += 1;
+                v.console.extend_from_slice(b"[sim] VM started\r\n");
+                Ok(Response::Done)
+            }
+            Request::StopVm { vm } => {
+                let v = self.vms.get_mut(vm).ok_or_else(|| not_found("VM"))?;
+                v.state = VmState::Stopped;
+                Ok(Response::Done)
+            }
+            Request::ReadCounters { vm } => {
+                let v = self.vms.get(vm).ok_or_else(|| not_found("VM"))?;
+                Ok(Response::Counters(alloc::vec![
+                    Counter { name: String::from("starts"), value: v.starts },
+                    Counter { name: String::from("console.bytes"), value: v.console.len() as u64 },
+                ]))
+            }
+            Request::ConsoleRead { vm, from_offset } => {
+                let v = self.vms.get(vm).ok_or_else(|| not_found("VM"))?;
+                let start = usize::try_from(*from_offset).unwrap_or(usize::MAX).min(v.console.len());
+                let bytes: Vec<u8> = v.console.iter().skip(start).take(MAX_CONSOLE_BYTES).copied().collect();
+                Ok(Response::ConsoleOutput { next_offset: (start + bytes.len()) as u64, bytes })
+            }
+            Request::ConsoleWrite { vm, bytes } => {
+                if bytes.len() > MAX_CONSOLE_BYTES {
+                    return Err(ErrorReply::new(ErrorCode::Invalid, "bytes: too many"));
+                }
+                let v = self.vms.get_mut(vm).ok_or_else(|| not_found("VM"))?;
+                // The simulated guest echoes its input.
+                v.console.extend_from_slice(bytes);
+                Ok(Response::Done)
+            }
+            Request::SetSubBoundary { rule } => {
+                let Role::Tenant(lease) = role else { return Err(internal()) };
+                let cluster = self.leases.get(&lease).map(|l| l.cluster).ok_or_else(|| not_found("lease"))?;
+                let boundary = self.boundaries.get(&cluster).map(Vec::as_slice).unwrap_or(&[]);
+                if rule.action == Action::Allow && !boundary.iter().any(|b| covers(b, rule)) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Widening,
+                        "rule: allows traffic the cluster boundary does not",
+                    ));
+                }
+                let id = RuleId(self.id());
+                self.sub_rules.insert(id, (lease, *rule));
+                Ok(Response::RuleAdded { id })
+            }
+            Request::RemoveSubBoundary { id } => {
+                self.sub_rules.remove(id).ok_or_else(|| not_found("rule"))?;
+                Ok(Response::Done)
+            }
+            Request::SetImageSigningKey { key } => {
+                let Role::Tenant(lease) = role else { return Err(internal()) };
+                let l = self.leases.get_mut(&lease).ok_or_else(|| not_found("lease"))?;
+                l.signing_key = *key;
+                Ok(Response::Done)
+            }
+        }
+    }
+
+    fn regenerate_tenant(&mut self, lease: LeaseId) -> Result<PublicKey, ErrorReply> {
+        if !self.leases.contains_key(&lease) {
+            return Err(ErrorReply::new(ErrorCode::NotFound, "no such lease"));
+        }
+        let pair = KeyPair::generate(&mut *self.rng).map_err(|_| internal())?;
+        if let Some((secret, _)) = self.keys.tenants.get_mut(&lease) {
+            *secret = pair.secret.clone();
+        }
+        if let Some(l) = self.leases.get_mut(&lease) {
+            l.node_key = pair.public;
+        }
+        Ok(pair.public)
+    }
+}
+
+fn internal() -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, "internal error")
+}
+
+/// Whether landlord allow rule `b` covers tenant allow rule `r` entirely.
+fn covers(b: &BoundaryRule, r: &BoundaryRule) -> bool {
+    b.action == Action::Allow
+        && (b.proto == Proto::Any || b.proto == r.proto)
+        && b.peer.contains_net(&r.peer)
+        && match (b.ports, r.ports) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(bp), Some(rp)) => bp.lo <= rp.lo && rp.hi <= bp.hi,
+        }
+}
+
+impl Ownership for NodeState {
+    fn vm_lease(&self, vm: VmId) -> Option<LeaseId> {
+        self.vms.get(&vm).map(|v| v.spec.lease)
+    }
+
+    fn rule_lease(&self, rule: RuleId) -> Option<LeaseId> {
+        self.sub_rules.get(&rule).map(|(l, _)| *l)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::crypto::HashDrbg;
+    use crate::session::{ConsoleEvent, ConsoleSession};
+
+    #[test]
+    fn end_to_end_in_memory() {
+        let console = KeyPair::generate(&mut HashDrbg::new([1; 32])).unwrap();
+        let tenant = KeyPair::generate(&mut HashDrbg::new([2; 32])).unwrap();
+        let mut node = NodeState::provision(Box::new(HashDrbg::new([3; 32])), console.public).unwrap();
+        let run = |node: &mut NodeState, role: Role, secret: &crate::SecretKey, key: PublicKey, reqs: Vec<Request>| {
+            let mut c = ConsoleSession::new(role, secret, &key, Box::new(HashDrbg::new([4; 32]))).unwrap();
+            let mut s = NodeSession::new(Box::new(HashDrbg::new([5; 32])));
+            node.serve(&mut s, &c.take_output()).unwrap();
+            c.receive(&s.take_output()).unwrap();
+            let mut out = Vec::new();
+            for r in reqs {
+                c.send(r).unwrap();
+                node.serve(&mut s, &c.take_output()).unwrap();
+                for ev in c.receive(&s.take_output()).unwrap() {
+                    if let ConsoleEvent::Reply(r) = ev {
+                        out.push(r.body);
+                    }
+                }
+            }
+            out
+        };
+        let lk = node.landlord_key;
+        let r = run(
+            &mut node,
+            Role::Landlord,
+            &console.secret,
+            lk,
+            alloc::vec![Request::CreateLease { tenant_console_key: tenant.public, cluster: ClusterId(1) }],
+        );
+        let Ok(Response::LeaseCreated { lease, tenant_node_key }) = r[0].clone() else { panic!("{r:?}") };
+        let r = run(
+            &mut node,
+            Role::Tenant(lease),
+            &tenant.secret,
+            tenant_node_key,
+            alloc::vec![
+                Request::ListVms,
+                Request::Reboot,
+                Request::SetSubBoundary {
+                    rule: BoundaryRule {
+                        action: Action::Allow,
+                        proto: Proto::Tcp,
+                        peer: Ipv4Net { addr: [10, 0, 0, 0], prefix: 8 },
+                        ports: None
+                    }
+                },
+                Request::SetSubBoundary {
+                    rule: BoundaryRule {
+                        action: Action::Deny,
+                        proto: Proto::Tcp,
+                        peer: Ipv4Net { addr: [10, 0, 0, 0], prefix: 8 },
+                        ports: None
+                    }
+                },
+            ],
+        );
+        assert_eq!(r[0], Ok(Response::Vms(Vec::new())));
+        assert_eq!(r[1].as_ref().unwrap_err().code, ErrorCode::Denied);
+        assert_eq!(r[2].as_ref().unwrap_err().code, ErrorCode::Widening);
+        assert!(matches!(r[3], Ok(Response::RuleAdded { .. })));
+        assert!(!node.reboot_requested);
+        assert!(node.audit.iter().any(|e| e.action == "reboot" && e.outcome.starts_with("refused")));
+    }
+
+    #[test]
+    fn covers_checks() {
+        let net8 = Ipv4Net { addr: [10, 0, 0, 0], prefix: 8 };
+        let b = BoundaryRule {
+            action: Action::Allow,
+            proto: Proto::Any,
+            peer: net8,
+            ports: Some(PortRange { lo: 1, hi: 100 }),
+        };
+        let r = BoundaryRule {
+            action: Action::Allow,
+            proto: Proto::Udp,
+            peer: net8,
+            ports: Some(PortRange { lo: 5, hi: 10 }),
+        };
+        assert!(covers(&b, &r));
+        assert!(!covers(&b, &BoundaryRule { ports: None, ..r }));
+        assert!(!covers(&b, &BoundaryRule { ports: Some(PortRange { lo: 5, hi: 101 }), ..r }));
+    }
+}
