@@ -14,6 +14,7 @@ mod devices;
 mod drivers;
 mod mm;
 mod net;
+mod storage;
 mod virt;
 mod vm;
 
@@ -87,10 +88,13 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         "network policy rejected"
     })?;
 
+    let mut storage = storage::Storage::start(platform.ecam, &config, bundle.get("node.secret"));
     let nics = net::switchboard::nic_identities(&config);
     let mut vms: Vec<vm::Vm> = Vec::new();
     for (i, cfg) in config.vms.iter().enumerate() {
-        vms.push(vm::build::build_vm(i as u16, cfg, &bundle, backend, &nics));
+        let node =
+            vm::build::NodeResources { config: &config, bundle: &bundle, nics: &nics, storage: storage.as_mut() };
+        vms.push(vm::build::build_vm(i as u16, cfg, node, backend));
     }
     if backend == virt::Backend::Svm {
         let ticks = time::apic_ticks_per_ms() * vm::scheduler::SLICE_MS;

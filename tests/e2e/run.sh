@@ -170,6 +170,91 @@ check_bulk() {
     stopped sink 0 "exit hypercall \(0\)"
 }
 
+# The encrypted disk across reboots, tampering, a tenant-key reset, a
+# power cut and another node's secret. Several boots of one node disk.
+disk_bundle() { # NAME CMDLINE [TENANT_EPOCH] [SECRET]
+    sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|^cmdline = .*|cmdline = \"$2\"|" \
+        -e "s|^tenant_key = true|tenant_key = true\ntenant_key_epoch = ${3:-0}|" \
+        "$ROOT/tests/e2e/disk.toml" >"$dir/$1.toml"
+    "$BMIMAGE" bundle --config "$dir/$1.toml" --out "$dir/$1.bundle" \
+        --seal-secret "${4:-$ROOT/tests/e2e/node.secret}" 2>>"$dir/bmimage.err"
+}
+disk_boot() { # NAME [KILL_AFTER_PATTERN]
+    local log=$dir/$1.log
+    if [[ -n ${2:-} ]]; then
+        { BM_DISK_IMAGE=$dir/node.img boot_engine qemu-tcg-disk "$dir/$1.bundle" "$log" "$BOOT_TIMEOUT"; } 2>/dev/null &
+        local pid=$! deadline=$((SECONDS + 60))
+        until grep -q -- "$2" "$log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.2; done
+        pkill -KILL -f "file=$dir/node.img," 2>/dev/null
+        wait "$pid"
+    else
+        BM_DISK_IMAGE=$dir/node.img boot_engine qemu-tcg-disk "$dir/$1.bundle" "$log" "$BOOT_TIMEOUT" ||
+            fail "$1: timed out after ${BOOT_TIMEOUT}s"
+    fi
+    cat "$log" >>"$dir/serial.log"
+}
+in_log() { grep -Eq -- "$2" "$dir/$1.log" || fail "$1: missing line matching: $2 (log: $dir/$1.log)"; }
+run_disk() {
+    rm -f "$dir/node.img"
+    truncate -s 64M "$dir/node.img"
+    cp "$dir/node.img" "$dir/empty.img"
+    disk_bundle write "role=write seed=7 sectors=512"
+    disk_boot write
+    in_log write "^disk: formatted an empty node disk$"
+    in_log write "^\[disk-a\] diskprobe write ok: 512 sectors seed=7$"
+    in_log write "^vm disk-a stopped: exit-code=0 "
+    grep -q -a "BMDISKPATTERN" "$dir/node.img" && fail "plaintext of the guest's data found in the raw disk image"
+    cp "$dir/node.img" "$dir/written.img"
+
+    disk_bundle verify "role=verify seed=7 sectors=512 expect=ok"
+    disk_boot verify
+    in_log verify "^\[disk-a\] diskprobe verify: ok$"
+    grep -q "formatted" "$dir/verify.log" && fail "verify: the disk was formatted again instead of reopened"
+
+    python3 "$ROOT/tests/e2e/flipbit.py" "$dir/empty.img" "$dir/written.img" "$dir/node.img" >"$dir/flip.txt" ||
+        fail "could not flip a bit in the image"
+    disk_bundle tampered "role=verify seed=7 sectors=512 expect=ioerror"
+    disk_boot tampered
+    in_log tampered "^\[disk-a\] diskprobe verify: ioerror$"
+    in_log tampered "^vm disk-a disk: .* integrity-errors=[1-9][0-9]*$"
+
+    cp "$dir/written.img" "$dir/node.img"
+    disk_bundle reset "role=verify seed=7 sectors=512 expect=zero" 1
+    disk_boot reset
+    in_log reset "^disk: tenant key of cluster tenant-a regenerated \(epoch 2\): its volumes crypto-erased$"
+    in_log reset "^\[disk-a\] diskprobe verify: zero$"
+
+    cp "$dir/written.img" "$dir/node.img"
+    head -c 32 /dev/urandom >"$dir/other.secret"
+    disk_bundle moved "role=verify seed=7 sectors=512 expect=ok" 0 "$dir/other.secret"
+    disk_boot moved
+    in_log moved "^disk: unavailable: cannot open the node disk: .*"
+    in_log moved "^vm disk-a stopped: exit-code=-1 .*reason=\"load failed: the node's disk storage is unavailable"
+
+    cp "$dir/written.img" "$dir/node.img"
+    disk_bundle prepare "role=write seed=9 sectors=2048 chunk=64"
+    disk_boot prepare
+    disk_bundle stream "role=stream seed=9 sectors=2048 chunk=64"
+    disk_boot stream "diskprobe stream pass 3"
+    in_log stream "diskprobe stream pass 3"
+    disk_bundle versions "role=verify seed=9 sectors=2048 expect=versions"
+    disk_boot versions
+    in_log versions "^\[disk-a\] diskprobe verify: versions$"
+    in_log versions "^vm disk-a disk: .* integrity-errors=0$"
+}
+check_disk() { no_hypervisor_fault; }
+
+# Encrypted volumes in memory when there is no physical disk (Bochs).
+check_disk_mem() {
+    no_hypervisor_fault
+    want "^backend: vmx$"
+    want "^disk: no physical disk \(.*\); volumes in memory \([0-9]+ MiB\), same encryption path$"
+    want "^disk: tenant key set for cluster tenant-a: its disks now need K_L and K_T$"
+    want "^\[disk-a\] diskprobe write ok: 512 sectors seed=7$"
+    want "^vm disk-a disk: reads=[1-9][0-9]* writes=[1-9][0-9]* .* integrity-errors=0$"
+    stopped disk-a 0 "exit hypercall \(0\)"
+}
+
 check_bad_bundle() {
     want "^bundle: "
     want "^BMonitor: fatal: boot module is not a valid node bundle"
@@ -182,11 +267,13 @@ for engine in $engines; do
     scenarios+=("demo-$engine $engine $ROOT/boot/configs/demo.toml check_demo")
     scenarios+=("containment-$engine $engine $ROOT/tests/e2e/containment.toml check_containment")
     scenarios+=("network-$engine $engine $ROOT/tests/e2e/network.toml check_network")
+    [[ $engine == bochs ]] && scenarios+=("disk-mem-bochs bochs $ROOT/tests/e2e/disk-mem.toml check_disk_mem")
 done
 if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("grub-iso-qemu qemu-tcg-iso $ROOT/boot/configs/demo.toml check_iso_multiboot2")
     scenarios+=("bad-bundle-qemu qemu-tcg GARBAGE check_bad_bundle")
     scenarios+=("bulk-qemu qemu-tcg $ROOT/tests/e2e/bulk.toml check_bulk")
+    scenarios+=("disk-qemu qemu-tcg-disk $ROOT/tests/e2e/disk.toml check_disk")
     scenarios+=("uplink-boundary-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-boundary.toml check_uplink_boundary")
     scenarios+=("uplink-dhcp-qemu qemu-tcg-net $ROOT/tests/e2e/uplink.toml check_uplink")
     scenarios+=("uplink-static-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-static.toml check_uplink")
@@ -209,13 +296,18 @@ run_scenario() {
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == uplink-dhcp* || $name == uplink-static* ]]; then
+    if [[ $name == disk-qemu ]]; then
+        log=$dir/serial.log result=$dir/result
+        : >"$log"
+        : >"$result"
+        run_disk
+    elif [[ $name == uplink-dhcp* || $name == uplink-static* ]]; then
         boot_with_client
     else
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    : >"$result"
+    [[ $name == disk-qemu ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi

@@ -218,7 +218,10 @@ impl NodeConfig {
                     ));
                 }
                 if vm.cluster.is_none() {
-                    return Err(ConfigError::new(format!("vm[{i}].cluster"), "a VM with a disk must belong to a cluster"));
+                    return Err(ConfigError::new(
+                        format!("vm[{i}].cluster"),
+                        "a VM with a disk must belong to a cluster",
+                    ));
                 }
             }
             let Some(nic) = &vm.nic else { continue };

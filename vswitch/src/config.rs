@@ -136,7 +136,11 @@ mod tests {
             vms: alloc::vec![vm("a1", "a", 1), vm("a2", "a", 2), vm("b1", "b", 3)],
             clusters: alloc::vec![
                 ClusterConfig { name: "a".into(), remote: alloc::vec![], ..Default::default() },
-                ClusterConfig { name: "b".into(), remote: alloc::vec!["10.9.9.9".parse().unwrap()], ..Default::default() },
+                ClusterConfig {
+                    name: "b".into(),
+                    remote: alloc::vec!["10.9.9.9".parse().unwrap()],
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         }

@@ -6,6 +6,7 @@
 use crate::mm::guest::GuestMemory;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
+use virtio_dev::blk::VirtioBlk;
 use virtio_dev::{MmioDevice, VirtioNet};
 use vswitch::policy::PortId;
 
@@ -69,10 +70,17 @@ impl NetSlot {
     }
 }
 
+/// The VM's disk: a virtio-blk device over its encrypted volume.
+pub struct DiskSlot {
+    pub base: u64,
+    pub dev: MmioDevice<VirtioBlk<crate::storage::GuestDisk>>,
+}
+
 /// The VM's devices by slot.
 #[derive(Default)]
 pub struct MmioBus {
     pub nic: Option<NetSlot>,
+    pub disk: Option<DiskSlot>,
     /// Accesses to empty slots.
     pub stray: u64,
 }
@@ -102,6 +110,28 @@ impl MmioBus {
         base
     }
 
+    /// Gives the VM a virtio-blk disk in slot 1.
+    pub fn attach_disk(&mut self, disk: crate::storage::GuestDisk) -> u64 {
+        let base = WINDOW_BASE + SLOT_SIZE;
+        self.disk = Some(DiskSlot { base, dev: MmioDevice::new(VirtioBlk::new(disk)) });
+        base
+    }
+
+    fn disk_offset(&mut self, gpa: u64, size: u8) -> Option<(&mut DiskSlot, u64)> {
+        let disk = self.disk.as_mut()?;
+        let off = gpa.checked_sub(disk.base)?;
+        (off + u64::from(size) <= SLOT_SIZE).then_some((disk, off))
+    }
+
+    /// Finishes block requests left over from a busy notify.
+    pub fn poll_disk(&mut self, mem: &GuestMemory) {
+        if let Some(d) = self.disk.as_mut() {
+            if d.dev.backend().backlog() {
+                let _ = d.dev.poll(mem);
+            }
+        }
+    }
+
     fn nic_offset(&mut self, gpa: u64, size: u8) -> Option<(&mut NetSlot, u64)> {
         let nic = self.nic.as_mut()?;
         let off = gpa.checked_sub(nic.base)?;
@@ -110,6 +140,13 @@ impl MmioBus {
 
     /// Guest read; zero where there is no device.
     pub fn read(&mut self, gpa: u64, size: u8, _mem: &GuestMemory) -> u64 {
+        if let Some((disk, off)) = self.disk_offset(gpa, size) {
+            return if size == 8 {
+                u64::from(disk.dev.read(off, 4)) | (u64::from(disk.dev.read(off + 4, 4)) << 32)
+            } else {
+                u64::from(disk.dev.read(off, size))
+            };
+        }
         match self.nic_offset(gpa, size) {
             Some((nic, off)) if size == 8 => {
                 u64::from(nic.dev.read(off, 4)) | (u64::from(nic.dev.read(off + 4, 4)) << 32)
@@ -124,6 +161,10 @@ impl MmioBus {
 
     /// Guest write; ignored where there is no device.
     pub fn write(&mut self, gpa: u64, size: u8, value: u64, mem: &GuestMemory) -> WriteEffect {
+        if let Some((disk, off)) = self.disk_offset(gpa, size) {
+            let _ = disk.dev.write(off, size.min(4), value as u32, mem);
+            return WriteEffect::None;
+        }
         let Some((nic, off)) = self.nic_offset(gpa, size) else {
             self.stray += 1;
             return WriteEffect::None;

@@ -142,6 +142,9 @@ impl Network {
     /// Logs switch totals and the frames each rule matched.
     pub fn report(&self) {
         let sb = &self.switchboard;
+        if sb.ports == 0 {
+            return;
+        }
         crate::log!("net: switched={} dropped={} boundary-drops={}", sb.switched, sb.dropped, sb.boundary_drops());
         for (i, hits) in sb.rule_hits().iter().enumerate() {
             crate::log!("net: rule[{i}] matched={hits}");

@@ -28,6 +28,8 @@ pub fn vm_port(id: u16) -> PortId {
 pub struct Switchboard {
     switch: Switch,
     rule_ids: Vec<RuleId>,
+    /// VM NICs plus the uplink, if any.
+    pub ports: usize,
     /// Frames switched and dropped, for the log and status.
     pub switched: u64,
     pub dropped: u64,
@@ -53,7 +55,8 @@ impl Switchboard {
         if uplink {
             switch.set_uplink(UPLINK_PORT).map_err(|e| format!("uplink: {e}"))?;
         }
-        Ok(Switchboard { switch, rule_ids, switched: 0, dropped: 0 })
+        let ports = nics.len() + usize::from(uplink);
+        Ok(Switchboard { switch, rule_ids, ports, switched: 0, dropped: 0 })
     }
 
     /// Switches one frame arriving on `ingress`; returns where it goes

@@ -7,17 +7,27 @@ use super::{Running, StopReason, Vm};
 use crate::devices::ports::PortBus;
 use crate::mm::guest::GuestMemory;
 use crate::net::switchboard::{self, NicIdentity};
+use crate::storage::{GuestDisk, Storage};
 use crate::virt::{self, Backend, EntryState};
 use alloc::format;
 use alloc::string::{String, ToString};
 use guest_loader::{GuestWriteData, ModuleRef, Preference};
 use vmm_config::bundle::Bundle;
-use vmm_config::config::{BootProtocol, VmConfig};
+use vmm_config::config::{BootProtocol, NodeConfig, VmConfig};
 
 const MIB: u64 = 1 << 20;
 
+/// What a VM is built from besides its own config.
+pub struct NodeResources<'a, 'b> {
+    pub config: &'a NodeConfig,
+    pub bundle: &'a Bundle<'b>,
+    pub nics: &'a [NicIdentity],
+    pub storage: Option<&'a mut Storage>,
+}
+
 /// Creates VM number `id`; on failure it is returned already stopped.
-pub fn build_vm(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend, nics: &[NicIdentity]) -> Vm {
+pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_, '_>, backend: Backend) -> Vm {
+    let NodeResources { config, bundle, nics, storage } = node;
     let mut vm = Vm {
         id,
         name: cfg.name.clone(),
@@ -30,9 +40,26 @@ pub fn build_vm(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend, 
         debug_hypercalls: cfg.debug_hypercalls,
         stopped: None,
     };
+    let disk = match (&cfg.disk, storage) {
+        (None, _) => Ok(None),
+        (Some(_), None) => Err(String::from("the node's disk storage is unavailable (see the disk: lines)")),
+        (Some(_), Some(st)) => st.volume_for(config, cfg).map(Some),
+    };
+    let disk = match disk {
+        Ok(d) => d,
+        Err(why) => {
+            vm.stop(StopReason::LoadFailed(why));
+            return vm;
+        }
+    };
     match load(id, cfg, bundle, backend) {
         Ok(running) => {
             vm.running = Some(running);
+            if let Some(volume) = disk {
+                let sectors = volume.capacity_sectors();
+                let base = vm.mmio.attach_disk(GuestDisk::new(volume, &cfg.name));
+                crate::log!("vm {} disk: virtio-blk at {base:#x}, {} MiB, encrypted", cfg.name, sectors / 2048);
+            }
             if let Some(nic) = nics.iter().find(|n| n.vm == id) {
                 let base = vm.mmio.attach_nic(nic.mac, switchboard::vm_port(id));
                 let [a, b, c, d, e, f] = nic.mac;

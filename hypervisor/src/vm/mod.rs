@@ -122,6 +122,20 @@ impl Vm {
     /// prints the one-line summary scripts read.
     pub fn stop(&mut self, reason: StopReason) {
         self.ports.uart.flush(&self.name);
+        if let Some(disk) = self.mmio.disk.take() {
+            let c = disk.dev.backend().counters();
+            crate::log!(
+                "vm {} disk: reads={} writes={} flushes={} bytes-read={} bytes-written={} io-errors={} integrity-errors={}",
+                self.name,
+                c.reads,
+                c.writes,
+                c.flushes,
+                c.bytes_read,
+                c.bytes_written,
+                c.io_errors,
+                c.integrity_errors
+            );
+        }
         self.running = None;
         let ms = crate::arch::x86_64::time::tsc_to_ms(self.cpu_tsc);
         crate::log!(

@@ -57,6 +57,7 @@ fn run_slice(vm: &mut Vm, slice: u64) {
         }
     };
     run.vcpu.switch_out();
+    mmio.poll_disk(&run.mem);
     vm.cpu_tsc += time::rdtsc().wrapping_sub(start);
     if let Flow::Stop(reason) = flow {
         vm.stop(reason);

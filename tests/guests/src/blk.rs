@@ -151,8 +151,7 @@ impl BlkDevice {
         // `MMIO_SLOT_SIZE` bytes, identity-mapped device memory that no Rust
         // object overlaps; only this transport uses it from now on (a guest
         // opens its disk once).
-        let transport =
-            unsafe { MmioTransport::new(header, MMIO_SLOT_SIZE as usize) }.map_err(OpenError::Transport)?;
+        let transport = unsafe { MmioTransport::new(header, MMIO_SLOT_SIZE as usize) }.map_err(OpenError::Transport)?;
         let blk = Blk::new(transport).map_err(OpenError::Virtio)?;
         Ok(BlkDevice { blk, slot, offered, queue_max, timeout_ms: DEFAULT_TIMEOUT_MS })
     }

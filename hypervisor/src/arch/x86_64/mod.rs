@@ -9,5 +9,6 @@ pub mod gdt;
 pub mod idt;
 pub mod percpu;
 pub mod power;
+pub mod rng;
 pub mod serial;
 pub mod time;

@@ -277,7 +277,15 @@ fn sector_bytes(sectors: u64) -> usize {
 
 /// Writes the pattern of `pass` over start..start+n in requests of
 /// `chunk` sectors, then flushes.
-fn write_pass(dev: &mut BlkDevice, role: &str, seed: u64, start: u64, n: u64, pass: u64, chunk: u64) -> Result<(), u32> {
+fn write_pass(
+    dev: &mut BlkDevice,
+    role: &str,
+    seed: u64,
+    start: u64,
+    n: u64,
+    pass: u64,
+    chunk: u64,
+) -> Result<(), u32> {
     let mut buf = vec![0u8; sector_bytes(chunk)];
     let end = start + n;
     let mut s = start;

@@ -1,0 +1,183 @@
+//! The node's storage: one `nodedisk` layout on the physical virtio-blk
+//! disk (or, without one, in memory through the very same encryption
+//! path), the key epochs from the config applied at boot, and one
+//! encrypted volume per VM that asks for a disk.
+
+use crate::arch::x86_64::acpi::Ecam;
+use crate::arch::x86_64::rng;
+use crate::drivers::disk::PhysDisk;
+use alloc::format;
+use alloc::string::{String, ToString};
+use nodedisk::{
+    is_formatted, BlockDevice, DeviceError, LeaseId, MemDevice, NodeDisk, SealKey, VolumeHandle, BLOCK_SIZE, RANDOM_LEN,
+};
+use virtio_drivers::transport::DeviceType;
+use vmm_config::config::{NodeConfig, VmConfig};
+
+/// The physical disk, or memory when the node has none.
+pub enum AnyDisk {
+    Phys(alloc::boxed::Box<PhysDisk>),
+    Mem(MemDevice),
+}
+
+impl BlockDevice for AnyDisk {
+    fn block_count(&self) -> u64 {
+        match self {
+            AnyDisk::Phys(d) => d.block_count(),
+            AnyDisk::Mem(d) => d.block_count(),
+        }
+    }
+
+    fn read_block(&mut self, index: u64, buf: &mut [u8; BLOCK_SIZE]) -> Result<(), DeviceError> {
+        match self {
+            AnyDisk::Phys(d) => d.read_block(index, buf),
+            AnyDisk::Mem(d) => d.read_block(index, buf),
+        }
+    }
+
+    fn write_block(&mut self, index: u64, buf: &[u8; BLOCK_SIZE]) -> Result<(), DeviceError> {
+        match self {
+            AnyDisk::Phys(d) => d.write_block(index, buf),
+            AnyDisk::Mem(d) => d.write_block(index, buf),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        match self {
+            AnyDisk::Phys(d) => d.flush(),
+            AnyDisk::Mem(d) => d.flush(),
+        }
+    }
+}
+
+/// The node disk with its key store open.
+pub struct Storage {
+    disk: NodeDisk<AnyDisk>,
+}
+
+fn random() -> Result<[u8; RANDOM_LEN], String> {
+    let mut r = [0u8; RANDOM_LEN];
+    rng::fill(&mut r).map_err(ToString::to_string)?;
+    Ok(r)
+}
+
+/// A tenant cluster's lease number on the disk (clusters in config order).
+fn lease_of(config: &NodeConfig, cluster: &str) -> Option<LeaseId> {
+    config.clusters.iter().position(|c| c.name == cluster).map(|i| LeaseId(i as u32 + 1))
+}
+
+/// Sectors (512 bytes) of a disk of `mib` MiB.
+fn sectors(mib: u32) -> u64 {
+    u64::from(mib) * 2048
+}
+
+impl Storage {
+    /// Opens (or formats) the node disk when some VM has a disk; `None`
+    /// with the reason logged otherwise.
+    pub fn start(ecam: Option<Ecam>, config: &NodeConfig, secret: Option<&[u8]>) -> Option<Storage> {
+        if config.vms.iter().all(|v| v.disk.is_none()) {
+            return None;
+        }
+        match Self::try_start(ecam, config, secret) {
+            Ok(s) => Some(s),
+            Err(why) => {
+                crate::log!("disk: unavailable: {why}; VMs with disks will not start");
+                None
+            }
+        }
+    }
+
+    fn try_start(ecam: Option<Ecam>, config: &NodeConfig, secret: Option<&[u8]>) -> Result<Storage, String> {
+        let secret: [u8; 32] = secret
+            .and_then(|s| s.try_into().ok())
+            .ok_or("no seal secret in the boot bundle (bmimage adds node.secret when a VM has a disk)")?;
+        if !rng::available() {
+            return Err("no hardware random source (RDSEED/RDRAND) to generate keys".into());
+        }
+        let seal = SealKey::from_bytes(secret);
+        let mut dev = match crate::drivers::pci::find_virtio(ecam, DeviceType::Block) {
+            Ok(t) => {
+                let d = PhysDisk::new(t).map_err(ToString::to_string)?;
+                crate::log!(
+                    "disk: node disk virtio-blk, {} MiB (key store sealed with the provisioning secret; no TPM driver)",
+                    (d.block_count() * BLOCK_SIZE as u64) >> 20
+                );
+                AnyDisk::Phys(alloc::boxed::Box::new(d))
+            }
+            Err(why) => {
+                // Same layout and encryption, in memory: room for every
+                // volume twice over (two slots per sector) plus metadata.
+                let want: u64 = config.vms.iter().filter_map(|v| v.disk.as_ref()).map(|d| sectors(d.size_mib)).sum();
+                let blocks = want / 8 * 2 + want / 8 / 16 + 1024;
+                crate::log!(
+                    "disk: no physical disk ({why}); volumes in memory ({} MiB), same encryption path",
+                    (blocks * BLOCK_SIZE as u64) >> 20
+                );
+                AnyDisk::Mem(MemDevice::new(blocks).ok_or("no memory for in-memory volumes")?)
+            }
+        };
+        let formatted = is_formatted(&mut dev).map_err(|e| e.to_string())?;
+        let mut disk = if formatted {
+            NodeDisk::open(dev, seal, &random()?).map_err(|e| format!("cannot open the node disk: {e}"))?
+        } else {
+            let d = NodeDisk::format(dev, seal, &random()?).map_err(|e| format!("cannot format the node disk: {e}"))?;
+            crate::log!("disk: formatted an empty node disk");
+            d
+        };
+        Self::apply_epochs(&mut disk, config)?;
+        Ok(Storage { disk })
+    }
+
+    /// Applies key rotations the config asks for (one step per boot and
+    /// key: epochs are raised by one per rotation).
+    fn apply_epochs(disk: &mut NodeDisk<AnyDisk>, config: &NodeConfig) -> Result<(), String> {
+        let target = 1 + config.storage.landlord_key_epoch;
+        if target > disk.landlord_epoch() {
+            disk.rotate_landlord_key(&random()?).map_err(|e| format!("landlord key rotation: {e}"))?;
+            crate::log!("disk: landlord key rotated (epoch {}): every volume crypto-erased", disk.landlord_epoch());
+        }
+        for c in &config.clusters {
+            let Some(lease) = lease_of(config, &c.name) else { continue };
+            let target = if c.tenant_key { 1 + c.tenant_key_epoch } else { 0 };
+            let have = disk.tenant_epoch(lease);
+            if have == 0 && target >= 1 {
+                disk.set_tenant_key(lease, &random()?).map_err(|e| format!("tenant key of {}: {e}", c.name))?;
+                crate::log!("disk: tenant key set for cluster {}: its disks now need K_L and K_T", c.name);
+            } else if target > have {
+                disk.regenerate_tenant_key(lease, &random()?).map_err(|e| format!("tenant key of {}: {e}", c.name))?;
+                crate::log!(
+                    "disk: tenant key of cluster {} regenerated (epoch {}): its volumes crypto-erased",
+                    c.name,
+                    disk.tenant_epoch(lease)
+                );
+            } else if target < have && target == 0 {
+                crate::log!("disk: cluster {} has a tenant key on disk; the config cannot remove it (kept)", c.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The VM's volume, created on first use.
+    pub fn volume_for(&mut self, config: &NodeConfig, vm: &VmConfig) -> Result<VolumeHandle<AnyDisk>, String> {
+        let disk = vm.disk.as_ref().ok_or("VM has no disk")?;
+        let cluster = vm.cluster.as_deref().ok_or("a VM with a disk needs a cluster")?;
+        let lease = lease_of(config, cluster).ok_or("unknown cluster")?;
+        let existing = self.disk.list().into_iter().find(|v| v.name == vm.name);
+        match existing {
+            Some(v) if v.lease != lease || v.sectors != sectors(disk.size_mib) => {
+                return Err(format!(
+                    "volume {} exists with another owner or size ({} sectors); delete it first",
+                    vm.name, v.sectors
+                ));
+            }
+            Some(_) => {}
+            None => {
+                self.disk
+                    .create_volume(&vm.name, lease, sectors(disk.size_mib), &random()?)
+                    .map_err(|e| format!("cannot create volume {}: {e}", vm.name))?;
+                crate::log!("disk: created volume {} ({} MiB) for cluster {}", vm.name, disk.size_mib, cluster);
+            }
+        }
+        self.disk.open_volume(&vm.name).map_err(|e| format!("cannot open volume {}: {e}", vm.name))
+    }
+}

@@ -1,0 +1,59 @@
+//! A guest disk as virtio-blk sees it: 512-byte sectors on the VM's
+//! encrypted volume (`nodedisk` widens them to the volume's 4 KiB sectors).
+//! A sector that fails authentication is an I/O error for the guest, never
+//! data.
+
+use super::node::AnyDisk;
+use nodedisk::{DiskError, VolumeHandle};
+use virtio_dev::blk::{BlockBackend, BlockError};
+
+/// The backend of one VM's virtio-blk device.
+pub struct GuestDisk {
+    volume: VolumeHandle<AnyDisk>,
+    id: [u8; 20],
+    /// Sectors that failed authentication, for the stop report.
+    pub integrity_errors: u64,
+}
+
+impl GuestDisk {
+    /// Wraps the VM's open volume; GET_ID answers `name` (first 20 bytes).
+    pub fn new(volume: VolumeHandle<AnyDisk>, name: &str) -> Self {
+        let mut id = [0u8; 20];
+        for (d, s) in id.iter_mut().zip(name.bytes()) {
+            *d = s;
+        }
+        GuestDisk { volume, id, integrity_errors: 0 }
+    }
+
+    fn map(&mut self, e: DiskError) -> BlockError {
+        match e {
+            DiskError::Integrity { .. } => {
+                self.integrity_errors += 1;
+                BlockError::Integrity
+            }
+            _ => BlockError::Io,
+        }
+    }
+}
+
+impl BlockBackend for GuestDisk {
+    fn capacity_sectors(&self) -> u64 {
+        self.volume.capacity_sectors()
+    }
+
+    fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlockError> {
+        self.volume.read(sector, buf).map_err(|e| self.map(e))
+    }
+
+    fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
+        self.volume.write(sector, data).map_err(|e| self.map(e))
+    }
+
+    fn flush(&mut self) -> Result<(), BlockError> {
+        self.volume.flush().map_err(|e| self.map(e))
+    }
+
+    fn device_id(&self) -> [u8; 20] {
+        self.id
+    }
+}

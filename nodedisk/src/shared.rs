@@ -1,0 +1,112 @@
+//! A window onto part of a shared device, so several volumes (each a
+//! `blockcrypt::Volume` that wants to own its device) and the node's own
+//! structures can live on one disk at the same time.
+
+use alloc::rc::Rc;
+use core::cell::RefCell;
+
+use crate::{BlockDevice, DeviceError, BLOCK_SIZE};
+
+/// Blocks `[start, start + blocks)` of a device shared through
+/// `Rc<RefCell<D>>`, seen as blocks `0..blocks`. Single-threaded (not
+/// `Send`): the hypervisor drives the disk from one CPU. A re-entrant
+/// access (which the crate never makes) is reported as [`DeviceError::Io`]
+/// rather than a panic.
+#[derive(Debug)]
+pub struct SharedDevice<D> {
+    dev: Rc<RefCell<D>>,
+    start: u64,
+    blocks: u64,
+}
+
+impl<D: BlockDevice> SharedDevice<D> {
+    /// The whole device.
+    #[must_use]
+    pub fn whole(dev: Rc<RefCell<D>>) -> Self {
+        let blocks = dev.try_borrow().map(|d| d.block_count()).unwrap_or(0);
+        Self { dev, start: 0, blocks }
+    }
+
+    /// Blocks `[start, start + blocks)` of this view, or `None` if that
+    /// range is not inside it.
+    #[must_use]
+    pub fn sub(&self, start: u64, blocks: u64) -> Option<Self> {
+        let end = start.checked_add(blocks)?;
+        if end > self.blocks {
+            return None;
+        }
+        Some(Self { dev: Rc::clone(&self.dev), start: self.start.checked_add(start)?, blocks })
+    }
+
+    /// The shared device.
+    #[must_use]
+    pub fn shared(&self) -> &Rc<RefCell<D>> {
+        &self.dev
+    }
+
+    fn abs(&self, index: u64) -> Result<u64, DeviceError> {
+        if index >= self.blocks {
+            return Err(DeviceError::OutOfRange { block: index });
+        }
+        self.start.checked_add(index).ok_or(DeviceError::OutOfRange { block: index })
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut D) -> Result<R, DeviceError>) -> Result<R, DeviceError> {
+        let mut d = self.dev.try_borrow_mut().map_err(|_| DeviceError::Io)?;
+        f(&mut d)
+    }
+}
+
+impl<D: BlockDevice> BlockDevice for SharedDevice<D> {
+    fn block_count(&self) -> u64 {
+        self.blocks
+    }
+
+    fn read_block(&mut self, index: u64, buf: &mut [u8; BLOCK_SIZE]) -> Result<(), DeviceError> {
+        let i = self.abs(index)?;
+        self.with(|d| d.read_block(i, buf))
+    }
+
+    fn write_block(&mut self, index: u64, buf: &[u8; BLOCK_SIZE]) -> Result<(), DeviceError> {
+        let i = self.abs(index)?;
+        self.with(|d| d.write_block(i, buf))
+    }
+
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        self.with(|d| d.flush())
+    }
+
+    fn barrier(&mut self) -> Result<(), DeviceError> {
+        self.with(|d| d.barrier())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::MemDevice;
+
+    #[test]
+    fn windows_are_bounded_and_offset() {
+        let dev = Rc::new(RefCell::new(MemDevice::new(10).unwrap()));
+        let whole = SharedDevice::whole(Rc::clone(&dev));
+        assert_eq!(whole.block_count(), 10);
+        assert!(whole.sub(8, 3).is_none());
+        assert!(whole.sub(u64::MAX, 2).is_none());
+        let mut a = whole.sub(2, 3).unwrap();
+        let mut b = a.sub(1, 2).unwrap();
+        a.write_block(0, &[1; BLOCK_SIZE]).unwrap();
+        b.write_block(1, &[2; BLOCK_SIZE]).unwrap();
+        assert_eq!(a.write_block(3, &[3; BLOCK_SIZE]), Err(DeviceError::OutOfRange { block: 3 }));
+        let img = dev.borrow().image().to_vec();
+        assert!(img[2 * BLOCK_SIZE..3 * BLOCK_SIZE].iter().all(|&x| x == 1));
+        assert!(img[4 * BLOCK_SIZE..5 * BLOCK_SIZE].iter().all(|&x| x == 2));
+        let mut r = [0; BLOCK_SIZE];
+        b.read_block(1, &mut r).unwrap();
+        assert_eq!(r, [2; BLOCK_SIZE]);
+        // A re-entrant borrow is an error, not a panic.
+        let _held = dev.borrow_mut();
+        assert_eq!(a.read_block(0, &mut r), Err(DeviceError::Io));
+    }
+}
