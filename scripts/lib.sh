@@ -50,10 +50,10 @@ ensure_cmds() {
 
 # build: the hypervisor image, the test guests and the image builder.
 build_all() {
-    say "building BMonitor, test guests and bmimage"
+    say "building BMonitor, test guests, bmimage and bmctl"
     (cd "$ROOT" &&
         cargo build --quiet --release --target x86_64-unknown-none -p hypervisor -p test-guests &&
-        cargo build --quiet --release -p bmimage) || die "build failed"
+        cargo build --quiet --release -p bmimage -p mgmt-console) || die "build failed"
 }
 
 # make_bundle CONFIG OUTFILE

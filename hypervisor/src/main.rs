@@ -12,6 +12,7 @@ extern crate alloc;
 mod arch;
 mod devices;
 mod drivers;
+mod mgmt;
 mod mm;
 mod net;
 mod storage;
@@ -93,7 +94,7 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
     let mut vms: Vec<vm::Vm> = Vec::new();
     for (i, cfg) in config.vms.iter().enumerate() {
         let node =
-            vm::build::NodeResources { config: &config, bundle: &bundle, nics: &nics, storage: storage.as_mut() };
+            vm::build::NodeResources { config: &config, images: &bundle, nics: &nics, storage: storage.as_mut() };
         vms.push(vm::build::build_vm(i as u16, cfg, node, backend));
     }
     if backend == virt::Backend::Svm {
@@ -105,17 +106,18 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         vms.iter().filter(|v| v.is_running()).count(),
         vm::scheduler::SLICE_MS
     );
-    vm::scheduler::run_all(&mut vms, &mut network);
+    let facts = mgmt::NodeFacts { cpus: platform.cpus.max(1) as u32, memory_total_mib: ram >> 20 };
+    let mut management = mgmt::Mgmt::provision(config.node.landlord_console_key.map(|k| k.0), facts);
+    let stay_up = config.node.keep_running && network.has_uplink();
+    if config.node.keep_running && !network.has_uplink() {
+        log!("node: keep_running set but there is no uplink; the node powers off when its VMs stop");
+    }
+    let mut node = vm::scheduler::Node { network: &mut network, mgmt: management.as_mut(), config: &config, backend };
+    let end = vm::scheduler::run_node(&mut vms, &mut node, stay_up);
     network.report();
-    if config.node.keep_running {
-        if network.has_uplink() {
-            log!("node: all VMs stopped; staying up for the management plane (keep_running)");
-            loop {
-                network.round(&mut vms);
-                core::hint::spin_loop();
-            }
-        }
-        log!("node: keep_running set but there is no uplink; powering off");
+    match end {
+        vm::scheduler::End::Reboot => power::reboot(),
+        vm::scheduler::End::Shutdown | vm::scheduler::End::Idle => {}
     }
     Ok(vms.iter().all(|v| v.stopped.as_ref().is_some_and(|r| r.exit_code() == 0)))
 }

@@ -97,6 +97,9 @@ pub struct NodeState {
     pub shutdown_requested: bool,
     next_id: u32,
     clock: u64,
+    /// Set once the host supplies real time (`set_clock`); the audit log
+    /// then records it instead of counting entries.
+    external_clock: bool,
 }
 
 impl NodeState {
@@ -120,6 +123,7 @@ impl NodeState {
             shutdown_requested: false,
             next_id: 1,
             clock: 0,
+            external_clock: false,
         })
     }
 
@@ -129,8 +133,18 @@ impl NodeState {
         id
     }
 
-    fn log(&mut self, role: Option<Role>, action: &str, outcome: String) {
-        self.clock += 1;
+    /// Supplies the time (seconds since the node booted) for audit entries
+    /// and status; it never goes backwards.
+    pub fn set_clock(&mut self, now_secs: u64) {
+        self.external_clock = true;
+        self.clock = self.clock.max(now_secs);
+    }
+
+    /// Appends an audit entry (the hypervisor logs what it handles itself).
+    pub fn log(&mut self, role: Option<Role>, action: &str, outcome: String) {
+        if !self.external_clock {
+            self.clock += 1;
+        }
         let index = self.audit.len() as u64;
         self.audit.push(AuditEntry { index, time_secs: self.clock, role, action: action.to_string(), outcome });
     }
@@ -358,7 +372,6 @@ impl NodeState {
                 }
                 v.state = VmState::Running;
                 v.starts += 1;
-                v.console.extend_from_slice(b"[sim] VM started\r\n");
                 Ok(Response::Done)
             }
             Request::StopVm { vm } => {

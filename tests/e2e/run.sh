@@ -101,8 +101,9 @@ check_uplink() {
     want "$UPLINK_LINE"
     want "^vm solo stopped: exit-code=0 "
     want "^node: all VMs stopped; staying up"
-    [[ $(cat "$dir/banner" 2>/dev/null) == "BMonitor management port: ready" ]] ||
-        fail "management port: expected banner, got '$(cat "$dir/banner" 2>/dev/null)'"
+    # No landlord console key: the port accepts and drops connections.
+    want "^mgmt: not provisioned \(no \[node\] landlord_console_key\); the management port refuses sessions$"
+    [[ -f $dir/connected ]] || fail "management port: the forwarded TCP connection did not reach the node"
 }
 
 # boot_with_client: boots in the background, waits for the address line,
@@ -116,7 +117,7 @@ boot_with_client() {
         ((SECONDS > deadline)) && break
         sleep 0.5
     done
-    timeout 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && head -n1 <&3" >"$dir/banner" 2>/dev/null || true
+    timeout 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port && head -c1 <&3" >/dev/null 2>&1 && touch "$dir/connected"
     pkill -f "hostfwd=tcp:127.0.0.1:$port-" 2>/dev/null
     wait "$boot"
     return 0
@@ -255,6 +256,69 @@ check_disk_mem() {
     stopped disk-a 0 "exit hypercall \(0\)"
 }
 
+# The management plane end to end: bmctl (landlord and two tenants) against
+# the node over TCP through QEMU's forwarded port.
+run_mgmt() {
+    local B="$TARGET_DIR/release/bmctl" port=$((20000 + RANDOM % 20000))
+    export BMCTL_CONFIG_DIR=$dir/bmctl
+    bm() { timeout 30 "$B" "$@"; }
+    key() { bm --json keygen "$1" | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])'; }
+    local kl ka kb
+    kl=$(key landlord) && ka=$(key tenant-a) && kb=$(key tenant-b) || { fail "bmctl keygen failed"; return; }
+    sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|LANDLORD_KEY|$kl|" "$ROOT/tests/e2e/mgmt.toml" >"$dir/mgmt.toml"
+    "$BMIMAGE" bundle --config "$dir/mgmt.toml" --out "$dir/mgmt.bundle" 2>>"$dir/bmimage.err"
+    BM_MGMT_PORT=$port boot_engine qemu-tcg-net "$dir/mgmt.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" &
+    local boot=$! deadline=$((SECONDS + 60))
+    until grep -q "staying up" "$dir/serial.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    local nk
+    nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/serial.log" | awk '{print $4}')
+    bm profile add ll --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key landlord >/dev/null
+    bm -p ll landlord status >"$dir/status.txt" 2>&1 || fail "landlord status failed: $(cat "$dir/status.txt")"
+    grep -q "^BMonitor 0.1.0 up" "$dir/status.txt" || fail "status: unexpected output $(head -1 "$dir/status.txt")"
+    local la lb ta tb
+    la=$(bm -p ll --json landlord lease create --tenant-key "$ka" --cluster 1) || fail "lease create (a) failed: $la"
+    lb=$(bm -p ll --json landlord lease create --tenant-key "$kb" --cluster 2) || fail "lease create (b) failed: $lb"
+    ta=$(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["tenant_node_key"])' "$la")
+    tb=$(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["tenant_node_key"])' "$lb")
+    local lease_a lease_b
+    lease_a=$(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["lease"])' "$la")
+    lease_b=$(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["lease"])' "$lb")
+    bm profile add ta --node "127.0.0.1:$port" --node-key "$ta" --role "tenant:$lease_a" --key tenant-a >/dev/null
+    bm profile add tb --node "127.0.0.1:$port" --node-key "$tb" --role "tenant:$lease_b" --key tenant-b >/dev/null
+    bm -p ll landlord image upload "$ROOT/target/x86_64-unknown-none/release/hello" --name hello >"$dir/upload.txt" 2>&1 ||
+        fail "image upload failed: $(tail -1 "$dir/upload.txt")"
+    local vm
+    vm=$(bm -p ll --json landlord vm create --lease "$lease_a" --name web --image hello --memory 8 |
+        python3 -c 'import sys, json; print(json.load(sys.stdin)["vm"])') || fail "vm create failed"
+    bm -p ta tenant start "$vm" >/dev/null || fail "tenant a could not start its VM"
+    sleep 2
+    bm -p ta tenant console "$vm" </dev/null >"$dir/console.txt" 2>&1
+    grep -q "^hello from web (vm [0-9]*, 8 MiB)" "$dir/console.txt" || fail "tenant console: no output of the VM ($(head -c 200 "$dir/console.txt"))"
+    bm -p tb tenant start "$vm" >"$dir/b-start.txt" 2>&1 && fail "tenant b started tenant a's VM"
+    grep -q "NotFound" "$dir/b-start.txt" || fail "tenant b: expected NotFound, got $(cat "$dir/b-start.txt")"
+    bm profile add fake --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key tenant-a >/dev/null
+    bm -p fake landlord status >"$dir/fake.txt" 2>&1
+    [[ $? == 4 ]] || fail "a tenant key posing as the landlord was not refused (exit $?): $(cat "$dir/fake.txt")"
+    bm -p ta tenant keys rotate >"$dir/rotate.txt" 2>&1 || fail "tenant key rotation failed: $(cat "$dir/rotate.txt")"
+    bm -p ta tenant vms >/dev/null 2>&1 || fail "tenant a refused after rotating its own key"
+    bm -p ll landlord keys regenerate-tenant "$lease_a" >/dev/null 2>&1 || fail "landlord could not regenerate tenant a's pair"
+    bm -p ta tenant vms >"$dir/old.txt" 2>&1
+    [[ $? == 4 ]] || fail "old tenant a console not refused after regeneration: $(cat "$dir/old.txt")"
+    bm -p ll landlord audit >"$dir/audit.txt" 2>&1 || fail "audit read failed"
+    grep -q "start-vm" "$dir/audit.txt" || fail "audit log lacks the tenant's start-vm"
+    bm -p ll landlord shutdown >/dev/null 2>&1 || fail "landlord shutdown failed"
+    wait "$boot"
+    unset BMCTL_CONFIG_DIR
+}
+check_mgmt() {
+    no_hypervisor_fault
+    want "^mgmt: landlord node key [0-9a-f]{64}$"
+    want "^mgmt: tenant [0-9]+ start-vm: ok$"
+    want "^vm web stopped: exit-code=0 "
+    want "^mgmt: session refused: "
+    want "^node: shutdown requested by the landlord$"
+}
+
 check_bad_bundle() {
     want "^bundle: "
     want "^BMonitor: fatal: boot module is not a valid node bundle"
@@ -274,6 +338,7 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("bad-bundle-qemu qemu-tcg GARBAGE check_bad_bundle")
     scenarios+=("bulk-qemu qemu-tcg $ROOT/tests/e2e/bulk.toml check_bulk")
     scenarios+=("disk-qemu qemu-tcg-disk $ROOT/tests/e2e/disk.toml check_disk")
+    scenarios+=("mgmt-qemu qemu-tcg-net NONE check_mgmt")
     scenarios+=("uplink-boundary-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-boundary.toml check_uplink_boundary")
     scenarios+=("uplink-dhcp-qemu qemu-tcg-net $ROOT/tests/e2e/uplink.toml check_uplink")
     scenarios+=("uplink-static-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-static.toml check_uplink")
@@ -285,6 +350,8 @@ run_scenario() {
     mkdir -p "$dir"
     if [[ $config == GARBAGE ]]; then
         head -c 4096 /dev/urandom >"$dir/node.bundle"
+    elif [[ $config == NONE ]]; then
+        : # the scenario builds its own bundles
     else
         make_bundle "$config" "$dir/node.bundle" 2>"$dir/bmimage.err" || {
             echo "bmimage failed: $(cat "$dir/bmimage.err")" >"$dir/result"
@@ -296,18 +363,18 @@ run_scenario() {
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == disk-qemu ]]; then
+    if [[ $name == disk-qemu || $name == mgmt-qemu ]]; then
         log=$dir/serial.log result=$dir/result
         : >"$log"
         : >"$result"
-        run_disk
+        if [[ $name == disk-qemu ]]; then run_disk; else run_mgmt; fi
     elif [[ $name == uplink-dhcp* || $name == uplink-static* ]]; then
         boot_with_client
     else
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    [[ $name == disk-qemu ]] || : >"$result"
+    [[ $name == disk-qemu || $name == mgmt-qemu ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi

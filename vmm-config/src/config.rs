@@ -78,6 +78,11 @@ pub struct NodeOptions {
     /// stopped, instead of powering off.
     #[serde(default)]
     pub keep_running: bool,
+    /// The landlord console's public key (64 hex digits, from `bmctl
+    /// keygen`), registered at provisioning; without it the node serves no
+    /// management sessions.
+    #[serde(default)]
+    pub landlord_console_key: Option<crate::net::ConsoleKey>,
 }
 
 /// Most clusters and most rules one node config may name.

@@ -140,6 +140,36 @@ impl fmt::Display for Mac {
 }
 serde_as_text!(Mac, "a MAC address such as \"52:54:00:00:00:01\"");
 
+/// A console's X25519 public key (64 hex digits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConsoleKey(pub [u8; 32]);
+
+impl FromStr for ConsoleKey {
+    type Err = AddrError;
+    fn from_str(s: &str) -> Result<Self, AddrError> {
+        let bad = || AddrError(format!("\"{s}\" is not a console key (64 hex digits)"));
+        if s.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            let pair = s.get(2 * i..2 * i + 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(ConsoleKey(out))
+    }
+}
+
+impl fmt::Display for ConsoleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+serde_as_text!(ConsoleKey, "a console public key (64 hex digits)");
+
 /// Who a rule or cluster names: a VM of this node (by name) or a peer
 /// anywhere by address.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -349,6 +379,10 @@ mod tests {
         for bad in ["", "1.2.3.999", "has space"] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
+        assert!("ab".parse::<ConsoleKey>().is_err());
+        assert!("zz".repeat(32).parse::<ConsoleKey>().is_err());
+        let k = "0f".repeat(32).parse::<ConsoleKey>().unwrap();
+        assert_eq!(k.to_string(), "0f".repeat(32));
     }
 
     proptest::proptest! {

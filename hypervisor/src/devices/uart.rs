@@ -107,6 +107,11 @@ impl Uart {
         }
     }
 
+    /// Output kept for the consoles, oldest first.
+    pub fn history_bytes(&self) -> alloc::vec::Vec<u8> {
+        self.history.iter().copied().collect()
+    }
+
     /// Bytes of output kept for the consoles (reported when the VM stops).
     pub fn history_len(&self) -> usize {
         self.history.len()

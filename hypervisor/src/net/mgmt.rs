@@ -15,6 +15,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4C
 
 /// TCP port of the management service.
 pub const MGMT_PORT: u16 = 7700;
+/// Connections served at once (each its own session).
+pub const MGMT_SOCKETS: usize = 4;
 const MAX_QUEUE: usize = 256;
 
 /// Frames waiting to enter or leave the stack.
@@ -93,9 +95,7 @@ pub struct MgmtStack {
     sockets: SocketSet<'static>,
     dhcp: Option<SocketHandle>,
     leased: bool,
-    listener: SocketHandle,
-    /// Connections served on the management port.
-    pub connections: u64,
+    listeners: Vec<SocketHandle>,
 }
 
 fn now() -> Instant {
@@ -122,9 +122,14 @@ impl MgmtStack {
                 None
             }
         };
-        let tcp = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 4096]), tcp::SocketBuffer::new(vec![0; 4096]));
-        let listener = sockets.add(tcp);
-        MgmtStack { queues, iface, sockets, dhcp, leased: false, listener, connections: 0 }
+        let listeners = (0..MGMT_SOCKETS)
+            .map(|_| {
+                let rx = tcp::SocketBuffer::new(vec![0; 128 * 1024]);
+                let tx = tcp::SocketBuffer::new(vec![0; 64 * 1024]);
+                sockets.add(tcp::Socket::new(rx, tx))
+            })
+            .collect();
+        MgmtStack { queues, iface, sockets, dhcp, leased: false, listeners }
     }
 
     /// Runs the stack: DHCP progress, the management listener.
@@ -162,20 +167,25 @@ impl MgmtStack {
                 None => {}
             }
         }
-        self.serve();
+        for i in 0..MGMT_SOCKETS {
+            self.port(i);
+        }
         self.iface.poll(ts, &mut self.queues, &mut self.sockets);
     }
 
-    /// The management service: for now a status banner per connection.
-    fn serve(&mut self) {
-        let sock = self.sockets.get_mut::<tcp::Socket>(self.listener);
+    /// Socket `i` of the management port: the management plane reads and
+    /// writes it each round. Re-arms the listener after a connection ends.
+    pub fn port(&mut self, i: usize) -> Option<&mut tcp::Socket<'static>> {
+        let handle = *self.listeners.get(i)?;
+        let sock = self.sockets.get_mut::<tcp::Socket>(handle);
         if !sock.is_open() {
             let _ = sock.listen(MGMT_PORT);
         }
-        if sock.can_send() {
-            let _ = sock.send_slice(b"BMonitor management port: ready\n");
-            sock.close();
-            self.connections += 1;
-        }
+        Some(sock)
+    }
+
+    /// Flushes what the management plane wrote to the port.
+    pub fn flush(&mut self) {
+        self.iface.poll(now(), &mut self.queues, &mut self.sockets);
     }
 }

@@ -151,6 +151,21 @@ impl Network {
         }
     }
 
+    /// Socket `i` of the management port, when the node has an uplink.
+    pub fn mgmt_port(&mut self, i: usize) -> Option<&mut smoltcp::socket::tcp::Socket<'static>> {
+        self.uplink.as_mut().and_then(|u| u.mgmt.port(i))
+    }
+
+    /// Sends what the management plane wrote.
+    pub fn flush_mgmt(&mut self) {
+        if let Some(up) = self.uplink.as_mut() {
+            up.mgmt.flush();
+            while let Some(frame) = up.mgmt.queues.tx.pop_front() {
+                up.nic.send(&frame);
+            }
+        }
+    }
+
     /// Whether the node has an uplink (for keep_running).
     pub fn has_uplink(&self) -> bool {
         self.uplink.is_some()

@@ -17,17 +17,30 @@ use vmm_config::config::{BootProtocol, NodeConfig, VmConfig};
 
 const MIB: u64 = 1 << 20;
 
+/// Where kernels and modules come from: the boot bundle, or images
+/// uploaded through the management plane.
+pub trait ImageSource {
+    /// The bytes of the image called `name`.
+    fn image(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl ImageSource for Bundle<'_> {
+    fn image(&self, name: &str) -> Option<&[u8]> {
+        self.get(name)
+    }
+}
+
 /// What a VM is built from besides its own config.
-pub struct NodeResources<'a, 'b> {
+pub struct NodeResources<'a> {
     pub config: &'a NodeConfig,
-    pub bundle: &'a Bundle<'b>,
+    pub images: &'a dyn ImageSource,
     pub nics: &'a [NicIdentity],
     pub storage: Option<&'a mut Storage>,
 }
 
 /// Creates VM number `id`; on failure it is returned already stopped.
-pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_, '_>, backend: Backend) -> Vm {
-    let NodeResources { config, bundle, nics, storage } = node;
+pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backend) -> Vm {
+    let NodeResources { config, images, nics, storage } = node;
     let mut vm = Vm {
         id,
         name: cfg.name.clone(),
@@ -39,6 +52,7 @@ pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_, '_>, backend: B
         cpu_limit_ms: cfg.cpu_time_limit_ms,
         debug_hypercalls: cfg.debug_hypercalls,
         stopped: None,
+        managed: None,
     };
     let disk = match (&cfg.disk, storage) {
         (None, _) => Ok(None),
@@ -52,7 +66,7 @@ pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_, '_>, backend: B
             return vm;
         }
     };
-    match load(id, cfg, bundle, backend) {
+    match load(id, cfg, images, backend) {
         Ok(running) => {
             vm.running = Some(running);
             if let Some(volume) = disk {
@@ -75,8 +89,8 @@ pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_, '_>, backend: B
     vm
 }
 
-fn load(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend) -> Result<Running, String> {
-    let image = bundle.get(&cfg.kernel).ok_or_else(|| format!("kernel {} missing from bundle", cfg.kernel))?;
+fn load(id: u16, cfg: &VmConfig, images: &dyn ImageSource, backend: Backend) -> Result<Running, String> {
+    let image = images.image(&cfg.kernel).ok_or_else(|| format!("kernel {} missing", cfg.kernel))?;
     let pref = match cfg.boot {
         BootProtocol::Auto => Preference::Auto,
         BootProtocol::Pvh => Preference::Pvh,
@@ -85,7 +99,7 @@ fn load(id: u16, cfg: &VmConfig, bundle: &Bundle<'_>, backend: Backend) -> Resul
     let kernel = guest_loader::parse_kernel(image, pref).map_err(|e| format!("kernel {}: {e}", cfg.kernel))?;
     let module = match &cfg.module {
         Some(name) => {
-            let data = bundle.get(name).ok_or_else(|| format!("module {name} missing from bundle"))?;
+            let data = images.image(name).ok_or_else(|| format!("module {name} missing"))?;
             Some(ModuleRef { name, data })
         }
         None => None,

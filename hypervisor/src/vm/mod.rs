@@ -41,6 +41,8 @@ pub enum StopReason {
     StringIo(u16),
     /// An access to the device window BMonitor could not emulate.
     BadMmio { gpa: u64, why: String },
+    /// A management console stopped it.
+    Console(&'static str),
     /// The VM could not be built (bad image, no memory).
     LoadFailed(String),
 }
@@ -81,6 +83,7 @@ impl fmt::Display for StopReason {
             StopReason::CpuTimeLimit(ms) => write!(f, "CPU time limit of {ms} ms reached"),
             StopReason::StringIo(p) => write!(f, "string I/O (INS/OUTS) on port {p:#x} is not supported"),
             StopReason::BadMmio { gpa, why } => write!(f, "MMIO access at gpa {gpa:#x}: {why}"),
+            StopReason::Console(why) => f.write_str(why),
             StopReason::LoadFailed(why) => write!(f, "load failed: {why}"),
         }
     }
@@ -115,6 +118,8 @@ pub struct Vm {
     pub cpu_limit_ms: Option<u64>,
     pub debug_hypercalls: bool,
     pub stopped: Option<StopReason>,
+    /// For VMs the consoles created: (management VM id, start generation).
+    pub managed: Option<(u32, u64)>,
 }
 
 impl Vm {

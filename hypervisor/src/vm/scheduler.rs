@@ -4,15 +4,69 @@
 
 use super::{Flow, StopReason, Vm};
 use crate::arch::x86_64::time;
+use crate::mgmt::Mgmt;
 use crate::net::node::Network;
 use crate::virt::exits::{self, ExitContext};
+use crate::virt::Backend;
+use alloc::vec::Vec;
+use vmm_config::config::NodeConfig;
 
 /// Length of one time slice.
 pub const SLICE_MS: u64 = 10;
 
-/// Runs VMs until every one has stopped.
-pub fn run_all(vms: &mut [Vm], net: &mut Network) {
+/// Everything the node loop drives besides the VMs.
+pub struct Node<'a> {
+    pub network: &'a mut Network,
+    pub mgmt: Option<&'a mut Mgmt>,
+    pub config: &'a NodeConfig,
+    pub backend: Backend,
+}
+
+/// Why the node loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// No VM runs and the node need not stay up.
+    Idle,
+    /// The landlord asked for a shutdown.
+    Shutdown,
+    /// The landlord asked for a reboot.
+    Reboot,
+}
+
+impl Node<'_> {
+    /// Between slices: the network, then the management plane and the VMs
+    /// it wants.
+    fn round(&mut self, vms: &mut Vec<Vm>) -> Option<End> {
+        self.network.round(vms);
+        let mut actions = crate::mgmt::Actions::default();
+        for i in 0..crate::net::mgmt::MGMT_SOCKETS {
+            let port = self.network.mgmt_port(i)?;
+            match self.mgmt.as_deref_mut() {
+                Some(m) => {
+                    let a = m.serve_port(i, port, vms);
+                    actions.shutdown |= a.shutdown;
+                    actions.reboot |= a.reboot;
+                }
+                // Not provisioned: refuse connections at once.
+                None if port.is_active() => port.abort(),
+                None => {}
+            }
+        }
+        let m = self.mgmt.as_deref_mut()?;
+        crate::mgmt::reconcile(m, vms, self.config, self.backend);
+        self.network.flush_mgmt();
+        if actions.shutdown {
+            return Some(End::Shutdown);
+        }
+        actions.reboot.then_some(End::Reboot)
+    }
+}
+
+/// Runs VMs until every one has stopped (and, with `stay_up`, keeps serving
+/// the network and management plane), or the landlord ends it.
+pub fn run_node(vms: &mut Vec<Vm>, node: &mut Node<'_>, stay_up: bool) -> End {
     let slice = SLICE_MS * time::tsc_per_ms();
+    let mut announced = false;
     loop {
         let mut any = false;
         for i in 0..vms.len() {
@@ -22,12 +76,34 @@ pub fn run_all(vms: &mut [Vm], net: &mut Network) {
             }
             any = true;
             run_slice(vm, slice);
-            net.round(vms);
+            if let Some(end) = node.round(vms) {
+                return stop_all(vms, end);
+            }
         }
         if !any {
-            break;
+            if !stay_up {
+                return End::Idle;
+            }
+            if !announced {
+                crate::log!("node: all VMs stopped; staying up for the management plane (keep_running)");
+                announced = true;
+            }
+            if let Some(end) = node.round(vms) {
+                return stop_all(vms, end);
+            }
+            core::hint::spin_loop();
+        } else {
+            announced = false;
         }
     }
+}
+
+fn stop_all(vms: &mut [Vm], end: End) -> End {
+    crate::log!("node: {} requested by the landlord", if end == End::Reboot { "reboot" } else { "shutdown" });
+    for vm in vms.iter_mut().filter(|v| v.is_running()) {
+        vm.stop(StopReason::Console("node shutdown"));
+    }
+    end
 }
 
 fn run_slice(vm: &mut Vm, slice: u64) {

@@ -16,6 +16,19 @@ pub fn off(success: bool) -> ! {
     halt_forever()
 }
 
+/// Resets the node (the landlord's reboot): the reset control register,
+/// then the keyboard controller, then a triple fault as last resort.
+pub fn reboot() -> ! {
+    super::serial::drain();
+    // SAFETY: PC reset ports; nothing runs after this.
+    unsafe {
+        outb(0xCF9, 0x06);
+        outb(0x64, 0xFE);
+        core::arch::asm!("lidt [{}]", "int3", in(reg) &[0u64; 2]);
+    }
+    halt_forever()
+}
+
 /// Ends the run after a hypervisor fault: report already printed.
 pub fn fail_stop() -> ! {
     crate::arch::x86_64::serial::write_fmt_unlocked(format_args!("BMonitor halted after a fault; powering off\n"));

@@ -1,0 +1,214 @@
+//! The management plane on the node: Noise sessions from the landlord's and
+//! tenants' consoles (crate `mgmt-proto`) over the management TCP port,
+//! served from the node's management state (leases, keys, images, VM
+//! definitions, audit log), and reconciled with the VMs that actually run.
+//!
+//! What the node answers itself rather than from the state: status (real
+//! counters), shutdown and reboot (real power actions), console output (the
+//! VM's real UART history), console input (not supported yet: an error).
+
+mod reconcile;
+
+use crate::arch::x86_64::rng;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use mgmt_proto::msg::{Counter, ErrorCode, ErrorReply, NodeStatus, Request, Response, Role};
+use mgmt_proto::session::{NodeEvent, NodeSession};
+use mgmt_proto::sim::NodeState;
+use mgmt_proto::{Entropy, EntropyError, PublicKey};
+use smoltcp::socket::tcp;
+
+pub use reconcile::reconcile;
+
+/// Keys and session nonces come from the CPU's random source.
+struct Rdrand;
+
+impl Entropy for Rdrand {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), EntropyError> {
+        rng::fill(dest).map_err(|_| EntropyError)
+    }
+}
+
+/// What the node loop must do after serving requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Actions {
+    pub shutdown: bool,
+    pub reboot: bool,
+}
+
+/// The node's management plane.
+pub struct Mgmt {
+    pub state: NodeState,
+    sessions: [Option<NodeSession>; crate::net::mgmt::MGMT_SOCKETS],
+    /// Facts for status replies.
+    pub facts: NodeFacts,
+    pending: Actions,
+}
+
+/// Node facts the status reply reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeFacts {
+    pub cpus: u32,
+    pub memory_total_mib: u64,
+}
+
+impl Mgmt {
+    /// Provisions the plane: generates the landlord key pair (U_L, R_L) and
+    /// registers the landlord console's key. `None` when no console key is
+    /// configured or there is no random source (said in the log).
+    pub fn provision(console_key: Option<[u8; 32]>, facts: NodeFacts) -> Option<Mgmt> {
+        let Some(key) = console_key else {
+            crate::log!("mgmt: not provisioned (no [node] landlord_console_key); the management port refuses sessions");
+            return None;
+        };
+        if !rng::available() {
+            crate::log!("mgmt: no hardware random source; management plane disabled");
+            return None;
+        }
+        match NodeState::provision(Box::new(Rdrand), PublicKey(key)) {
+            Ok(state) => {
+                crate::log!("mgmt: landlord node key {}", state.landlord_key.to_hex());
+                Some(Mgmt { state, sessions: Default::default(), facts, pending: Actions::default() })
+            }
+            Err(_) => {
+                crate::log!("mgmt: key generation failed; management plane disabled");
+                None
+            }
+        }
+    }
+
+    /// Serves the management port: new connection, new session; bytes in,
+    /// replies out; a refused or finished session closes the connection.
+    pub fn serve_port(&mut self, i: usize, sock: &mut tcp::Socket<'_>, vms: &[crate::vm::Vm]) -> Actions {
+        let Some(slot) = self.sessions.get_mut(i) else { return Actions::default() };
+        if !sock.is_active() {
+            *slot = None;
+            return Actions::default();
+        }
+        if sock.state() == tcp::State::CloseWait {
+            // The console closed its side: end the session, close ours.
+            *slot = None;
+            sock.close();
+            return Actions::default();
+        }
+        if !sock.may_recv() {
+            return Actions::default(); // still connecting, or closing
+        }
+        if slot.is_none() {
+            *slot = Some(NodeSession::new(Box::new(Rdrand)));
+        }
+        let mut session = slot.take();
+        let mut buf = vec![0u8; 16 * 1024];
+        while sock.can_recv() {
+            let n = match sock.recv_slice(&mut buf) {
+                Ok(n) if n > 0 => n,
+                _ => break,
+            };
+            let Some(input) = buf.get(..n) else { break };
+            let Some(s) = session.as_mut() else { break };
+            self.feed(s, input, vms);
+            let out = s.take_output();
+            if !out.is_empty() && sock.send_slice(&out).is_err() {
+                crate::log!("mgmt: reply dropped (send buffer full)");
+            }
+            if s.is_closed() {
+                sock.close();
+                session = None;
+                break;
+            }
+        }
+        if let Some(slot) = self.sessions.get_mut(i) {
+            *slot = session;
+        }
+        core::mem::take(&mut self.pending)
+    }
+
+    /// Runs received bytes through the session.
+    fn feed(&mut self, session: &mut NodeSession, input: &[u8], vms: &[crate::vm::Vm]) {
+        use crate::arch::x86_64::time;
+        self.state.set_clock(time::tsc_to_ms(time::rdtsc()) / 1000);
+        let events = match session.receive(input, &self.state.keys) {
+            Ok(ev) => ev,
+            Err(e) => {
+                let role = session.role();
+                crate::log!("mgmt: session refused: {e}");
+                self.state.log(role, "session", format!("refused: {e}"));
+                return;
+            }
+        };
+        for ev in events {
+            match ev {
+                NodeEvent::Established { role, console_key } => {
+                    crate::log!("mgmt: session established ({})", role_name(role));
+                    self.state.log(Some(role), "connect", format!("ok (console {})", console_key.to_hex()));
+                }
+                NodeEvent::Request(env) => {
+                    let Some(role) = session.role() else { return };
+                    let result = self.handle(role, &env.body, vms);
+                    let outcome = match &result {
+                        Ok(_) => String::from("ok"),
+                        Err(e) => format!("refused: {e}"),
+                    };
+                    // Chunks are many and alike: the audit log has them all.
+                    if !(result.is_ok() && matches!(env.body, Request::UploadImageChunk { .. })) {
+                        crate::log!("mgmt: {} {}: {}", role_name(role), env.body.name(), outcome);
+                    }
+                    self.state.log(Some(role), env.body.name(), outcome);
+                    let _ = session.reply(env.seq, result);
+                }
+            }
+        }
+    }
+
+    /// Requests the node answers from real state; the rest go to the state.
+    fn handle(&mut self, role: Role, req: &Request, vms: &[crate::vm::Vm]) -> Result<Response, ErrorReply> {
+        mgmt_proto::authz::authorize(&role, req, &self.state).map_err(|d| d.to_error())?;
+        match req {
+            Request::NodeStatus => Ok(Response::Status(self.status(vms))),
+            Request::Shutdown => {
+                self.pending.shutdown = true;
+                Ok(Response::Done)
+            }
+            Request::Reboot => {
+                self.pending.reboot = true;
+                Ok(Response::Done)
+            }
+            Request::ConsoleWrite { .. } => Err(ErrorReply::new(
+                ErrorCode::Invalid,
+                "console input is not supported yet (the VM's UART has no receive path)",
+            )),
+            _ => self.state.handle(role, req),
+        }
+    }
+
+    fn status(&self, vms: &[crate::vm::Vm]) -> NodeStatus {
+        let free = (crate::mm::frames::free_count() as u64 * crate::mm::PAGE_SIZE) >> 20;
+        let exits: u64 = vms.iter().map(|v| v.counters.total).sum();
+        NodeStatus {
+            version: String::from(env!("CARGO_PKG_VERSION")),
+            uptime_secs: crate::arch::x86_64::time::tsc_to_ms(crate::arch::x86_64::time::rdtsc()) / 1000,
+            cpus: self.facts.cpus,
+            memory_total_mib: self.facts.memory_total_mib,
+            memory_free_mib: free,
+            disks: Vec::new(),
+            nic_up: true,
+            leases: self.state.leases.len() as u32,
+            vms_total: vms.len() as u32,
+            vms_running: vms.iter().filter(|v| v.is_running()).count() as u32,
+            counters: vec![
+                Counter { name: String::from("vm.exits"), value: exits },
+                Counter { name: String::from("audit.entries"), value: self.state.audit.len() as u64 },
+            ],
+        }
+    }
+}
+
+fn role_name(role: Role) -> String {
+    match role {
+        Role::Landlord => String::from("landlord"),
+        Role::Tenant(l) => format!("tenant {}", l.0),
+    }
+}

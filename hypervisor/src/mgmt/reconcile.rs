@@ -1,0 +1,96 @@
+//! Keeps the running VMs in step with the management state: a VM the
+//! consoles started runs (a restart is a fresh VM), one they stopped or
+//! destroyed stops, one that exited by itself is reported stopped, and its
+//! UART output is what the console reads.
+
+use super::Mgmt;
+use crate::virt::Backend;
+use crate::vm::build::{build_vm, ImageSource, NodeResources};
+use crate::vm::{StopReason, Vm};
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use mgmt_proto::msg::{VmId, VmState};
+use mgmt_proto::sim::Image;
+use vmm_config::config::{NodeConfig, VmConfig};
+
+/// Uploaded images, as the VM builder reads kernels.
+struct Uploaded<'a>(&'a BTreeMap<String, Image>);
+
+impl ImageSource for Uploaded<'_> {
+    fn image(&self, name: &str) -> Option<&[u8]> {
+        self.0.get(name).map(|i| i.data.as_slice())
+    }
+}
+
+/// One pass of reconciliation.
+pub fn reconcile(m: &mut Mgmt, vms: &mut Vec<Vm>, config: &NodeConfig, backend: Backend) {
+    // Stop what is no longer wanted (stopped, restarted or destroyed).
+    for vm in vms.iter_mut().filter(|v| v.is_running()) {
+        let Some((id, generation)) = vm.managed else { continue };
+        let reason = match m.state.vms.get(&VmId(id)) {
+            None => Some("destroyed by console"),
+            Some(w) if w.state != VmState::Running => Some("stopped by console"),
+            Some(w) if w.starts != generation => Some("restarted by console"),
+            Some(_) => None,
+        };
+        if let Some(why) = reason {
+            vm.stop(StopReason::Console(why));
+        }
+    }
+    // Start what is wanted and not running.
+    let wanted: Vec<(u32, u64)> =
+        m.state.vms.iter().filter(|(_, w)| w.state == VmState::Running).map(|(id, w)| (id.0, w.starts)).collect();
+    for (id, generation) in wanted {
+        if vms.iter().any(|v| v.managed == Some((id, generation))) {
+            continue;
+        }
+        let Some(w) = m.state.vms.get(&VmId(id)) else { continue };
+        let cfg = VmConfig {
+            name: w.spec.name.clone(),
+            memory_mib: w.spec.memory_mib,
+            kernel: w.spec.image.clone(),
+            ..Default::default()
+        };
+        let index = vms.len();
+        let built = match (cfg.validate(index), u16::try_from(index)) {
+            (Err(e), _) => Err(alloc::format!("{e}")),
+            (_, Err(_)) => Err(String::from("too many VMs")),
+            (Ok(()), Ok(n)) => {
+                let images = Uploaded(&m.state.images);
+                let node = NodeResources { config, images: &images, nics: &[], storage: None };
+                Ok(build_vm(n, &cfg, node, backend))
+            }
+        };
+        match built {
+            Ok(mut vm) => {
+                if w.spec.disk_mib > 0 {
+                    crate::log!(
+                        "mgmt: vm {}: disks for console-created VMs are not supported yet; started without",
+                        cfg.name
+                    );
+                }
+                vm.managed = Some((id, generation));
+                vms.push(vm);
+            }
+            Err(why) => {
+                crate::log!("mgmt: vm {} cannot start: {why}", w.spec.name);
+                if let Some(w) = m.state.vms.get_mut(&VmId(id)) {
+                    w.state = VmState::Stopped;
+                }
+            }
+        }
+    }
+    // Report back: exits, console output.
+    for vm in vms.iter() {
+        let Some((id, generation)) = vm.managed else { continue };
+        let Some(w) = m.state.vms.get_mut(&VmId(id)) else { continue };
+        if w.starts != generation {
+            continue;
+        }
+        w.console = vm.ports.uart.history_bytes();
+        if !vm.is_running() {
+            w.state = VmState::Stopped;
+        }
+    }
+}
