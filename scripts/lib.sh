@@ -15,6 +15,7 @@ declare -A PKG_FOR=(
     [qemu-system-x86_64]="qemu-system-x86"
     [bochs]="bochs bochsbios vgabios bochs-term"
     [grub-mkrescue]="grub-pc-bin grub-common xorriso mtools"
+    [swtpm]="swtpm swtpm-tools"
 )
 
 # ensure_cmds CMD... : installs missing Debian packages when root, else
@@ -123,6 +124,30 @@ boot_engine() {
             -drive "file=${BM_DISK_IMAGE:?BM_DISK_IMAGE names the node disk image},format=raw,if=none,id=nodedisk,cache=writeback" \
             -device virtio-blk-pci,drive=nodedisk \
             -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?
+        ;;
+    qemu-tcg-disk-iso)
+        # As qemu-tcg-disk, booted through GRUB, with a TPM 2.0 (swtpm,
+        # state in $BM_TPM_DIR) unless BM_TPM_DIR is empty. (With a TPM,
+        # QEMU's -initrd placement collides with the larger ACPI tables.)
+        ensure_cmds qemu-system-x86_64 swtpm
+        make_iso "$bundle" "$work/node.iso"
+        local tpm=() swtpm_pid=
+        if [[ -n ${BM_TPM_DIR:-} ]]; then
+            mkdir -p "$BM_TPM_DIR"
+            rm -f "$BM_TPM_DIR/swtpm.sock"
+            swtpm socket --tpm2 --tpmstate "dir=$BM_TPM_DIR" --ctrl "type=unixio,path=$BM_TPM_DIR/swtpm.sock" \
+                --terminate --log "file=$BM_TPM_DIR/swtpm.log" &
+            swtpm_pid=$!
+            for _ in $(seq 50); do [[ -S $BM_TPM_DIR/swtpm.sock ]] && break; sleep 0.1; done
+            tpm=(-chardev "socket,id=chrtpm,path=$BM_TPM_DIR/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm
+                -device tpm-tis,tpmdev=tpm0)
+        fi
+        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m 512 -display none -no-reboot \
+            -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
+            -drive "file=${BM_DISK_IMAGE:?BM_DISK_IMAGE names the node disk image},format=raw,if=none,id=nodedisk,cache=writeback" \
+            -device virtio-blk-pci,drive=nodedisk "${tpm[@]}" \
+            -cdrom "$work/node.iso" -boot d </dev/null >"$work/qemu.out" 2>&1 || rc=$?
+        [[ -n $swtpm_pid ]] && { kill "$swtpm_pid" 2>/dev/null; wait "$swtpm_pid" 2>/dev/null; }
         ;;
     qemu-tcg-iso)
         ensure_cmds qemu-system-x86_64

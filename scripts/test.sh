@@ -49,7 +49,7 @@ else
 fi
 
 if [[ -z $host_only ]]; then
-    ensure_cmds qemu-system-x86_64 bochs grub-mkrescue
+    ensure_cmds qemu-system-x86_64 bochs grub-mkrescue swtpm
     build_all
     say "end-to-end tests"
     tests/e2e/run.sh

@@ -1,7 +1,6 @@
 //! The block device a volume lives on, and an in-memory one (for tests, and
 //! for nodes with no disk, e.g. under Bochs).
 
-use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
@@ -91,11 +90,15 @@ pub struct MemDevice {
 }
 
 impl MemDevice {
-    /// A zeroed device of `blocks` blocks (`None` if its size overflows).
+    /// A zeroed device of `blocks` blocks (`None` if its size overflows or
+    /// the memory cannot be had: a hypervisor must not panic on a big disk).
     #[must_use]
     pub fn new(blocks: u64) -> Option<Self> {
         let len = usize::try_from(blocks).ok()?.checked_mul(BLOCK_SIZE)?;
-        Some(Self { data: vec![0; len], blocks, writes: 0, crash: None, dead: false })
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).ok()?;
+        data.resize(len, 0);
+        Some(Self { data, blocks, writes: 0, crash: None, dead: false })
     }
 
     /// The raw image, to inspect ciphertext in tests.

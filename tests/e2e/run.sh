@@ -245,6 +245,30 @@ run_disk() {
 }
 check_disk() { no_hypervisor_fault; }
 
+# The key store sealed to the node's TPM (swtpm): the disk reopens with the
+# same TPM, not with another TPM or without one.
+tpm_boot() { # NAME TPM_DIR [BUNDLE]
+    BM_DISK_IMAGE=$dir/node.img BM_TPM_DIR=$2 boot_engine qemu-tcg-disk-iso "$dir/${3:-$1}.bundle" "$dir/$1.log" "$BOOT_TIMEOUT" ||
+        fail "$1: timed out after ${BOOT_TIMEOUT}s"
+    cat "$dir/$1.log" >>"$dir/serial.log"
+}
+run_disk_tpm() {
+    rm -rf "$dir/node.img" "$dir/tpm-a" "$dir/tpm-b"
+    truncate -s 64M "$dir/node.img"
+    disk_bundle write "role=write seed=5 sectors=256"
+    tpm_boot write "$dir/tpm-a"
+    in_log write "^tpm: TPM 2\.0 at 0xfed40000 "
+    in_log write "^\[disk-a\] diskprobe write ok: 256 sectors seed=5$"
+    disk_bundle verify "role=verify seed=5 sectors=256 expect=ok"
+    tpm_boot verify "$dir/tpm-a"
+    in_log verify "^\[disk-a\] diskprobe verify: ok$"
+    tpm_boot other "$dir/tpm-b" verify
+    in_log other "^disk: unavailable: cannot open the node disk: "
+    tpm_boot none "" verify
+    in_log none "^disk: no TPM; key store sealed with the provisioning secret alone$"
+    in_log none "^disk: unavailable: cannot open the node disk: "
+}
+
 # Encrypted volumes in memory when there is no physical disk (Bochs).
 check_disk_mem() {
     no_hypervisor_fault
@@ -339,6 +363,7 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("bulk-qemu qemu-tcg $ROOT/tests/e2e/bulk.toml check_bulk")
     scenarios+=("disk-qemu qemu-tcg-disk $ROOT/tests/e2e/disk.toml check_disk")
     scenarios+=("mgmt-qemu qemu-tcg-net NONE check_mgmt")
+    scenarios+=("disk-tpm-qemu qemu-tcg-disk-iso NONE check_disk")
     scenarios+=("uplink-boundary-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-boundary.toml check_uplink_boundary")
     scenarios+=("uplink-dhcp-qemu qemu-tcg-net $ROOT/tests/e2e/uplink.toml check_uplink")
     scenarios+=("uplink-static-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-static.toml check_uplink")
@@ -363,18 +388,22 @@ run_scenario() {
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == disk-qemu || $name == mgmt-qemu ]]; then
+    if [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu ]]; then
         log=$dir/serial.log result=$dir/result
         : >"$log"
         : >"$result"
-        if [[ $name == disk-qemu ]]; then run_disk; else run_mgmt; fi
+        case $name in
+        disk-qemu) run_disk ;;
+        disk-tpm-qemu) run_disk_tpm ;;
+        *) run_mgmt ;;
+        esac
     elif [[ $name == uplink-dhcp* || $name == uplink-static* ]]; then
         boot_with_client
     else
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    [[ $name == disk-qemu || $name == mgmt-qemu ]] || : >"$result"
+    [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi

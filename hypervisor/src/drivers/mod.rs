@@ -3,4 +3,5 @@
 
 pub mod disk;
 pub mod pci;
+pub mod tpm;
 pub mod virtio_hal;

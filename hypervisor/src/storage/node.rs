@@ -94,14 +94,20 @@ impl Storage {
         if !rng::available() {
             return Err("no hardware random source (RDSEED/RDRAND) to generate keys".into());
         }
-        let seal = SealKey::from_bytes(secret);
+        // With a TPM, the seal key needs both the provisioning secret and
+        // this node's TPM; without one, the secret alone.
+        let seal = match crate::drivers::tpm::node_seal_key(&secret)? {
+            Some(key) => key,
+            None => {
+                crate::log!("disk: no TPM; key store sealed with the provisioning secret alone");
+                secret
+            }
+        };
+        let seal = SealKey::from_bytes(seal);
         let mut dev = match crate::drivers::pci::find_virtio(ecam, DeviceType::Block) {
             Ok(t) => {
                 let d = PhysDisk::new(t).map_err(ToString::to_string)?;
-                crate::log!(
-                    "disk: node disk virtio-blk, {} MiB (key store sealed with the provisioning secret; no TPM driver)",
-                    (d.block_count() * BLOCK_SIZE as u64) >> 20
-                );
+                crate::log!("disk: node disk virtio-blk, {} MiB", (d.block_count() * BLOCK_SIZE as u64) >> 20);
                 AnyDisk::Phys(alloc::boxed::Box::new(d))
             }
             Err(why) => {
