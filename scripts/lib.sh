@@ -167,6 +167,7 @@ vgaromimage: file=/usr/share/vgabios/vgabios.bin
 ata0-master: type=cdrom, path=$work/node.iso, status=inserted
 boot: cdrom
 com1: enabled=1, mode=file, dev=$log
+${BM_COM2_PORT:+com2: enabled=1, mode=socket-server, dev=localhost:$BM_COM2_PORT}
 display_library: term
 magic_break: enabled=0
 clock: sync=none

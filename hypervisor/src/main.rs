@@ -106,11 +106,16 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         vms.iter().filter(|v| v.is_running()).count(),
         vm::scheduler::SLICE_MS
     );
-    let facts = mgmt::NodeFacts { cpus: platform.cpus.max(1) as u32, memory_total_mib: ram >> 20 };
+    let facts = mgmt::NodeFacts {
+        cpus: platform.cpus.max(1) as u32,
+        memory_total_mib: ram >> 20,
+        nic_up: network.has_uplink(),
+    };
     let mut management = mgmt::Mgmt::provision(config.node.landlord_console_key.map(|k| k.0), facts);
-    let stay_up = config.node.keep_running && network.has_uplink();
-    if config.node.keep_running && !network.has_uplink() {
-        log!("node: keep_running set but there is no uplink; the node powers off when its VMs stop");
+    let reachable = network.has_uplink() || management.as_ref().is_some_and(|m| m.has_serial());
+    let stay_up = config.node.keep_running && reachable;
+    if config.node.keep_running && !reachable {
+        log!("node: keep_running set but no management path (uplink or COM2); the node powers off when its VMs stop");
     }
     let mut node = vm::scheduler::Node { network: &mut network, mgmt: management.as_mut(), config: &config, backend };
     let end = vm::scheduler::run_node(&mut vms, &mut node, stay_up);

@@ -334,6 +334,56 @@ run_mgmt() {
     wait "$boot"
     unset BMCTL_CONFIG_DIR
 }
+# The landlord's out-of-band path: the management protocol over COM2 under
+# Bochs (VT-x), through a console server relaying the emulated line.
+run_mgmt_serial() {
+    local B="$TARGET_DIR/release/bmctl" line=$((20000 + RANDOM % 20000)) port=$((20000 + RANDOM % 20000))
+    export BMCTL_CONFIG_DIR=$dir/bmctl
+    bm() { timeout 60 "$B" "$@"; }
+    local kl
+    kl=$(bm --json keygen landlord | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])') ||
+        { fail "bmctl keygen failed"; return; }
+    sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|LANDLORD_KEY|$kl|" "$ROOT/tests/e2e/mgmt.toml" >"$dir/mgmt.toml"
+    "$BMIMAGE" bundle --config "$dir/mgmt.toml" --out "$dir/mgmt.bundle" 2>>"$dir/bmimage.err"
+    python3 "$ROOT/tests/e2e/serial_relay.py" "$line" "$port" "$BOOT_TIMEOUT" &
+    local relay=$!
+    BM_COM2_PORT=$line boot_engine bochs "$dir/mgmt.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" &
+    local boot=$! deadline=$((SECONDS + 90))
+    until grep -q "staying up" "$dir/serial.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    grep -q "staying up" "$dir/serial.log" || fail "the node did not come up with COM2"
+    local nk
+    nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/serial.log" | awk '{print $4}')
+    bm profile add ll --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key landlord >/dev/null
+    bm -p ll landlord status >"$dir/status.txt" 2>&1 || fail "status over COM2 failed: $(cat "$dir/status.txt")"
+    local ka la lease vm
+    ka=$(bm --json keygen tenant | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])')
+    la=$(bm -p ll --json landlord lease create --tenant-key "$ka" --cluster 1) || fail "lease over COM2 failed: $la"
+    lease=$(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["lease"])' "$la" 2>/dev/null)
+    objcopy --strip-all "$ROOT/target/x86_64-unknown-none/release/hello" "$dir/hello" 2>/dev/null ||
+        cp "$ROOT/target/x86_64-unknown-none/release/hello" "$dir/hello"
+    bm -p ll landlord image upload "$dir/hello" --name hello >"$dir/upload.txt" 2>&1 ||
+        fail "upload over COM2 failed: $(tail -1 "$dir/upload.txt")"
+    vm=$(bm -p ll --json landlord vm create --lease "$lease" --name serial-vm --image hello --memory 8 |
+        python3 -c 'import sys, json; print(json.load(sys.stdin)["vm"])') || fail "vm create over COM2 failed"
+    bm -p ll landlord vm start "$vm" >"$dir/start.txt" 2>&1 || fail "vm start over COM2 failed: $(cat "$dir/start.txt")"
+    deadline=$((SECONDS + 60))
+    until grep -q "^vm serial-vm stopped" "$dir/serial.log" || ((SECONDS > deadline)); do sleep 0.5; done
+    bm -p ll landlord shutdown >/dev/null 2>&1 || fail "shutdown over COM2 failed"
+    wait "$boot"
+    kill "$relay" 2>/dev/null
+    wait "$relay" 2>/dev/null
+    unset BMCTL_CONFIG_DIR
+}
+check_mgmt_serial() {
+    no_hypervisor_fault
+    want "^backend: vmx$"
+    want "^mgmt: serving the management protocol on COM2 as well$"
+    want "^mgmt: landlord create-vm: ok$"
+    want "^\[serial-vm\] hello from serial-vm "
+    want "^vm serial-vm stopped: exit-code=0 "
+    want "^node: shutdown requested by the landlord$"
+}
+
 check_mgmt() {
     no_hypervisor_fault
     want "^mgmt: landlord node key [0-9a-f]{64}$"
@@ -356,6 +406,7 @@ for engine in $engines; do
     scenarios+=("containment-$engine $engine $ROOT/tests/e2e/containment.toml check_containment")
     scenarios+=("network-$engine $engine $ROOT/tests/e2e/network.toml check_network")
     [[ $engine == bochs ]] && scenarios+=("disk-mem-bochs bochs $ROOT/tests/e2e/disk-mem.toml check_disk_mem")
+    [[ $engine == bochs ]] && scenarios+=("mgmt-serial-bochs bochs NONE check_mgmt_serial")
 done
 if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("grub-iso-qemu qemu-tcg-iso $ROOT/boot/configs/demo.toml check_iso_multiboot2")
@@ -388,13 +439,14 @@ run_scenario() {
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu ]]; then
+    if [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs ]]; then
         log=$dir/serial.log result=$dir/result
         : >"$log"
         : >"$result"
         case $name in
         disk-qemu) run_disk ;;
         disk-tpm-qemu) run_disk_tpm ;;
+        mgmt-serial-bochs) run_mgmt_serial ;;
         *) run_mgmt ;;
         esac
     elif [[ $name == uplink-dhcp* || $name == uplink-static* ]]; then
@@ -403,7 +455,7 @@ run_scenario() {
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu ]] || : >"$result"
+    [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi

@@ -43,6 +43,9 @@ pub struct Actions {
 pub struct Mgmt {
     pub state: NodeState,
     sessions: [Option<NodeSession>; crate::net::mgmt::MGMT_SOCKETS],
+    /// The out-of-band line (COM2) and its session.
+    serial: Option<crate::arch::x86_64::com2::Com2>,
+    serial_session: Option<NodeSession>,
     /// Facts for status replies.
     pub facts: NodeFacts,
     pending: Actions,
@@ -53,6 +56,7 @@ pub struct Mgmt {
 pub struct NodeFacts {
     pub cpus: u32,
     pub memory_total_mib: u64,
+    pub nic_up: bool,
 }
 
 impl Mgmt {
@@ -71,7 +75,18 @@ impl Mgmt {
         match NodeState::provision(Box::new(Rdrand), PublicKey(key)) {
             Ok(state) => {
                 crate::log!("mgmt: landlord node key {}", state.landlord_key.to_hex());
-                Some(Mgmt { state, sessions: Default::default(), facts, pending: Actions::default() })
+                let serial = crate::arch::x86_64::com2::Com2::probe();
+                if serial.is_some() {
+                    crate::log!("mgmt: serving the management protocol on COM2 as well");
+                }
+                Some(Mgmt {
+                    state,
+                    sessions: Default::default(),
+                    serial,
+                    serial_session: None,
+                    facts,
+                    pending: Actions::default(),
+                })
             }
             Err(_) => {
                 crate::log!("mgmt: key generation failed; management plane disabled");
@@ -126,10 +141,54 @@ impl Mgmt {
         core::mem::take(&mut self.pending)
     }
 
+    /// Serves COM2: a serial line has no connections, so a session that
+    /// fails or ends is replaced, and the bytes that broke it (a new
+    /// console's hello) are offered to the fresh session once.
+    pub fn serve_serial(&mut self, vms: &[crate::vm::Vm]) -> Actions {
+        let Some(line) = self.serial.as_mut() else { return Actions::default() };
+        let mut input = Vec::new();
+        line.read(&mut input);
+        if input.is_empty() {
+            return Actions::default();
+        }
+        let mut session = self.serial_session.take().unwrap_or_else(|| NodeSession::new(Box::new(Rdrand)));
+        let failed_before = session.is_closed();
+        if failed_before {
+            session = NodeSession::new(Box::new(Rdrand));
+        }
+        if session.role().is_some() {
+            // An established session either continues, or a new console
+            // has started talking: then its hello does not decrypt.
+            let mut probe = session;
+            match probe.receive(&input, &self.state.keys) {
+                Ok(events) => {
+                    session = probe;
+                    self.handle_events(&mut session, events, vms);
+                }
+                Err(_) => {
+                    crate::log!("mgmt: new console on COM2; previous session ended");
+                    session = NodeSession::new(Box::new(Rdrand));
+                    self.feed(&mut session, &input, vms);
+                }
+            }
+        } else {
+            self.feed(&mut session, &input, vms);
+        }
+        let out = session.take_output();
+        if let Some(line) = self.serial.as_mut() {
+            line.write(&out);
+        }
+        self.serial_session = Some(session);
+        core::mem::take(&mut self.pending)
+    }
+
+    /// Whether COM2 carries the management protocol.
+    pub fn has_serial(&self) -> bool {
+        self.serial.is_some()
+    }
+
     /// Runs received bytes through the session.
     fn feed(&mut self, session: &mut NodeSession, input: &[u8], vms: &[crate::vm::Vm]) {
-        use crate::arch::x86_64::time;
-        self.state.set_clock(time::tsc_to_ms(time::rdtsc()) / 1000);
         let events = match session.receive(input, &self.state.keys) {
             Ok(ev) => ev,
             Err(e) => {
@@ -139,6 +198,13 @@ impl Mgmt {
                 return;
             }
         };
+        self.handle_events(session, events, vms);
+    }
+
+    /// Audits and answers what a session decoded.
+    fn handle_events(&mut self, session: &mut NodeSession, events: Vec<NodeEvent>, vms: &[crate::vm::Vm]) {
+        use crate::arch::x86_64::time;
+        self.state.set_clock(time::tsc_to_ms(time::rdtsc()) / 1000);
         for ev in events {
             match ev {
                 NodeEvent::Established { role, console_key } => {
@@ -194,7 +260,7 @@ impl Mgmt {
             memory_total_mib: self.facts.memory_total_mib,
             memory_free_mib: free,
             disks: Vec::new(),
-            nic_up: true,
+            nic_up: self.facts.nic_up,
             leases: self.state.leases.len() as u32,
             vms_total: vms.len() as u32,
             vms_running: vms.iter().filter(|v| v.is_running()).count() as u32,

@@ -40,7 +40,7 @@ impl Node<'_> {
         self.network.round(vms);
         let mut actions = crate::mgmt::Actions::default();
         for i in 0..crate::net::mgmt::MGMT_SOCKETS {
-            let port = self.network.mgmt_port(i)?;
+            let Some(port) = self.network.mgmt_port(i) else { break };
             match self.mgmt.as_deref_mut() {
                 Some(m) => {
                     let a = m.serve_port(i, port, vms);
@@ -53,6 +53,9 @@ impl Node<'_> {
             }
         }
         let m = self.mgmt.as_deref_mut()?;
+        let a = m.serve_serial(vms);
+        actions.shutdown |= a.shutdown;
+        actions.reboot |= a.reboot;
         crate::mgmt::reconcile(m, vms, self.config, self.backend);
         self.network.flush_mgmt();
         if actions.shutdown {
