@@ -384,6 +384,46 @@ check_mgmt_serial() {
     want "^node: shutdown requested by the landlord$"
 }
 
+# A sub-boundary set through bmctl, observed in the VMs' traffic.
+run_mgmt_rules() {
+    local B="$TARGET_DIR/release/bmctl" port=$((20000 + RANDOM % 20000))
+    export BMCTL_CONFIG_DIR=$dir/bmctl
+    bm() { timeout 30 "$B" "$@"; }
+    key() { bm --json keygen "$1" | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])'; }
+    local kl ka
+    kl=$(key landlord) && ka=$(key tenant-a) || { fail "bmctl keygen failed"; return; }
+    sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|LANDLORD_KEY|$kl|" "$ROOT/tests/e2e/mgmt-rules.toml" >"$dir/node.toml"
+    "$BMIMAGE" bundle --config "$dir/node.toml" --out "$dir/node.bundle" 2>>"$dir/bmimage.err"
+    BM_MGMT_PORT=$port boot_engine qemu-tcg-net "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" &
+    local boot=$! deadline=$((SECONDS + 30))
+    until grep -q "mgmt: landlord node key" "$dir/serial.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.1; done
+    local nk la ta lease
+    nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/serial.log" | awk '{print $4}')
+    bm profile add ll --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key landlord >/dev/null
+    la=$(bm -p ll --json landlord lease create --tenant-key "$ka" --cluster 1) || fail "lease create failed: $la"
+    ta=$(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["tenant_node_key"])' "$la")
+    lease=$(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["lease"])' "$la")
+    bm profile add ta --node "127.0.0.1:$port" --node-key "$ta" --role "tenant:$lease" --key tenant-a >/dev/null
+    bm -p ta tenant rule add deny:tcp:10.0.0.11/32:80 >"$dir/rule.txt" 2>&1 || fail "rule add failed: $(cat "$dir/rule.txt")"
+    bm -p ta tenant rule add deny:tcp:10.0.0.99/32:80 >"$dir/outside.txt" 2>&1 &&
+        fail "a rule naming an address outside the cluster was accepted"
+    deadline=$((SECONDS + 60))
+    until grep -q "^vm a-cli stopped" "$dir/serial.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.5; done
+    bm -p ll landlord shutdown >/dev/null 2>&1
+    wait "$boot"
+    unset BMCTL_CONFIG_DIR
+}
+check_mgmt_rules() {
+    no_hypervisor_fault
+    want "^mgmt: tenant [0-9]+ set-sub-boundary: ok$"
+    want "^mgmt: tenant [0-9]+ set-sub-boundary: refused: "
+    want "^net: switch policy replaced \(console sub-boundaries\)$"
+    want "^\[a-cli\] check tcp:10\.0\.0\.11:8080:ok: ok ok$"
+    want "^\[a-cli\] check tcp:10\.0\.0\.11:80:blocked: blocked ok$"
+    want "^\[a-cli\] check ping:10\.0\.0\.11:ok: ok ok$"
+    stopped a-cli 0 "exit hypercall \(0\)"
+}
+
 check_mgmt() {
     no_hypervisor_fault
     want "^mgmt: landlord node key [0-9a-f]{64}$"
@@ -415,6 +455,7 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("disk-qemu qemu-tcg-disk $ROOT/tests/e2e/disk.toml check_disk")
     scenarios+=("mgmt-qemu qemu-tcg-net NONE check_mgmt")
     scenarios+=("disk-tpm-qemu qemu-tcg-disk-iso NONE check_disk")
+    scenarios+=("mgmt-rules-qemu qemu-tcg-net NONE check_mgmt_rules")
     scenarios+=("uplink-boundary-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-boundary.toml check_uplink_boundary")
     scenarios+=("uplink-dhcp-qemu qemu-tcg-net $ROOT/tests/e2e/uplink.toml check_uplink")
     scenarios+=("uplink-static-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-static.toml check_uplink")
@@ -439,7 +480,7 @@ run_scenario() {
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs ]]; then
+    if [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu ]]; then
         log=$dir/serial.log result=$dir/result
         : >"$log"
         : >"$result"
@@ -447,6 +488,7 @@ run_scenario() {
         disk-qemu) run_disk ;;
         disk-tpm-qemu) run_disk_tpm ;;
         mgmt-serial-bochs) run_mgmt_serial ;;
+        mgmt-rules-qemu) run_mgmt_rules ;;
         *) run_mgmt ;;
         esac
     elif [[ $name == uplink-dhcp* || $name == uplink-static* ]]; then
@@ -455,7 +497,7 @@ run_scenario() {
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs ]] || : >"$result"
+    [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi

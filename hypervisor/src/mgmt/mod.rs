@@ -8,6 +8,7 @@
 //! VM's real UART history), console input (not supported yet: an error).
 
 mod reconcile;
+mod rules;
 
 use crate::arch::x86_64::rng;
 use alloc::boxed::Box;
@@ -49,6 +50,10 @@ pub struct Mgmt {
     /// Facts for status replies.
     pub facts: NodeFacts,
     pending: Actions,
+    /// The node config, for console rules on top of its policy.
+    config: vmm_config::config::NodeConfig,
+    /// A switch policy to install (after a console rule change).
+    pub new_policy: Option<vswitch::engine::CompiledPolicy>,
 }
 
 /// Node facts the status reply reports.
@@ -63,7 +68,11 @@ impl Mgmt {
     /// Provisions the plane: generates the landlord key pair (U_L, R_L) and
     /// registers the landlord console's key. `None` when no console key is
     /// configured or there is no random source (said in the log).
-    pub fn provision(console_key: Option<[u8; 32]>, facts: NodeFacts) -> Option<Mgmt> {
+    pub fn provision(
+        console_key: Option<[u8; 32]>,
+        facts: NodeFacts,
+        config: &vmm_config::config::NodeConfig,
+    ) -> Option<Mgmt> {
         let Some(key) = console_key else {
             crate::log!("mgmt: not provisioned (no [node] landlord_console_key); the management port refuses sessions");
             return None;
@@ -86,6 +95,8 @@ impl Mgmt {
                     serial_session: None,
                     facts,
                     pending: Actions::default(),
+                    config: config.clone(),
+                    new_policy: None,
                 })
             }
             Err(_) => {
@@ -246,6 +257,23 @@ impl Mgmt {
                 ErrorCode::Invalid,
                 "console input is not supported yet (the VM's UART has no receive path)",
             )),
+            Request::SetSubBoundary { rule } => {
+                let Role::Tenant(lease) = role else { return self.state.handle(role, req) };
+                // Check it applies to the switch before accepting it.
+                let policy =
+                    rules::compile(&self.config, &self.state.leases, &self.state.sub_rules, Some((lease, rule)))
+                        .map_err(|e| ErrorReply::new(ErrorCode::Widening, e))?;
+                let reply = self.state.handle(role, req)?;
+                self.new_policy = Some(policy);
+                Ok(reply)
+            }
+            Request::RemoveSubBoundary { .. } => {
+                let reply = self.state.handle(role, req)?;
+                let policy = rules::compile(&self.config, &self.state.leases, &self.state.sub_rules, None)
+                    .map_err(|e| ErrorReply::new(ErrorCode::Internal, e))?;
+                self.new_policy = Some(policy);
+                Ok(reply)
+            }
             _ => self.state.handle(role, req),
         }
     }

@@ -79,6 +79,11 @@ impl Switchboard {
         self.switch.expire(now);
     }
 
+    /// Installs a new compiled policy in one step (console rule changes).
+    pub fn swap_policy(&mut self, policy: CompiledPolicy) {
+        self.switch.swap_policy(policy);
+    }
+
     /// Frames each config rule matched, in config order.
     pub fn rule_hits(&self) -> Vec<u64> {
         self.rule_ids.iter().map(|id| self.switch.engine().rule_counters(*id).map_or(0, |c| c.packets)).collect()

@@ -1,0 +1,91 @@
+//! Tenant sub-boundaries set through the console, applied to the switch:
+//! a deny rule of lease L on peer network N becomes a switch rule from
+//! every NIC of L's cluster to the addresses of N (both ways), added to the
+//! policy the node config defines. The switch's policy refuses a rule that
+//! names addresses outside the tenant's cluster, so a console rule can only
+//! narrow. The compiled policy replaces the running one in one step.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::net::Ipv4Addr;
+use mgmt_proto::msg::{Action, BoundaryRule, LeaseId, Proto, RuleId};
+use mgmt_proto::sim::Lease;
+use vmm_config::config::NodeConfig;
+use vswitch::config::{build_policy, nic_identities};
+use vswitch::engine::CompiledPolicy;
+use vswitch::frame::MacAddr;
+use vswitch::policy::{self, ClusterId, Match, Rule};
+
+/// Largest peer network a console rule may name (/26: the switch takes at
+/// most 64 endpoints per side).
+const MIN_PREFIX: u8 = 26;
+
+/// The switch rule for one console rule, or why it cannot be applied.
+fn switch_rule(config: &NodeConfig, lease: &Lease, rule: &BoundaryRule) -> Result<Option<(ClusterId, Rule)>, String> {
+    if rule.action == Action::Allow {
+        // Inside a cluster everything is allowed already: an allow rule
+        // the boundary covers changes nothing.
+        return Ok(None);
+    }
+    let cluster = lease.cluster.0;
+    if cluster == 0 || cluster as usize > config.clusters.len() {
+        return Err(format!("lease cluster {cluster} is not a cluster of this node"));
+    }
+    if rule.peer.prefix < MIN_PREFIX || rule.peer.prefix > 32 {
+        return Err(format!("peer: networks from /{MIN_PREFIX} to /32 only"));
+    }
+    let nics = nic_identities(config);
+    let name = config.clusters.get(cluster as usize - 1).map(|c| c.name.as_str()).unwrap_or_default();
+    let src: Vec<policy::Endpoint> = config
+        .vms
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.cluster.as_deref() == Some(name))
+        .filter_map(|(i, _)| nics.iter().find(|n| usize::from(n.vm) == i))
+        .map(|n| policy::Endpoint::new(MacAddr(n.mac), Ipv4Addr::from(n.ip)))
+        .collect();
+    if src.is_empty() {
+        return Err(String::from("the lease's cluster has no VM NICs on this node"));
+    }
+    let base =
+        u32::from_be_bytes(rule.peer.addr) & (u32::MAX.checked_shl(32 - u32::from(rule.peer.prefix)).unwrap_or(0));
+    let count = 1u32 << (32 - u32::from(rule.peer.prefix));
+    let dst = (0..count).map(|i| policy::Endpoint { mac: None, ip: Some(Ipv4Addr::from(base + i)) }).collect();
+    let r = Rule {
+        src,
+        dst,
+        direction: policy::Direction::Both,
+        protocol: match rule.proto {
+            Proto::Any => policy::Protocol::Any,
+            Proto::Tcp => policy::Protocol::Tcp,
+            Proto::Udp => policy::Protocol::Udp,
+            Proto::Icmp => policy::Protocol::Icmp,
+        },
+        dst_ports: rule.ports.map(|p| policy::PortRange { first: p.lo, last: p.hi }),
+        matching: Match::Only,
+        action: policy::Action::Drop,
+    };
+    Ok(Some((ClusterId(cluster), r)))
+}
+
+/// The node config's policy plus every console rule (and `extra`, a rule
+/// being added), compiled; the error names the rule that cannot apply.
+pub fn compile(
+    config: &NodeConfig,
+    leases: &BTreeMap<LeaseId, Lease>,
+    rules: &BTreeMap<RuleId, (LeaseId, BoundaryRule)>,
+    extra: Option<(LeaseId, &BoundaryRule)>,
+) -> Result<CompiledPolicy, String> {
+    let nics = nic_identities(config);
+    let (mut policy, _) = build_policy(config, &nics)?;
+    let all = rules.values().map(|(l, r)| (*l, r)).chain(extra);
+    for (lease, rule) in all {
+        let l = leases.get(&lease).ok_or("no such lease")?;
+        if let Some((cluster, r)) = switch_rule(config, l, rule)? {
+            policy.add_rule(cluster, r).map_err(|e| format!("rule: {e}"))?;
+        }
+    }
+    Ok(CompiledPolicy::compile(&policy))
+}
