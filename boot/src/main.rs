@@ -228,7 +228,8 @@ fn build_bundle_with(config_path: &Path, secret_path: Option<&Path>) -> Result<V
     for e in &planned {
         list.push((e.name.as_str(), data.get(&e.name).map(Vec::as_slice).unwrap_or_default()));
     }
-    let secret = if config.vms.iter().any(|v| v.disk.is_some()) {
+    // VM disks and the management state (with a landlord console) are sealed with it.
+    let secret = if config.vms.iter().any(|v| v.disk.is_some()) || config.node.landlord_console_key.is_some() {
         let path = secret_path.map_or_else(|| config_dir.join("node.secret"), Path::to_path_buf);
         Some(seal_secret(&path)?)
     } else {

@@ -111,7 +111,8 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         memory_total_mib: ram >> 20,
         nic_up: network.has_uplink(),
     };
-    let mut management = mgmt::Mgmt::provision(config.node.landlord_console_key.map(|k| k.0), facts, &config);
+    let mut management =
+        mgmt::Mgmt::provision(config.node.landlord_console_key.map(|k| k.0), facts, &config, storage.as_mut());
     let reachable = network.has_uplink() || management.as_ref().is_some_and(|m| m.has_serial());
     let stay_up = config.node.keep_running && reachable;
     if config.node.keep_running && !reachable {

@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use sha2::{Digest, Sha256};
 
 use crate::authz::{authorize, Ownership};
-use crate::crypto::{Entropy, KeyPair, PublicKey};
+use crate::crypto::{Entropy, KeyPair, PublicKey, SecretKey};
 use crate::msg::*;
 use crate::session::{KeyTable, NodeEvent, NodeSession, SessionError};
 use crate::sig::verify_image_digest;
@@ -70,6 +70,50 @@ pub struct Image {
     pub sha256: [u8; 32],
 }
 
+/// One lease in a [`Snapshot`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LeaseSnapshot {
+    /// The lease.
+    pub lease: LeaseId,
+    /// R_T (stays on the node, in its sealed storage).
+    pub secret: [u8; 32],
+    /// The tenant console's registered key.
+    pub console: PublicKey,
+    /// Cluster its VMs join.
+    pub cluster: ClusterId,
+    /// Image signing key, if set.
+    pub signing_key: Option<ImageVerifyKey>,
+}
+
+/// Everything the node keeps across reboots: keys, leases, VM definitions,
+/// images, boundaries, rules, audit log. The hypervisor stores it on its
+/// encrypted disk; it holds private keys, so it never leaves the node.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    /// Format version (1).
+    pub version: u16,
+    /// R_L.
+    pub landlord_secret: [u8; 32],
+    /// The landlord console's registered key.
+    pub landlord_console: PublicKey,
+    /// Leases.
+    pub leases: Vec<LeaseSnapshot>,
+    /// VM definitions (restored stopped).
+    pub vms: Vec<(VmId, VmSpec, u64)>,
+    /// Stored images: name, bytes, SHA-256.
+    pub images: Vec<(String, Vec<u8>, [u8; 32])>,
+    /// Cluster boundaries.
+    pub boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
+    /// Tenant sub-boundaries.
+    pub sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
+    /// The audit log.
+    pub audit: Vec<AuditEntry>,
+    /// Next id to hand out.
+    pub next_id: u32,
+    /// Last audit time.
+    pub clock: u64,
+}
+
 /// The whole simulated node: keys, leases, VMs, images, rules, audit log.
 pub struct NodeState {
     rng: Box<dyn Entropy>,
@@ -125,6 +169,80 @@ impl NodeState {
             clock: 0,
             external_clock: false,
         })
+    }
+
+    /// What must survive a reboot (uploads in progress do not).
+    pub fn snapshot(&self) -> Snapshot {
+        let (landlord_secret, landlord_console) =
+            self.keys.landlord.as_ref().map_or(([0; 32], self.landlord_key), |(s, c)| (s.0, *c));
+        Snapshot {
+            version: 1,
+            landlord_secret,
+            landlord_console,
+            leases: self
+                .leases
+                .iter()
+                .filter_map(|(id, l)| {
+                    let (secret, console) = self.keys.tenants.get(id)?;
+                    Some(LeaseSnapshot {
+                        lease: *id,
+                        secret: secret.0,
+                        console: *console,
+                        cluster: l.cluster,
+                        signing_key: l.signing_key,
+                    })
+                })
+                .collect(),
+            vms: self.vms.iter().map(|(id, v)| (*id, v.spec.clone(), v.starts)).collect(),
+            images: self.images.iter().map(|(n, i)| (n.clone(), i.data.clone(), i.sha256)).collect(),
+            boundaries: self.boundaries.iter().map(|(c, r)| (*c, r.clone())).collect(),
+            sub_rules: self.sub_rules.iter().map(|(id, (l, r))| (*id, *l, *r)).collect(),
+            audit: self.audit.clone(),
+            next_id: self.next_id,
+            clock: self.clock,
+        }
+    }
+
+    /// Rebuilds the state a [`Snapshot`] holds; VMs come back stopped.
+    /// `None` if a stored key is not a valid X25519 secret.
+    pub fn restore(rng: Box<dyn Entropy>, snap: Snapshot) -> Option<NodeState> {
+        let landlord = KeyPair::from_secret(SecretKey(snap.landlord_secret))?;
+        let mut keys =
+            KeyTable { landlord: Some((landlord.secret.clone(), snap.landlord_console)), ..KeyTable::default() };
+        let mut leases = BTreeMap::new();
+        for l in snap.leases {
+            let pair = KeyPair::from_secret(SecretKey(l.secret))?;
+            keys.tenants.insert(l.lease, (pair.secret.clone(), l.console));
+            leases.insert(l.lease, Lease { cluster: l.cluster, node_key: pair.public, signing_key: l.signing_key });
+        }
+        Some(NodeState {
+            rng,
+            keys,
+            landlord_key: landlord.public,
+            leases,
+            vms: snap
+                .vms
+                .into_iter()
+                .map(|(id, spec, starts)| (id, Vm { spec, state: VmState::Stopped, console: Vec::new(), starts }))
+                .collect(),
+            images: snap.images.into_iter().map(|(n, data, sha256)| (n, Image { data, sha256 })).collect(),
+            uploads: BTreeMap::new(),
+            boundaries: snap.boundaries.into_iter().collect(),
+            sub_rules: snap.sub_rules.into_iter().map(|(id, l, r)| (id, (l, r))).collect(),
+            audit: snap.audit,
+            reboot_requested: false,
+            shutdown_requested: false,
+            next_id: snap.next_id,
+            clock: snap.clock,
+            external_clock: false,
+        })
+    }
+
+    /// Re-registers the landlord console key (provisioning changed it).
+    pub fn set_landlord_console(&mut self, key: PublicKey) {
+        if let Some((_, console)) = self.keys.landlord.as_mut() {
+            *console = key;
+        }
     }
 
     fn id(&mut self) -> u32 {
@@ -559,5 +677,29 @@ mod tests {
         assert!(covers(&b, &r));
         assert!(!covers(&b, &BoundaryRule { ports: None, ..r }));
         assert!(!covers(&b, &BoundaryRule { ports: Some(PortRange { lo: 5, hi: 101 }), ..r }));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod snapshot_tests {
+    use super::*;
+    use crate::crypto::HashDrbg;
+
+    #[test]
+    fn snapshot_round_trips_through_postcard() {
+        let console = PublicKey([7; 32]);
+        let mut n = NodeState::provision(Box::new(HashDrbg::new([1; 32])), console).unwrap();
+        let r = n.handle(
+            Role::Landlord,
+            &Request::CreateLease { tenant_console_key: PublicKey([9; 32]), cluster: ClusterId(1) },
+        );
+        let Ok(Response::LeaseCreated { lease, tenant_node_key }) = r else { panic!("{r:?}") };
+        let bytes = postcard::to_allocvec(&n.snapshot()).unwrap();
+        let back = NodeState::restore(Box::new(HashDrbg::new([2; 32])), postcard::from_bytes(&bytes).unwrap()).unwrap();
+        assert_eq!(back.landlord_key, n.landlord_key);
+        assert_eq!(back.leases.get(&lease).unwrap().node_key, tenant_node_key);
+        assert_eq!(back.keys.tenants.get(&lease).unwrap().1, PublicKey([9; 32]));
+        assert_eq!(back.audit.len(), n.audit.len());
     }
 }

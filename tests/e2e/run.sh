@@ -291,11 +291,13 @@ run_mgmt() {
     kl=$(key landlord) && ka=$(key tenant-a) && kb=$(key tenant-b) || { fail "bmctl keygen failed"; return; }
     sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|LANDLORD_KEY|$kl|" "$ROOT/tests/e2e/mgmt.toml" >"$dir/mgmt.toml"
     "$BMIMAGE" bundle --config "$dir/mgmt.toml" --out "$dir/mgmt.bundle" 2>>"$dir/bmimage.err"
-    BM_MGMT_PORT=$port boot_engine qemu-tcg-net "$dir/mgmt.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" &
+    rm -f "$dir/node.img"
+    truncate -s 64M "$dir/node.img"
+    BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port boot_engine qemu-tcg-net-disk "$dir/mgmt.bundle" "$dir/boot1.log" "$BOOT_TIMEOUT" &
     local boot=$! deadline=$((SECONDS + 60))
-    until grep -q "staying up" "$dir/serial.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    until grep -q "staying up" "$dir/boot1.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
     local nk
-    nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/serial.log" | awk '{print $4}')
+    nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/boot1.log" | awk '{print $4}')
     bm profile add ll --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key landlord >/dev/null
     bm -p ll landlord status >"$dir/status.txt" 2>&1 || fail "landlord status failed: $(cat "$dir/status.txt")"
     grep -q "^BMonitor 0.1.0 up" "$dir/status.txt" || fail "status: unexpected output $(head -1 "$dir/status.txt")"
@@ -330,8 +332,24 @@ run_mgmt() {
     [[ $? == 4 ]] || fail "old tenant a console not refused after regeneration: $(cat "$dir/old.txt")"
     bm -p ll landlord audit >"$dir/audit.txt" 2>&1 || fail "audit read failed"
     grep -q "start-vm" "$dir/audit.txt" || fail "audit log lacks the tenant's start-vm"
+    # Reboot: the state (keys, leases, VM definitions, images, audit) comes
+    # back from the encrypted disk; consoles keep working.
+    bm -p ll landlord reboot >/dev/null 2>&1 || fail "landlord reboot failed"
+    wait "$boot"
+    cat "$dir/boot1.log" >"$dir/serial.log"
+    BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port boot_engine qemu-tcg-net-disk "$dir/mgmt.bundle" "$dir/boot2.log" "$BOOT_TIMEOUT" &
+    boot=$!
+    deadline=$((SECONDS + 60))
+    until grep -q "staying up" "$dir/boot2.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    grep -q "landlord node key $nk" "$dir/boot2.log" || fail "the landlord node key changed across the reboot"
+    bm -p ll landlord status >"$dir/status2.txt" 2>&1 || fail "landlord status after reboot failed: $(cat "$dir/status2.txt")"
+    grep -q "leases 2" "$dir/status2.txt" || fail "leases did not survive the reboot: $(cat "$dir/status2.txt")"
+    bm -p tb tenant vms >/dev/null 2>&1 || fail "tenant b refused after the reboot"
+    bm -p ll landlord audit >"$dir/audit2.txt" 2>&1
+    grep -q "start-vm" "$dir/audit2.txt" || fail "the audit log did not survive the reboot"
     bm -p ll landlord shutdown >/dev/null 2>&1 || fail "landlord shutdown failed"
     wait "$boot"
+    cat "$dir/boot2.log" >>"$dir/serial.log"
     unset BMCTL_CONFIG_DIR
 }
 # The landlord's out-of-band path: the management protocol over COM2 under
@@ -431,6 +449,8 @@ check_mgmt() {
     want "^vm web stopped: exit-code=0 "
     want "^mgmt: session refused: "
     want "^node: shutdown requested by the landlord$"
+    want "^node: reboot requested by the landlord$"
+    want "^mgmt: state restored from the encrypted disk \(2 lease\(s\), 1 VM definition\(s\), 1 image\(s\)\)$"
 }
 
 check_bad_bundle() {

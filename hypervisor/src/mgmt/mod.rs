@@ -7,6 +7,7 @@
 //! counters), shutdown and reboot (real power actions), console output (the
 //! VM's real UART history), console input (not supported yet: an error).
 
+mod persist;
 mod reconcile;
 mod rules;
 
@@ -23,6 +24,12 @@ use mgmt_proto::{Entropy, EntropyError, PublicKey};
 use smoltcp::socket::tcp;
 
 pub use reconcile::reconcile;
+
+/// Largest image the node accepts (images are kept in memory and in the
+/// persisted state).
+const MAX_IMAGE_BYTES: u64 = 8 << 20;
+/// Most image bytes stored and uploading at once.
+const MAX_IMAGES_BYTES: u64 = 16 << 20;
 
 /// Keys and session nonces come from the CPU's random source.
 struct Rdrand;
@@ -54,6 +61,10 @@ pub struct Mgmt {
     config: vmm_config::config::NodeConfig,
     /// A switch policy to install (after a console rule change).
     pub new_policy: Option<vswitch::engine::CompiledPolicy>,
+    /// Where the state persists (the node's encrypted disk), if anywhere.
+    store: Option<nodedisk::VolumeHandle<crate::storage::node::AnyDisk>>,
+    /// The state changed since it was last saved.
+    dirty: bool,
 }
 
 /// Node facts the status reply reports.
@@ -72,6 +83,7 @@ impl Mgmt {
         console_key: Option<[u8; 32]>,
         facts: NodeFacts,
         config: &vmm_config::config::NodeConfig,
+        storage: Option<&mut crate::storage::Storage>,
     ) -> Option<Mgmt> {
         let Some(key) = console_key else {
             crate::log!("mgmt: not provisioned (no [node] landlord_console_key); the management port refuses sessions");
@@ -81,7 +93,38 @@ impl Mgmt {
             crate::log!("mgmt: no hardware random source; management plane disabled");
             return None;
         }
-        match NodeState::provision(Box::new(Rdrand), PublicKey(key)) {
+        let mut store = storage.and_then(|s| match s.state_volume() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                crate::log!("mgmt: state not persisted: {e}");
+                None
+            }
+        });
+        let restored = store.as_mut().and_then(|v| match persist::load(v) {
+            Ok(snap) => snap,
+            Err(e) => {
+                crate::log!("mgmt: stored state unusable ({e}); provisioning afresh");
+                None
+            }
+        });
+        let fresh = restored.is_none();
+        let state = match restored.and_then(|snap| NodeState::restore(Box::new(Rdrand), snap)) {
+            Some(mut state) => {
+                state.set_landlord_console(PublicKey(key));
+                crate::log!(
+                    "mgmt: state restored from the encrypted disk ({} lease(s), {} VM definition(s), {} image(s))",
+                    state.leases.len(),
+                    state.vms.len(),
+                    state.images.len()
+                );
+                Ok(state)
+            }
+            None => NodeState::provision(Box::new(Rdrand), PublicKey(key)),
+        };
+        if store.is_none() {
+            crate::log!("mgmt: no node disk: management state lives in memory only");
+        }
+        match state {
             Ok(state) => {
                 crate::log!("mgmt: landlord node key {}", state.landlord_key.to_hex());
                 let serial = crate::arch::x86_64::com2::Com2::probe();
@@ -97,6 +140,8 @@ impl Mgmt {
                     pending: Actions::default(),
                     config: config.clone(),
                     new_policy: None,
+                    store,
+                    dirty: fresh,
                 })
             }
             Err(_) => {
@@ -193,6 +238,26 @@ impl Mgmt {
         core::mem::take(&mut self.pending)
     }
 
+    /// Writes the state to the encrypted disk if it changed.
+    pub fn persist(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        // A snapshot copies the images about three times over: refuse
+        // rather than exhaust the heap (which would halt the node).
+        let images: usize = self.state.images.values().map(|i| i.data.len()).sum();
+        if images.saturating_mul(3).saturating_add(4 << 20) > crate::mm::heap::free_bytes() {
+            crate::log!("mgmt: state not saved: not enough memory for a snapshot");
+            return;
+        }
+        if let Some(v) = self.store.as_mut() {
+            if let Err(e) = persist::save(v, &self.state.snapshot()) {
+                crate::log!("mgmt: state not saved: {e}");
+            }
+        }
+    }
+
     /// Whether COM2 carries the management protocol.
     pub fn has_serial(&self) -> bool {
         self.serial.is_some()
@@ -233,6 +298,7 @@ impl Mgmt {
                     if !(result.is_ok() && matches!(env.body, Request::UploadImageChunk { .. })) {
                         crate::log!("mgmt: {} {}: {}", role_name(role), env.body.name(), outcome);
                     }
+                    self.dirty = true; // the audit log changed, at least
                     self.state.log(Some(role), env.body.name(), outcome);
                     let _ = session.reply(env.seq, result);
                 }
@@ -252,6 +318,23 @@ impl Mgmt {
             Request::Reboot => {
                 self.pending.reboot = true;
                 Ok(Response::Done)
+            }
+            Request::UploadImageBegin { size, .. } => {
+                let stored: u64 = self.state.images.values().map(|i| i.data.len() as u64).sum();
+                let pending: u64 = self.state.uploads.values().map(|u| u.size).sum();
+                if *size > MAX_IMAGE_BYTES {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Invalid,
+                        format!("size: images are limited to {} MiB", MAX_IMAGE_BYTES >> 20),
+                    ));
+                }
+                if stored + pending + size > MAX_IMAGES_BYTES {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Invalid,
+                        format!("size: the node stores at most {} MiB of images", MAX_IMAGES_BYTES >> 20),
+                    ));
+                }
+                self.state.handle(role, req)
             }
             Request::ConsoleWrite { .. } => Err(ErrorReply::new(
                 ErrorCode::Invalid,

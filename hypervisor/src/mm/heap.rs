@@ -7,7 +7,13 @@ static HEAP: LockedHeap = LockedHeap::empty();
 
 /// Heap size: enough for VM bookkeeping and parsed configs; guest RAM and
 /// page tables come from frames, not the heap.
-pub const HEAP_BYTES: usize = 16 << 20;
+pub const HEAP_BYTES: usize = 64 << 20;
+
+/// Free heap bytes, so big allocations (images, snapshots) can be refused
+/// instead of failing (which would halt the node).
+pub fn free_bytes() -> usize {
+    HEAP.lock().free()
+}
 
 /// Gives the allocator its memory; must run before any allocation.
 pub fn init() -> Result<(), &'static str> {

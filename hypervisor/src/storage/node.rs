@@ -66,6 +66,9 @@ fn lease_of(config: &NodeConfig, cluster: &str) -> Option<LeaseId> {
     config.clusters.iter().position(|c| c.name == cluster).map(|i| LeaseId(i as u32 + 1))
 }
 
+/// Size of the management plane's state volume.
+const STATE_VOLUME_MIB: u32 = 8;
+
 /// Sectors (512 bytes) of a disk of `mib` MiB.
 fn sectors(mib: u32) -> u64 {
     u64::from(mib) * 2048
@@ -75,7 +78,10 @@ impl Storage {
     /// Opens (or formats) the node disk when some VM has a disk; `None`
     /// with the reason logged otherwise.
     pub fn start(ecam: Option<Ecam>, config: &NodeConfig, secret: Option<&[u8]>) -> Option<Storage> {
-        if config.vms.iter().all(|v| v.disk.is_none()) {
+        let vm_disks = config.vms.iter().any(|v| v.disk.is_some());
+        let mgmt_state = config.node.landlord_console_key.is_some();
+        let disk_present = || crate::drivers::pci::find_virtio(ecam, DeviceType::Block).is_ok();
+        if !(vm_disks || (mgmt_state && disk_present())) {
             return None;
         }
         match Self::try_start(ecam, config, secret) {
@@ -161,6 +167,18 @@ impl Storage {
             }
         }
         Ok(())
+    }
+
+    /// The management plane's own volume (landlord-owned, under K_L),
+    /// created on first use.
+    pub fn state_volume(&mut self) -> Result<VolumeHandle<AnyDisk>, String> {
+        const NAME: &str = "bm-mgmt-state";
+        if !self.disk.list().iter().any(|v| v.name == NAME) {
+            self.disk
+                .create_volume(NAME, LeaseId(u32::MAX), sectors(STATE_VOLUME_MIB), &random()?)
+                .map_err(|e| format!("cannot create the management state volume: {e}"))?;
+        }
+        self.disk.open_volume(NAME).map_err(|e| format!("cannot open the management state volume: {e}"))
     }
 
     /// The VM's volume, created on first use.

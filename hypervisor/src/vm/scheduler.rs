@@ -57,6 +57,7 @@ impl Node<'_> {
         actions.shutdown |= a.shutdown;
         actions.reboot |= a.reboot;
         crate::mgmt::reconcile(m, vms, self.config, self.backend);
+        m.persist();
         if let Some(policy) = m.new_policy.take() {
             self.network.switchboard.swap_policy(policy);
             crate::log!("net: switch policy replaced (console sub-boundaries)");
