@@ -332,6 +332,29 @@ run_mgmt() {
     [[ $? == 4 ]] || fail "old tenant a console not refused after regeneration: $(cat "$dir/old.txt")"
     bm -p ll landlord audit >"$dir/audit.txt" 2>&1 || fail "audit read failed"
     grep -q "start-vm" "$dir/audit.txt" || fail "audit log lacks the tenant's start-vm"
+    bm -p tb tenant counters "$vm" >"$dir/b-counters.txt" 2>&1 && fail "tenant b read tenant a's counters"
+    # A replayed session: a relay records one landlord request, then sends
+    # the same bytes again on a new connection.
+    local rport=$((20000 + RANDOM % 20000))
+    python3 "$ROOT/tests/e2e/replay.py" "$rport" "$port" 20 >"$dir/replay.txt" 2>&1 &
+    local replay=$!
+    sleep 0.5
+    bm profile add via --node "127.0.0.1:$rport" --node-key "$nk" --role landlord --key landlord >/dev/null
+    bm -p via landlord lease create --tenant-key "$kb" --cluster 3 >/dev/null 2>&1 || fail "request through the relay failed"
+    wait "$replay"
+    grep -q "^replayed [1-9]" "$dir/replay.txt" || fail "replay did not run: $(cat "$dir/replay.txt")"
+    # Figures: handshake plus one request, and upload throughput.
+    local t0 t1
+    t0=$(date +%s%N)
+    bm -p ll landlord status >/dev/null
+    t1=$(date +%s%N)
+    echo "handshake+status: $(((t1 - t0) / 1000000)) ms" >"$dir/figures.txt"
+    head -c 4194304 /dev/urandom >"$dir/blob.bin"
+    t0=$(date +%s%N)
+    bm -p ll landlord image upload "$dir/blob.bin" --name blob >/dev/null 2>&1 || fail "4 MiB upload failed"
+    t1=$(date +%s%N)
+    echo "upload 4 MiB: $(((t1 - t0) / 1000000)) ms = $((4096 * 1000000000 / (t1 - t0 + 1))) KiB/s" >>"$dir/figures.txt"
+    bm -p ta tenant counters "$vm" 2>/dev/null | grep -q "exits.total" && fail "old tenant a read counters after regeneration"
     # Reboot: the state (keys, leases, VM definitions, images, audit) comes
     # back from the encrypted disk; consoles keep working.
     bm -p ll landlord reboot >/dev/null 2>&1 || fail "landlord reboot failed"
@@ -343,7 +366,7 @@ run_mgmt() {
     until grep -q "staying up" "$dir/boot2.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
     grep -q "landlord node key $nk" "$dir/boot2.log" || fail "the landlord node key changed across the reboot"
     bm -p ll landlord status >"$dir/status2.txt" 2>&1 || fail "landlord status after reboot failed: $(cat "$dir/status2.txt")"
-    grep -q "leases 2" "$dir/status2.txt" || fail "leases did not survive the reboot: $(cat "$dir/status2.txt")"
+    grep -q "leases 3" "$dir/status2.txt" || fail "leases did not survive the reboot: $(cat "$dir/status2.txt")"
     bm -p tb tenant vms >/dev/null 2>&1 || fail "tenant b refused after the reboot"
     bm -p ll landlord audit >"$dir/audit2.txt" 2>&1
     grep -q "start-vm" "$dir/audit2.txt" || fail "the audit log did not survive the reboot"
@@ -450,7 +473,8 @@ check_mgmt() {
     want "^mgmt: session refused: "
     want "^node: shutdown requested by the landlord$"
     want "^node: reboot requested by the landlord$"
-    want "^mgmt: state restored from the encrypted disk \(2 lease\(s\), 1 VM definition\(s\), 1 image\(s\)\)$"
+    want "^mgmt: state restored from the encrypted disk \(3 lease\(s\), 1 VM definition\(s\), 2 image\(s\)\)$"
+    want "^mgmt: session refused: "
 }
 
 check_bad_bundle() {

@@ -31,6 +31,9 @@ const MAX_IMAGE_BYTES: u64 = 8 << 20;
 /// Most image bytes stored and uploading at once.
 const MAX_IMAGES_BYTES: u64 = 16 << 20;
 
+/// Audit-only changes are written at most this often.
+const LAZY_SAVE_MS: u64 = 2000;
+
 /// Keys and session nonces come from the CPU's random source.
 struct Rdrand;
 
@@ -65,6 +68,10 @@ pub struct Mgmt {
     store: Option<nodedisk::VolumeHandle<crate::storage::node::AnyDisk>>,
     /// The state changed since it was last saved.
     dirty: bool,
+    /// Only the audit log (or an upload in progress) changed: save lazily.
+    lazy: bool,
+    /// When the state was last saved (TSC).
+    saved_at: u64,
 }
 
 /// Node facts the status reply reports.
@@ -142,6 +149,8 @@ impl Mgmt {
                     new_policy: None,
                     store,
                     dirty: fresh,
+                    lazy: false,
+                    saved_at: 0,
                 })
             }
             Err(_) => {
@@ -240,10 +249,16 @@ impl Mgmt {
 
     /// Writes the state to the encrypted disk if it changed.
     pub fn persist(&mut self) {
+        use crate::arch::x86_64::time;
         if !self.dirty {
             return;
         }
+        let now = time::rdtsc();
+        if self.lazy && now.wrapping_sub(self.saved_at) < LAZY_SAVE_MS * time::tsc_per_ms() {
+            return;
+        }
         self.dirty = false;
+        self.saved_at = now;
         // A snapshot copies the images about three times over: refuse
         // rather than exhaust the heap (which would halt the node).
         let images: usize = self.state.images.values().map(|i| i.data.len()).sum();
@@ -298,7 +313,19 @@ impl Mgmt {
                     if !(result.is_ok() && matches!(env.body, Request::UploadImageChunk { .. })) {
                         crate::log!("mgmt: {} {}: {}", role_name(role), env.body.name(), outcome);
                     }
-                    self.dirty = true; // the audit log changed, at least
+                    // Reads and upload chunks only add audit entries: those
+                    // are saved lazily; anything else at the next round.
+                    let minor = matches!(
+                        env.body,
+                        Request::UploadImageChunk { .. }
+                            | Request::NodeStatus
+                            | Request::ListVms
+                            | Request::ReadAudit { .. }
+                            | Request::ReadCounters { .. }
+                            | Request::ConsoleRead { .. }
+                    ) || result.is_err();
+                    self.lazy = if self.dirty { self.lazy && minor } else { minor };
+                    self.dirty = true;
                     self.state.log(Some(role), env.body.name(), outcome);
                     let _ = session.reply(env.seq, result);
                 }
@@ -335,6 +362,11 @@ impl Mgmt {
                     ));
                 }
                 self.state.handle(role, req)
+            }
+            Request::ReadCounters { vm } => {
+                let w = self.state.vms.get(vm).ok_or_else(|| ErrorReply::new(ErrorCode::NotFound, "no such VM"))?;
+                let real = vms.iter().rev().find(|v| v.managed == Some((vm.0, w.starts)));
+                Ok(Response::Counters(counters(w.starts, real)))
             }
             Request::ConsoleWrite { .. } => Err(ErrorReply::new(
                 ErrorCode::Invalid,
@@ -381,6 +413,31 @@ impl Mgmt {
             ],
         }
     }
+}
+
+/// A VM's counters as the consoles read them: its exits by reason and CPU
+/// time from the current (latest) run, and how often it was started.
+fn counters(starts: u64, vm: Option<&crate::vm::Vm>) -> Vec<Counter> {
+    let c = |name: &str, value: u64| Counter { name: String::from(name), value };
+    let mut out = vec![c("starts", starts)];
+    if let Some(v) = vm {
+        let e = &v.counters;
+        out.extend([
+            c("exits.total", e.total),
+            c("exits.io", e.io),
+            c("exits.hypercall", e.hypercall),
+            c("exits.msr", e.msr),
+            c("exits.cpuid", e.cpuid),
+            c("exits.halt", e.halt),
+            c("exits.npf", e.npf),
+            c("exits.preempt", e.preempt),
+            c("exits.other", e.other),
+            c("cpu_ms", crate::arch::x86_64::time::tsc_to_ms(v.cpu_tsc)),
+            c("console.bytes", v.ports.uart.history_len() as u64),
+            c("running", u64::from(v.is_running())),
+        ]);
+    }
+    out
 }
 
 fn role_name(role: Role) -> String {
