@@ -118,7 +118,13 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
     if config.node.keep_running && !reachable {
         log!("node: keep_running set but no management path (uplink or COM2); the node powers off when its VMs stop");
     }
-    let mut node = vm::scheduler::Node { network: &mut network, mgmt: management.as_mut(), config: &config, backend };
+    let mut node = vm::scheduler::Node {
+        network: &mut network,
+        mgmt: management.as_mut(),
+        storage: storage.as_mut(),
+        config: &config,
+        backend,
+    };
     let end = vm::scheduler::run_node(&mut vms, &mut node, stay_up);
     network.report();
     match end {

@@ -320,6 +320,16 @@ run_mgmt() {
     sleep 2
     bm -p ta tenant console "$vm" </dev/null >"$dir/console.txt" 2>&1
     grep -q "^hello from web (vm [0-9]*, 8 MiB)" "$dir/console.txt" || fail "tenant console: no output of the VM ($(head -c 200 "$dir/console.txt"))"
+    # Interactive console: input reaches the guest, its answers come back.
+    bm -p ll landlord image upload "$ROOT/target/x86_64-unknown-none/release/echo" --name echo >/dev/null 2>&1 ||
+        fail "echo image upload failed"
+    local evm
+    evm=$(bm -p ll --json landlord vm create --lease "$lease_a" --name echo-vm --image echo --memory 8 |
+        python3 -c 'import sys, json; print(json.load(sys.stdin)["vm"])') || fail "echo vm create failed"
+    bm -p ta tenant start "$evm" >/dev/null || fail "tenant a could not start the echo VM"
+    sleep 1
+    (printf 'hello console\n'; sleep 2; printf 'quit\n'; sleep 2) | bm -p ta tenant console "$evm" >"$dir/echo.txt" 2>&1
+    grep -q "echo: hello console" "$dir/echo.txt" || fail "console input did not reach the guest: $(head -c 300 "$dir/echo.txt")"
     bm -p tb tenant start "$vm" >"$dir/b-start.txt" 2>&1 && fail "tenant b started tenant a's VM"
     grep -q "NotFound" "$dir/b-start.txt" || fail "tenant b: expected NotFound, got $(cat "$dir/b-start.txt")"
     bm profile add fake --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key tenant-a >/dev/null
@@ -355,6 +365,10 @@ run_mgmt() {
     t1=$(date +%s%N)
     echo "upload 4 MiB: $(((t1 - t0) / 1000000)) ms = $((4096 * 1000000000 / (t1 - t0 + 1))) KiB/s" >>"$dir/figures.txt"
     bm -p ta tenant counters "$vm" 2>/dev/null | grep -q "exits.total" && fail "old tenant a read counters after regeneration"
+    # A new landlord pair discards K_L (every volume crypto-erased, the
+    # state rewritten); bmctl updates the profile with the new U_L.
+    bm -p ll landlord keys rotate >"$dir/ll-rotate.txt" 2>&1 || fail "landlord key rotation failed: $(cat "$dir/ll-rotate.txt")"
+    bm -p ll landlord status >/dev/null 2>&1 || fail "landlord refused after rotating its own key"
     # Reboot: the state (keys, leases, VM definitions, images, audit) comes
     # back from the encrypted disk; consoles keep working.
     bm -p ll landlord reboot >/dev/null 2>&1 || fail "landlord reboot failed"
@@ -364,7 +378,7 @@ run_mgmt() {
     boot=$!
     deadline=$((SECONDS + 60))
     until grep -q "staying up" "$dir/boot2.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
-    grep -q "landlord node key $nk" "$dir/boot2.log" || fail "the landlord node key changed across the reboot"
+    grep -q "landlord node key $nk" "$dir/boot2.log" && fail "the landlord node key did not change with the rotation"
     bm -p ll landlord status >"$dir/status2.txt" 2>&1 || fail "landlord status after reboot failed: $(cat "$dir/status2.txt")"
     grep -q "leases 3" "$dir/status2.txt" || fail "leases did not survive the reboot: $(cat "$dir/status2.txt")"
     bm -p tb tenant vms >/dev/null 2>&1 || fail "tenant b refused after the reboot"
@@ -470,10 +484,14 @@ check_mgmt() {
     want "^mgmt: landlord node key [0-9a-f]{64}$"
     want "^mgmt: tenant [0-9]+ start-vm: ok$"
     want "^vm web stopped: exit-code=0 "
+    want "^\[echo-vm\] echo: hello console$"
+    want "^vm echo-vm stopped: exit-code=0 "
     want "^mgmt: session refused: "
     want "^node: shutdown requested by the landlord$"
     want "^node: reboot requested by the landlord$"
-    want "^mgmt: state restored from the encrypted disk \(3 lease\(s\), 1 VM definition\(s\), 2 image\(s\)\)$"
+    want "^mgmt: state restored from the encrypted disk \(3 lease\(s\), 2 VM definition\(s\), 3 image\(s\)\)$"
+    want "^disk: tenant key of cluster 1 regenerated \(epoch [0-9]+\): its volumes crypto-erased$"
+    want "^disk: landlord key rotated \(epoch 2\): every volume crypto-erased$"
     want "^mgmt: session refused: "
 }
 

@@ -1,6 +1,7 @@
 //! A 16550 UART at 0x3F8 per VM. Output is line-buffered into the
 //! hypervisor log (prefixed with the VM name) and kept in a per-VM ring for
-//! the consoles. No receive path yet; no interrupts (guests poll LSR).
+//! the consoles; console input is queued for the guest to read (RBR, LSR
+//! data-ready). No interrupts: guests poll LSR.
 
 use alloc::collections::VecDeque;
 use alloc::string::String;
@@ -8,6 +9,8 @@ use alloc::string::String;
 /// How much console output each VM keeps for later readers.
 pub const CONSOLE_HISTORY: usize = 64 * 1024;
 const LINE_MAX: usize = 200;
+/// Console input waiting to be read, at most.
+const INPUT_MAX: usize = 4096;
 
 /// Register offsets from the base port.
 const THR_RBR: u16 = 0;
@@ -29,11 +32,23 @@ pub struct Uart {
     dlm: u8,
     line: String,
     history: VecDeque<u8>,
+    /// Bytes a console typed, waiting for the guest to read RBR.
+    input: VecDeque<u8>,
 }
 
 impl Default for Uart {
     fn default() -> Self {
-        Uart { ier: 0, lcr: 0, mcr: 0, scr: 0, dll: 1, dlm: 0, line: String::new(), history: VecDeque::new() }
+        Uart {
+            ier: 0,
+            lcr: 0,
+            mcr: 0,
+            scr: 0,
+            dll: 1,
+            dlm: 0,
+            line: String::new(),
+            history: VecDeque::new(),
+            input: VecDeque::new(),
+        }
     }
 }
 
@@ -46,14 +61,14 @@ impl Uart {
     pub fn read(&mut self, offset: u16) -> u8 {
         match offset {
             THR_RBR if self.dlab() => self.dll,
-            THR_RBR => 0,
+            THR_RBR => self.input.pop_front().unwrap_or(0),
             IER if self.dlab() => self.dlm,
             IER => self.ier,
             IIR_FCR => 0xC1, // FIFOs enabled, no interrupt pending
             LCR => self.lcr,
             MCR => self.mcr,
-            LSR => 0x60, // transmitter empty, nothing received
-            MSR => 0xB0, // DCD, DSR, CTS
+            LSR => 0x60 | u8::from(!self.input.is_empty()), // transmitter empty; data ready
+            MSR => 0xB0,                                    // DCD, DSR, CTS
             SCR => self.scr,
             _ => 0xFF,
         }
@@ -72,6 +87,16 @@ impl Uart {
             SCR => self.scr = value,
             _ => {}
         }
+    }
+
+    /// Queues console input for the guest, all of it or (queue full)
+    /// none: the queue is bounded so a console cannot grow it without limit.
+    pub fn push_input(&mut self, bytes: &[u8]) -> bool {
+        if self.input.len() + bytes.len() > INPUT_MAX {
+            return false;
+        }
+        self.input.extend(bytes.iter().copied());
+        true
     }
 
     /// Appends bytes from the console_write hypercall.

@@ -44,10 +44,20 @@ impl Entropy for Rdrand {
 }
 
 /// What the node loop must do after serving requests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Actions {
     pub shutdown: bool,
     pub reboot: bool,
+}
+
+/// Key regenerations whose disk consequences (crypto-erase) the node loop
+/// applies to its storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskEffect {
+    /// A new landlord pair: K_L discarded.
+    LandlordKey,
+    /// A new tenant pair for the lease in this cluster: its K_T discarded.
+    TenantKey { cluster: u32 },
 }
 
 /// The node's management plane.
@@ -64,6 +74,8 @@ pub struct Mgmt {
     config: vmm_config::config::NodeConfig,
     /// A switch policy to install (after a console rule change).
     pub new_policy: Option<vswitch::engine::CompiledPolicy>,
+    /// Disk consequences of key regenerations, for the node loop.
+    pub disk_effects: Vec<DiskEffect>,
     /// Where the state persists (the node's encrypted disk), if anywhere.
     store: Option<nodedisk::VolumeHandle<crate::storage::node::AnyDisk>>,
     /// The state changed since it was last saved.
@@ -147,6 +159,7 @@ impl Mgmt {
                     pending: Actions::default(),
                     config: config.clone(),
                     new_policy: None,
+                    disk_effects: Vec::new(),
                     store,
                     dirty: fresh,
                     lazy: false,
@@ -162,7 +175,7 @@ impl Mgmt {
 
     /// Serves the management port: new connection, new session; bytes in,
     /// replies out; a refused or finished session closes the connection.
-    pub fn serve_port(&mut self, i: usize, sock: &mut tcp::Socket<'_>, vms: &[crate::vm::Vm]) -> Actions {
+    pub fn serve_port(&mut self, i: usize, sock: &mut tcp::Socket<'_>, vms: &mut [crate::vm::Vm]) -> Actions {
         let Some(slot) = self.sessions.get_mut(i) else { return Actions::default() };
         if !sock.is_active() {
             *slot = None;
@@ -209,7 +222,7 @@ impl Mgmt {
     /// Serves COM2: a serial line has no connections, so a session that
     /// fails or ends is replaced, and the bytes that broke it (a new
     /// console's hello) are offered to the fresh session once.
-    pub fn serve_serial(&mut self, vms: &[crate::vm::Vm]) -> Actions {
+    pub fn serve_serial(&mut self, vms: &mut [crate::vm::Vm]) -> Actions {
         let Some(line) = self.serial.as_mut() else { return Actions::default() };
         let mut input = Vec::new();
         line.read(&mut input);
@@ -247,6 +260,33 @@ impl Mgmt {
         core::mem::take(&mut self.pending)
     }
 
+    /// Applies the disk consequences of key regenerations; the state
+    /// volume (landlord-owned) is rewritten afterwards if K_L changed.
+    pub fn apply_disk_effects(&mut self, storage: Option<&mut crate::storage::Storage>) {
+        if self.disk_effects.is_empty() {
+            return;
+        }
+        let effects = core::mem::take(&mut self.disk_effects);
+        let Some(storage) = storage else {
+            crate::log!("mgmt: key regenerated; no node disk, so no volumes to erase");
+            return;
+        };
+        for e in effects {
+            let r = match e {
+                DiskEffect::LandlordKey => storage.rotate_landlord_key(),
+                DiskEffect::TenantKey { cluster } => storage.regenerate_tenant_key(cluster),
+            };
+            if let Err(why) = r {
+                crate::log!("mgmt: disk consequence of a key regeneration failed: {why}");
+            }
+            if e == DiskEffect::LandlordKey {
+                // The state volume was erased with the rest: write it again.
+                self.dirty = true;
+                self.lazy = false;
+            }
+        }
+    }
+
     /// Writes the state to the encrypted disk if it changed.
     pub fn persist(&mut self) {
         use crate::arch::x86_64::time;
@@ -279,7 +319,7 @@ impl Mgmt {
     }
 
     /// Runs received bytes through the session.
-    fn feed(&mut self, session: &mut NodeSession, input: &[u8], vms: &[crate::vm::Vm]) {
+    fn feed(&mut self, session: &mut NodeSession, input: &[u8], vms: &mut [crate::vm::Vm]) {
         let events = match session.receive(input, &self.state.keys) {
             Ok(ev) => ev,
             Err(e) => {
@@ -293,7 +333,7 @@ impl Mgmt {
     }
 
     /// Audits and answers what a session decoded.
-    fn handle_events(&mut self, session: &mut NodeSession, events: Vec<NodeEvent>, vms: &[crate::vm::Vm]) {
+    fn handle_events(&mut self, session: &mut NodeSession, events: Vec<NodeEvent>, vms: &mut [crate::vm::Vm]) {
         use crate::arch::x86_64::time;
         self.state.set_clock(time::tsc_to_ms(time::rdtsc()) / 1000);
         for ev in events {
@@ -334,7 +374,7 @@ impl Mgmt {
     }
 
     /// Requests the node answers from real state; the rest go to the state.
-    fn handle(&mut self, role: Role, req: &Request, vms: &[crate::vm::Vm]) -> Result<Response, ErrorReply> {
+    fn handle(&mut self, role: Role, req: &Request, vms: &mut [crate::vm::Vm]) -> Result<Response, ErrorReply> {
         mgmt_proto::authz::authorize(&role, req, &self.state).map_err(|d| d.to_error())?;
         match req {
             Request::NodeStatus => Ok(Response::Status(self.status(vms))),
@@ -363,15 +403,48 @@ impl Mgmt {
                 }
                 self.state.handle(role, req)
             }
+            Request::RotateLandlordKey => {
+                let reply = self.state.handle(role, req)?;
+                self.disk_effects.push(DiskEffect::LandlordKey);
+                Ok(reply)
+            }
+            Request::RegenerateTenantKey { lease, .. } => {
+                let cluster = self.state.leases.get(lease).map(|l| l.cluster.0);
+                let reply = self.state.handle(role, req)?;
+                if let Some(cluster) = cluster {
+                    self.disk_effects.push(DiskEffect::TenantKey { cluster });
+                }
+                Ok(reply)
+            }
+            Request::RotateTenantKey => {
+                let cluster = match role {
+                    Role::Tenant(lease) => self.state.leases.get(&lease).map(|l| l.cluster.0),
+                    Role::Landlord => None,
+                };
+                let reply = self.state.handle(role, req)?;
+                if let Some(cluster) = cluster {
+                    self.disk_effects.push(DiskEffect::TenantKey { cluster });
+                }
+                Ok(reply)
+            }
             Request::ReadCounters { vm } => {
                 let w = self.state.vms.get(vm).ok_or_else(|| ErrorReply::new(ErrorCode::NotFound, "no such VM"))?;
                 let real = vms.iter().rev().find(|v| v.managed == Some((vm.0, w.starts)));
                 Ok(Response::Counters(counters(w.starts, real)))
             }
-            Request::ConsoleWrite { .. } => Err(ErrorReply::new(
-                ErrorCode::Invalid,
-                "console input is not supported yet (the VM's UART has no receive path)",
-            )),
+            Request::ConsoleWrite { vm, bytes } => {
+                let w = self.state.vms.get(vm).ok_or_else(|| ErrorReply::new(ErrorCode::NotFound, "no such VM"))?;
+                let generation = w.starts;
+                let real = vms
+                    .iter_mut()
+                    .rev()
+                    .find(|v| v.managed == Some((vm.0, generation)) && v.is_running())
+                    .ok_or_else(|| ErrorReply::new(ErrorCode::Conflict, "VM is not running"))?;
+                if !real.ports.uart.push_input(bytes) {
+                    return Err(ErrorReply::new(ErrorCode::Conflict, "console input queue full; retry"));
+                }
+                Ok(Response::Done)
+            }
             Request::SetSubBoundary { rule } => {
                 let Role::Tenant(lease) = role else { return self.state.handle(role, req) };
                 // Check it applies to the switch before accepting it.
@@ -393,7 +466,7 @@ impl Mgmt {
         }
     }
 
-    fn status(&self, vms: &[crate::vm::Vm]) -> NodeStatus {
+    fn status(&self, vms: &mut [crate::vm::Vm]) -> NodeStatus {
         let free = (crate::mm::frames::free_count() as u64 * crate::mm::PAGE_SIZE) >> 20;
         let exits: u64 = vms.iter().map(|v| v.counters.total).sum();
         NodeStatus {

@@ -169,6 +169,30 @@ impl Storage {
         Ok(())
     }
 
+    /// A new landlord key pair discards K_L: every volume on the node is
+    /// crypto-erased (re-initialised empty under a fresh K_L).
+    pub fn rotate_landlord_key(&mut self) -> Result<(), String> {
+        self.disk.rotate_landlord_key(&random()?).map_err(|e| format!("landlord key rotation: {e}"))?;
+        crate::log!("disk: landlord key rotated (epoch {}): every volume crypto-erased", self.disk.landlord_epoch());
+        Ok(())
+    }
+
+    /// A new tenant key pair discards K_T of that tenant's cluster (disk
+    /// lease = cluster number): its volumes are crypto-erased.
+    pub fn regenerate_tenant_key(&mut self, cluster: u32) -> Result<(), String> {
+        let lease = LeaseId(cluster);
+        if self.disk.tenant_epoch(lease) == 0 {
+            self.disk.set_tenant_key(lease, &random()?).map_err(|e| format!("tenant key: {e}"))?;
+        } else {
+            self.disk.regenerate_tenant_key(lease, &random()?).map_err(|e| format!("tenant key: {e}"))?;
+        }
+        crate::log!(
+            "disk: tenant key of cluster {cluster} regenerated (epoch {}): its volumes crypto-erased",
+            self.disk.tenant_epoch(lease)
+        );
+        Ok(())
+    }
+
     /// The management plane's own volume (landlord-owned, under K_L),
     /// created on first use.
     pub fn state_volume(&mut self) -> Result<VolumeHandle<AnyDisk>, String> {

@@ -18,6 +18,7 @@ pub const SLICE_MS: u64 = 10;
 pub struct Node<'a> {
     pub network: &'a mut Network,
     pub mgmt: Option<&'a mut Mgmt>,
+    pub storage: Option<&'a mut crate::storage::Storage>,
     pub config: &'a NodeConfig,
     pub backend: Backend,
 }
@@ -57,6 +58,7 @@ impl Node<'_> {
         actions.shutdown |= a.shutdown;
         actions.reboot |= a.reboot;
         crate::mgmt::reconcile(m, vms, self.config, self.backend);
+        m.apply_disk_effects(self.storage.as_deref_mut());
         m.persist();
         if let Some(policy) = m.new_policy.take() {
             self.network.switchboard.swap_policy(policy);
