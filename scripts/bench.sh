@@ -44,6 +44,22 @@ for engine in $engines; do
     echo "  sender: ${net#*net: }"
 done
 
+if [[ " $engines " == *" qemu-tcg "* ]]; then
+    # Guest-visible throughput of an encrypted disk (QEMU TCG, virtio-blk
+    # node disk): diskprobe writes then reads 8 MiB in 64 KiB requests.
+    dir=$OUT/bench-disk
+    mkdir -p "$dir"
+    sed -e "s|\.\./\.\./target|$ROOT/target|" -e 's|^cmdline = .*|cmdline = "role=bench sectors=16384"|' \
+        -e 's|^size_mib = .*|size_mib = 16|' tests/e2e/disk.toml >"$dir/disk.toml"
+    "$BMIMAGE" bundle --config "$dir/disk.toml" --out "$dir/node.bundle" --seal-secret "$dir/node.secret" 2>/dev/null ||
+        die "bmimage failed for the disk benchmark"
+    rm -f "$dir/node.img"
+    truncate -s 128M "$dir/node.img"
+    BM_DISK_IMAGE=$dir/node.img boot_engine qemu-tcg-disk "$dir/node.bundle" "$dir/serial.log" 300 ||
+        die "disk benchmark timed out"
+    echo "qemu-tcg: encrypted guest disk: $(grep -o 'diskprobe bench: .*' "$dir/serial.log" || echo "no result (see $dir/serial.log)")"
+fi
+
 if [[ -z $system_only ]]; then
     say "criterion benchmarks of the pure crates"
     cargo bench --quiet --workspace --exclude hypervisor --exclude test-guests 2>&1 | grep -E "time:|thrpt:|^[a-z].*/" || true
