@@ -171,6 +171,9 @@ pub enum VmCmd {
         /// Cluster.
         #[arg(long, default_value_t = 0)]
         cluster: u32,
+        /// Kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
     },
     /// Destroy a VM.
     Destroy {
@@ -563,7 +566,7 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
             ctx.call(true, Request::EndLease { lease: LeaseId(lease) })?;
             done(ctx, "end lease");
         }
-        LandlordCmd::Vm(VmCmd::Create { lease, name, image, vcpus, memory, disk, cluster }) => {
+        LandlordCmd::Vm(VmCmd::Create { lease, name, image, vcpus, memory, disk, cluster, cmdline }) => {
             let spec = VmSpec {
                 lease: LeaseId(lease),
                 name,
@@ -572,6 +575,7 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
                 disk_mib: disk,
                 image,
                 cluster: ClusterId(cluster),
+                cmdline,
             };
             match ctx.call(true, Request::CreateVm { spec })?.1 {
                 Response::VmCreated { vm } => ctx.out(json!({"vm": vm.0}), || format!("VM {} created", vm.0)),

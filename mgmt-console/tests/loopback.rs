@@ -235,6 +235,7 @@ fn tenant_cannot_see_other_lease_and_old_tenant_refused_after_regeneration() {
             disk_mib: 0,
             image: "img".into(),
             cluster: ClusterId(0),
+            cmdline: String::new(),
         };
         match l.call(Request::CreateVm { spec }).unwrap() {
             Response::VmCreated { vm } => vm,

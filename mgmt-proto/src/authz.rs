@@ -169,6 +169,7 @@ mod tests {
                     vcpus: 1,
                     memory_mib: 1,
                     disk_mib: 0,
+                    cmdline: String::new(),
                     image: String::from("x"),
                     cluster: ClusterId(0),
                 },

@@ -283,6 +283,9 @@ pub struct VmSpec {
     pub image: String,
     /// Cluster the VM joins.
     pub cluster: ClusterId,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
 }
 
 /// Run state of a VM.

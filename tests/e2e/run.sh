@@ -292,7 +292,7 @@ run_mgmt() {
     sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|LANDLORD_KEY|$kl|" "$ROOT/tests/e2e/mgmt.toml" >"$dir/mgmt.toml"
     "$BMIMAGE" bundle --config "$dir/mgmt.toml" --out "$dir/mgmt.bundle" 2>>"$dir/bmimage.err"
     rm -f "$dir/node.img"
-    truncate -s 64M "$dir/node.img"
+    truncate -s 128M "$dir/node.img"
     BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port boot_engine qemu-tcg-net-disk "$dir/mgmt.bundle" "$dir/boot1.log" "$BOOT_TIMEOUT" &
     local boot=$! deadline=$((SECONDS + 60))
     until grep -q "staying up" "$dir/boot1.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
@@ -330,6 +330,18 @@ run_mgmt() {
     sleep 1
     (printf 'hello console\n'; sleep 2; printf 'quit\n'; sleep 2) | bm -p ta tenant console "$evm" >"$dir/echo.txt" 2>&1
     grep -q "echo: hello console" "$dir/echo.txt" || fail "console input did not reach the guest: $(head -c 300 "$dir/echo.txt")"
+    # A VM created with a disk gets an encrypted volume of its tenant.
+    objcopy --strip-all "$ROOT/target/x86_64-unknown-none/release/diskprobe" "$dir/diskprobe" 2>/dev/null ||
+        cp "$ROOT/target/x86_64-unknown-none/release/diskprobe" "$dir/diskprobe"
+    bm -p ll landlord image upload "$dir/diskprobe" --name diskprobe >/dev/null 2>&1 || fail "diskprobe upload failed"
+    local dvm
+    dvm=$(bm -p ll --json landlord vm create --lease "$lease_a" --name disk-vm --image diskprobe --memory 16 --disk 4 --cluster 1 \
+        --cmdline "role=write seed=3 sectors=64" |
+        python3 -c 'import sys, json; print(json.load(sys.stdin)["vm"])') || fail "disk vm create failed"
+    bm -p ta tenant start "$dvm" >/dev/null || fail "tenant a could not start the disk VM"
+    # (Finish before the key regenerations below: they crypto-erase at once.)
+    deadline=$((SECONDS + 60))
+    until grep -q "^vm disk-vm stopped" "$dir/boot1.log" || ((SECONDS > deadline)); do sleep 0.3; done
     bm -p tb tenant start "$vm" >"$dir/b-start.txt" 2>&1 && fail "tenant b started tenant a's VM"
     grep -q "NotFound" "$dir/b-start.txt" || fail "tenant b: expected NotFound, got $(cat "$dir/b-start.txt")"
     bm profile add fake --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key tenant-a >/dev/null
@@ -485,11 +497,13 @@ check_mgmt() {
     want "^mgmt: tenant [0-9]+ start-vm: ok$"
     want "^vm web stopped: exit-code=0 "
     want "^\[echo-vm\] echo: hello console$"
+    want "^vm disk-vm disk: virtio-blk at 0xfeb00200, 4 MiB, encrypted$"
+    want "^vm disk-vm stopped: exit-code=0 "
     want "^vm echo-vm stopped: exit-code=0 "
     want "^mgmt: session refused: "
     want "^node: shutdown requested by the landlord$"
     want "^node: reboot requested by the landlord$"
-    want "^mgmt: state restored from the encrypted disk \(3 lease\(s\), 2 VM definition\(s\), 3 image\(s\)\)$"
+    want "^mgmt: state restored from the encrypted disk \(3 lease\(s\), 3 VM definition\(s\), 4 image\(s\)\)$"
     want "^disk: tenant key of cluster 1 regenerated \(epoch [0-9]+\): its volumes crypto-erased$"
     want "^disk: landlord key rotated \(epoch 2\): every volume crypto-erased$"
     want "^mgmt: session refused: "

@@ -28,7 +28,8 @@ pub use reconcile::reconcile;
 /// Largest image the node accepts (images are kept in memory and in the
 /// persisted state).
 const MAX_IMAGE_BYTES: u64 = 8 << 20;
-/// Most image bytes stored and uploading at once.
+/// Most image bytes stored and uploading at once (the state volume holds
+/// them with room to spare).
 const MAX_IMAGES_BYTES: u64 = 16 << 20;
 
 /// Audit-only changes are written at most this often.

@@ -4,6 +4,7 @@
 //! UART output is what the console reads.
 
 use super::Mgmt;
+use crate::storage::{GuestDisk, Storage};
 use crate::virt::Backend;
 use crate::vm::build::{build_vm, ImageSource, NodeResources};
 use crate::vm::{StopReason, Vm};
@@ -23,8 +24,19 @@ impl ImageSource for Uploaded<'_> {
     }
 }
 
+/// The volume of a console-created VM.
+fn volume_name(id: u32) -> String {
+    alloc::format!("vm{id}")
+}
+
 /// One pass of reconciliation.
-pub fn reconcile(m: &mut Mgmt, vms: &mut Vec<Vm>, config: &NodeConfig, backend: Backend) {
+pub fn reconcile(
+    m: &mut Mgmt,
+    vms: &mut Vec<Vm>,
+    config: &NodeConfig,
+    backend: Backend,
+    mut storage: Option<&mut Storage>,
+) {
     // Stop what is no longer wanted (stopped, restarted or destroyed).
     for vm in vms.iter_mut().filter(|v| v.is_running()) {
         let Some((id, generation)) = vm.managed else { continue };
@@ -36,6 +48,16 @@ pub fn reconcile(m: &mut Mgmt, vms: &mut Vec<Vm>, config: &NodeConfig, backend: 
         };
         if let Some(why) = reason {
             vm.stop(StopReason::Console(why));
+        }
+    }
+    // Destroyed VMs give their disks back.
+    for vm in vms.iter_mut().filter(|v| !v.is_running()) {
+        let Some((id, _)) = vm.managed else { continue };
+        if !m.state.vms.contains_key(&VmId(id)) {
+            if let Some(st) = storage.as_deref_mut() {
+                st.delete_volume(&volume_name(id));
+            }
+            vm.managed = None;
         }
     }
     // Start what is wanted and not running.
@@ -50,6 +72,7 @@ pub fn reconcile(m: &mut Mgmt, vms: &mut Vec<Vm>, config: &NodeConfig, backend: 
             name: w.spec.name.clone(),
             memory_mib: w.spec.memory_mib,
             kernel: w.spec.image.clone(),
+            cmdline: w.spec.cmdline.clone(),
             ..Default::default()
         };
         let index = vms.len();
@@ -62,14 +85,17 @@ pub fn reconcile(m: &mut Mgmt, vms: &mut Vec<Vm>, config: &NodeConfig, backend: 
                 Ok(build_vm(n, &cfg, node, backend))
             }
         };
+        let built = built.and_then(|mut vm| {
+            if w.spec.disk_mib > 0 && vm.is_running() {
+                let st = storage.as_deref_mut().ok_or("the node has no disk for this VM's volume")?;
+                let volume = st.volume_for_lease(&volume_name(id), w.spec.cluster.0, w.spec.disk_mib)?;
+                let base = vm.mmio.attach_disk(GuestDisk::new(volume, &w.spec.name));
+                crate::log!("vm {} disk: virtio-blk at {base:#x}, {} MiB, encrypted", w.spec.name, w.spec.disk_mib);
+            }
+            Ok(vm)
+        });
         match built {
             Ok(mut vm) => {
-                if w.spec.disk_mib > 0 {
-                    crate::log!(
-                        "mgmt: vm {}: disks for console-created VMs are not supported yet; started without",
-                        cfg.name
-                    );
-                }
                 vm.managed = Some((id, generation));
                 vms.push(vm);
             }

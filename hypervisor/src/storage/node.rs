@@ -67,7 +67,7 @@ fn lease_of(config: &NodeConfig, cluster: &str) -> Option<LeaseId> {
 }
 
 /// Size of the management plane's state volume.
-const STATE_VOLUME_MIB: u32 = 8;
+const STATE_VOLUME_MIB: u32 = 20;
 
 /// Sectors (512 bytes) of a disk of `mib` MiB.
 fn sectors(mib: u32) -> u64 {
@@ -203,6 +203,31 @@ impl Storage {
                 .map_err(|e| format!("cannot create the management state volume: {e}"))?;
         }
         self.disk.open_volume(NAME).map_err(|e| format!("cannot open the management state volume: {e}"))
+    }
+
+    /// A volume owned by disk lease `lease` (a cluster number), created on
+    /// first use with `mib` MiB: the disks of VMs the consoles create.
+    pub fn volume_for_lease(&mut self, name: &str, lease: u32, mib: u32) -> Result<VolumeHandle<AnyDisk>, String> {
+        if !(1..=vmm_config::config::MAX_DISK_MIB).contains(&mib) {
+            return Err(format!("disk size must be 1 to {} MiB", vmm_config::config::MAX_DISK_MIB));
+        }
+        if !self.disk.list().iter().any(|v| v.name == name) {
+            self.disk
+                .create_volume(name, LeaseId(lease), sectors(mib), &random()?)
+                .map_err(|e| format!("cannot create volume {name}: {e}"))?;
+            crate::log!("disk: created volume {name} ({mib} MiB) for cluster {lease}");
+        }
+        self.disk.open_volume(name).map_err(|e| format!("cannot open volume {name}: {e}"))
+    }
+
+    /// Deletes a volume (its header wiped: unreadable even with K_L).
+    pub fn delete_volume(&mut self, name: &str) {
+        if self.disk.list().iter().any(|v| v.name == name) {
+            match self.disk.delete_volume(name) {
+                Ok(()) => crate::log!("disk: deleted volume {name}"),
+                Err(e) => crate::log!("disk: cannot delete volume {name}: {e}"),
+            }
+        }
     }
 
     /// The VM's volume, created on first use.

@@ -57,7 +57,7 @@ impl Node<'_> {
         let a = m.serve_serial(vms);
         actions.shutdown |= a.shutdown;
         actions.reboot |= a.reboot;
-        crate::mgmt::reconcile(m, vms, self.config, self.backend);
+        crate::mgmt::reconcile(m, vms, self.config, self.backend, self.storage.as_deref_mut());
         m.apply_disk_effects(self.storage.as_deref_mut());
         m.persist();
         if let Some(policy) = m.new_policy.take() {
