@@ -21,7 +21,7 @@
 
 extern crate alloc;
 
-mod bytes;
+pub mod bytes;
 pub mod device;
 pub mod keys;
 pub mod metadata;

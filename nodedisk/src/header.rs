@@ -21,7 +21,7 @@
 //! | 96 | 128 | reserved, zero |
 //! | 224 | 32 | HMAC-SHA256 under k_header over bytes 0..224 |
 
-use crate::bytes::{array, put, u16_at, u32_at, u64_at};
+use blockcrypt::bytes::{array, put, u16_at, u32_at, u64_at};
 use crate::crypto::{mac, mac_ok, SealKey};
 use crate::{DiskError, FormatError};
 

@@ -24,7 +24,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use blockcrypt::keys::{WrappedKey, WRAPPED_KEY_LEN};
 
-use crate::bytes::{array, put, u32_at, u64_at};
+use blockcrypt::bytes::{array, put, u32_at, u64_at};
 use crate::header::NodeId;
 use crate::{FormatError, LeaseId};
 

@@ -29,7 +29,6 @@
 
 extern crate alloc;
 
-mod bytes;
 mod crypto;
 pub mod header;
 pub mod keystore;

@@ -26,7 +26,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use blockcrypt::{Layout, VolumeId};
 
-use crate::bytes::{array, put, u32_at, u64_at};
+use blockcrypt::bytes::{array, put, u32_at, u64_at};
 use crate::keystore::MAC_LEN;
 use crate::{DiskError, FormatError, LeaseId, BLOCK_SIZE, SECTOR_SIZE};
 
