@@ -21,9 +21,9 @@
 //! | 96 | 128 | reserved, zero |
 //! | 224 | 32 | HMAC-SHA256 under k_header over bytes 0..224 |
 
-use blockcrypt::bytes::{array, put, u16_at, u32_at, u64_at};
 use crate::crypto::{mac, mac_ok, SealKey};
 use crate::{DiskError, FormatError};
+use blockcrypt::bytes::{array, put, u16_at, u32_at, u64_at};
 
 /// Magic at the start of a node header.
 pub const NODE_MAGIC: [u8; 8] = *b"BMNODHD1";

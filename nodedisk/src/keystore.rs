@@ -24,9 +24,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use blockcrypt::keys::{WrappedKey, WRAPPED_KEY_LEN};
 
-use blockcrypt::bytes::{array, put, u32_at, u64_at};
 use crate::header::NodeId;
 use crate::{FormatError, LeaseId};
+use blockcrypt::bytes::{array, put, u32_at, u64_at};
 
 /// Magic at the start of a key-store copy.
 pub const KEYSTORE_MAGIC: [u8; 8] = *b"BMKEYST1";

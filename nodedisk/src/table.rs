@@ -26,9 +26,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use blockcrypt::{Layout, VolumeId};
 
-use blockcrypt::bytes::{array, put, u32_at, u64_at};
 use crate::keystore::MAC_LEN;
 use crate::{DiskError, FormatError, LeaseId, BLOCK_SIZE, SECTOR_SIZE};
+use blockcrypt::bytes::{array, put, u32_at, u64_at};
 
 /// Magic at the start of a volume-table copy.
 pub const TABLE_MAGIC: [u8; 8] = *b"BMVOLTB1";
