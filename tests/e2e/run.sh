@@ -474,6 +474,8 @@ run_mgmt_rules() {
     bm -p ta tenant rule add deny:tcp:10.0.0.11/32:80 >"$dir/rule.txt" 2>&1 || fail "rule add failed: $(cat "$dir/rule.txt")"
     bm -p ta tenant rule add deny:tcp:10.0.0.99/32:80 >"$dir/outside.txt" 2>&1 &&
         fail "a rule naming an address outside the cluster was accepted"
+    bm -p ll landlord boundary 1 deny:udp:10.0.0.11/32:7 >"$dir/boundary.txt" 2>&1 ||
+        fail "landlord boundary failed: $(cat "$dir/boundary.txt")"
     deadline=$((SECONDS + 60))
     until grep -q "^vm a-cli stopped" "$dir/serial.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.5; done
     bm -p ll landlord shutdown >/dev/null 2>&1
@@ -488,6 +490,8 @@ check_mgmt_rules() {
     want "^\[a-cli\] check tcp:10\.0\.0\.11:8080:ok: ok ok$"
     want "^\[a-cli\] check tcp:10\.0\.0\.11:80:blocked: blocked ok$"
     want "^\[a-cli\] check ping:10\.0\.0\.11:ok: ok ok$"
+    want "^mgmt: landlord set-cluster-boundary: ok$"
+    want "^\[a-cli\] check udp:10\.0\.0\.11:7:blocked: blocked ok$"
     stopped a-cli 0 "exit hypercall \(0\)"
 }
 

@@ -413,6 +413,21 @@ impl Policy {
         validate(&self.boundary, cluster, rule)
     }
 
+    /// Adds a landlord rule for `cluster`: its sources must be the
+    /// cluster's own addresses, its destinations may be anyone (a boundary
+    /// drawn around the cluster against particular peers). Only the
+    /// landlord's management path calls this; tenants use [`Self::add_rule`].
+    pub fn add_landlord_rule(&mut self, cluster: ClusterId, rule: Rule) -> Result<RuleId, RuleError> {
+        if self.rules.len() >= MAX_RULES {
+            return Err(RuleError::TooManyRules);
+        }
+        validate_sides(&self.boundary, cluster, &rule, true)?;
+        let id = RuleId(self.next_id.max(1));
+        self.next_id = id.0.saturating_add(1);
+        self.rules.insert(id, TenantRule { cluster, rule });
+        Ok(id)
+    }
+
     /// Adds a tenant rule for `cluster` after [`Policy::validate`]; returns its id.
     pub fn add_rule(&mut self, cluster: ClusterId, rule: Rule) -> Result<RuleId, RuleError> {
         if self.rules.len() >= MAX_RULES {
@@ -452,6 +467,17 @@ impl Policy {
 }
 
 fn validate(boundary: &ClusterBoundary, cluster: ClusterId, rule: &Rule) -> Result<(), RuleError> {
+    validate_sides(boundary, cluster, rule, false)
+}
+
+/// As [`validate`]; with `landlord`, the destination side may name any
+/// address (the landlord bounds a cluster against peers outside it).
+fn validate_sides(
+    boundary: &ClusterBoundary,
+    cluster: ClusterId,
+    rule: &Rule,
+    landlord: bool,
+) -> Result<(), RuleError> {
     for (side, list) in [(Side::Src, &rule.src), (Side::Dst, &rule.dst)] {
         if list.is_empty() {
             return Err(RuleError::NoEndpoints { field: Field::Endpoints(side) });
@@ -462,6 +488,9 @@ fn validate(boundary: &ClusterBoundary, cluster: ClusterId, rule: &Rule) -> Resu
         for (i, ep) in list.iter().enumerate() {
             if ep.mac.is_none() && ep.ip.is_none() {
                 return Err(RuleError::EmptyEndpoint { field: Field::Endpoint(side, i) });
+            }
+            if landlord && side == Side::Dst {
+                continue;
             }
             for address in ep.addresses() {
                 let field = match address {
@@ -498,6 +527,20 @@ mod tests {
     use alloc::vec;
 
     const C1: ClusterId = ClusterId(1);
+
+    #[test]
+    fn landlord_rules_may_name_peers_outside_the_cluster_tenants_may_not() {
+        let mut b = ClusterBoundary::new();
+        let own = Endpoint::new(MacAddr([2, 0, 0, 0, 0, 1]), core::net::Ipv4Addr::new(10, 0, 0, 1));
+        b.assign_endpoint(own, C1);
+        let peer = Endpoint { mac: None, ip: Some(core::net::Ipv4Addr::new(192, 0, 2, 9)) };
+        let mut p = Policy::new(b);
+        let rule = Rule::block(vec![own], vec![peer]);
+        assert!(p.add_rule(C1, rule.clone()).is_err(), "a tenant may not name an outside peer");
+        assert!(p.add_landlord_rule(C1, rule).is_ok());
+        let stranger = Rule::block(vec![peer], vec![own]);
+        assert!(p.add_landlord_rule(C1, stranger).is_err(), "sources must be the cluster's own");
+    }
     const C2: ClusterId = ClusterId(2);
 
     fn ep(n: u8) -> Endpoint {

@@ -13,11 +13,14 @@ mod rules;
 
 use crate::arch::x86_64::rng;
 use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use mgmt_proto::msg::{Counter, ErrorCode, ErrorReply, NodeStatus, Request, Response, Role};
+use mgmt_proto::msg::{
+    BoundaryRule, ClusterId, Counter, ErrorCode, ErrorReply, LeaseId, NodeStatus, Request, Response, Role, RuleId,
+};
 use mgmt_proto::session::{NodeEvent, NodeSession};
 use mgmt_proto::sim::NodeState;
 use mgmt_proto::{Entropy, EntropyError, PublicKey};
@@ -449,22 +452,45 @@ impl Mgmt {
             Request::SetSubBoundary { rule } => {
                 let Role::Tenant(lease) = role else { return self.state.handle(role, req) };
                 // Check it applies to the switch before accepting it.
+                let mut sub = self.state.sub_rules.clone();
+                sub.insert(RuleId(u32::MAX), (lease, *rule));
                 let policy =
-                    rules::compile(&self.config, &self.state.leases, &self.state.sub_rules, Some((lease, rule)))
-                        .map_err(|e| ErrorReply::new(ErrorCode::Widening, e))?;
+                    self.compile_with(None, Some(&sub)).map_err(|e| ErrorReply::new(ErrorCode::Widening, e))?;
                 let reply = self.state.handle(role, req)?;
                 self.new_policy = Some(policy);
                 Ok(reply)
             }
-            Request::RemoveSubBoundary { .. } => {
+            Request::SetClusterBoundary { cluster, rules: list } => {
+                let mut b = self.state.boundaries.clone();
+                b.insert(*cluster, list.clone());
+                let policy = self.compile_with(Some(&b), None).map_err(|e| ErrorReply::new(ErrorCode::Invalid, e))?;
                 let reply = self.state.handle(role, req)?;
-                let policy = rules::compile(&self.config, &self.state.leases, &self.state.sub_rules, None)
-                    .map_err(|e| ErrorReply::new(ErrorCode::Internal, e))?;
+                self.new_policy = Some(policy);
+                Ok(reply)
+            }
+            Request::RemoveSubBoundary { .. } | Request::EndLease { .. } => {
+                let reply = self.state.handle(role, req)?;
+                let policy = self.compile_with(None, None).map_err(|e| ErrorReply::new(ErrorCode::Internal, e))?;
                 self.new_policy = Some(policy);
                 Ok(reply)
             }
             _ => self.state.handle(role, req),
         }
+    }
+
+    /// The switch policy with the consoles' rules, optionally with the
+    /// boundaries or sub-rules replaced by a candidate being checked.
+    fn compile_with(
+        &self,
+        boundaries: Option<&BTreeMap<ClusterId, Vec<BoundaryRule>>>,
+        sub_rules: Option<&BTreeMap<RuleId, (LeaseId, BoundaryRule)>>,
+    ) -> Result<vswitch::engine::CompiledPolicy, String> {
+        let r = rules::ConsoleRules {
+            leases: &self.state.leases,
+            boundaries: boundaries.unwrap_or(&self.state.boundaries),
+            sub_rules: sub_rules.unwrap_or(&self.state.sub_rules),
+        };
+        rules::compile(&self.config, &r)
     }
 
     fn status(&self, vms: &mut [crate::vm::Vm]) -> NodeStatus {

@@ -22,14 +22,14 @@ use vswitch::policy::{self, ClusterId, Match, Rule};
 /// most 64 endpoints per side).
 const MIN_PREFIX: u8 = 26;
 
-/// The switch rule for one console rule, or why it cannot be applied.
-fn switch_rule(config: &NodeConfig, lease: &Lease, rule: &BoundaryRule) -> Result<Option<(ClusterId, Rule)>, String> {
+/// The switch rule for one console rule of cluster `cluster`, or why it
+/// cannot be applied.
+fn switch_rule(config: &NodeConfig, cluster: u32, rule: &BoundaryRule) -> Result<Option<(ClusterId, Rule)>, String> {
     if rule.action == Action::Allow {
-        // Inside a cluster everything is allowed already: an allow rule
-        // the boundary covers changes nothing.
+        // Traffic a boundary does not deny flows already: an allow rule
+        // changes nothing.
         return Ok(None);
     }
-    let cluster = lease.cluster.0;
     if cluster == 0 || cluster as usize > config.clusters.len() {
         return Err(format!("lease cluster {cluster} is not a cluster of this node"));
     }
@@ -70,20 +70,29 @@ fn switch_rule(config: &NodeConfig, lease: &Lease, rule: &BoundaryRule) -> Resul
     Ok(Some((ClusterId(cluster), r)))
 }
 
-/// The node config's policy plus every console rule (and `extra`, a rule
-/// being added), compiled; the error names the rule that cannot apply.
-pub fn compile(
-    config: &NodeConfig,
-    leases: &BTreeMap<LeaseId, Lease>,
-    rules: &BTreeMap<RuleId, (LeaseId, BoundaryRule)>,
-    extra: Option<(LeaseId, &BoundaryRule)>,
-) -> Result<CompiledPolicy, String> {
+/// What the consoles set: landlord boundaries per cluster (deny rules may
+/// name any peer) and tenant sub-boundaries (which only narrow).
+pub struct ConsoleRules<'a> {
+    pub leases: &'a BTreeMap<LeaseId, Lease>,
+    pub boundaries: &'a BTreeMap<mgmt_proto::msg::ClusterId, Vec<BoundaryRule>>,
+    pub sub_rules: &'a BTreeMap<RuleId, (LeaseId, BoundaryRule)>,
+}
+
+/// The node config's policy plus every console rule, compiled; the error
+/// names the rule that cannot apply.
+pub fn compile(config: &NodeConfig, rules: &ConsoleRules<'_>) -> Result<CompiledPolicy, String> {
     let nics = nic_identities(config);
     let (mut policy, _) = build_policy(config, &nics)?;
-    let all = rules.values().map(|(l, r)| (*l, r)).chain(extra);
-    for (lease, rule) in all {
-        let l = leases.get(&lease).ok_or("no such lease")?;
-        if let Some((cluster, r)) = switch_rule(config, l, rule)? {
+    for (cluster, list) in rules.boundaries {
+        for rule in list {
+            if let Some((c, r)) = switch_rule(config, cluster.0, rule)? {
+                policy.add_landlord_rule(c, r).map_err(|e| format!("boundary: {e}"))?;
+            }
+        }
+    }
+    for (lease, rule) in rules.sub_rules.values() {
+        let l = rules.leases.get(lease).ok_or("no such lease")?;
+        if let Some((cluster, r)) = switch_rule(config, l.cluster.0, rule)? {
             policy.add_rule(cluster, r).map_err(|e| format!("rule: {e}"))?;
         }
     }
