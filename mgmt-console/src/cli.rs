@@ -99,6 +99,10 @@ pub enum LandlordCmd {
     Reboot,
     /// Shut the node down.
     Shutdown,
+    /// Pause every VM (the management plane stays up).
+    Suspend,
+    /// Resume the VMs a suspend paused.
+    Resume,
     /// Leases.
     #[command(subcommand)]
     Lease(LeaseCmd),
@@ -547,6 +551,14 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
         LandlordCmd::Shutdown => {
             ctx.call(true, Request::Shutdown)?;
             done(ctx, "shutdown");
+        }
+        LandlordCmd::Suspend => {
+            ctx.call(true, Request::Suspend)?;
+            done(ctx, "suspend");
+        }
+        LandlordCmd::Resume => {
+            ctx.call(true, Request::Resume)?;
+            done(ctx, "resume");
         }
         LandlordCmd::Lease(LeaseCmd::Create { tenant_key, cluster }) => {
             let key = parse_key(&tenant_key, "--tenant-key")?;

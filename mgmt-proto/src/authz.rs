@@ -53,6 +53,8 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
             Request::NodeStatus
             | Request::Reboot
             | Request::Shutdown
+            | Request::Suspend
+            | Request::Resume
             | Request::CreateLease { .. }
             | Request::EndLease { .. }
             | Request::SetClusterBoundary { .. }
@@ -84,6 +86,8 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
                 Request::NodeStatus
                 | Request::Reboot
                 | Request::Shutdown
+                | Request::Suspend
+                | Request::Resume
                 | Request::CreateLease { .. }
                 | Request::EndLease { .. }
                 | Request::SetClusterBoundary { .. }
@@ -156,6 +160,8 @@ mod tests {
             Request::NodeStatus,
             Request::Reboot,
             Request::Shutdown,
+            Request::Suspend,
+            Request::Resume,
             Request::CreateLease { tenant_console_key: PublicKey([0; 32]), cluster: ClusterId(0) },
             Request::EndLease { lease: LeaseId(1) },
             Request::SetClusterBoundary { cluster: ClusterId(0), rules: vec![] },

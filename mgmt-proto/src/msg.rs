@@ -505,6 +505,12 @@ pub enum Request {
         /// The key, or `None` to stop requiring signatures.
         key: Option<ImageVerifyKey>,
     },
+    // ---- landlord (added in protocol 1 without renumbering) ----
+    /// Pause every VM (they keep their state and resume where they were);
+    /// the management plane stays up.
+    Suspend,
+    /// Resume the VMs a `Suspend` paused.
+    Resume,
 }
 
 impl Request {
@@ -537,6 +543,8 @@ impl Request {
             Request::RemoveSubBoundary { .. } => "remove-sub-boundary",
             Request::RotateTenantKey => "rotate-tenant-key",
             Request::SetImageSigningKey { .. } => "set-image-signing-key",
+            Request::Suspend => "suspend",
+            Request::Resume => "resume",
         }
     }
 }

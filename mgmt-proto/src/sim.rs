@@ -139,6 +139,8 @@ pub struct NodeState {
     pub reboot_requested: bool,
     /// Set by `Shutdown`.
     pub shutdown_requested: bool,
+    /// Set by `Suspend`, cleared by `Resume`.
+    pub suspended: bool,
     next_id: u32,
     clock: u64,
     /// Set once the host supplies real time (`set_clock`); the audit log
@@ -165,6 +167,7 @@ impl NodeState {
             audit: Vec::new(),
             reboot_requested: false,
             shutdown_requested: false,
+            suspended: false,
             next_id: 1,
             clock: 0,
             external_clock: false,
@@ -232,6 +235,7 @@ impl NodeState {
             audit: snap.audit,
             reboot_requested: false,
             shutdown_requested: false,
+            suspended: false,
             next_id: snap.next_id,
             clock: snap.clock,
             external_clock: false,
@@ -322,6 +326,14 @@ impl NodeState {
             }
             Request::Shutdown => {
                 self.shutdown_requested = true;
+                Ok(Response::Done)
+            }
+            Request::Suspend => {
+                self.suspended = true;
+                Ok(Response::Done)
+            }
+            Request::Resume => {
+                self.suspended = false;
                 Ok(Response::Done)
             }
             Request::CreateLease { tenant_console_key, cluster } => {

@@ -328,7 +328,12 @@ run_mgmt() {
         python3 -c 'import sys, json; print(json.load(sys.stdin)["vm"])') || fail "echo vm create failed"
     bm -p ta tenant start "$evm" >/dev/null || fail "tenant a could not start the echo VM"
     sleep 1
-    (printf 'hello console\n'; sleep 2; printf 'quit\n'; sleep 2) | bm -p ta tenant console "$evm" >"$dir/echo.txt" 2>&1
+    # Suspended, the VM does not run: its input waits until the resume.
+    bm -p ll landlord suspend >/dev/null 2>&1 || fail "landlord suspend failed"
+    (printf 'hello console\n'; sleep 2) | bm -p ta tenant console "$evm" >"$dir/early.txt" 2>&1
+    grep -q "echo: hello console" "$dir/early.txt" && fail "a suspended VM ran"
+    bm -p ll landlord resume >/dev/null 2>&1 || fail "landlord resume failed"
+    (sleep 2; printf 'quit\n'; sleep 2) | bm -p ta tenant console "$evm" >"$dir/echo.txt" 2>&1
     grep -q "echo: hello console" "$dir/echo.txt" || fail "console input did not reach the guest: $(head -c 300 "$dir/echo.txt")"
     # A VM created with a disk gets an encrypted volume of its tenant.
     objcopy --strip-all "$ROOT/target/x86_64-unknown-none/release/diskprobe" "$dir/diskprobe" 2>/dev/null ||
@@ -501,6 +506,8 @@ check_mgmt() {
     want "^mgmt: tenant [0-9]+ start-vm: ok$"
     want "^vm web stopped: exit-code=0 "
     want "^\[echo-vm\] echo: hello console$"
+    want "^node: suspended by the landlord \(VMs paused\)$"
+    want "^node: resumed$"
     want "^vm disk-vm disk: virtio-blk at 0xfeb00200, 4 MiB, encrypted$"
     want "^vm disk-vm stopped: exit-code=0 "
     want "^vm echo-vm stopped: exit-code=0 "

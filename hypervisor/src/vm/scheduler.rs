@@ -77,7 +77,22 @@ impl Node<'_> {
 pub fn run_node(vms: &mut Vec<Vm>, node: &mut Node<'_>, stay_up: bool) -> End {
     let slice = SLICE_MS * time::tsc_per_ms();
     let mut announced = false;
+    let mut was_suspended = false;
     loop {
+        // A landlord suspend pauses every VM in place; the node keeps
+        // serving the network and the management plane.
+        let suspended = node.mgmt.as_ref().is_some_and(|m| m.state.suspended);
+        if suspended != was_suspended {
+            crate::log!("node: {}", if suspended { "suspended by the landlord (VMs paused)" } else { "resumed" });
+            was_suspended = suspended;
+        }
+        if suspended {
+            if let Some(end) = node.round(vms) {
+                return stop_all(vms, end);
+            }
+            core::hint::spin_loop();
+            continue;
+        }
         let mut any = false;
         for i in 0..vms.len() {
             let Some(vm) = vms.get_mut(i) else { continue };
