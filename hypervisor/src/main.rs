@@ -110,6 +110,7 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         cpus: platform.cpus.max(1) as u32,
         memory_total_mib: ram >> 20,
         nic_up: network.has_uplink(),
+        disk: None,
     };
     let mut management =
         mgmt::Mgmt::provision(config.node.landlord_console_key.map(|k| k.0), facts, &config, storage.as_mut());

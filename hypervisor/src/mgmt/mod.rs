@@ -96,6 +96,8 @@ pub struct NodeFacts {
     pub cpus: u32,
     pub memory_total_mib: u64,
     pub nic_up: bool,
+    /// Node disk (size MiB, free MiB, volumes), when there is one.
+    pub disk: Option<(u64, u64, u64)>,
 }
 
 impl Mgmt {
@@ -108,6 +110,7 @@ impl Mgmt {
         config: &vmm_config::config::NodeConfig,
         storage: Option<&mut crate::storage::Storage>,
     ) -> Option<Mgmt> {
+        let storage_summary = storage.as_deref().map(crate::storage::Storage::summary);
         let Some(key) = console_key else {
             crate::log!("mgmt: not provisioned (no [node] landlord_console_key); the management port refuses sessions");
             return None;
@@ -147,6 +150,7 @@ impl Mgmt {
         if store.is_none() {
             crate::log!("mgmt: no node disk: management state lives in memory only");
         }
+        let facts = NodeFacts { disk: storage_summary, ..facts };
         match state {
             Ok(state) => {
                 crate::log!("mgmt: landlord node key {}", state.landlord_key.to_hex());
@@ -502,13 +506,23 @@ impl Mgmt {
             cpus: self.facts.cpus,
             memory_total_mib: self.facts.memory_total_mib,
             memory_free_mib: free,
-            disks: Vec::new(),
+            disks: match self.facts.disk {
+                Some((size, free, _)) => vec![
+                    Counter { name: String::from("node-disk.size_mib"), value: size },
+                    Counter { name: String::from("node-disk.free_mib_at_boot"), value: free },
+                ],
+                None => Vec::new(),
+            },
             nic_up: self.facts.nic_up,
             leases: self.state.leases.len() as u32,
             vms_total: vms.len() as u32,
             vms_running: vms.iter().filter(|v| v.is_running()).count() as u32,
             counters: vec![
                 Counter { name: String::from("vm.exits"), value: exits },
+                Counter {
+                    name: String::from("node-disk.volumes_at_boot"),
+                    value: self.facts.disk.map_or(0, |(_, _, v)| v),
+                },
                 Counter { name: String::from("audit.entries"), value: self.state.audit.len() as u64 },
             ],
         }

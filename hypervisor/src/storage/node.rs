@@ -169,6 +169,14 @@ impl Storage {
         Ok(())
     }
 
+    /// Size, free space and volume count of the node disk, for status.
+    pub fn summary(&self) -> (u64, u64, u64) {
+        let blocks = self.disk.header().disk_blocks;
+        let free = self.disk.free_blocks();
+        let mib = |b: u64| (b * BLOCK_SIZE as u64) >> 20;
+        (mib(blocks), mib(free), self.disk.list().len() as u64)
+    }
+
     /// A new landlord key pair discards K_L: every volume on the node is
     /// crypto-erased (re-initialised empty under a fresh K_L).
     pub fn rotate_landlord_key(&mut self) -> Result<(), String> {
