@@ -19,6 +19,8 @@ const EFER_LMA: u64 = 1 << 10;
 const EFER_LME: u64 = 1 << 8;
 
 struct SvmState {
+    /// ASIDs the CPU offers (ASID 0 is the host's).
+    asids: u32,
     iopm: u64,
     msrpm: u64,
     nrips: bool,
@@ -70,7 +72,7 @@ pub fn enable() -> Result<(), &'static str> {
                 *byte &= !(3 << (bit % 8));
             }
         }
-        STATE.call_once(|| SvmState { iopm, msrpm, nrips: svm.has_nrip() });
+        STATE.call_once(|| SvmState { asids: svm.supported_asids(), iopm, msrpm, nrips: svm.has_nrip() });
     }
     Ok(())
 }
@@ -90,7 +92,10 @@ impl SvmVcpu {
     pub fn new(id: u16, ncr3: u64, entry: EntryState) -> Result<SvmVcpu, &'static str> {
         let st = STATE.get().ok_or("SVM not enabled")?;
         let vmcb = Vmcb::new().ok_or("no memory for VMCB")?;
-        vmcb.init_guest(u32::from(id) + 1, ncr3, st.iopm, st.msrpm, entry.rip, entry.rax);
+        // ASIDs are reused when VMs outnumber them; the flush-all on each
+        // VMCB's first run (TLB_CONTROL) drops a predecessor's entries.
+        let asid = u32::from(id) % st.asids.saturating_sub(1).max(1) + 1;
+        vmcb.init_guest(asid, ncr3, st.iopm, st.msrpm, entry.rip, entry.rax);
         Ok(SvmVcpu {
             vmcb,
             regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, ..GuestRegs::default() },

@@ -22,6 +22,8 @@ struct Caps {
     cr4_fixed0: u64,
     cr4_fixed1: u64,
     preemption_shift: u32,
+    /// IA32_VMX_EPT_VPID_CAP: which INVEPT/INVVPID types exist.
+    ept_vpid_cap: u64,
 }
 
 static REVISION: AtomicU64 = AtomicU64::new(0);
@@ -165,6 +167,7 @@ pub fn enable() -> Result<(), &'static str> {
             cr4_fixed0: rdmsr(msr::IA32_VMX_CR4_FIXED0),
             cr4_fixed1: rdmsr(msr::IA32_VMX_CR4_FIXED1),
             preemption_shift: (rdmsr(msr::IA32_VMX_MISC) & 0x1F) as u32,
+            ept_vpid_cap: rdmsr(msr::IA32_VMX_EPT_VPID_CAP),
         };
         // Host CR0/CR4 must satisfy the fixed bits in VMX operation.
         let cr0: u64;
@@ -250,7 +253,10 @@ impl VmxVcpu {
         vmwrite(control::IO_BITMAP_B_ADDR_FULL, io_b);
         vmwrite(control::MSR_BITMAPS_ADDR_FULL, msr_bitmap);
         vmwrite(control::EPTP_FULL, eptp);
-        vmwrite(control::VPID, u64::from(id) + 1);
+        // VPIDs 1..=0xFFFF; a VPID or an EPT root frame may have served an
+        // earlier VM, so drop every cached translation before this one runs.
+        vmwrite(control::VPID, u64::from(id % 0xFFFF) + 1);
+        flush_cached_translations(caps.ept_vpid_cap);
         vmwrite(control::CR3_TARGET_COUNT, 0);
         // CR0/CR4: bits the guest may not own are masked and shadowed. With
         // unrestricted guest, PE and PG are the guest's.
@@ -392,6 +398,22 @@ impl VmxVcpu {
             52 => Exit::Preempted,
             55 => Exit::InvalidOpcode { what: "XSETBV" },
             other => Exit::Unhandled { code: other },
+        }
+    }
+}
+
+/// INVEPT and INVVPID, all contexts, where the CPU offers them: a new VM
+/// must never see translations cached for an earlier one.
+fn flush_cached_translations(cap: u64) {
+    let desc = [0u64; 2];
+    // SAFETY: the instructions only invalidate TLB entries; each is issued
+    // only when IA32_VMX_EPT_VPID_CAP reports it and its all-context type.
+    unsafe {
+        if cap & (1 << 20) != 0 && cap & (1 << 26) != 0 {
+            core::arch::asm!("invept {t}, [{d}]", t = in(reg) 2u64, d = in(reg) desc.as_ptr());
+        }
+        if cap & (1 << 32) != 0 && cap & (1 << 42) != 0 {
+            core::arch::asm!("invvpid {t}, [{d}]", t = in(reg) 2u64, d = in(reg) desc.as_ptr());
         }
     }
 }
