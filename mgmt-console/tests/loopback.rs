@@ -14,7 +14,7 @@ use bmctl::profile::{Config, OsEntropy, Profile};
 use bmctl::upload::{upload_image, UploadOptions};
 use clap::Parser;
 use indicatif::ProgressBar;
-use mgmt_proto::sim::NodeState;
+use mgmt_proto::state::NodeState;
 use mgmt_proto::*;
 
 struct Server {
@@ -116,7 +116,7 @@ fn handshake_and_landlord_status() {
     let s = setup();
     let mut c = s.landlord();
     match c.call(Request::NodeStatus).unwrap() {
-        Response::Status(st) => assert_eq!(st.version, "sim"),
+        Response::Status(st) => assert_eq!(st.version, "in-memory"),
         r => panic!("{r:?}"),
     }
     // Several requests on one session.
@@ -281,7 +281,7 @@ fn cli_end_to_end() {
     let out = bmctl(&dir, &["--json", "landlord", "status"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["version"], "sim");
+    assert_eq!(v["version"], "in-memory");
     let img = dir.join("img.bin");
     std::fs::write(&img, vec![3u8; 100_000]).unwrap();
     let out = bmctl(&dir, &["--json", "landlord", "image", "upload", img.to_str().unwrap(), "--chunk-kib", "8"]);

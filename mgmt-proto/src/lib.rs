@@ -29,8 +29,7 @@ pub mod frame;
 pub mod msg;
 pub mod session;
 pub mod sig;
-#[cfg(feature = "sim")]
-pub mod sim;
+pub mod state;
 
 pub use authz::{authorize, Denied, Ownership};
 pub use crypto::{Entropy, EntropyError, HashDrbg, KeyPair, PublicKey, SecretKey};

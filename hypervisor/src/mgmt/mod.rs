@@ -22,7 +22,7 @@ use mgmt_proto::msg::{
     BoundaryRule, ClusterId, Counter, ErrorCode, ErrorReply, LeaseId, NodeStatus, Request, Response, Role, RuleId,
 };
 use mgmt_proto::session::{NodeEvent, NodeSession};
-use mgmt_proto::sim::NodeState;
+use mgmt_proto::state::NodeState;
 use mgmt_proto::{Entropy, EntropyError, PublicKey};
 use smoltcp::socket::tcp;
 

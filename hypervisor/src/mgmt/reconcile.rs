@@ -12,7 +12,7 @@ use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use mgmt_proto::msg::{VmId, VmState};
-use mgmt_proto::sim::Image;
+use mgmt_proto::state::Image;
 use vmm_config::config::{NodeConfig, VmConfig};
 
 /// Uploaded images, as the VM builder reads kernels.

@@ -1,6 +1,8 @@
-//! An in-memory node that serves the protocol, for testing consoles without
-//! the hypervisor (feature `sim`). It is also a reference for the
-//! hypervisor's glue: receive, authorize, handle, audit, reply.
+//! The node's management state and request handling: keys, leases, VM
+//! definitions, images, boundaries, rules and the audit log, with
+//! snapshots for sealed storage. BMonitor serves it (answering status,
+//! console I/O and counters from the running node itself); console tests
+//! use it on its own as an in-memory node.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -308,7 +310,7 @@ impl NodeState {
         let not_found = |what: &str| ErrorReply::new(ErrorCode::NotFound, format!("no such {what}"));
         match req {
             Request::NodeStatus => Ok(Response::Status(NodeStatus {
-                version: String::from("sim"),
+                version: String::from("in-memory"),
                 uptime_secs: self.clock,
                 cpus: 2,
                 memory_total_mib: 4096,
