@@ -178,6 +178,9 @@ pub enum VmCmd {
         /// Kernel command line.
         #[arg(long, default_value = "")]
         cmdline: String,
+        /// Give the VM a NIC with this IPv4 address in its cluster.
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
     },
     /// Destroy a VM.
     Destroy {
@@ -578,7 +581,7 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
             ctx.call(true, Request::EndLease { lease: LeaseId(lease) })?;
             done(ctx, "end lease");
         }
-        LandlordCmd::Vm(VmCmd::Create { lease, name, image, vcpus, memory, disk, cluster, cmdline }) => {
+        LandlordCmd::Vm(VmCmd::Create { lease, name, image, vcpus, memory, disk, cluster, cmdline, ip }) => {
             let spec = VmSpec {
                 lease: LeaseId(lease),
                 name,
@@ -588,6 +591,7 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
                 image,
                 cluster: ClusterId(cluster),
                 cmdline,
+                ip: ip.map(|a| a.octets()),
             };
             match ctx.call(true, Request::CreateVm { spec })?.1 {
                 Response::VmCreated { vm } => ctx.out(json!({"vm": vm.0}), || format!("VM {} created", vm.0)),

@@ -236,6 +236,7 @@ fn tenant_cannot_see_other_lease_and_old_tenant_refused_after_regeneration() {
             image: "img".into(),
             cluster: ClusterId(0),
             cmdline: String::new(),
+            ip: None,
         };
         match l.call(Request::CreateVm { spec }).unwrap() {
             Response::VmCreated { vm } => vm,

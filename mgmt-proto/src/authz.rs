@@ -176,6 +176,7 @@ mod tests {
                     memory_mib: 1,
                     disk_mib: 0,
                     cmdline: String::new(),
+                    ip: None,
                     image: String::from("x"),
                     cluster: ClusterId(0),
                 },

@@ -286,6 +286,9 @@ pub struct VmSpec {
     /// Kernel command line.
     #[serde(default)]
     pub cmdline: String,
+    /// IPv4 address of the VM's NIC in its cluster; no NIC when absent.
+    #[serde(default)]
+    pub ip: Option<[u8; 4]>,
 }
 
 /// Run state of a VM.

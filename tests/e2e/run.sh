@@ -481,8 +481,18 @@ run_mgmt_rules() {
         fail "a rule naming an address outside the cluster was accepted"
     bm -p ll landlord boundary 1 deny:udp:10.0.0.11/32:7 >"$dir/boundary.txt" 2>&1 ||
         fail "landlord boundary failed: $(cat "$dir/boundary.txt")"
+    # A VM the console creates with a NIC joins the switch and its cluster.
+    objcopy --strip-all "$ROOT/target/x86_64-unknown-none/release/netprobe" "$dir/netprobe" 2>/dev/null ||
+        cp "$ROOT/target/x86_64-unknown-none/release/netprobe" "$dir/netprobe"
+    bm -p ll landlord image upload "$dir/netprobe" --name netprobe >/dev/null 2>&1 || fail "netprobe upload failed"
+    local cvm
+    cvm=$(bm -p ll --json landlord vm create --lease "$lease" --name c-cli --image netprobe --memory 16 --cluster 1 \
+        --ip 10.0.0.13 --cmdline "role=client ip=10.0.0.13/24 start_delay_ms=300 checks=ping:10.0.0.11:ok,tcp:10.0.0.11:8080:ok" |
+        python3 -c 'import sys, json; print(json.load(sys.stdin)["vm"])') || fail "console VM with a NIC: create failed"
+    bm -p ll landlord vm start "$cvm" >/dev/null 2>&1 || fail "console VM with a NIC: start failed"
     deadline=$((SECONDS + 60))
-    until grep -q "^vm a-cli stopped" "$dir/serial.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.5; done
+    until { grep -q "^vm a-cli stopped" "$dir/serial.log" && grep -q "^vm c-cli stopped" "$dir/serial.log"; } 2>/dev/null ||
+        ((SECONDS > deadline)); do sleep 0.5; done
     bm -p ll landlord shutdown >/dev/null 2>&1
     wait "$boot"
     unset BMCTL_CONFIG_DIR
@@ -491,13 +501,17 @@ check_mgmt_rules() {
     no_hypervisor_fault
     want "^mgmt: tenant [0-9]+ set-sub-boundary: ok$"
     want "^mgmt: tenant [0-9]+ set-sub-boundary: refused: "
-    want "^net: switch policy replaced \(console sub-boundaries\)$"
+    want "^net: switch policy replaced \(console changes\)$"
     want "^\[a-cli\] check tcp:10\.0\.0\.11:8080:ok: ok ok$"
     want "^\[a-cli\] check tcp:10\.0\.0\.11:80:blocked: blocked ok$"
     want "^\[a-cli\] check ping:10\.0\.0\.11:ok: ok ok$"
     want "^mgmt: landlord set-cluster-boundary: ok$"
     want "^\[a-cli\] check udp:10\.0\.0\.11:7:blocked: blocked ok$"
     stopped a-cli 0 "exit hypercall \(0\)"
+    want "^vm c-cli nic: virtio-net at 0xfeb00000, ip 10\.0\.0\.13, cluster 1$"
+    want "^\[c-cli\] check ping:10\.0\.0\.11:ok: ok ok$"
+    want "^\[c-cli\] check tcp:10\.0\.0\.11:8080:ok: ok ok$"
+    want "^vm c-cli stopped: exit-code=0 "
 }
 
 check_mgmt() {

@@ -71,7 +71,35 @@ fn endpoint(config: &NodeConfig, nics: &[NicIdentity], e: &Endpoint) -> policy::
 /// Builds the policy from the config; an error names the offending rule.
 /// Also returns each config rule's id in the policy, in config order.
 pub fn build_policy(config: &NodeConfig, nics: &[NicIdentity]) -> Result<(Policy, Vec<RuleId>), String> {
+    build_policy_with(config, nics, &[])
+}
+
+/// A NIC that joined at run time (a VM the consoles created): its cluster
+/// number (1-based, config order), MAC and IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtraNic {
+    /// Cluster number.
+    pub cluster: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// IPv4 address.
+    pub ip: [u8; 4],
+}
+
+/// As [`build_policy`], with NICs that joined at run time as members of
+/// their clusters.
+pub fn build_policy_with(
+    config: &NodeConfig,
+    nics: &[NicIdentity],
+    extra: &[ExtraNic],
+) -> Result<(Policy, Vec<RuleId>), String> {
     let mut boundary = ClusterBoundary::new();
+    for e in extra {
+        if e.cluster == 0 || e.cluster as usize > config.clusters.len() {
+            return Err(format!("cluster {}: not a cluster of this node", e.cluster));
+        }
+        boundary.assign_endpoint(policy::Endpoint::new(MacAddr(e.mac), Ipv4Addr::from(e.ip)), ClusterId(e.cluster));
+    }
     for (i, vm) in config.vms.iter().enumerate() {
         let (Some(cluster), Some(nic)) = (vm.cluster.as_deref(), nics.iter().find(|n| usize::from(n.vm) == i)) else {
             continue;

@@ -80,6 +80,8 @@ pub struct Mgmt {
     pub new_policy: Option<vswitch::engine::CompiledPolicy>,
     /// Disk consequences of key regenerations, for the node loop.
     pub disk_effects: Vec<DiskEffect>,
+    /// NICs of running console-created VMs, by management VM id.
+    pub console_nics: BTreeMap<u32, vswitch::config::ExtraNic>,
     /// Where the state persists (the node's encrypted disk), if anywhere.
     store: Option<nodedisk::VolumeHandle<crate::storage::node::AnyDisk>>,
     /// The state changed since it was last saved.
@@ -168,6 +170,7 @@ impl Mgmt {
                     config: config.clone(),
                     new_policy: None,
                     disk_effects: Vec::new(),
+                    console_nics: BTreeMap::new(),
                     store,
                     dirty: fresh,
                     lazy: false,
@@ -484,7 +487,7 @@ impl Mgmt {
 
     /// The switch policy with the consoles' rules, optionally with the
     /// boundaries or sub-rules replaced by a candidate being checked.
-    fn compile_with(
+    pub(crate) fn compile_with(
         &self,
         boundaries: Option<&BTreeMap<ClusterId, Vec<BoundaryRule>>>,
         sub_rules: Option<&BTreeMap<RuleId, (LeaseId, BoundaryRule)>>,
@@ -493,6 +496,7 @@ impl Mgmt {
             leases: &self.state.leases,
             boundaries: boundaries.unwrap_or(&self.state.boundaries),
             sub_rules: sub_rules.unwrap_or(&self.state.sub_rules),
+            nics: &self.console_nics.values().copied().collect::<Vec<_>>(),
         };
         rules::compile(&self.config, &r)
     }

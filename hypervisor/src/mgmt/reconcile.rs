@@ -4,6 +4,7 @@
 //! UART output is what the console reads.
 
 use super::Mgmt;
+use crate::net::switchboard::Switchboard;
 use crate::storage::{GuestDisk, Storage};
 use crate::virt::Backend;
 use crate::vm::build::{build_vm, ImageSource, NodeResources};
@@ -14,6 +15,8 @@ use alloc::vec::Vec;
 use mgmt_proto::msg::{VmId, VmState};
 use mgmt_proto::state::Image;
 use vmm_config::config::{NodeConfig, VmConfig};
+use vswitch::config::ExtraNic;
+use vswitch::policy::PortId;
 
 /// Uploaded images, as the VM builder reads kernels.
 struct Uploaded<'a>(&'a BTreeMap<String, Image>);
@@ -29,6 +32,17 @@ fn volume_name(id: u32) -> String {
     alloc::format!("vm{id}")
 }
 
+/// Switch port of a console-created VM's NIC (config VMs use 1..).
+fn nic_port(id: u32) -> PortId {
+    PortId(0x1_0000 + id)
+}
+
+/// MAC of a console-created VM's NIC: locally administered, "BM", 1, id.
+fn nic_mac(id: u32) -> [u8; 6] {
+    let [_, _, hi, lo] = id.to_be_bytes();
+    [0x02, 0x42, 0x4D, 0x01, hi, lo]
+}
+
 /// One pass of reconciliation.
 pub fn reconcile(
     m: &mut Mgmt,
@@ -36,7 +50,9 @@ pub fn reconcile(
     config: &NodeConfig,
     backend: Backend,
     mut storage: Option<&mut Storage>,
+    switch: &mut Switchboard,
 ) {
+    let mut nics_changed = false;
     // Stop what is no longer wanted (stopped, restarted or destroyed).
     for vm in vms.iter_mut().filter(|v| v.is_running()) {
         let Some((id, generation)) = vm.managed else { continue };
@@ -48,6 +64,14 @@ pub fn reconcile(
         };
         if let Some(why) = reason {
             vm.stop(StopReason::Console(why));
+        }
+    }
+    // Stopped console VMs leave the switch.
+    for vm in vms.iter().filter(|v| !v.is_running()) {
+        let Some((id, _)) = vm.managed else { continue };
+        if m.console_nics.remove(&id).is_some() {
+            switch.remove_port(nic_port(id));
+            nics_changed = true;
         }
     }
     // Destroyed VMs give their disks back.
@@ -86,6 +110,21 @@ pub fn reconcile(
             }
         };
         let built = built.and_then(|mut vm| {
+            if let (Some(ip), true) = (w.spec.ip, vm.is_running()) {
+                let nic = ExtraNic { cluster: w.spec.cluster.0, mac: nic_mac(id), ip };
+                if nic.cluster == 0 || nic.cluster as usize > config.clusters.len() {
+                    return Err(alloc::format!(
+                        "a NIC needs one of this node's clusters (1..={})",
+                        config.clusters.len()
+                    ));
+                }
+                switch.add_port(nic_port(id), nic.mac, nic.ip)?;
+                m.console_nics.insert(id, nic);
+                nics_changed = true;
+                vm.mmio.attach_nic(nic.mac, nic_port(id));
+                let a = core::net::Ipv4Addr::from(ip);
+                crate::log!("vm {} nic: virtio-net at 0xfeb00000, ip {a}, cluster {}", w.spec.name, nic.cluster);
+            }
             if w.spec.disk_mib > 0 && vm.is_running() {
                 let st = storage.as_deref_mut().ok_or("the node has no disk for this VM's volume")?;
                 let volume = st.volume_for_lease(&volume_name(id), w.spec.cluster.0, w.spec.disk_mib)?;
@@ -100,11 +139,21 @@ pub fn reconcile(
                 vms.push(vm);
             }
             Err(why) => {
+                if m.console_nics.remove(&id).is_some() {
+                    switch.remove_port(nic_port(id));
+                }
                 crate::log!("mgmt: vm {} cannot start: {why}", w.spec.name);
                 if let Some(w) = m.state.vms.get_mut(&VmId(id)) {
                     w.state = VmState::Stopped;
                 }
             }
+        }
+    }
+    // Membership changed: the boundary learns the new NICs.
+    if nics_changed {
+        match m.compile_with(None, None) {
+            Ok(p) => m.new_policy = Some(p),
+            Err(e) => crate::log!("mgmt: switch policy not updated: {e}"),
         }
     }
     // Report back: exits, console output.

@@ -13,7 +13,7 @@ use core::net::Ipv4Addr;
 use mgmt_proto::msg::{Action, BoundaryRule, LeaseId, Proto, RuleId};
 use mgmt_proto::state::Lease;
 use vmm_config::config::NodeConfig;
-use vswitch::config::{build_policy, nic_identities};
+use vswitch::config::{build_policy_with, nic_identities, ExtraNic};
 use vswitch::engine::CompiledPolicy;
 use vswitch::frame::MacAddr;
 use vswitch::policy::{self, ClusterId, Match, Rule};
@@ -24,7 +24,12 @@ const MIN_PREFIX: u8 = 26;
 
 /// The switch rule for one console rule of cluster `cluster`, or why it
 /// cannot be applied.
-fn switch_rule(config: &NodeConfig, cluster: u32, rule: &BoundaryRule) -> Result<Option<(ClusterId, Rule)>, String> {
+fn switch_rule(
+    config: &NodeConfig,
+    extra: &[ExtraNic],
+    cluster: u32,
+    rule: &BoundaryRule,
+) -> Result<Option<(ClusterId, Rule)>, String> {
     if rule.action == Action::Allow {
         // Traffic a boundary does not deny flows already: an allow rule
         // changes nothing.
@@ -45,6 +50,12 @@ fn switch_rule(config: &NodeConfig, cluster: u32, rule: &BoundaryRule) -> Result
         .filter(|(_, v)| v.cluster.as_deref() == Some(name))
         .filter_map(|(i, _)| nics.iter().find(|n| usize::from(n.vm) == i))
         .map(|n| policy::Endpoint::new(MacAddr(n.mac), Ipv4Addr::from(n.ip)))
+        .chain(
+            extra
+                .iter()
+                .filter(|e| e.cluster == cluster)
+                .map(|e| policy::Endpoint::new(MacAddr(e.mac), Ipv4Addr::from(e.ip))),
+        )
         .collect();
     if src.is_empty() {
         return Err(String::from("the lease's cluster has no VM NICs on this node"));
@@ -76,23 +87,25 @@ pub struct ConsoleRules<'a> {
     pub leases: &'a BTreeMap<LeaseId, Lease>,
     pub boundaries: &'a BTreeMap<mgmt_proto::msg::ClusterId, Vec<BoundaryRule>>,
     pub sub_rules: &'a BTreeMap<RuleId, (LeaseId, BoundaryRule)>,
+    /// NICs of running console-created VMs.
+    pub nics: &'a [ExtraNic],
 }
 
 /// The node config's policy plus every console rule, compiled; the error
 /// names the rule that cannot apply.
 pub fn compile(config: &NodeConfig, rules: &ConsoleRules<'_>) -> Result<CompiledPolicy, String> {
     let nics = nic_identities(config);
-    let (mut policy, _) = build_policy(config, &nics)?;
+    let (mut policy, _) = build_policy_with(config, &nics, rules.nics)?;
     for (cluster, list) in rules.boundaries {
         for rule in list {
-            if let Some((c, r)) = switch_rule(config, cluster.0, rule)? {
+            if let Some((c, r)) = switch_rule(config, rules.nics, cluster.0, rule)? {
                 policy.add_landlord_rule(c, r).map_err(|e| format!("boundary: {e}"))?;
             }
         }
     }
     for (lease, rule) in rules.sub_rules.values() {
         let l = rules.leases.get(lease).ok_or("no such lease")?;
-        if let Some((cluster, r)) = switch_rule(config, l.cluster.0, rule)? {
+        if let Some((cluster, r)) = switch_rule(config, rules.nics, l.cluster.0, rule)? {
             policy.add_rule(cluster, r).map_err(|e| format!("rule: {e}"))?;
         }
     }

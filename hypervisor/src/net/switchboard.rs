@@ -79,6 +79,20 @@ impl Switchboard {
         self.switch.expire(now);
     }
 
+    /// A VM NIC that joins at run time.
+    pub fn add_port(&mut self, port: PortId, mac: [u8; 6], ip: [u8; 4]) -> Result<(), String> {
+        self.switch.add_vm_port(port, MacAddr(mac), Ipv4Addr::from(ip)).map_err(|e| format!("nic: {e}"))?;
+        self.ports += 1;
+        Ok(())
+    }
+
+    /// A VM NIC that leaves.
+    pub fn remove_port(&mut self, port: PortId) {
+        if self.switch.remove_port(port).is_ok() {
+            self.ports = self.ports.saturating_sub(1);
+        }
+    }
+
     /// Installs a new compiled policy in one step (console rule changes).
     pub fn swap_policy(&mut self, policy: CompiledPolicy) {
         self.switch.swap_policy(policy);

@@ -57,12 +57,19 @@ impl Node<'_> {
         let a = m.serve_serial(vms);
         actions.shutdown |= a.shutdown;
         actions.reboot |= a.reboot;
-        crate::mgmt::reconcile(m, vms, self.config, self.backend, self.storage.as_deref_mut());
+        crate::mgmt::reconcile(
+            m,
+            vms,
+            self.config,
+            self.backend,
+            self.storage.as_deref_mut(),
+            &mut self.network.switchboard,
+        );
         m.apply_disk_effects(self.storage.as_deref_mut());
         m.persist();
         if let Some(policy) = m.new_policy.take() {
             self.network.switchboard.swap_policy(policy);
-            crate::log!("net: switch policy replaced (console sub-boundaries)");
+            crate::log!("net: switch policy replaced (console changes)");
         }
         self.network.flush_mgmt();
         if actions.shutdown {
