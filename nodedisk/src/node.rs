@@ -708,6 +708,44 @@ impl<D: BlockDevice> NodeDisk<D> {
     }
 }
 
+/// One piece of a byte range `[pos, end)` of a volume, split at 4 KiB
+/// block boundaries: either a run of whole blocks, or part of one block.
+struct BlockChunk {
+    /// First block.
+    block: u64,
+    /// Offset within that block (0 for whole blocks).
+    off: usize,
+    /// Bytes in this piece.
+    len: usize,
+    /// Bytes of the range before this piece.
+    done: usize,
+    /// Whole blocks (no read-modify-write needed).
+    whole: bool,
+}
+
+/// Splits `[pos, end)` into [`BlockChunk`]s, so reads and writes walk a
+/// range the same way.
+fn block_chunks(mut pos: u64, end: u64) -> impl Iterator<Item = BlockChunk> {
+    let block = BLOCK_SIZE as u64;
+    let mut done = 0usize;
+    core::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let off = (pos % block) as usize;
+        let left = end - pos;
+        let (len, whole) = if off == 0 && left >= block {
+            ((left - left % block) as usize, true)
+        } else {
+            ((BLOCK_SIZE - off).min(left as usize), false)
+        };
+        let c = BlockChunk { block: pos / block, off, len, done, whole };
+        pos += len as u64;
+        done += len;
+        Some(c)
+    })
+}
+
 /// An open volume: what the hypervisor's virtio-blk backend calls. Sizes
 /// and addresses are in 512-byte sectors; unaligned requests are
 /// read-modify-write of the underlying 4 KiB encrypted blocks (each of
@@ -758,31 +796,21 @@ impl<D: BlockDevice> VolumeHandle<D> {
     /// [`DiskError::Integrity`], [`DiskError::OutOfRange`], [`DiskError::BadLength`],
     /// [`DiskError::NoSuchVolume`] (deleted), or device errors.
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
-        let (mut pos, end) = self.range(sector, buf.len())?;
+        let (pos, end) = self.range(sector, buf.len())?;
         let mut slot = self.slot.try_borrow_mut().map_err(|_| DiskError::Busy)?;
         let vol = slot.as_mut().ok_or(DiskError::NoSuchVolume)?;
         let err = |e| volume_error(&self.name, e);
-        let mut done = 0usize;
         let mut bounced = false;
-        while pos < end {
-            let s = pos / BLOCK_SIZE as u64;
-            let off = (pos % BLOCK_SIZE as u64) as usize;
-            let left = end - pos;
-            let n = if off == 0 && left >= BLOCK_SIZE as u64 {
-                let n = (left - left % BLOCK_SIZE as u64) as usize;
-                let out = buf.get_mut(done..done + n).ok_or(DiskError::BadLength { len: n })?;
-                vol.read_sectors(s, out).map_err(err)?;
-                n
+        for c in block_chunks(pos, end) {
+            let out = buf.get_mut(c.done..c.done + c.len).ok_or(DiskError::BadLength { len: c.len })?;
+            if c.whole {
+                vol.read_sectors(c.block, out).map_err(err)?;
             } else {
-                let n = (BLOCK_SIZE - off).min(left as usize);
                 bounced = true;
-                vol.read_sectors(s, &mut self.bounce[..]).map_err(err)?;
-                let src = self.bounce.get(off..off + n).ok_or(DiskError::BadLength { len: n })?;
-                buf.get_mut(done..done + n).ok_or(DiskError::BadLength { len: n })?.copy_from_slice(src);
-                n
-            };
-            pos += n as u64;
-            done += n;
+                vol.read_sectors(c.block, &mut self.bounce[..]).map_err(err)?;
+                let src = self.bounce.get(c.off..c.off + c.len).ok_or(DiskError::BadLength { len: c.len })?;
+                out.copy_from_slice(src);
+            }
         }
         if bounced {
             self.bounce.fill(0);
@@ -798,32 +826,24 @@ impl<D: BlockDevice> VolumeHandle<D> {
     /// [`DiskError::Integrity`] (partial block), [`DiskError::OutOfRange`],
     /// [`DiskError::BadLength`], [`DiskError::NoSuchVolume`], or device errors.
     pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), DiskError> {
-        let (mut pos, end) = self.range(sector, data.len())?;
+        let (pos, end) = self.range(sector, data.len())?;
         let mut slot = self.slot.try_borrow_mut().map_err(|_| DiskError::Busy)?;
         let vol = slot.as_mut().ok_or(DiskError::NoSuchVolume)?;
         let err = |e| volume_error(&self.name, e);
-        let mut done = 0usize;
         let mut bounced = false;
-        while pos < end {
-            let s = pos / BLOCK_SIZE as u64;
-            let off = (pos % BLOCK_SIZE as u64) as usize;
-            let left = end - pos;
-            let n = if off == 0 && left >= BLOCK_SIZE as u64 {
-                let n = (left - left % BLOCK_SIZE as u64) as usize;
-                let src = data.get(done..done + n).ok_or(DiskError::BadLength { len: n })?;
-                vol.write_sectors(s, src).map_err(err)?;
-                n
+        for c in block_chunks(pos, end) {
+            let src = data.get(c.done..c.done + c.len).ok_or(DiskError::BadLength { len: c.len })?;
+            if c.whole {
+                vol.write_sectors(c.block, src).map_err(err)?;
             } else {
-                let n = (BLOCK_SIZE - off).min(left as usize);
                 bounced = true;
-                vol.read_sectors(s, &mut self.bounce[..]).map_err(err)?;
-                let src = data.get(done..done + n).ok_or(DiskError::BadLength { len: n })?;
-                self.bounce.get_mut(off..off + n).ok_or(DiskError::BadLength { len: n })?.copy_from_slice(src);
-                vol.write_sectors(s, &self.bounce[..]).map_err(err)?;
-                n
-            };
-            pos += n as u64;
-            done += n;
+                vol.read_sectors(c.block, &mut self.bounce[..]).map_err(err)?;
+                self.bounce
+                    .get_mut(c.off..c.off + c.len)
+                    .ok_or(DiskError::BadLength { len: c.len })?
+                    .copy_from_slice(src);
+                vol.write_sectors(c.block, &self.bounce[..]).map_err(err)?;
+            }
         }
         if bounced {
             self.bounce.fill(0);
