@@ -24,6 +24,7 @@ rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-none || rust
 
 say "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"
+rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs || die "fuzz targets are not formatted: run cargo fmt in fuzz/"
 
 say "clippy (host crates, then bare-metal crates)"
 cargo clippy --quiet --all-targets -- -D warnings

@@ -13,16 +13,9 @@ fn word(data: &[u8], i: usize) -> u64 {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let regs = HypercallRegs {
-        rax: word(data, 0),
-        rdi: word(data, 1),
-        rsi: word(data, 2),
-        rdx: word(data, 3),
-    };
+    let regs = HypercallRegs { rax: word(data, 0), rdi: word(data, 1), rsi: word(data, 2), rdx: word(data, 3) };
     let long_mode = data.get(32).is_some_and(|b| b & 1 == 1);
-    if let Ok(Hypercall::ConsoleWrite { buf, len } | Hypercall::VmInfo { buf, len }) =
-        decode(regs, long_mode)
-    {
+    if let Ok(Hypercall::ConsoleWrite { buf, len } | Hypercall::VmInfo { buf, len }) = decode(regs, long_mode) {
         assert!(len <= CONSOLE_WRITE_MAX);
         assert!(buf.checked_add(len).is_some());
         if !long_mode {

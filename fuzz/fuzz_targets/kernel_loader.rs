@@ -13,12 +13,8 @@ fuzz_target!(|data: &[u8]| {
         let module = ModuleRef { name: "initrd", data: data.get(..64).unwrap_or(data) };
         for m in [None, Some(module)] {
             if let Ok(plan) = plan_boot(&kernel, MEM, "kernel", "console=ttyS0", m) {
-                let mut spans: Vec<(u64, u64)> = plan
-                    .writes
-                    .iter()
-                    .map(|w| (w.gpa, w.gpa + w.len()))
-                    .filter(|s| s.1 > s.0)
-                    .collect();
+                let mut spans: Vec<(u64, u64)> =
+                    plan.writes.iter().map(|w| (w.gpa, w.gpa + w.len())).filter(|s| s.1 > s.0).collect();
                 spans.sort_unstable();
                 for s in &spans {
                     assert!(s.1 <= MEM, "write outside RAM: {s:x?}");
