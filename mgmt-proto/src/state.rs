@@ -44,6 +44,9 @@ pub struct Vm {
     pub console: Vec<u8>,
     /// Times started.
     pub starts: u64,
+    /// The consoles' last word on it: started (and not stopped since). A
+    /// node reboot brings such VMs back running, as an operator expects.
+    pub autostart: bool,
 }
 
 /// An upload in progress.
@@ -87,12 +90,28 @@ pub struct LeaseSnapshot {
     pub signing_key: Option<ImageVerifyKey>,
 }
 
+/// One VM definition in a [`Snapshot`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VmSnapshot {
+    /// Its id.
+    pub id: VmId,
+    /// Its definition.
+    pub spec: VmSpec,
+    /// Times started.
+    pub starts: u64,
+    /// Started by a console and not stopped since: restart it after a reboot.
+    pub autostart: bool,
+}
+
+/// The snapshot format this build writes.
+pub const SNAPSHOT_VERSION: u16 = 2;
+
 /// Everything the node keeps across reboots: keys, leases, VM definitions,
 /// images, boundaries, rules, audit log. The hypervisor stores it on its
 /// encrypted disk; it holds private keys, so it never leaves the node.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
-    /// Format version (1).
+    /// Format version ([`SNAPSHOT_VERSION`]).
     pub version: u16,
     /// R_L.
     pub landlord_secret: [u8; 32],
@@ -100,8 +119,8 @@ pub struct Snapshot {
     pub landlord_console: PublicKey,
     /// Leases.
     pub leases: Vec<LeaseSnapshot>,
-    /// VM definitions (restored stopped).
-    pub vms: Vec<(VmId, VmSpec, u64)>,
+    /// VM definitions.
+    pub vms: Vec<VmSnapshot>,
     /// Stored images: name, bytes, SHA-256.
     pub images: Vec<(String, Vec<u8>, [u8; 32])>,
     /// Cluster boundaries.
@@ -114,6 +133,57 @@ pub struct Snapshot {
     pub next_id: u32,
     /// Last audit time.
     pub clock: u64,
+}
+
+/// The version 1 layout (VMs without the autostart flag), still read so an
+/// upgraded node keeps its leases, VMs and images.
+#[derive(serde::Deserialize)]
+struct SnapshotV1 {
+    version: u16,
+    landlord_secret: [u8; 32],
+    landlord_console: PublicKey,
+    leases: Vec<LeaseSnapshot>,
+    vms: Vec<(VmId, VmSpec, u64)>,
+    images: Vec<(String, Vec<u8>, [u8; 32])>,
+    boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
+    sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
+    audit: Vec<AuditEntry>,
+    next_id: u32,
+    clock: u64,
+}
+
+impl Snapshot {
+    /// Decodes a stored snapshot of this or an earlier format version.
+    pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+        match postcard::from_bytes::<Snapshot>(bytes) {
+            Ok(s) if s.version == SNAPSHOT_VERSION => return Ok(s),
+            Ok(s) if s.version > SNAPSHOT_VERSION => {
+                return Err(format!("snapshot version {} is newer than this build reads", s.version))
+            }
+            _ => {}
+        }
+        match postcard::from_bytes::<SnapshotV1>(bytes) {
+            Ok(v1) if v1.version == 1 => Ok(Snapshot {
+                version: SNAPSHOT_VERSION,
+                landlord_secret: v1.landlord_secret,
+                landlord_console: v1.landlord_console,
+                leases: v1.leases,
+                vms: v1
+                    .vms
+                    .into_iter()
+                    .map(|(id, spec, starts)| VmSnapshot { id, spec, starts, autostart: false })
+                    .collect(),
+                images: v1.images,
+                boundaries: v1.boundaries,
+                sub_rules: v1.sub_rules,
+                audit: v1.audit,
+                next_id: v1.next_id,
+                clock: v1.clock,
+            }),
+            Ok(v1) => Err(format!("unknown snapshot version {}", v1.version)),
+            Err(e) => Err(format!("snapshot does not decode: {e}")),
+        }
+    }
 }
 
 /// The whole simulated node: keys, leases, VMs, images, rules, audit log.
@@ -181,7 +251,7 @@ impl NodeState {
         let (landlord_secret, landlord_console) =
             self.keys.landlord.as_ref().map_or(([0; 32], self.landlord_key), |(s, c)| (s.0, *c));
         Snapshot {
-            version: 1,
+            version: SNAPSHOT_VERSION,
             landlord_secret,
             landlord_console,
             leases: self
@@ -198,7 +268,11 @@ impl NodeState {
                     })
                 })
                 .collect(),
-            vms: self.vms.iter().map(|(id, v)| (*id, v.spec.clone(), v.starts)).collect(),
+            vms: self
+                .vms
+                .iter()
+                .map(|(id, v)| VmSnapshot { id: *id, spec: v.spec.clone(), starts: v.starts, autostart: v.autostart })
+                .collect(),
             images: self.images.iter().map(|(n, i)| (n.clone(), i.data.clone(), i.sha256)).collect(),
             boundaries: self.boundaries.iter().map(|(c, r)| (*c, r.clone())).collect(),
             sub_rules: self.sub_rules.iter().map(|(id, (l, r))| (*id, *l, *r)).collect(),
@@ -208,7 +282,8 @@ impl NodeState {
         }
     }
 
-    /// Rebuilds the state a [`Snapshot`] holds; VMs come back stopped.
+    /// Rebuilds the state a [`Snapshot`] holds. VMs a console had started
+    /// come back wanted running (one more start); the rest stopped.
     /// `None` if a stored key is not a valid X25519 secret.
     pub fn restore(rng: Box<dyn Entropy>, snap: Snapshot) -> Option<NodeState> {
         let landlord = KeyPair::from_secret(SecretKey(snap.landlord_secret))?;
@@ -228,7 +303,11 @@ impl NodeState {
             vms: snap
                 .vms
                 .into_iter()
-                .map(|(id, spec, starts)| (id, Vm { spec, state: VmState::Stopped, console: Vec::new(), starts }))
+                .map(|v| {
+                    let (state, starts) =
+                        if v.autostart { (VmState::Running, v.starts + 1) } else { (VmState::Stopped, v.starts) };
+                    (v.id, Vm { spec: v.spec, state, console: Vec::new(), starts, autostart: v.autostart })
+                })
                 .collect(),
             images: snap.images.into_iter().map(|(n, data, sha256)| (n, Image { data, sha256 })).collect(),
             uploads: BTreeMap::new(),
@@ -447,7 +526,16 @@ impl NodeState {
                     return Err(ErrorReply::new(ErrorCode::Conflict, "name: already used in this lease"));
                 }
                 let vm = VmId(self.id());
-                self.vms.insert(vm, Vm { spec: spec.clone(), state: VmState::Stopped, console: Vec::new(), starts: 0 });
+                self.vms.insert(
+                    vm,
+                    Vm {
+                        spec: spec.clone(),
+                        state: VmState::Stopped,
+                        console: Vec::new(),
+                        starts: 0,
+                        autostart: false,
+                    },
+                );
                 Ok(Response::VmCreated { vm })
             }
             Request::DestroyVm { vm } => {
@@ -504,11 +592,13 @@ impl NodeState {
                 }
                 v.state = VmState::Running;
                 v.starts += 1;
+                v.autostart = true;
                 Ok(Response::Done)
             }
             Request::StopVm { vm } => {
                 let v = self.vms.get_mut(vm).ok_or_else(|| not_found("VM"))?;
                 v.state = VmState::Stopped;
+                v.autostart = false;
                 Ok(Response::Done)
             }
             Request::ReadCounters { vm } => {
@@ -715,5 +805,100 @@ mod snapshot_tests {
         assert_eq!(back.leases.get(&lease).unwrap().node_key, tenant_node_key);
         assert_eq!(back.keys.tenants.get(&lease).unwrap().1, PublicKey([9; 32]));
         assert_eq!(back.audit.len(), n.audit.len());
+    }
+
+    fn node_with_vms(names: &[&str]) -> (NodeState, Vec<VmId>) {
+        let mut n = NodeState::provision(Box::new(HashDrbg::new([3; 32])), PublicKey([7; 32])).unwrap();
+        let r = n.handle(
+            Role::Landlord,
+            &Request::CreateLease { tenant_console_key: PublicKey([9; 32]), cluster: ClusterId(1) },
+        );
+        let Ok(Response::LeaseCreated { lease, .. }) = r else { panic!("{r:?}") };
+        n.images.insert(String::from("img"), Image { data: alloc::vec![0x90; 16], sha256: [0; 32] });
+        let mut ids = Vec::new();
+        for name in names {
+            let spec = VmSpec {
+                name: name.to_string(),
+                lease,
+                cluster: ClusterId(1),
+                memory_mib: 16,
+                image: String::from("img"),
+                cmdline: String::new(),
+                disk_mib: 0,
+                vcpus: 1,
+                ip: None,
+            };
+            let r = n.handle(Role::Landlord, &Request::CreateVm { spec });
+            let Ok(Response::VmCreated { vm }) = r else { panic!("{r:?}") };
+            ids.push(vm);
+        }
+        (n, ids)
+    }
+
+    #[test]
+    fn started_vms_come_back_running_after_a_reboot() {
+        let (mut n, ids) = node_with_vms(&["a", "b", "c"]);
+        for vm in &ids {
+            assert!(n.handle(Role::Landlord, &Request::StartVm { vm: *vm }).is_ok());
+        }
+        assert!(n.handle(Role::Landlord, &Request::StopVm { vm: ids[1] }).is_ok());
+        // "c" exited on its own: still wanted, as no console stopped it.
+        n.vms.get_mut(&ids[2]).unwrap().state = VmState::Stopped;
+        let bytes = postcard::to_allocvec(&n.snapshot()).unwrap();
+        let back = NodeState::restore(Box::new(HashDrbg::new([4; 32])), Snapshot::decode(&bytes).unwrap()).unwrap();
+        let state = |i: usize| (back.vms[&ids[i]].state, back.vms[&ids[i]].starts);
+        assert_eq!(state(0), (VmState::Running, 2));
+        assert_eq!(state(1), (VmState::Stopped, 1));
+        assert_eq!(state(2), (VmState::Running, 2));
+    }
+
+    #[test]
+    fn version_1_snapshots_still_load_with_vms_stopped() {
+        let (n, ids) = node_with_vms(&["old"]);
+        let snap = n.snapshot();
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            version: u16,
+            landlord_secret: [u8; 32],
+            landlord_console: PublicKey,
+            leases: &'a [LeaseSnapshot],
+            vms: Vec<(VmId, VmSpec, u64)>,
+            images: &'a [(String, Vec<u8>, [u8; 32])],
+            boundaries: &'a [(ClusterId, Vec<BoundaryRule>)],
+            sub_rules: &'a [(RuleId, LeaseId, BoundaryRule)],
+            audit: &'a [AuditEntry],
+            next_id: u32,
+            clock: u64,
+        }
+        let v1 = V1 {
+            version: 1,
+            landlord_secret: snap.landlord_secret,
+            landlord_console: snap.landlord_console,
+            leases: &snap.leases,
+            vms: snap.vms.iter().map(|v| (v.id, v.spec.clone(), 5)).collect(),
+            images: &snap.images,
+            boundaries: &snap.boundaries,
+            sub_rules: &snap.sub_rules,
+            audit: &snap.audit,
+            next_id: snap.next_id,
+            clock: snap.clock,
+        };
+        let bytes = postcard::to_allocvec(&v1).unwrap();
+        let back = Snapshot::decode(&bytes).unwrap();
+        assert_eq!(back.version, SNAPSHOT_VERSION);
+        assert_eq!(back.leases.len(), 1);
+        assert_eq!((back.vms[0].id, back.vms[0].starts, back.vms[0].autostart), (ids[0], 5, false));
+        assert_eq!(back.audit.len(), n.audit.len());
+    }
+
+    #[test]
+    fn snapshots_from_a_newer_build_or_garbage_are_refused() {
+        let (n, _) = node_with_vms(&["x"]);
+        let mut snap = n.snapshot();
+        snap.version = SNAPSHOT_VERSION + 1;
+        let err = Snapshot::decode(&postcard::to_allocvec(&snap).unwrap()).unwrap_err();
+        assert!(err.contains("newer"), "{err}");
+        assert!(Snapshot::decode(&[0xff; 40]).is_err());
+        assert!(Snapshot::decode(&[]).is_err());
     }
 }

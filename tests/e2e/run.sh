@@ -387,7 +387,9 @@ run_mgmt() {
     bm -p ll landlord keys rotate >"$dir/ll-rotate.txt" 2>&1 || fail "landlord key rotation failed: $(cat "$dir/ll-rotate.txt")"
     bm -p ll landlord status >/dev/null 2>&1 || fail "landlord refused after rotating its own key"
     # Reboot: the state (keys, leases, VM definitions, images, audit) comes
-    # back from the encrypted disk; consoles keep working.
+    # back from the encrypted disk; consoles keep working. VMs a console
+    # started come back running; one the landlord stopped stays stopped.
+    bm -p ll landlord vm stop "$evm" >/dev/null 2>&1 || fail "landlord could not stop the echo VM"
     bm -p ll landlord reboot >/dev/null 2>&1 || fail "landlord reboot failed"
     wait "$boot"
     cat "$dir/boot1.log" >"$dir/serial.log"
@@ -401,6 +403,10 @@ run_mgmt() {
     bm -p tb tenant vms >/dev/null 2>&1 || fail "tenant b refused after the reboot"
     bm -p ll landlord audit >"$dir/audit2.txt" 2>&1
     grep -q "start-vm" "$dir/audit2.txt" || fail "the audit log did not survive the reboot"
+    deadline=$((SECONDS + 30))
+    until grep -q "^vm web stopped" "$dir/boot2.log" || ((SECONDS > deadline)); do sleep 0.3; done
+    grep -q "^vm web stopped: exit-code=0 " "$dir/boot2.log" || fail "the started VM web did not run again after the reboot"
+    grep -q "^vm echo-vm stopped" "$dir/boot2.log" && fail "the stopped VM echo-vm was started again after the reboot"
     bm -p ll landlord shutdown >/dev/null 2>&1 || fail "landlord shutdown failed"
     wait "$boot"
     cat "$dir/boot2.log" >>"$dir/serial.log"
@@ -529,6 +535,7 @@ check_mgmt() {
     want "^node: shutdown requested by the landlord$"
     want "^node: reboot requested by the landlord$"
     want "^mgmt: state restored from the encrypted disk \(3 lease\(s\), 3 VM definition\(s\), 4 image\(s\)\)$"
+    want "^mgmt: restarting 2 VM\(s\) a console had started: web, disk-vm$"
     want "^disk: tenant key of cluster 1 regenerated \(epoch [0-9]+\): its volumes crypto-erased$"
     want "^disk: landlord key rotated \(epoch 2\): every volume crypto-erased$"
     want "^mgmt: session refused: "

@@ -20,6 +20,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use mgmt_proto::msg::{
     BoundaryRule, ClusterId, Counter, ErrorCode, ErrorReply, LeaseId, NodeStatus, Request, Response, Role, RuleId,
+    VmState,
 };
 use mgmt_proto::session::{NodeEvent, NodeSession};
 use mgmt_proto::state::NodeState;
@@ -145,6 +146,11 @@ impl Mgmt {
                     state.vms.len(),
                     state.images.len()
                 );
+                let again: Vec<&str> =
+                    state.vms.values().filter(|v| v.state == VmState::Running).map(|v| v.spec.name.as_str()).collect();
+                if !again.is_empty() {
+                    crate::log!("mgmt: restarting {} VM(s) a console had started: {}", again.len(), again.join(", "));
+                }
                 Ok(state)
             }
             None => NodeState::provision(Box::new(Rdrand), PublicKey(key)),

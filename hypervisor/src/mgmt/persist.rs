@@ -28,7 +28,7 @@ pub fn load(vol: &mut VolumeHandle<AnyDisk>) -> Result<Option<Snapshot>, String>
     let mut buf = vec![0u8; total];
     vol.read(0, &mut buf).map_err(|e| format!("{e}"))?;
     let body = buf.get(16..16 + len as usize).ok_or("snapshot truncated")?;
-    postcard::from_bytes(body).map(Some).map_err(|e| format!("snapshot does not decode: {e}"))
+    Snapshot::decode(body).map(Some)
 }
 
 /// Writes the snapshot and flushes it to the disk.
