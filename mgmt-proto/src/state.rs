@@ -304,8 +304,11 @@ impl NodeState {
                 .vms
                 .into_iter()
                 .map(|v| {
-                    let (state, starts) =
-                        if v.autostart { (VmState::Running, v.starts + 1) } else { (VmState::Stopped, v.starts) };
+                    let (state, starts) = if v.autostart {
+                        (VmState::Running, v.starts.saturating_add(1))
+                    } else {
+                        (VmState::Stopped, v.starts)
+                    };
                     (v.id, Vm { spec: v.spec, state, console: Vec::new(), starts, autostart: v.autostart })
                 })
                 .collect(),
