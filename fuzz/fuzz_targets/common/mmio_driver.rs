@@ -46,10 +46,15 @@ pub fn seeded_ram(inp: &mut Input<'_>) -> VecMemory {
     VecMemory::from_bytes(ram)
 }
 
-/// A 32-bit register write; a refused write must leave the device in
-/// DEVICE_NEEDS_RESET, never half-configured.
+/// A 32-bit register write, as a driver makes them.
 pub fn write_reg<B: DeviceBackend>(dev: &mut MmioDevice<B>, mem: &VecMemory, off: u64, v: u32) {
-    let out = dev.write(off, 4, v, mem);
+    write_sized(dev, mem, off, 4, v);
+}
+
+/// A register write of any size; a refused write must leave the device in
+/// DEVICE_NEEDS_RESET, never half-configured.
+fn write_sized<B: DeviceBackend>(dev: &mut MmioDevice<B>, mem: &VecMemory, off: u64, size: u8, v: u32) {
+    let out = dev.write(off, size, v, mem);
     if out.error.is_some() {
         assert_ne!(dev.status() & DEVICE_NEEDS_RESET, 0);
     }
@@ -62,10 +67,7 @@ pub fn raw_access<B: DeviceBackend>(dev: &mut MmioDevice<B>, mem: &VecMemory, in
     let size = [1, 2, 4, 8][usize::from(inp.u8() % 4)];
     if write {
         let v = inp.u32();
-        let out = dev.write(off, size, v, mem);
-        if out.error.is_some() {
-            assert_ne!(dev.status() & DEVICE_NEEDS_RESET, 0);
-        }
+        write_sized(dev, mem, off, size, v);
     } else {
         let _ = dev.read(off, size);
     }
