@@ -61,6 +61,7 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
             | Request::UploadImageBegin { .. }
             | Request::UploadImageChunk { .. }
             | Request::UploadImageCommit { .. }
+            | Request::CancelUpload { .. }
             | Request::CreateVm { .. }
             | Request::DestroyVm { .. }
             | Request::RotateLandlordKey
@@ -94,6 +95,7 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
                 | Request::UploadImageBegin { .. }
                 | Request::UploadImageChunk { .. }
                 | Request::UploadImageCommit { .. }
+                | Request::CancelUpload { .. }
                 | Request::CreateVm { .. }
                 | Request::DestroyVm { .. }
                 | Request::RotateLandlordKey
@@ -168,6 +170,7 @@ mod tests {
             Request::UploadImageBegin { name: String::from("x"), size: 1, sha256: None, signature: None, lease: None },
             Request::UploadImageChunk { upload: UploadId(0), offset: 0, bytes: vec![] },
             Request::UploadImageCommit { upload: UploadId(0) },
+            Request::CancelUpload { name: String::from("x") },
             Request::CreateVm {
                 spec: VmSpec {
                     lease: LeaseId(1),

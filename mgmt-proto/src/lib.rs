@@ -36,7 +36,7 @@ pub use crypto::{Entropy, EntropyError, HashDrbg, KeyPair, PublicKey, SecretKey}
 pub use frame::{encode_frame, FrameDecoder, FrameError};
 pub use msg::*;
 pub use session::{
-    ConsoleEvent, ConsoleSession, KeyCheck, KeyDirectory, KeyTable, NodeEvent, NodeSession, SessionError,
+    busy_frame, ConsoleEvent, ConsoleSession, KeyCheck, KeyDirectory, KeyTable, NodeEvent, NodeSession, SessionError,
 };
 pub use sig::{
     image_digest, image_verify_key, sign_image, sign_image_digest, verify_image, verify_image_digest, SigError,

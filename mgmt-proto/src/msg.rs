@@ -153,6 +153,12 @@ pub enum ErrorCode {
     Unsupported,
     /// The node failed internally.
     Internal,
+    /// The node has no room for another session now (every slot is held by
+    /// authenticated sessions); the console may retry after a moment.
+    Busy,
+    /// A node limit (quota, table size) would be exceeded; the message
+    /// names the limit.
+    Limit,
 }
 
 impl ErrorCode {
@@ -514,6 +520,13 @@ pub enum Request {
     Suspend,
     /// Resume the VMs a `Suspend` paused.
     Resume,
+    // ---- landlord (added in protocol 1 without renumbering) ----
+    /// Abandon the upload of this image name and free what it holds on the
+    /// node (an unfinished upload also expires on its own).
+    CancelUpload {
+        /// The image name the upload was begun with.
+        name: String,
+    },
 }
 
 impl Request {
@@ -548,6 +561,7 @@ impl Request {
             Request::SetImageSigningKey { .. } => "set-image-signing-key",
             Request::Suspend => "suspend",
             Request::Resume => "resume",
+            Request::CancelUpload { .. } => "cancel-upload",
         }
     }
 }

@@ -151,6 +151,15 @@ impl From<CodecError> for SessionError {
     }
 }
 
+/// The cleartext refusal a node sends on a connection it has no session
+/// slot for, before reading anything: the console sees
+/// [`SessionError::Refused`] with [`ErrorCode::Busy`] and may retry, instead
+/// of a reset it cannot tell from a dead node.
+pub fn busy_frame(message: &str) -> Vec<u8> {
+    let reply = HandshakeReply::Refused(ErrorReply::new(ErrorCode::Busy, message));
+    encode(&reply, MAX_HANDSHAKE_FRAME).ok().and_then(|plain| encode_frame(&plain).ok()).unwrap_or_default()
+}
+
 /// The result of checking a console's static key against the registrations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyCheck {

@@ -487,6 +487,12 @@ impl NodeState {
                 u.data.extend_from_slice(bytes);
                 Ok(Response::Upload { upload: *upload, offset: u.data.len() as u64 })
             }
+            Request::CancelUpload { name } => {
+                let id = self.uploads.iter().find(|(_, u)| u.name == *name).map(|(id, _)| *id);
+                let id = id.ok_or_else(|| not_found("upload"))?;
+                self.uploads.remove(&id);
+                Ok(Response::Done)
+            }
             Request::UploadImageCommit { upload } => {
                 let u = self.uploads.get(upload).ok_or_else(|| not_found("upload"))?;
                 if u.data.len() as u64 != u.size {
