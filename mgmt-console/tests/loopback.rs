@@ -181,8 +181,8 @@ fn image_upload_resumes_after_interruption() {
     let report = upload_image(&mut conn, &image, &opts, &ProgressBar::hidden()).unwrap();
     assert_eq!(connects, 2);
     assert_eq!(report.started_at, vec![0, 3 * 16 * 1024]);
-    let st = s.server.state.lock().unwrap();
-    assert_eq!(st.images["disk.img"].data, image);
+    let mut st = s.server.state.lock().unwrap();
+    assert_eq!(st.image_bytes("disk.img").unwrap(), image);
     assert!(st.uploads.is_empty());
 }
 

@@ -23,9 +23,11 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod admission;
 pub mod authz;
 pub mod crypto;
 pub mod frame;
+pub mod images;
 pub mod msg;
 pub mod session;
 pub mod sig;

@@ -455,6 +455,13 @@ impl NodeSession {
         e
     }
 
+    /// Ends the session with a [`ErrorCode::Busy`] refusal (a session limit
+    /// was reached once the console's role became known); the console may
+    /// retry. The refusal is in `take_output`.
+    pub fn refuse_busy(&mut self, message: &str) {
+        let _ = self.refuse(0, SessionError::Refused(ErrorReply::new(ErrorCode::Busy, message)));
+    }
+
     /// Queues the answer to request `seq`. A response too large for one
     /// message is replaced by an `Internal` error naming the problem, so the
     /// console always gets an answer.

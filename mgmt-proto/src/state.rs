@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::authz::{authorize, Ownership};
 use crate::crypto::{Entropy, KeyPair, PublicKey, SecretKey};
+use crate::images::{blocks_for, place, Extent, ImageStore, MemImageStore, BLOCK};
 use crate::msg::*;
 use crate::session::{KeyTable, NodeEvent, NodeSession, SessionError};
 use crate::sig::verify_image_digest;
@@ -21,6 +22,52 @@ use crate::{MAX_CHUNK, MAX_CONSOLE_BYTES};
 
 /// Largest number of audit entries returned per request.
 const AUDIT_PAGE: usize = 100;
+
+/// Limits on what consoles may make the node keep; each refusal names one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateLimits {
+    /// Largest single image.
+    pub max_image_bytes: u64,
+    /// All stored images and unfinished uploads together.
+    pub max_images_bytes: u64,
+    /// Unfinished uploads at once.
+    pub max_uploads: usize,
+    /// An upload with no chunk for this long is discarded.
+    pub upload_expiry_secs: u64,
+    /// Leases at once.
+    pub max_leases: usize,
+    /// VM definitions at once.
+    pub max_vms: usize,
+    /// Tenant sub-boundary rules (all leases).
+    pub max_sub_rules: usize,
+    /// Rules in one cluster boundary.
+    pub max_boundary_rules: usize,
+    /// Audit entries kept (older ones are trimmed).
+    pub max_audit: usize,
+}
+
+impl StateLimits {
+    /// The node's defaults.
+    pub const DEFAULT: StateLimits = StateLimits {
+        max_image_bytes: 16 << 20,
+        max_images_bytes: 64 << 20,
+        max_uploads: 8,
+        upload_expiry_secs: 600,
+        max_leases: 256,
+        max_vms: 64,
+        max_sub_rules: 1024,
+        max_boundary_rules: 256,
+        max_audit: 4096,
+    };
+}
+
+fn limit(msg: String) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Limit, msg)
+}
+
+fn mib(bytes: u64) -> u64 {
+    bytes >> 20
+}
 
 /// A lease as the simulated node records it.
 #[derive(Debug, Clone)]
@@ -62,15 +109,23 @@ pub struct Upload {
     pub signature: Option<ImageSignature>,
     /// Lease the image is for.
     pub lease: Option<LeaseId>,
-    /// Bytes received.
-    pub data: Vec<u8>,
+    /// Where its bytes go in the image store.
+    pub extent: Extent,
+    /// Bytes received (always a prefix: chunks arrive in order).
+    pub received: u64,
+    /// SHA-256 of the received prefix.
+    pub hasher: Sha256,
+    /// Node time of the last chunk, for expiry.
+    pub touched: u64,
 }
 
-/// A stored image.
-#[derive(Debug, Clone)]
+/// A stored image: its bytes are in the image store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Image {
-    /// Its bytes.
-    pub data: Vec<u8>,
+    /// Where its bytes are.
+    pub extent: Extent,
+    /// Its length.
+    pub size: u64,
     /// Its SHA-256.
     pub sha256: [u8; 32],
 }
@@ -103,8 +158,9 @@ pub struct VmSnapshot {
     pub autostart: bool,
 }
 
-/// The snapshot format this build writes.
-pub const SNAPSHOT_VERSION: u16 = 2;
+/// The snapshot format this build writes (3: images live in the image
+/// store, the snapshot keeps their extents).
+pub const SNAPSHOT_VERSION: u16 = 3;
 
 /// Everything the node keeps across reboots: keys, leases, VM definitions,
 /// images, boundaries, rules, audit log. The hypervisor stores it on its
@@ -121,8 +177,8 @@ pub struct Snapshot {
     pub leases: Vec<LeaseSnapshot>,
     /// VM definitions.
     pub vms: Vec<VmSnapshot>,
-    /// Stored images: name, bytes, SHA-256.
-    pub images: Vec<(String, Vec<u8>, [u8; 32])>,
+    /// Stored images: name and where the store holds them.
+    pub images: Vec<(String, Image)>,
     /// Cluster boundaries.
     pub boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
     /// Tenant sub-boundaries.
@@ -133,6 +189,26 @@ pub struct Snapshot {
     pub next_id: u32,
     /// Last audit time.
     pub clock: u64,
+    /// Images of a version 1 or 2 snapshot, which carried their bytes:
+    /// [`NodeState::restore_with`] moves them into the image store.
+    #[serde(skip)]
+    pub legacy_images: Vec<(String, Vec<u8>, [u8; 32])>,
+}
+
+/// The version 2 layout (images inline).
+#[derive(serde::Deserialize)]
+struct SnapshotV2 {
+    version: u16,
+    landlord_secret: [u8; 32],
+    landlord_console: PublicKey,
+    leases: Vec<LeaseSnapshot>,
+    vms: Vec<VmSnapshot>,
+    images: Vec<(String, Vec<u8>, [u8; 32])>,
+    boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
+    sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
+    audit: Vec<AuditEntry>,
+    next_id: u32,
+    clock: u64,
 }
 
 /// The version 1 layout (VMs without the autostart flag), still read so an
@@ -162,6 +238,24 @@ impl Snapshot {
             }
             _ => {}
         }
+        if let Ok(v2) = postcard::from_bytes::<SnapshotV2>(bytes) {
+            if v2.version == 2 {
+                return Ok(Snapshot {
+                    version: SNAPSHOT_VERSION,
+                    landlord_secret: v2.landlord_secret,
+                    landlord_console: v2.landlord_console,
+                    leases: v2.leases,
+                    vms: v2.vms,
+                    images: Vec::new(),
+                    boundaries: v2.boundaries,
+                    sub_rules: v2.sub_rules,
+                    audit: v2.audit,
+                    next_id: v2.next_id,
+                    clock: v2.clock,
+                    legacy_images: v2.images,
+                });
+            }
+        }
         match postcard::from_bytes::<SnapshotV1>(bytes) {
             Ok(v1) if v1.version == 1 => Ok(Snapshot {
                 version: SNAPSHOT_VERSION,
@@ -173,12 +267,13 @@ impl Snapshot {
                     .into_iter()
                     .map(|(id, spec, starts)| VmSnapshot { id, spec, starts, autostart: false })
                     .collect(),
-                images: v1.images,
+                images: Vec::new(),
                 boundaries: v1.boundaries,
                 sub_rules: v1.sub_rules,
                 audit: v1.audit,
                 next_id: v1.next_id,
                 clock: v1.clock,
+                legacy_images: v1.images,
             }),
             Ok(v1) => Err(format!("unknown snapshot version {}", v1.version)),
             Err(e) => Err(format!("snapshot does not decode: {e}")),
@@ -189,6 +284,12 @@ impl Snapshot {
 /// The whole simulated node: keys, leases, VMs, images, rules, audit log.
 pub struct NodeState {
     rng: Box<dyn Entropy>,
+    /// Where image bytes live.
+    store: Box<dyn ImageStore>,
+    /// What consoles may make the node keep.
+    pub limits: StateLimits,
+    /// Index of the oldest kept audit entry (older ones were trimmed).
+    pub audit_base: u64,
     /// Node keys and registered console keys; the sessions' key directory.
     pub keys: KeyTable,
     /// U_L.
@@ -205,7 +306,7 @@ pub struct NodeState {
     pub boundaries: BTreeMap<ClusterId, Vec<BoundaryRule>>,
     /// Tenant sub-boundary rules.
     pub sub_rules: BTreeMap<RuleId, (LeaseId, BoundaryRule)>,
-    /// The audit log.
+    /// The audit log (the newest [`StateLimits::max_audit`] entries).
     pub audit: Vec<AuditEntry>,
     /// Set by `Reboot`.
     pub reboot_requested: bool,
@@ -228,6 +329,9 @@ impl NodeState {
         let keys = KeyTable { landlord: Some((landlord.secret.clone(), landlord_console)), ..KeyTable::default() };
         Ok(NodeState {
             rng,
+            store: default_store(),
+            limits: StateLimits::DEFAULT,
+            audit_base: 0,
             keys,
             landlord_key: landlord.public,
             leases: BTreeMap::new(),
@@ -273,13 +377,109 @@ impl NodeState {
                 .iter()
                 .map(|(id, v)| VmSnapshot { id: *id, spec: v.spec.clone(), starts: v.starts, autostart: v.autostart })
                 .collect(),
-            images: self.images.iter().map(|(n, i)| (n.clone(), i.data.clone(), i.sha256)).collect(),
+            images: self.images.iter().map(|(n, i)| (n.clone(), *i)).collect(),
             boundaries: self.boundaries.iter().map(|(c, r)| (*c, r.clone())).collect(),
             sub_rules: self.sub_rules.iter().map(|(id, (l, r))| (*id, *l, *r)).collect(),
             audit: self.audit.clone(),
             next_id: self.next_id,
             clock: self.clock,
+            legacy_images: Vec::new(),
         }
+    }
+
+    /// Uses `store` for image bytes (and `limits`); call before serving.
+    pub fn with_image_store(mut self, store: Box<dyn ImageStore>, limits: StateLimits) -> NodeState {
+        self.store = store;
+        self.limits = limits;
+        self
+    }
+
+    /// [`Self::restore`] with the image store the snapshot's images live
+    /// in. Images of an older snapshot are written into it; one that does
+    /// not fit is dropped and named in the returned list.
+    pub fn restore_with(
+        rng: Box<dyn Entropy>,
+        mut snap: Snapshot,
+        store: Box<dyn ImageStore>,
+        limits: StateLimits,
+    ) -> Option<(NodeState, Vec<String>)> {
+        let legacy = core::mem::take(&mut snap.legacy_images);
+        let mut state = NodeState::restore(rng, snap)?.with_image_store(store, limits);
+        let capacity = state.store.capacity_blocks();
+        state.images.retain(|_, i| i.extent.end() <= capacity);
+        let mut dropped = Vec::new();
+        for (name, data, sha256) in legacy {
+            let size = data.len() as u64;
+            let used = state.used_extents();
+            let stored = place(&used, blocks_for(size), capacity)
+                .filter(|_| size <= state.limits.max_image_bytes)
+                .and_then(|extent| {
+                    state.store.write(extent.start * BLOCK, &data).ok()?;
+                    Some(Image { extent, size, sha256 })
+                });
+            match stored {
+                Some(img) => {
+                    state.images.insert(name, img);
+                }
+                None => dropped.push(name),
+            }
+        }
+        let _ = state.store.flush();
+        Some((state, dropped))
+    }
+
+    /// Extents held by stored images and unfinished uploads.
+    fn used_extents(&self) -> Vec<Extent> {
+        self.images.values().map(|i| i.extent).chain(self.uploads.values().map(|u| u.extent)).collect()
+    }
+
+    /// Bytes of stored images plus declared sizes of unfinished uploads.
+    pub fn images_bytes(&self) -> u64 {
+        self.images.values().map(|i| i.size).chain(self.uploads.values().map(|u| u.size)).sum()
+    }
+
+    /// The whole image `name`, read from the store (to boot it). The
+    /// caller checks it has room for `size` bytes first.
+    pub fn image_bytes(&mut self, name: &str) -> Result<Vec<u8>, String> {
+        let img = *self.images.get(name).ok_or_else(|| format!("no image named {name:?}"))?;
+        let len = usize::try_from(img.size).map_err(|_| String::from("image too large"))?;
+        let mut buf = alloc::vec![0u8; len];
+        self.store.read(img.extent.start * BLOCK, &mut buf)?;
+        let digest: [u8; 32] = Sha256::digest(&buf).into();
+        if digest != img.sha256 {
+            return Err(format!("image {name:?} does not match its SHA-256 (store damaged)"));
+        }
+        Ok(buf)
+    }
+
+    /// Drops uploads no chunk reached for [`StateLimits::upload_expiry_secs`]
+    /// and frees their room; returns their names.
+    pub fn expire_uploads(&mut self) -> Vec<String> {
+        let now = self.clock;
+        let ttl = self.limits.upload_expiry_secs;
+        let old: Vec<UploadId> =
+            self.uploads.iter().filter(|(_, u)| now.saturating_sub(u.touched) >= ttl).map(|(id, _)| *id).collect();
+        let mut names = Vec::new();
+        for id in old {
+            if let Some(u) = self.uploads.remove(&id) {
+                self.store.discard(u.extent);
+                names.push(u.name);
+            }
+        }
+        names
+    }
+
+    /// Forgets every image and upload (their bytes were crypto-erased with
+    /// the landlord key); returns how many images were dropped.
+    pub fn drop_all_images(&mut self) -> usize {
+        let n = self.images.len();
+        for (_, i) in core::mem::take(&mut self.images) {
+            self.store.discard(i.extent);
+        }
+        for (_, u) in core::mem::take(&mut self.uploads) {
+            self.store.discard(u.extent);
+        }
+        n
     }
 
     /// Rebuilds the state a [`Snapshot`] holds. VMs a console had started
@@ -297,6 +497,9 @@ impl NodeState {
         }
         Some(NodeState {
             rng,
+            store: default_store(),
+            limits: StateLimits::DEFAULT,
+            audit_base: snap.audit.first().map_or(0, |e| e.index),
             keys,
             landlord_key: landlord.public,
             leases,
@@ -312,7 +515,7 @@ impl NodeState {
                     (v.id, Vm { spec: v.spec, state, console: Vec::new(), starts, autostart: v.autostart })
                 })
                 .collect(),
-            images: snap.images.into_iter().map(|(n, data, sha256)| (n, Image { data, sha256 })).collect(),
+            images: snap.images.into_iter().collect(),
             uploads: BTreeMap::new(),
             boundaries: snap.boundaries.into_iter().collect(),
             sub_rules: snap.sub_rules.into_iter().map(|(id, l, r)| (id, (l, r))).collect(),
@@ -351,8 +554,15 @@ impl NodeState {
         if !self.external_clock {
             self.clock += 1;
         }
-        let index = self.audit.len() as u64;
+        let index = self.audit_base + self.audit.len() as u64;
         self.audit.push(AuditEntry { index, time_secs: self.clock, role, action: action.to_string(), outcome });
+        let max = self.limits.max_audit.max(1);
+        if self.audit.len() > max {
+            // Trim an eighth at a time so trimming is rare.
+            let cut = (self.audit.len() - max).max(max / 8).min(self.audit.len());
+            self.audit.drain(..cut);
+            self.audit_base = self.audit.first().map_or(index + 1, |e| e.index);
+        }
     }
 
     /// Serves received bytes on one session: handshake, then every request
@@ -420,6 +630,15 @@ impl NodeState {
                 self.suspended = false;
                 Ok(Response::Done)
             }
+            Request::CreateLease { .. } if self.leases.len() >= self.limits.max_leases => {
+                Err(limit(format!("the node holds at most {} leases (max_leases)", self.limits.max_leases)))
+            }
+            Request::SetClusterBoundary { rules, .. } if rules.len() > self.limits.max_boundary_rules => Err(limit(
+                format!("a boundary has at most {} rules (max_boundary_rules)", self.limits.max_boundary_rules),
+            )),
+            Request::SetSubBoundary { .. } if self.sub_rules.len() >= self.limits.max_sub_rules => {
+                Err(limit(format!("the node keeps at most {} tenant rules (max_sub_rules)", self.limits.max_sub_rules)))
+            }
             Request::CreateLease { tenant_console_key, cluster } => {
                 let lease = LeaseId(self.id());
                 let pair = KeyPair::generate(&mut *self.rng).map_err(|_| internal())?;
@@ -439,23 +658,61 @@ impl NodeState {
                 Ok(Response::Done)
             }
             Request::UploadImageBegin { name, size, sha256, signature, lease } => {
-                if name.is_empty() || name.len() > 64 {
-                    return Err(ErrorReply::new(ErrorCode::Invalid, "name: must be 1 to 64 bytes"));
+                if !vmm_config::text::valid_name(name) {
+                    return Err(ErrorReply::new(ErrorCode::Invalid, format!("name: {}", vmm_config::text::NAME_RULE)));
                 }
                 if let Some(l) = lease {
                     if !self.leases.contains_key(l) {
                         return Err(not_found("lease"));
                     }
                 }
-                if let Some((id, u)) = self.uploads.iter().find(|(_, u)| u.name == *name) {
+                if let Some((id, u)) = self.uploads.iter_mut().find(|(_, u)| u.name == *name) {
                     if u.size != *size || u.sha256 != *sha256 {
                         return Err(ErrorReply::new(
                             ErrorCode::Conflict,
-                            "an upload of this name with another size or hash is in progress",
+                            "an upload of this name with another size or hash is in progress (cancel it first)",
                         ));
                     }
-                    return Ok(Response::Upload { upload: *id, offset: u.data.len() as u64 });
+                    // A resumed upload: already counted, continue where it was.
+                    u.touched = self.clock;
+                    return Ok(Response::Upload { upload: *id, offset: u.received });
                 }
+                if *size == 0 {
+                    return Err(ErrorReply::new(ErrorCode::Invalid, "size: an image cannot be empty"));
+                }
+                let l = self.limits;
+                if *size > l.max_image_bytes {
+                    return Err(limit(format!(
+                        "size: images are limited to {} MiB each (max_image_bytes)",
+                        mib(l.max_image_bytes)
+                    )));
+                }
+                if self.uploads.len() >= l.max_uploads {
+                    return Err(limit(format!(
+                        "at most {} uploads may be unfinished at once (max_uploads); finish or cancel one",
+                        l.max_uploads
+                    )));
+                }
+                // Replacing an image of the same name frees its room at commit,
+                // so it is not counted twice.
+                let replaced = self.images.get(name).map_or(0, |i| i.size);
+                let used = self.images_bytes().saturating_sub(replaced);
+                if used.saturating_add(*size) > l.max_images_bytes {
+                    return Err(limit(format!(
+                        "size: the node stores at most {} MiB of images (max_images_bytes); {} MiB are in use",
+                        mib(l.max_images_bytes),
+                        used.div_ceil(1 << 20)
+                    )));
+                }
+                let extent =
+                    place(&self.used_extents(), blocks_for(*size), self.store.capacity_blocks()).ok_or_else(|| {
+                        limit(format!(
+                            "size: no room for {} MiB in the image store ({}, {} MiB)",
+                            size.div_ceil(1 << 20),
+                            self.store.kind(),
+                            mib(self.store.capacity_blocks() * BLOCK)
+                        ))
+                    })?;
                 let id = UploadId(self.id());
                 self.uploads.insert(
                     id,
@@ -465,43 +722,52 @@ impl NodeState {
                         sha256: *sha256,
                         signature: *signature,
                         lease: *lease,
-                        data: Vec::new(),
+                        extent,
+                        received: 0,
+                        hasher: Sha256::new(),
+                        touched: self.clock,
                     },
                 );
                 Ok(Response::Upload { upload: id, offset: 0 })
             }
             Request::UploadImageChunk { upload, offset, bytes } => {
+                let clock = self.clock;
                 let u = self.uploads.get_mut(upload).ok_or_else(|| not_found("upload"))?;
                 if bytes.len() > MAX_CHUNK {
                     return Err(ErrorReply::new(ErrorCode::Invalid, format!("bytes: chunk above {MAX_CHUNK} bytes")));
                 }
-                if *offset != u.data.len() as u64 {
+                if *offset != u.received {
                     return Err(ErrorReply::new(
                         ErrorCode::Invalid,
-                        format!("offset: expected {}, got {offset}", u.data.len()),
+                        format!("offset: expected {}, got {offset}", u.received),
                     ));
                 }
-                if u.data.len() as u64 + bytes.len() as u64 > u.size {
+                if u.received + bytes.len() as u64 > u.size {
                     return Err(ErrorReply::new(ErrorCode::Invalid, "bytes: past the declared size"));
                 }
-                u.data.extend_from_slice(bytes);
-                Ok(Response::Upload { upload: *upload, offset: u.data.len() as u64 })
+                self.store
+                    .write(u.extent.start * BLOCK + u.received, bytes)
+                    .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("image store: {e}")))?;
+                u.hasher.update(bytes);
+                u.received += bytes.len() as u64;
+                u.touched = clock;
+                Ok(Response::Upload { upload: *upload, offset: u.received })
             }
             Request::CancelUpload { name } => {
                 let id = self.uploads.iter().find(|(_, u)| u.name == *name).map(|(id, _)| *id);
-                let id = id.ok_or_else(|| not_found("upload"))?;
-                self.uploads.remove(&id);
+                let u = id.and_then(|id| self.uploads.remove(&id)).ok_or_else(|| not_found("upload"))?;
+                self.store.discard(u.extent);
                 Ok(Response::Done)
             }
             Request::UploadImageCommit { upload } => {
                 let u = self.uploads.get(upload).ok_or_else(|| not_found("upload"))?;
-                if u.data.len() as u64 != u.size {
+                if u.received != u.size {
                     return Err(ErrorReply::new(
                         ErrorCode::Invalid,
-                        format!("size: {} of {} bytes received", u.data.len(), u.size),
+                        format!("size: {} of {} bytes received", u.received, u.size),
                     ));
                 }
-                let digest: [u8; 32] = Sha256::digest(&u.data).into();
+                let digest: [u8; 32] = u.hasher.clone().finalize().into();
                 if u.sha256.is_some_and(|h| h != digest) {
                     return Err(ErrorReply::new(ErrorCode::Invalid, "sha256: image does not match"));
                 }
@@ -514,13 +780,50 @@ impl NodeState {
                         .map_err(|e| ErrorReply::new(ErrorCode::BadSignature, e.to_string()))?;
                 }
                 let u = self.uploads.remove(upload).ok_or_else(|| not_found("upload"))?;
+                let checked = self
+                    .store
+                    .flush()
+                    .map_err(|e| ErrorReply::new(ErrorCode::Internal, format!("image store: {e}")))
+                    .and_then(|()| {
+                        self.store.check(u.extent, u.size).map_err(|e| {
+                            ErrorReply::new(ErrorCode::Invalid, format!("image: not a bootable kernel: {e}"))
+                        })
+                    });
+                if let Err(e) = checked {
+                    // It can never succeed: free its room.
+                    self.store.discard(u.extent);
+                    return Err(e);
+                }
                 let (name, size) = (u.name.clone(), u.size);
-                self.images.insert(u.name, Image { data: u.data, sha256: digest });
+                if let Some(old) = self.images.insert(u.name, Image { extent: u.extent, size, sha256: digest }) {
+                    self.store.discard(old.extent);
+                }
                 Ok(Response::ImageStored { name, size, sha256: digest })
             }
             Request::CreateVm { spec } => {
                 if !self.leases.contains_key(&spec.lease) {
                     return Err(not_found("lease"));
+                }
+                if !vmm_config::text::valid_name(&spec.name) {
+                    return Err(ErrorReply::new(ErrorCode::Invalid, format!("name: {}", vmm_config::text::NAME_RULE)));
+                }
+                if !(2..=vmm_config::config::MAX_VM_MEMORY_MIB).contains(&spec.memory_mib) {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Invalid,
+                        format!("memory_mib: must be between 2 and {}", vmm_config::config::MAX_VM_MEMORY_MIB),
+                    ));
+                }
+                if spec.cmdline.len() > vmm_config::config::MAX_CMDLINE_LEN {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Invalid,
+                        format!("cmdline: at most {} bytes", vmm_config::config::MAX_CMDLINE_LEN),
+                    ));
+                }
+                if self.vms.len() >= self.limits.max_vms {
+                    return Err(limit(format!(
+                        "the node keeps at most {} VM definitions (max_vms)",
+                        self.limits.max_vms
+                    )));
                 }
                 if !self.images.contains_key(&spec.image) {
                     return Err(ErrorReply::new(
@@ -571,7 +874,9 @@ impl NodeState {
                 Role::Landlord => Err(internal()),
             },
             Request::ReadAudit { from } => {
-                let start = usize::try_from(*from).unwrap_or(usize::MAX);
+                // Entries before `audit_base` were trimmed: start at the oldest kept.
+                let from = &(*from).max(self.audit_base);
+                let start = usize::try_from(*from - self.audit_base).unwrap_or(usize::MAX);
                 let entries: Vec<AuditEntry> = self
                     .audit
                     .iter()
@@ -581,7 +886,7 @@ impl NodeState {
                     .cloned()
                     .collect();
                 let next = if entries.len() < AUDIT_PAGE {
-                    (self.audit.len() as u64).max(*from)
+                    (self.audit_base + self.audit.len() as u64).max(*from)
                 } else {
                     entries.last().map_or(*from, |e| e.index + 1)
                 };
@@ -672,6 +977,11 @@ impl NodeState {
         }
         Ok(pair.public)
     }
+}
+
+/// The default image store: memory, as a node without a disk has.
+fn default_store() -> Box<dyn ImageStore> {
+    Box::new(MemImageStore::new(StateLimits::DEFAULT.max_images_bytes, MemImageStore::accept_all))
 }
 
 fn internal() -> ErrorReply {
@@ -823,7 +1133,8 @@ mod snapshot_tests {
             &Request::CreateLease { tenant_console_key: PublicKey([9; 32]), cluster: ClusterId(1) },
         );
         let Ok(Response::LeaseCreated { lease, .. }) = r else { panic!("{r:?}") };
-        n.images.insert(String::from("img"), Image { data: alloc::vec![0x90; 16], sha256: [0; 32] });
+        n.images
+            .insert(String::from("img"), Image { extent: Extent { start: 0, blocks: 1 }, size: 16, sha256: [0; 32] });
         let mut ids = Vec::new();
         for name in names {
             let spec = VmSpec {
@@ -879,13 +1190,14 @@ mod snapshot_tests {
             next_id: u32,
             clock: u64,
         }
+        let inline = alloc::vec![(String::from("img"), alloc::vec![0x90u8; 16], [0u8; 32])];
         let v1 = V1 {
             version: 1,
             landlord_secret: snap.landlord_secret,
             landlord_console: snap.landlord_console,
             leases: &snap.leases,
             vms: snap.vms.iter().map(|v| (v.id, v.spec.clone(), 5)).collect(),
-            images: &snap.images,
+            images: &inline,
             boundaries: &snap.boundaries,
             sub_rules: &snap.sub_rules,
             audit: &snap.audit,
@@ -898,6 +1210,15 @@ mod snapshot_tests {
         assert_eq!(back.leases.len(), 1);
         assert_eq!((back.vms[0].id, back.vms[0].starts, back.vms[0].autostart), (ids[0], 5, false));
         assert_eq!(back.audit.len(), n.audit.len());
+        assert_eq!(back.legacy_images, inline);
+        // Restoring moves the inline bytes into the image store.
+        let store = MemImageStore::new(1 << 20, MemImageStore::accept_all);
+        let (mut st, dropped) =
+            NodeState::restore_with(Box::new(HashDrbg::new([5; 32])), back, Box::new(store), StateLimits::DEFAULT)
+                .unwrap();
+        assert!(dropped.is_empty());
+        assert_eq!(st.images["img"].size, 16);
+        assert_eq!(st.image_bytes("img").unwrap_err(), "image \"img\" does not match its SHA-256 (store damaged)");
     }
 
     #[test]
@@ -909,5 +1230,159 @@ mod snapshot_tests {
         assert!(err.contains("newer"), "{err}");
         assert!(Snapshot::decode(&[0xff; 40]).is_err());
         assert!(Snapshot::decode(&[]).is_err());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod upload_tests {
+    use super::*;
+    use crate::crypto::HashDrbg;
+
+    fn only_elf(b: &[u8]) -> Result<(), String> {
+        if b.starts_with(b"\x7fELF") {
+            Ok(())
+        } else {
+            Err(String::from("not an ELF file"))
+        }
+    }
+
+    fn node(capacity: u64, limits: StateLimits) -> NodeState {
+        NodeState::provision(Box::new(HashDrbg::new([1; 32])), PublicKey([7; 32]))
+            .unwrap()
+            .with_image_store(Box::new(MemImageStore::new(capacity, only_elf)), limits)
+    }
+
+    fn image(len: usize, seed: u8) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+        v[..4].copy_from_slice(b"\x7fELF");
+        v
+    }
+
+    fn begin(n: &mut NodeState, name: &str, size: u64) -> Result<(UploadId, u64), ErrorReply> {
+        let req = Request::UploadImageBegin { name: name.into(), size, sha256: None, signature: None, lease: None };
+        match n.handle(Role::Landlord, &req)? {
+            Response::Upload { upload, offset } => Ok((upload, offset)),
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn upload(n: &mut NodeState, name: &str, data: &[u8]) -> Result<Response, ErrorReply> {
+        let (id, mut offset) = begin(n, name, data.len() as u64)?;
+        for c in data.chunks(MAX_CHUNK) {
+            let r = n.handle(Role::Landlord, &Request::UploadImageChunk { upload: id, offset, bytes: c.to_vec() })?;
+            let Response::Upload { offset: o, .. } = r else { panic!("{r:?}") };
+            offset = o;
+        }
+        n.handle(Role::Landlord, &Request::UploadImageCommit { upload: id })
+    }
+
+    fn limits(total: u64) -> StateLimits {
+        StateLimits { max_image_bytes: 1 << 20, max_images_bytes: total, ..StateLimits::DEFAULT }
+    }
+
+    #[test]
+    fn images_are_stored_and_read_back_intact() {
+        let mut n = node(8 << 20, limits(4 << 20));
+        let a = image(300_000, 1);
+        let b = image(123_457, 2);
+        upload(&mut n, "a", &a).unwrap();
+        upload(&mut n, "b", &b).unwrap();
+        assert_eq!(n.image_bytes("a").unwrap(), a);
+        assert_eq!(n.image_bytes("b").unwrap(), b);
+        // Replacing an image keeps one copy.
+        let a2 = image(1000, 3);
+        upload(&mut n, "a", &a2).unwrap();
+        assert_eq!(n.image_bytes("a").unwrap(), a2);
+        assert_eq!(n.images_bytes(), 1000 + 123_457);
+    }
+
+    #[test]
+    fn the_quota_refuses_past_the_limit_and_names_it() {
+        let mut n = node(8 << 20, limits(2 << 20));
+        upload(&mut n, "a", &image(1 << 20, 1)).unwrap();
+        upload(&mut n, "b", &image(1 << 20, 2)).unwrap();
+        let e = upload(&mut n, "c", &image(8, 3)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Limit);
+        assert!(e.message.contains("max_images_bytes") && e.message.contains("2 MiB"), "{}", e.message);
+        let e = upload(&mut n, "d", &image((1 << 20) + 1, 3)).unwrap_err();
+        assert!(e.message.contains("max_image_bytes"), "{}", e.message);
+        // Nothing changed: both images intact.
+        assert_eq!(n.image_bytes("a").unwrap(), image(1 << 20, 1));
+        assert_eq!(n.image_bytes("b").unwrap(), image(1 << 20, 2));
+        assert!(n.uploads.is_empty());
+    }
+
+    #[test]
+    fn a_resumed_upload_counts_once() {
+        let mut n = node(8 << 20, limits(1 << 20));
+        let data = image(700_000, 4);
+        let (id, _) = begin(&mut n, "r", data.len() as u64).unwrap();
+        n.handle(Role::Landlord, &Request::UploadImageChunk { upload: id, offset: 0, bytes: data[..1000].to_vec() })
+            .unwrap();
+        // The console reconnects and begins again: same upload, same offset.
+        for _ in 0..3 {
+            assert_eq!(begin(&mut n, "r", data.len() as u64).unwrap(), (id, 1000));
+        }
+        assert_eq!(n.images_bytes(), 700_000);
+        let e = begin(&mut n, "other", 400_000).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Limit);
+        assert!(begin(&mut n, "other", 300_000).is_ok());
+    }
+
+    #[test]
+    fn cancel_and_expiry_free_partial_uploads() {
+        let mut n = node(8 << 20, limits(1 << 20));
+        begin(&mut n, "x", 1 << 20).unwrap();
+        assert_eq!(begin(&mut n, "y", 1).unwrap_err().code, ErrorCode::Limit);
+        n.handle(Role::Landlord, &Request::CancelUpload { name: "x".into() }).unwrap();
+        assert_eq!(
+            n.handle(Role::Landlord, &Request::CancelUpload { name: "x".into() }).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        begin(&mut n, "y", 1 << 20).unwrap();
+        n.set_clock(n.limits.upload_expiry_secs - 1);
+        assert!(n.expire_uploads().is_empty());
+        n.set_clock(n.limits.upload_expiry_secs);
+        assert_eq!(n.expire_uploads(), alloc::vec![String::from("y")]);
+        assert_eq!(n.images_bytes(), 0);
+    }
+
+    #[test]
+    fn unbootable_empty_and_badly_named_images_are_refused() {
+        let mut n = node(8 << 20, limits(4 << 20));
+        let e = upload(&mut n, "junk", b"not a kernel").unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid);
+        assert!(e.message.contains("not an ELF file"), "{}", e.message);
+        assert!(!n.images.contains_key("junk"));
+        assert_eq!(n.images_bytes(), 0, "a refused image gives its room back");
+        assert_eq!(begin(&mut n, "empty", 0).unwrap_err().code, ErrorCode::Invalid);
+        let e = begin(&mut n, "web\nvm web stopped: exit-code=0", 10).unwrap_err();
+        assert!(e.message.starts_with("name: "), "{}", e.message);
+    }
+
+    #[test]
+    fn too_many_unfinished_uploads_are_refused() {
+        let mut n = node(8 << 20, StateLimits { max_uploads: 2, ..limits(4 << 20) });
+        begin(&mut n, "a", 10).unwrap();
+        begin(&mut n, "b", 10).unwrap();
+        let e = begin(&mut n, "c", 10).unwrap_err();
+        assert!(e.message.contains("max_uploads"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_audit_log_is_bounded_and_pages_from_the_oldest_kept() {
+        let mut n = node(1 << 20, StateLimits { max_audit: 64, ..StateLimits::DEFAULT });
+        for i in 0..1000 {
+            n.log(None, "test", format!("entry {i}"));
+        }
+        assert!(n.audit.len() <= 64);
+        assert_eq!(n.audit.last().unwrap().index, 999);
+        assert_eq!(n.audit_base, n.audit[0].index);
+        let r = n.handle(Role::Landlord, &Request::ReadAudit { from: 0 }).unwrap();
+        let Response::Audit { entries, next } = r else { panic!() };
+        assert_eq!(entries[0].index, n.audit_base);
+        assert_eq!(next, 1000);
+        assert!(entries.windows(2).all(|w| w[1].index == w[0].index + 1));
     }
 }

@@ -292,7 +292,7 @@ run_mgmt() {
     sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|LANDLORD_KEY|$kl|" "$ROOT/tests/e2e/mgmt.toml" >"$dir/mgmt.toml"
     "$BMIMAGE" bundle --config "$dir/mgmt.toml" --out "$dir/mgmt.bundle" 2>>"$dir/bmimage.err"
     rm -f "$dir/node.img"
-    truncate -s 128M "$dir/node.img"
+    truncate -s 256M "$dir/node.img"
     BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port boot_engine qemu-tcg-net-disk "$dir/mgmt.bundle" "$dir/boot1.log" "$BOOT_TIMEOUT" &
     local boot=$! deadline=$((SECONDS + 60))
     until grep -q "staying up" "$dir/boot1.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
@@ -376,7 +376,9 @@ run_mgmt() {
     bm -p ll landlord status >/dev/null
     t1=$(date +%s%N)
     echo "handshake+status: $(((t1 - t0) / 1000000)) ms" >"$dir/figures.txt"
-    head -c 4194304 /dev/urandom >"$dir/blob.bin"
+    # A bootable image padded to 4 MiB (the node refuses unbootable ones).
+    cp "$ROOT/target/x86_64-unknown-none/release/hello" "$dir/blob.bin"
+    head -c $((4194304 - $(stat -c %s "$dir/blob.bin"))) /dev/urandom >>"$dir/blob.bin"
     t0=$(date +%s%N)
     bm -p ll landlord image upload "$dir/blob.bin" --name blob >/dev/null 2>&1 || fail "4 MiB upload failed"
     t1=$(date +%s%N)
@@ -386,6 +388,11 @@ run_mgmt() {
     # state rewritten); bmctl updates the profile with the new U_L.
     bm -p ll landlord keys rotate >"$dir/ll-rotate.txt" 2>&1 || fail "landlord key rotation failed: $(cat "$dir/ll-rotate.txt")"
     bm -p ll landlord status >/dev/null 2>&1 || fail "landlord refused after rotating its own key"
+    # The images were sealed under K_L too: upload the ones the VMs need.
+    bm -p ll landlord image upload "$ROOT/target/x86_64-unknown-none/release/hello" --name hello >/dev/null 2>&1 ||
+        fail "hello upload after the landlord rotation failed"
+    bm -p ll landlord image upload "$dir/diskprobe" --name diskprobe >/dev/null 2>&1 ||
+        fail "diskprobe upload after the landlord rotation failed"
     # Reboot: the state (keys, leases, VM definitions, images, audit) comes
     # back from the encrypted disk; consoles keep working. VMs a console
     # started come back running; one the landlord stopped stays stopped.
@@ -534,7 +541,8 @@ check_mgmt() {
     want "^mgmt: session refused: "
     want "^node: shutdown requested by the landlord$"
     want "^node: reboot requested by the landlord$"
-    want "^mgmt: state restored from the encrypted disk \(3 lease\(s\), 3 VM definition\(s\), 4 image\(s\)\)$"
+    want "^mgmt: 4 image\(s\) crypto-erased with the landlord key; upload them again$"
+    want "^mgmt: state restored from the encrypted disk \(3 lease\(s\), 3 VM definition\(s\), 2 image\(s\)\)$"
     want "^mgmt: restarting 2 VM\(s\) a console had started: web, disk-vm$"
     want "^disk: tenant key of cluster 1 regenerated \(epoch [0-9]+\): its volumes crypto-erased$"
     want "^disk: landlord key rotated \(epoch 2\): every volume crypto-erased$"

@@ -292,8 +292,7 @@ impl NodeConfig {
 }
 
 fn valid_name(name: &str) -> bool {
-    (1..=MAX_NAME_LEN).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    crate::text::valid_name(name)
 }
 
 impl VmConfig {

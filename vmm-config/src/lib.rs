@@ -9,3 +9,4 @@ pub mod bundle;
 pub mod config;
 pub mod hypercall;
 pub mod net;
+pub mod text;

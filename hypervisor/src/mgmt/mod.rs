@@ -7,7 +7,9 @@
 //! counters), shutdown and reboot (real power actions), console output (the
 //! VM's real UART history), console input (not supported yet: an error).
 
+mod image_store;
 mod persist;
+mod ports;
 mod reconcile;
 mod rules;
 
@@ -25,16 +27,8 @@ use mgmt_proto::msg::{
 use mgmt_proto::session::{NodeEvent, NodeSession};
 use mgmt_proto::state::NodeState;
 use mgmt_proto::{Entropy, EntropyError, PublicKey};
-use smoltcp::socket::tcp;
 
 pub use reconcile::reconcile;
-
-/// Largest image the node accepts (images are kept in memory and in the
-/// persisted state).
-const MAX_IMAGE_BYTES: u64 = 8 << 20;
-/// Most image bytes stored and uploading at once (the state volume holds
-/// them with room to spare).
-const MAX_IMAGES_BYTES: u64 = 16 << 20;
 
 /// Audit-only changes are written at most this often.
 const LAZY_SAVE_MS: u64 = 2000;
@@ -68,7 +62,12 @@ pub enum DiskEffect {
 /// The node's management plane.
 pub struct Mgmt {
     pub state: NodeState,
-    sessions: [Option<NodeSession>; crate::net::mgmt::MGMT_SOCKETS],
+    /// The management port's connections, one per socket.
+    conns: Vec<ports::Conn>,
+    /// Who may hold a connection slot, and until when.
+    admission: mgmt_proto::admission::Admission,
+    /// Connection failures awaiting their aggregated report.
+    report: ports::ConnReport,
     /// The out-of-band line (COM2) and its session.
     serial: Option<crate::arch::x86_64::com2::Com2>,
     serial_session: Option<NodeSession>,
@@ -114,6 +113,7 @@ impl Mgmt {
         storage: Option<&mut crate::storage::Storage>,
     ) -> Option<Mgmt> {
         let storage_summary = storage.as_deref().map(crate::storage::Storage::summary);
+        let mut storage = storage;
         let Some(key) = console_key else {
             crate::log!("mgmt: not provisioned (no [node] landlord_console_key); the management port refuses sessions");
             return None;
@@ -122,6 +122,18 @@ impl Mgmt {
             crate::log!("mgmt: no hardware random source; management plane disabled");
             return None;
         }
+        // Images go to their own volume on a physical disk; in memory (a
+        // fixed budget) otherwise.
+        let images: Box<dyn mgmt_proto::images::ImageStore> = match storage.as_deref_mut() {
+            Some(s) if s.is_physical() => match s.image_volume() {
+                Ok(v) => Box::new(image_store::VolumeImageStore::new(v)),
+                Err(e) => {
+                    crate::log!("mgmt: images kept in memory: {e}");
+                    image_store::memory()
+                }
+            },
+            _ => image_store::memory(),
+        };
         let mut store = storage.and_then(|s| match s.state_volume() {
             Ok(v) => Some(v),
             Err(e) => {
@@ -137,7 +149,22 @@ impl Mgmt {
             }
         });
         let fresh = restored.is_none();
-        let state = match restored.and_then(|snap| NodeState::restore(Box::new(Rdrand), snap)) {
+        let limits = mgmt_proto::state::StateLimits {
+            max_images_bytes: mgmt_proto::state::StateLimits::DEFAULT
+                .max_images_bytes
+                .min(images.capacity_blocks() * mgmt_proto::images::BLOCK),
+            ..mgmt_proto::state::StateLimits::DEFAULT
+        };
+        let mut images = Some(images);
+        let restored = restored.and_then(|snap| {
+            let store = images.take()?;
+            let (state, dropped) = NodeState::restore_with(Box::new(Rdrand), snap, store, limits)?;
+            if !dropped.is_empty() {
+                crate::log!("mgmt: images of the old state that do not fit the image store: {}", dropped.join(", "));
+            }
+            Some(state)
+        });
+        let state = match restored {
             Some(mut state) => {
                 state.set_landlord_console(PublicKey(key));
                 crate::log!(
@@ -153,7 +180,8 @@ impl Mgmt {
                 }
                 Ok(state)
             }
-            None => NodeState::provision(Box::new(Rdrand), PublicKey(key)),
+            None => NodeState::provision(Box::new(Rdrand), PublicKey(key))
+                .map(|s| s.with_image_store(images.take().unwrap_or_else(image_store::memory), limits)),
         };
         if store.is_none() {
             crate::log!("mgmt: no node disk: management state lives in memory only");
@@ -168,7 +196,9 @@ impl Mgmt {
                 }
                 Some(Mgmt {
                     state,
-                    sessions: Default::default(),
+                    conns: (0..crate::net::mgmt::MGMT_SOCKETS).map(|_| ports::Conn::default()).collect(),
+                    admission: mgmt_proto::admission::Admission::new(mgmt_proto::admission::Limits::NODE),
+                    report: ports::ConnReport::default(),
                     serial,
                     serial_session: None,
                     facts,
@@ -188,52 +218,6 @@ impl Mgmt {
                 None
             }
         }
-    }
-
-    /// Serves the management port: new connection, new session; bytes in,
-    /// replies out; a refused or finished session closes the connection.
-    pub fn serve_port(&mut self, i: usize, sock: &mut tcp::Socket<'_>, vms: &mut [crate::vm::Vm]) -> Actions {
-        let Some(slot) = self.sessions.get_mut(i) else { return Actions::default() };
-        if !sock.is_active() {
-            *slot = None;
-            return Actions::default();
-        }
-        if sock.state() == tcp::State::CloseWait {
-            // The console closed its side: end the session, close ours.
-            *slot = None;
-            sock.close();
-            return Actions::default();
-        }
-        if !sock.may_recv() {
-            return Actions::default(); // still connecting, or closing
-        }
-        if slot.is_none() {
-            *slot = Some(NodeSession::new(Box::new(Rdrand)));
-        }
-        let mut session = slot.take();
-        let mut buf = vec![0u8; 16 * 1024];
-        while sock.can_recv() {
-            let n = match sock.recv_slice(&mut buf) {
-                Ok(n) if n > 0 => n,
-                _ => break,
-            };
-            let Some(input) = buf.get(..n) else { break };
-            let Some(s) = session.as_mut() else { break };
-            self.feed(s, input, vms);
-            let out = s.take_output();
-            if !out.is_empty() && sock.send_slice(&out).is_err() {
-                crate::log!("mgmt: reply dropped (send buffer full)");
-            }
-            if s.is_closed() {
-                sock.close();
-                session = None;
-                break;
-            }
-        }
-        if let Some(slot) = self.sessions.get_mut(i) {
-            *slot = session;
-        }
-        core::mem::take(&mut self.pending)
     }
 
     /// Serves COM2: a serial line has no connections, so a session that
@@ -300,6 +284,11 @@ impl Mgmt {
                 // The state volume was erased with the rest: write it again.
                 self.dirty = true;
                 self.lazy = false;
+                // So was the image volume (images are sealed under K_L).
+                if storage.is_physical() {
+                    let n = self.state.drop_all_images();
+                    crate::log!("mgmt: {n} image(s) crypto-erased with the landlord key; upload them again");
+                }
             }
         }
     }
@@ -316,13 +305,6 @@ impl Mgmt {
         }
         self.dirty = false;
         self.saved_at = now;
-        // A snapshot copies the images about three times over: refuse
-        // rather than exhaust the heap (which would halt the node).
-        let images: usize = self.state.images.values().map(|i| i.data.len()).sum();
-        if images.saturating_mul(3).saturating_add(4 << 20) > crate::mm::heap::free_bytes() {
-            crate::log!("mgmt: state not saved: not enough memory for a snapshot");
-            return;
-        }
         if let Some(v) = self.store.as_mut() {
             if let Err(e) = persist::save(v, &self.state.snapshot()) {
                 crate::log!("mgmt: state not saved: {e}");
@@ -340,9 +322,7 @@ impl Mgmt {
         let events = match session.receive(input, &self.state.keys) {
             Ok(ev) => ev,
             Err(e) => {
-                let role = session.role();
-                crate::log!("mgmt: session refused: {e}");
-                self.state.log(role, "session", format!("refused: {e}"));
+                self.note_refusal(session.role(), format!("{e}"));
                 return;
             }
         };
@@ -368,7 +348,7 @@ impl Mgmt {
                     };
                     // Chunks are many and alike: the audit log has them all.
                     if !(result.is_ok() && matches!(env.body, Request::UploadImageChunk { .. })) {
-                        crate::log!("mgmt: {} {}: {}", role_name(role), env.body.name(), outcome);
+                        crate::log!("mgmt: {} {}: {}", role_name(role), env.body.name(), escape(&outcome));
                     }
                     // Reads and upload chunks only add audit entries: those
                     // are saved lazily; anything else at the next round.
@@ -403,21 +383,8 @@ impl Mgmt {
                 self.pending.reboot = true;
                 Ok(Response::Done)
             }
-            Request::UploadImageBegin { size, .. } => {
-                let stored: u64 = self.state.images.values().map(|i| i.data.len() as u64).sum();
-                let pending: u64 = self.state.uploads.values().map(|u| u.size).sum();
-                if *size > MAX_IMAGE_BYTES {
-                    return Err(ErrorReply::new(
-                        ErrorCode::Invalid,
-                        format!("size: images are limited to {} MiB", MAX_IMAGE_BYTES >> 20),
-                    ));
-                }
-                if stored + pending + size > MAX_IMAGES_BYTES {
-                    return Err(ErrorReply::new(
-                        ErrorCode::Invalid,
-                        format!("size: the node stores at most {} MiB of images", MAX_IMAGES_BYTES >> 20),
-                    ));
-                }
+            Request::StartVm { vm } | Request::RestartVm { vm } | Request::ReloadImage { vm } => {
+                self.can_start(*vm)?;
                 self.state.handle(role, req)
             }
             Request::RotateLandlordKey => {
@@ -491,6 +458,45 @@ impl Mgmt {
         }
     }
 
+    /// Checks, before answering a start, what would make the VM fail to
+    /// start, so the console hears the reason instead of "done".
+    fn can_start(&self, vm: mgmt_proto::msg::VmId) -> Result<(), ErrorReply> {
+        let Some(w) = self.state.vms.get(&vm) else { return Ok(()) }; // the state answers NotFound
+        let spec = &w.spec;
+        let invalid = |m: String| ErrorReply::new(ErrorCode::Invalid, m);
+        if !vmm_config::text::valid_name(&spec.name) {
+            return Err(invalid(format!("name: {}", vmm_config::text::NAME_RULE)));
+        }
+        let image = self.state.images.get(&spec.image).ok_or_else(|| {
+            ErrorReply::new(ErrorCode::NotFound, format!("image: no image named {:?} (upload it again)", spec.image))
+        })?;
+        let free_mib = (crate::mm::frames::free_count() as u64 * crate::mm::PAGE_SIZE) >> 20;
+        // Guest RAM plus its page tables and device state.
+        let need = u64::from(spec.memory_mib) + 2;
+        if need > free_mib {
+            return Err(ErrorReply::new(
+                ErrorCode::Limit,
+                format!("memory: the VM needs {} MiB, the node has {free_mib} MiB free", spec.memory_mib),
+            ));
+        }
+        if (image.size as usize).saturating_add(8 << 20) > crate::mm::heap::free_bytes() {
+            return Err(ErrorReply::new(
+                ErrorCode::Busy,
+                format!("not enough node memory to load the {} MiB image now; retry", image.size >> 20),
+            ));
+        }
+        if spec.ip.is_some() && (spec.cluster.0 == 0 || spec.cluster.0 as usize > self.config.clusters.len()) {
+            return Err(invalid(format!(
+                "cluster: a NIC needs one of this node's clusters (1..={})",
+                self.config.clusters.len()
+            )));
+        }
+        if spec.disk_mib > 0 && self.facts.disk.is_none() {
+            return Err(invalid(String::from("disk_mib: the node has no disk for this VM's volume")));
+        }
+        Ok(())
+    }
+
     /// The switch policy with the consoles' rules, optionally with the
     /// boundaries or sub-rules replaced by a candidate being checked.
     pub(crate) fn compile_with(
@@ -562,6 +568,11 @@ fn counters(starts: u64, vm: Option<&crate::vm::Vm>) -> Vec<Counter> {
         ]);
     }
     out
+}
+
+/// Client- or guest-supplied text made safe for the node log.
+pub fn escape(s: &str) -> String {
+    vmm_config::text::escape_control(s)
 }
 
 fn role_name(role: Role) -> String {

@@ -9,22 +9,34 @@ use crate::storage::{GuestDisk, Storage};
 use crate::virt::Backend;
 use crate::vm::build::{build_vm, ImageSource, NodeResources};
 use crate::vm::{StopReason, Vm};
-use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 use mgmt_proto::msg::{VmId, VmState};
-use mgmt_proto::state::Image;
 use vmm_config::config::{NodeConfig, VmConfig};
 use vswitch::config::ExtraNic;
 use vswitch::policy::PortId;
 
-/// Uploaded images, as the VM builder reads kernels.
-struct Uploaded<'a>(&'a BTreeMap<String, Image>);
+/// One uploaded image, read from the image store for the VM builder.
+struct Uploaded<'a> {
+    name: &'a str,
+    bytes: Vec<u8>,
+}
 
 impl ImageSource for Uploaded<'_> {
     fn image(&self, name: &str) -> Option<&[u8]> {
-        self.0.get(name).map(|i| i.data.as_slice())
+        (name == self.name).then_some(self.bytes.as_slice())
     }
+}
+
+/// Reads image `name` for a VM start, if the heap has room for it (the
+/// loader copies it into guest memory; the buffer is freed right after).
+pub(super) fn read_image(m: &mut Mgmt, name: &str) -> Result<Vec<u8>, String> {
+    let size = m.state.images.get(name).map(|i| i.size).ok_or_else(|| alloc::format!("no image named {name:?}"))?;
+    let size = usize::try_from(size).map_err(|_| String::from("image too large"))?;
+    if size.saturating_add(8 << 20) > crate::mm::heap::free_bytes() {
+        return Err(alloc::format!("not enough node memory to load a {} MiB image now", size >> 20));
+    }
+    m.state.image_bytes(name)
 }
 
 /// The volume of a console-created VM.
@@ -91,12 +103,12 @@ pub fn reconcile(
         if vms.iter().any(|v| v.managed == Some((id, generation))) {
             continue;
         }
-        let Some(w) = m.state.vms.get(&VmId(id)) else { continue };
+        let Some(spec) = m.state.vms.get(&VmId(id)).map(|w| w.spec.clone()) else { continue };
         let cfg = VmConfig {
-            name: w.spec.name.clone(),
-            memory_mib: w.spec.memory_mib,
-            kernel: w.spec.image.clone(),
-            cmdline: w.spec.cmdline.clone(),
+            name: spec.name.clone(),
+            memory_mib: spec.memory_mib,
+            kernel: spec.image.clone(),
+            cmdline: spec.cmdline.clone(),
             ..Default::default()
         };
         let index = vms.len();
@@ -104,14 +116,20 @@ pub fn reconcile(
             (Err(e), _) => Err(alloc::format!("{e}")),
             (_, Err(_)) => Err(String::from("too many VMs")),
             (Ok(()), Ok(n)) => {
-                let images = Uploaded(&m.state.images);
-                let node = NodeResources { config, images: &images, nics: &[], storage: None };
-                Ok(build_vm(n, &cfg, node, backend))
+                let image = spec.image.clone();
+                match read_image(m, &image) {
+                    Ok(bytes) => {
+                        let images = Uploaded { name: &image, bytes };
+                        let node = NodeResources { config, images: &images, nics: &[], storage: None };
+                        Ok(build_vm(n, &cfg, node, backend))
+                    }
+                    Err(e) => Err(e),
+                }
             }
         };
         let built = built.and_then(|mut vm| {
-            if let (Some(ip), true) = (w.spec.ip, vm.is_running()) {
-                let nic = ExtraNic { cluster: w.spec.cluster.0, mac: nic_mac(id), ip };
+            if let (Some(ip), true) = (spec.ip, vm.is_running()) {
+                let nic = ExtraNic { cluster: spec.cluster.0, mac: nic_mac(id), ip };
                 if nic.cluster == 0 || nic.cluster as usize > config.clusters.len() {
                     return Err(alloc::format!(
                         "a NIC needs one of this node's clusters (1..={})",
@@ -123,13 +141,13 @@ pub fn reconcile(
                 nics_changed = true;
                 vm.mmio.attach_nic(nic.mac, nic_port(id));
                 let a = core::net::Ipv4Addr::from(ip);
-                crate::log!("vm {} nic: virtio-net at 0xfeb00000, ip {a}, cluster {}", w.spec.name, nic.cluster);
+                crate::log!("vm {} nic: virtio-net at 0xfeb00000, ip {a}, cluster {}", spec.name, nic.cluster);
             }
-            if w.spec.disk_mib > 0 && vm.is_running() {
+            if spec.disk_mib > 0 && vm.is_running() {
                 let st = storage.as_deref_mut().ok_or("the node has no disk for this VM's volume")?;
-                let volume = st.volume_for_lease(&volume_name(id), w.spec.cluster.0, w.spec.disk_mib)?;
-                let base = vm.mmio.attach_disk(GuestDisk::new(volume, &w.spec.name));
-                crate::log!("vm {} disk: virtio-blk at {base:#x}, {} MiB, encrypted", w.spec.name, w.spec.disk_mib);
+                let volume = st.volume_for_lease(&volume_name(id), spec.cluster.0, spec.disk_mib)?;
+                let base = vm.mmio.attach_disk(GuestDisk::new(volume, &spec.name));
+                crate::log!("vm {} disk: virtio-blk at {base:#x}, {} MiB, encrypted", spec.name, spec.disk_mib);
             }
             Ok(vm)
         });
@@ -142,7 +160,7 @@ pub fn reconcile(
                 if m.console_nics.remove(&id).is_some() {
                     switch.remove_port(nic_port(id));
                 }
-                crate::log!("mgmt: vm {} cannot start: {why}", w.spec.name);
+                crate::log!("mgmt: vm {} cannot start: {}", super::escape(&spec.name), super::escape(&why));
                 if let Some(w) = m.state.vms.get_mut(&VmId(id)) {
                     w.state = VmState::Stopped;
                 }

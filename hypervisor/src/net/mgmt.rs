@@ -15,8 +15,8 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4C
 
 /// TCP port of the management service.
 pub const MGMT_PORT: u16 = 7700;
-/// Connections served at once (each its own session).
-pub const MGMT_SOCKETS: usize = 4;
+/// Sockets on the management port: the admission table's slots.
+pub const MGMT_SOCKETS: usize = mgmt_proto::admission::Limits::NODE.slots;
 const MAX_QUEUE: usize = 256;
 
 /// Frames waiting to enter or leave the stack.
@@ -124,8 +124,10 @@ impl MgmtStack {
         };
         let listeners = (0..MGMT_SOCKETS)
             .map(|_| {
-                let rx = tcp::SocketBuffer::new(vec![0; 128 * 1024]);
-                let tx = tcp::SocketBuffer::new(vec![0; 64 * 1024]);
+                // 64 KiB windows keep uploads at link speed; 32 sockets of
+                // 96 KiB each are 3 MiB of heap.
+                let rx = tcp::SocketBuffer::new(vec![0; 64 * 1024]);
+                let tx = tcp::SocketBuffer::new(vec![0; 32 * 1024]);
                 sockets.add(tcp::Socket::new(rx, tx))
             })
             .collect();

@@ -68,6 +68,8 @@ fn lease_of(config: &NodeConfig, cluster: &str) -> Option<LeaseId> {
 
 /// Size of the management plane's state volume.
 const STATE_VOLUME_MIB: u32 = 20;
+/// Largest image volume (uploaded images; the state's quota is 64 MiB).
+const IMAGE_POOL_MIB: u32 = 72;
 
 /// Sectors (512 bytes) of a disk of `mib` MiB.
 fn sectors(mib: u32) -> u64 {
@@ -211,6 +213,34 @@ impl Storage {
                 .map_err(|e| format!("cannot create the management state volume: {e}"))?;
         }
         self.disk.open_volume(NAME).map_err(|e| format!("cannot open the management state volume: {e}"))
+    }
+
+    /// Whether volumes live on a physical disk (not in memory).
+    pub fn is_physical(&self) -> bool {
+        matches!(&*self.disk.device().borrow(), AnyDisk::Phys(_))
+    }
+
+    /// The volume holding uploaded images (landlord-owned, under K_L),
+    /// created on first use as large as the disk allows up to
+    /// `IMAGE_POOL_MIB`, leaving room for VM disks.
+    pub fn image_volume(&mut self) -> Result<VolumeHandle<AnyDisk>, String> {
+        const NAME: &str = "bm-images";
+        if !self.disk.list().iter().any(|v| v.name == NAME) {
+            let mut made = None;
+            for mib in [IMAGE_POOL_MIB, 48, 32, 16] {
+                match self.disk.create_volume(NAME, LeaseId(u32::MAX), sectors(mib), &random()?) {
+                    Ok(()) => {
+                        made = Some(mib);
+                        break;
+                    }
+                    Err(nodedisk::DiskError::NoSpace { .. }) => continue,
+                    Err(e) => return Err(format!("cannot create the image volume: {e}")),
+                }
+            }
+            let mib = made.ok_or("no room on the node disk for an image volume")?;
+            crate::log!("disk: created the image volume ({mib} MiB)");
+        }
+        self.disk.open_volume(NAME).map_err(|e| format!("cannot open the image volume: {e}"))
     }
 
     /// A volume owned by disk lease `lease` (a cluster number), created on

@@ -40,17 +40,16 @@ impl Node<'_> {
     fn round(&mut self, vms: &mut Vec<Vm>) -> Option<End> {
         self.network.round(vms);
         let mut actions = crate::mgmt::Actions::default();
-        for i in 0..crate::net::mgmt::MGMT_SOCKETS {
-            let Some(port) = self.network.mgmt_port(i) else { break };
-            match self.mgmt.as_deref_mut() {
-                Some(m) => {
-                    let a = m.serve_port(i, port, vms);
-                    actions.shutdown |= a.shutdown;
-                    actions.reboot |= a.reboot;
-                }
+        match self.mgmt.as_deref_mut() {
+            Some(m) => actions = m.serve_ports(self.network, vms),
+            None => {
                 // Not provisioned: refuse connections at once.
-                None if port.is_active() => port.abort(),
-                None => {}
+                for i in 0..crate::net::mgmt::MGMT_SOCKETS {
+                    let Some(port) = self.network.mgmt_port(i) else { break };
+                    if port.is_active() {
+                        port.abort();
+                    }
+                }
             }
         }
         let m = self.mgmt.as_deref_mut()?;

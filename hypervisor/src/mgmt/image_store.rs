@@ -1,0 +1,145 @@
+//! Image bytes on the node: one landlord-owned encrypted volume of the node
+//! disk holds every uploaded image (extents handed out by the management
+//! state), or memory within a fixed budget when the node has no disk.
+//! Either way a completed image is checked by the kernel loader.
+
+use crate::storage::node::AnyDisk;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use mgmt_proto::images::{Extent, ImageStore, MemImageStore, StoreError, BLOCK};
+use nodedisk::VolumeHandle;
+
+const SECTOR: u64 = 512;
+
+/// Image budget without a disk: images then live in the heap.
+pub const MEMORY_BUDGET: u64 = 16 << 20;
+
+/// Whether `image` is a kernel this node can boot (the loader's verdict).
+pub fn bootable(image: &[u8]) -> Result<(), String> {
+    guest_loader::parse_kernel(image, guest_loader::Preference::Auto).map(|_| ()).map_err(|e| format!("{e}"))
+}
+
+/// A store in memory (nodes without a disk).
+pub fn memory() -> Box<dyn ImageStore> {
+    Box::new(MemImageStore::new(MEMORY_BUDGET, bootable))
+}
+
+/// Images in an encrypted volume of the node disk.
+pub struct VolumeImageStore {
+    vol: VolumeHandle<AnyDisk>,
+}
+
+// SAFETY: the volume handle shares the node disk through an `Rc`, which is
+// not `Send`. BMonitor runs its node loop (management plane, storage,
+// reconcile) on the boot CPU only; the store is created, used and dropped
+// there and never reaches another CPU. SMP work must give the node disk a
+// lock before serving management from another CPU.
+unsafe impl Send for VolumeImageStore {}
+
+impl VolumeImageStore {
+    /// Uses `vol` (the image pool volume) for image bytes.
+    pub fn new(vol: VolumeHandle<AnyDisk>) -> VolumeImageStore {
+        VolumeImageStore { vol }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.vol.capacity_sectors() * SECTOR
+    }
+
+    fn span(&self, offset: u64, len: usize) -> Result<(), StoreError> {
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.bytes() => Ok(()),
+            _ => Err(String::from("access beyond the image volume")),
+        }
+    }
+}
+
+fn disk_err(e: nodedisk::DiskError) -> StoreError {
+    format!("image volume: {e}")
+}
+
+impl ImageStore for VolumeImageStore {
+    fn capacity_blocks(&self) -> u64 {
+        self.bytes() / BLOCK
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.span(offset, bytes.len())?;
+        let mut done = 0usize;
+        // A partial first sector: read, patch, write back.
+        let head = (offset % SECTOR) as usize;
+        if head != 0 {
+            let mut sector = [0u8; SECTOR as usize];
+            let n = (SECTOR as usize - head).min(bytes.len());
+            self.vol.read(offset / SECTOR, &mut sector).map_err(disk_err)?;
+            if let (Some(dst), Some(src)) = (sector.get_mut(head..head + n), bytes.get(..n)) {
+                dst.copy_from_slice(src);
+            }
+            self.vol.write(offset / SECTOR, &sector).map_err(disk_err)?;
+            done = n;
+        }
+        // Whole sectors straight through.
+        let whole = (bytes.len() - done) / SECTOR as usize * SECTOR as usize;
+        if whole > 0 {
+            let src = bytes.get(done..done + whole).ok_or("chunk bounds")?;
+            self.vol.write((offset + done as u64) / SECTOR, src).map_err(disk_err)?;
+            done += whole;
+        }
+        // A partial last sector (the end of an image): zero-padded.
+        if done < bytes.len() {
+            let mut sector = [0u8; SECTOR as usize];
+            let rest = bytes.get(done..).ok_or("chunk bounds")?;
+            if let Some(dst) = sector.get_mut(..rest.len()) {
+                dst.copy_from_slice(rest);
+            }
+            self.vol.write((offset + done as u64) / SECTOR, &sector).map_err(disk_err)?;
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.span(offset, buf.len())?;
+        if !offset.is_multiple_of(SECTOR) {
+            return Err(String::from("image reads start at a sector"));
+        }
+        let whole = buf.len() / SECTOR as usize * SECTOR as usize;
+        if whole > 0 {
+            let dst = buf.get_mut(..whole).ok_or("read bounds")?;
+            self.vol.read(offset / SECTOR, dst).map_err(disk_err)?;
+        }
+        if whole < buf.len() {
+            let mut sector = [0u8; SECTOR as usize];
+            self.vol.read((offset + whole as u64) / SECTOR, &mut sector).map_err(disk_err)?;
+            let dst = buf.get_mut(whole..).ok_or("read bounds")?;
+            let n = dst.len();
+            dst.copy_from_slice(sector.get(..n).ok_or("read bounds")?);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.vol.flush().map_err(disk_err)
+    }
+
+    fn discard(&mut self, _extent: Extent) {
+        // The extent is free for the next image once the state forgets it;
+        // its old ciphertext is overwritten then (never readable as an image).
+    }
+
+    fn check(&mut self, extent: Extent, size: u64) -> Result<(), StoreError> {
+        let len = usize::try_from(size).map_err(|_| String::from("image too large"))?;
+        // The whole image is read once to run the loader on it.
+        if len.saturating_add(8 << 20) > crate::mm::heap::free_bytes() {
+            return Err(format!("not enough node memory to check a {} MiB image now; retry", len >> 20));
+        }
+        let mut buf = vec![0u8; len];
+        self.read(extent.start * BLOCK, &mut buf)?;
+        bootable(&buf)
+    }
+
+    fn kind(&self) -> &'static str {
+        "node disk"
+    }
+}

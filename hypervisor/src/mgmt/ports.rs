@@ -1,0 +1,275 @@
+//! The management port's connections: each smoltcp socket is a slot of the
+//! admission table (`mgmt_proto::admission`), which decides who is served,
+//! evicted, timed out or answered "busy". Replies leave through a bounded
+//! per-connection outbox, so a slow reader never loses bytes and never
+//! makes the node buffer without limit. Failed and dropped connections are
+//! reported in aggregate (`ConnReport`), so a flood cannot flood the log.
+
+use super::Mgmt;
+use crate::arch::x86_64::time;
+use crate::net::node::Network;
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use mgmt_proto::admission::{Drop, Slot, Verdict};
+use mgmt_proto::session::busy_frame;
+use mgmt_proto::NodeSession;
+use smoltcp::socket::tcp;
+use smoltcp::wire::IpAddress;
+
+/// Reply bytes one connection may have waiting to be sent; a console that
+/// does not read is dropped when it would exceed this.
+const OUTBOX_LIMIT: usize = 512 * 1024;
+
+/// Refusals and drops logged one by one per report window; the rest only
+/// in the window's summary.
+const DETAILED_PER_WINDOW: u32 = 4;
+/// The length of a report window.
+const REPORT_WINDOW_MS: u64 = 10_000;
+
+/// One connection slot's protocol side.
+#[derive(Default)]
+pub struct Conn {
+    session: Option<NodeSession>,
+    outbox: Vec<u8>,
+    close_when_sent: bool,
+}
+
+/// Connection failures counted over one report window.
+#[derive(Default)]
+pub struct ConnReport {
+    window_start: u64,
+    detailed: u32,
+    refused: u32,
+    evicted: u32,
+    handshake_timeouts: u32,
+    idle: u32,
+    busy: u32,
+    reset_stuck: u32,
+    overflow: u32,
+    last_refusal: String,
+}
+
+impl ConnReport {
+    fn total(&self) -> u32 {
+        self.refused + self.evicted + self.handshake_timeouts + self.idle + self.busy + self.reset_stuck + self.overflow
+    }
+
+    /// Whether this event may still be logged on its own in this window.
+    fn detail(&mut self) -> bool {
+        self.detailed += 1;
+        self.detailed <= DETAILED_PER_WINDOW
+    }
+}
+
+fn now_ms() -> u64 {
+    time::tsc_to_ms(time::rdtsc())
+}
+
+fn source(sock: &tcp::Socket<'_>) -> [u8; 4] {
+    match sock.remote_endpoint().map(|e| e.addr) {
+        Some(IpAddress::Ipv4(a)) => a.octets(),
+        _ => [0; 4],
+    }
+}
+
+impl Mgmt {
+    /// Serves every socket of the management port for one round: deadlines
+    /// first, then new connections, bytes in, replies out.
+    pub fn serve_ports(&mut self, net: &mut Network, vms: &mut [crate::vm::Vm]) -> super::Actions {
+        let now = now_ms();
+        self.state.set_clock(now / 1000);
+        for name in self.state.expire_uploads() {
+            crate::log!("mgmt: unfinished upload of {} expired; its room is free", crate::mgmt::escape(&name));
+            self.dirty = true;
+        }
+        let mut resets: Vec<usize> = Vec::new();
+        for (i, drop) in self.admission.expire(now) {
+            match drop {
+                Drop::HandshakeTimeout => self.report.handshake_timeouts += 1,
+                Drop::Idle => self.report.idle += 1,
+                Drop::Linger => self.report.reset_stuck += 1,
+                Drop::Evicted => self.report.evicted += 1,
+            }
+            if drop.resets() {
+                resets.push(i);
+            } else if let Some(c) = self.conns.get_mut(i) {
+                // Idle: the session ends, the connection closes politely.
+                c.session = None;
+                c.close_when_sent = true;
+            }
+        }
+        for i in 0..self.conns.len() {
+            let Some(sock) = net.mgmt_port(i) else { break };
+            self.serve_slot(i, sock, now, vms, &mut resets);
+        }
+        for i in resets {
+            if let Some(sock) = net.mgmt_port(i) {
+                sock.abort();
+            }
+            if let Some(c) = self.conns.get_mut(i) {
+                *c = Conn::default();
+            }
+            self.admission.closed(i);
+        }
+        self.report_connections(now);
+        core::mem::take(&mut self.pending)
+    }
+
+    fn serve_slot(
+        &mut self,
+        i: usize,
+        sock: &mut tcp::Socket<'_>,
+        now: u64,
+        vms: &mut [crate::vm::Vm],
+        resets: &mut Vec<usize>,
+    ) {
+        let slot = self.admission.slot(i);
+        let active = sock.is_active() && sock.state() != tcp::State::Listen;
+        if slot == Slot::Listening {
+            if !active {
+                return;
+            }
+            let (verdict, evicted) = self.admission.connect(i, source(sock), now);
+            self.report.evicted += evicted.len() as u32;
+            resets.extend(evicted);
+            let Some(conn) = self.conns.get_mut(i) else { return };
+            *conn = Conn::default();
+            match verdict {
+                Verdict::Serve => conn.session = Some(NodeSession::new(Box::new(super::Rdrand))),
+                Verdict::Busy(why) => {
+                    self.report.busy += 1;
+                    conn.outbox = busy_frame(&format!("node busy: {why}; retry in a moment"));
+                    conn.close_when_sent = true;
+                }
+            }
+        } else if !active {
+            // The peer is gone (reset, or our close completed).
+            if let Some(c) = self.conns.get_mut(i) {
+                *c = Conn::default();
+            }
+            self.admission.closed(i);
+            return;
+        }
+        if sock.state() == tcp::State::CloseWait {
+            // The console closed its side: flush what is left, then close.
+            if let Some(c) = self.conns.get_mut(i) {
+                c.session = None;
+                c.close_when_sent = true;
+            }
+        }
+        self.receive(i, sock, now, vms);
+        self.send(i, sock, now, resets);
+    }
+
+    /// Feeds received bytes to slot `i`'s session, unless its outbox is
+    /// still draining (back-pressure: the console waits for our replies).
+    fn receive(&mut self, i: usize, sock: &mut tcp::Socket<'_>, now: u64, vms: &mut [crate::vm::Vm]) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let Some(conn) = self.conns.get_mut(i) else { return };
+            if conn.session.is_none() || !conn.outbox.is_empty() || !sock.can_recv() {
+                return;
+            }
+            let n = match sock.recv_slice(&mut buf) {
+                Ok(n) if n > 0 => n,
+                _ => return,
+            };
+            let Some(input) = buf.get(..n) else { return };
+            let Some(mut session) = conn.session.take() else { return };
+            let was_established = session.is_established();
+            self.feed(&mut session, input, vms);
+            if !was_established && session.is_established() {
+                if let Some(role) = session.role() {
+                    if let Verdict::Busy(why) = self.admission.establish(i, role, now) {
+                        self.report.busy += 1;
+                        session.refuse_busy(&format!("node busy: {why}; retry in a moment"));
+                    }
+                }
+            } else if session.is_established() {
+                self.admission.active(i, now);
+            }
+            let out = session.take_output();
+            let closed = session.is_closed();
+            let Some(conn) = self.conns.get_mut(i) else { return };
+            conn.outbox.extend_from_slice(&out);
+            if closed {
+                conn.close_when_sent = true;
+                self.admission.closing(i, now);
+            } else {
+                conn.session = Some(session);
+            }
+        }
+    }
+
+    /// Sends what slot `i` has waiting; closes it once sent if asked to.
+    fn send(&mut self, i: usize, sock: &mut tcp::Socket<'_>, now: u64, resets: &mut Vec<usize>) {
+        let Some(conn) = self.conns.get_mut(i) else { return };
+        if conn.outbox.len() > OUTBOX_LIMIT {
+            self.report.overflow += 1;
+            resets.push(i);
+            return;
+        }
+        if !conn.outbox.is_empty() && sock.may_send() {
+            if let Ok(n) = sock.send_slice(&conn.outbox) {
+                conn.outbox.drain(..n.min(conn.outbox.len()));
+            }
+        }
+        if conn.outbox.is_empty() && conn.close_when_sent && sock.may_send() {
+            conn.close_when_sent = false;
+            sock.close();
+            self.admission.closing(i, now);
+        }
+    }
+
+    /// Counts a refused session; the first few of a window are logged and
+    /// audited on their own, the rest in the window's summary.
+    pub(super) fn note_refusal(&mut self, role: Option<mgmt_proto::Role>, why: String) {
+        self.report.refused += 1;
+        if self.report.detail() {
+            crate::log!("mgmt: session refused: {}", crate::mgmt::escape(&why));
+            self.state.log(role, "session", format!("refused: {why}"));
+            if !self.dirty {
+                self.lazy = true;
+            }
+            self.dirty = true;
+        } else {
+            self.report.last_refusal = why;
+        }
+    }
+
+    /// At the end of each window: one log line and one audit entry for
+    /// everything not reported on its own.
+    fn report_connections(&mut self, now: u64) {
+        if now.saturating_sub(self.report.window_start) < REPORT_WINDOW_MS {
+            return;
+        }
+        let r = core::mem::take(&mut self.report);
+        self.report.window_start = now;
+        if r.total() == 0 || r.total() <= r.detailed.min(DETAILED_PER_WINDOW) && r.refused == r.total() {
+            return;
+        }
+        let mut summary = format!(
+            "in the last {} s: {} refused, {} evicted for room, {} handshake timeouts, {} idle sessions closed, {} busy answers, {} stuck connections reset, {} unread-reply overflows",
+            REPORT_WINDOW_MS / 1000,
+            r.refused,
+            r.evicted,
+            r.handshake_timeouts,
+            r.idle,
+            r.busy,
+            r.reset_stuck,
+            r.overflow
+        );
+        if !r.last_refusal.is_empty() {
+            summary.push_str(&format!(" (last refusal: {})", r.last_refusal));
+        }
+        crate::log!("mgmt: connections {}", crate::mgmt::escape(&summary));
+        self.state.log(None, "connections", summary);
+        if !self.dirty {
+            self.lazy = true;
+        }
+        self.dirty = true;
+    }
+}
