@@ -62,6 +62,7 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
             | Request::UploadImageChunk { .. }
             | Request::UploadImageCommit { .. }
             | Request::CancelUpload { .. }
+            | Request::ListImages { .. }
             | Request::CreateVm { .. }
             | Request::DestroyVm { .. }
             | Request::RotateLandlordKey
@@ -96,6 +97,7 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
                 | Request::UploadImageChunk { .. }
                 | Request::UploadImageCommit { .. }
                 | Request::CancelUpload { .. }
+                | Request::ListImages { .. }
                 | Request::CreateVm { .. }
                 | Request::DestroyVm { .. }
                 | Request::RotateLandlordKey
@@ -171,6 +173,7 @@ mod tests {
             Request::UploadImageChunk { upload: UploadId(0), offset: 0, bytes: vec![] },
             Request::UploadImageCommit { upload: UploadId(0) },
             Request::CancelUpload { name: String::from("x") },
+            Request::ListImages { verify: false },
             Request::CreateVm {
                 spec: VmSpec {
                     lease: LeaseId(1),

@@ -527,6 +527,12 @@ pub enum Request {
         /// The image name the upload was begun with.
         name: String,
     },
+    /// The stored images and unfinished uploads, with the space they use.
+    ListImages {
+        /// Re-read every image from the node's disk and check its SHA-256
+        /// (a scrub: slow for large images).
+        verify: bool,
+    },
 }
 
 impl Request {
@@ -562,8 +568,48 @@ impl Request {
             Request::Suspend => "suspend",
             Request::Resume => "resume",
             Request::CancelUpload { .. } => "cancel-upload",
+            Request::ListImages { .. } => "list-images",
         }
     }
+}
+
+/// One stored image, as the landlord sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its SHA-256, checked on every read from the node's disk.
+    pub sha256: [u8; 32],
+    /// With `verify`: whether the bytes on disk still match `sha256`.
+    pub intact: Option<bool>,
+}
+
+/// An unfinished upload, so the landlord can resume or cancel it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadInfo {
+    /// The image name it was begun with.
+    pub name: String,
+    /// Bytes received so far.
+    pub received: u64,
+    /// Its announced size.
+    pub size: u64,
+}
+
+/// The node's images and how much of the image quota they use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageList {
+    /// Stored images, by name.
+    pub images: Vec<ImageInfo>,
+    /// Unfinished uploads (their space is reserved).
+    pub uploads: Vec<UploadInfo>,
+    /// Bytes stored and reserved against the quota.
+    pub used_bytes: u64,
+    /// The total image quota in bytes.
+    pub limit_bytes: u64,
+    /// The largest image accepted, in bytes.
+    pub max_image_bytes: u64,
 }
 
 /// Successful responses, one shape per kind of result.
@@ -629,6 +675,9 @@ pub enum Response {
         /// Index to ask from next time.
         next: u64,
     },
+    /// Stored images and unfinished uploads (added in protocol 1 without
+    /// renumbering).
+    Images(ImageList),
 }
 
 /// Why a message failed to decode or encode.

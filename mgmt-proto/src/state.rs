@@ -438,6 +438,28 @@ impl NodeState {
         self.images.values().map(|i| i.size).chain(self.uploads.values().map(|u| u.size)).sum()
     }
 
+    /// What [`Request::ListImages`] answers; with `verify` every image is
+    /// re-read in small pieces (never whole in memory) and re-hashed.
+    pub fn image_list(&mut self, verify: bool) -> ImageList {
+        let mut images = Vec::with_capacity(self.images.len());
+        for (name, img) in &self.images {
+            let intact = verify.then(|| verify_extent(&mut *self.store, img));
+            images.push(ImageInfo { name: name.clone(), size: img.size, sha256: img.sha256, intact });
+        }
+        let uploads = self
+            .uploads
+            .values()
+            .map(|u| UploadInfo { name: u.name.clone(), received: u.received, size: u.size })
+            .collect();
+        ImageList {
+            images,
+            uploads,
+            used_bytes: self.images_bytes(),
+            limit_bytes: self.limits.max_images_bytes,
+            max_image_bytes: self.limits.max_image_bytes,
+        }
+    }
+
     /// The whole image `name`, read from the store (to boot it). The
     /// caller checks it has room for `size` bytes first.
     pub fn image_bytes(&mut self, name: &str) -> Result<Vec<u8>, String> {
@@ -759,6 +781,7 @@ impl NodeState {
                 self.store.discard(u.extent);
                 Ok(Response::Done)
             }
+            Request::ListImages { verify } => Ok(Response::Images(self.image_list(*verify))),
             Request::UploadImageCommit { upload } => {
                 let u = self.uploads.get(upload).ok_or_else(|| not_found("upload"))?;
                 if u.received != u.size {
@@ -980,6 +1003,24 @@ impl NodeState {
 }
 
 /// The default image store: memory, as a node without a disk has.
+/// Re-hashes a stored image in 64 KiB pieces: whether it still matches.
+fn verify_extent(store: &mut dyn ImageStore, img: &Image) -> bool {
+    let mut hasher = Sha256::new();
+    let mut piece = alloc::vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < img.size {
+        let n = usize::try_from((img.size - at).min(piece.len() as u64)).unwrap_or(piece.len());
+        let Some(buf) = piece.get_mut(..n) else { return false };
+        if store.read(img.extent.start * BLOCK + at, buf).is_err() {
+            return false;
+        }
+        hasher.update(&*buf);
+        at += n as u64;
+    }
+    let digest: [u8; 32] = hasher.finalize().into();
+    digest == img.sha256
+}
+
 fn default_store() -> Box<dyn ImageStore> {
     Box::new(MemImageStore::new(StateLimits::DEFAULT.max_images_bytes, MemImageStore::accept_all))
 }
@@ -1265,6 +1306,35 @@ mod upload_tests {
             Response::Upload { upload, offset } => Ok((upload, offset)),
             r => panic!("{r:?}"),
         }
+    }
+
+    #[test]
+    fn image_list_reports_usage_uploads_and_damage() {
+        let mut n = node(1 << 20, StateLimits::DEFAULT);
+        let a = image(10_000, 1);
+        upload(&mut n, "a", &a).unwrap();
+        begin(&mut n, "partial", 5000).unwrap();
+        let Response::Images(l) = n.handle(Role::Landlord, &Request::ListImages { verify: true }).unwrap() else {
+            panic!()
+        };
+        assert_eq!(l.images.len(), 1);
+        assert_eq!(l.images[0].sha256, <[u8; 32]>::from(Sha256::digest(&a)));
+        assert_eq!(l.images[0].intact, Some(true));
+        assert_eq!(l.uploads, alloc::vec![UploadInfo { name: "partial".into(), received: 0, size: 5000 }]);
+        assert_eq!(l.used_bytes, 15_000);
+        assert_eq!(l.limit_bytes, StateLimits::DEFAULT.max_images_bytes);
+        // A flipped byte on the disk shows up in a verifying list only.
+        let at = n.images["a"].extent.start * BLOCK + 9_999;
+        n.store.write(at, &[0]).unwrap();
+        let Response::Images(l) = n.handle(Role::Landlord, &Request::ListImages { verify: true }).unwrap() else {
+            panic!()
+        };
+        assert_eq!(l.images[0].intact, Some(false));
+        let Response::Images(l) = n.handle(Role::Landlord, &Request::ListImages { verify: false }).unwrap() else {
+            panic!()
+        };
+        assert_eq!(l.images[0].intact, None);
+        assert!(n.handle(Role::Tenant(LeaseId(1)), &Request::ListImages { verify: false }).is_err());
     }
 
     fn upload(n: &mut NodeState, name: &str, data: &[u8]) -> Result<Response, ErrorReply> {

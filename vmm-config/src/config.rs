@@ -67,6 +67,9 @@ pub struct DiskConfig {
     pub size_mib: u32,
 }
 
+/// The node's management TCP port (the console protocol).
+pub const MGMT_PORT: u16 = 7700;
+
 /// Largest virtual disk.
 pub const MAX_DISK_MIB: u32 = 64 * 1024;
 
@@ -185,6 +188,14 @@ impl NodeConfig {
     }
 
     fn validate_network(&self) -> Result<(), ConfigError> {
+        if let Some(port) = self.uplink.discard_port {
+            if port == 0 || port == MGMT_PORT {
+                return Err(ConfigError::new(
+                    "uplink.discard_port",
+                    format!("must be 1 to 65535 and not the management port {MGMT_PORT}"),
+                ));
+            }
+        }
         if self.clusters.len() > MAX_CLUSTERS {
             return Err(ConfigError::new("cluster", format!("at most {MAX_CLUSTERS} clusters are allowed")));
         }
@@ -546,6 +557,15 @@ mod tests {
         r.ports = Some("80".parse().unwrap());
         c.rules.push(r);
         assert_eq!(c.validate().unwrap_err().field, "rule[0].ports");
+    }
+
+    #[test]
+    fn discard_port_may_not_be_zero_or_the_management_port() {
+        let mut c = net_config();
+        for (port, ok) in [(0, false), (MGMT_PORT, false), (9, true), (65535, true)] {
+            c.uplink.discard_port = Some(port);
+            assert_eq!(c.validate().is_ok(), ok, "port {port}");
+        }
     }
 
     #[test]

@@ -253,6 +253,11 @@ pub struct UplinkConfig {
     /// Default gateway for a static address.
     #[serde(default)]
     pub gateway: Option<Ipv4>,
+    /// A TCP port where the node accepts and throws away bytes (the RFC 863
+    /// discard service), one connection at a time, to measure the raw
+    /// link throughput to the node against console uploads. Off by default.
+    #[serde(default)]
+    pub discard_port: Option<u16>,
 }
 
 /// A tenant cluster (`[[cluster]]`): the landlord's boundary. Frames between

@@ -14,7 +14,7 @@ use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4Cidr};
 
 /// TCP port of the management service.
-pub const MGMT_PORT: u16 = 7700;
+pub const MGMT_PORT: u16 = vmm_config::config::MGMT_PORT;
 /// Sockets on the management port: the admission table's slots.
 pub const MGMT_SOCKETS: usize = mgmt_proto::admission::Limits::NODE.slots;
 const MAX_QUEUE: usize = 256;
@@ -96,7 +96,20 @@ pub struct MgmtStack {
     dhcp: Option<SocketHandle>,
     leased: bool,
     listeners: Vec<SocketHandle>,
+    discard: Option<Discard>,
 }
+
+/// The optional discard service: counts and drops what one client sends.
+struct Discard {
+    port: u16,
+    socket: SocketHandle,
+    bytes: u64,
+    since_ms: u64,
+}
+
+/// Connections that sent less than this are not logged (so a client
+/// looping empty connections cannot flood the log).
+const DISCARD_LOG_MIN: u64 = 64 * 1024;
 
 fn now() -> Instant {
     Instant::from_millis(time::tsc_to_ms(time::rdtsc()) as i64)
@@ -104,7 +117,7 @@ fn now() -> Instant {
 
 impl MgmtStack {
     /// Creates the stack with the NIC's MAC address.
-    pub fn new(mac: [u8; 6], mode: AddressMode) -> MgmtStack {
+    pub fn new(mac: [u8; 6], mode: AddressMode, discard_port: Option<u16>) -> MgmtStack {
         let mut queues = FrameQueues::default();
         let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
         let mut iface = Interface::new(config, &mut queues, now());
@@ -131,7 +144,41 @@ impl MgmtStack {
                 sockets.add(tcp::Socket::new(rx, tx))
             })
             .collect();
-        MgmtStack { queues, iface, sockets, dhcp, leased: false, listeners }
+        let discard = discard_port.map(|port| {
+            crate::log!("net: discard service on port {port} (throughput probe)");
+            let rx = tcp::SocketBuffer::new(vec![0; 64 * 1024]);
+            let tx = tcp::SocketBuffer::new(vec![0; 1024]);
+            Discard { port, socket: sockets.add(tcp::Socket::new(rx, tx)), bytes: 0, since_ms: 0 }
+        });
+        MgmtStack { queues, iface, sockets, dhcp, leased: false, listeners, discard }
+    }
+
+    /// Drains the discard socket; logs a connection's throughput when it ends.
+    fn serve_discard(&mut self) {
+        let Some(d) = self.discard.as_mut() else { return };
+        let sock = self.sockets.get_mut::<tcp::Socket>(d.socket);
+        if !sock.is_open() {
+            let _ = sock.listen(d.port);
+            d.bytes = 0;
+            d.since_ms = 0;
+            return;
+        }
+        if sock.state() == tcp::State::Established && d.since_ms == 0 {
+            d.since_ms = time::tsc_to_ms(time::rdtsc()).max(1);
+        }
+        while let Ok(n) = sock.recv(|b| (b.len(), b.len())) {
+            if n == 0 {
+                break;
+            }
+            d.bytes += n as u64;
+        }
+        if sock.state() == tcp::State::CloseWait {
+            sock.close();
+            let ms = time::tsc_to_ms(time::rdtsc()).saturating_sub(d.since_ms).max(1);
+            if d.bytes >= DISCARD_LOG_MIN {
+                crate::log!("net: discard: {} bytes in {} ms ({} KiB/s)", d.bytes, ms, d.bytes * 1000 / 1024 / ms);
+            }
+        }
     }
 
     /// Runs the stack: DHCP progress, the management listener.
@@ -172,6 +219,7 @@ impl MgmtStack {
         for i in 0..MGMT_SOCKETS {
             self.port(i);
         }
+        self.serve_discard();
         self.iface.poll(ts, &mut self.queues, &mut self.sockets);
     }
 

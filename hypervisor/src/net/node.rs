@@ -30,7 +30,7 @@ pub struct Network {
     pub uplink: Option<Uplink>,
 }
 
-fn start_uplink(ecam: Option<Ecam>, mode: AddressMode) -> Option<Uplink> {
+fn start_uplink(ecam: Option<Ecam>, mode: AddressMode, discard_port: Option<u16>) -> Option<Uplink> {
     let transport = match crate::drivers::pci::find_virtio(ecam, DeviceType::Network) {
         Ok(t) => t,
         Err(why) => {
@@ -48,13 +48,13 @@ fn start_uplink(ecam: Option<Ecam>, mode: AddressMode) -> Option<Uplink> {
     let mac = nic.mac();
     let [a, b, c, d, e, f] = mac;
     crate::log!("net: uplink virtio-net {a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}");
-    Some(Uplink { nic, mgmt: MgmtStack::new(mac, mode), mac })
+    Some(Uplink { nic, mgmt: MgmtStack::new(mac, mode, discard_port), mac })
 }
 
 impl Network {
     /// Brings up the uplink (if any) and builds the switch from the config.
     pub fn start(ecam: Option<Ecam>, config: &NodeConfig) -> Result<Network, String> {
-        let uplink = start_uplink(ecam, AddressMode::from_config(&config.uplink));
+        let uplink = start_uplink(ecam, AddressMode::from_config(&config.uplink), config.uplink.discard_port);
         let switchboard = Switchboard::new(config, uplink.is_some())?;
         Ok(Network { switchboard, uplink })
     }
