@@ -2,6 +2,8 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -10,15 +12,29 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mgmt_proto::crypto::{from_hex32, to_hex};
 use mgmt_proto::*;
 use serde_json::{json, Value};
+use vmm_config::text::{escape_control, valid_name, NAME_RULE};
 
 use crate::client::{Client, ClientError};
 use crate::profile::{role_string, Config, Profile};
 use crate::rules::{format_rule, parse_rule};
 use crate::upload::{upload_image, UploadOptions};
 
+/// The exit codes, shown under `bmctl --help` so scripts can rely on them.
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success
+  1    local problem (configuration, key or file)
+  2    usage error (bad arguments or names; nothing was sent to the node)
+  3    node unreachable or silent (cannot connect, timeout, connection lost)
+  4    session refused (unknown console key, wrong role, wrong node key)
+  5    request refused by the node (denied, not found, invalid, over a limit)
+  6    protocol error (a malformed or unexpected answer)
+  7    node busy: all console slots in use, still after retrying
+  130  interrupted (Ctrl-C; an image upload is cancelled on the node)";
+
 /// bmctl: the BMonitor landlord and tenant console.
 #[derive(Debug, Parser)]
-#[command(name = "bmctl", version, about, propagate_version = true)]
+#[command(name = "bmctl", version, about, propagate_version = true, after_help = EXIT_CODES_HELP)]
 pub struct Cli {
     /// Configuration directory (default: $XDG_CONFIG_HOME/bmctl).
     #[arg(long, global = true, env = "BMCTL_CONFIG_DIR")]
@@ -29,6 +45,10 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Seconds to wait for the node: to connect, and for each answer (at least 1).
+    #[arg(long, global = true, env = "BMCTL_TIMEOUT", value_name = "SECS", value_parser = parse_timeout,
+          default_value = "10")]
+    pub timeout: Duration,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -67,6 +87,7 @@ pub enum ProfileCmd {
     /// Add a profile.
     Add {
         /// Profile name.
+        #[arg(value_parser = name_arg)]
         name: String,
         /// Node address: host:port or serial:/dev/ttyS1.
         #[arg(long)]
@@ -122,12 +143,19 @@ pub enum LandlordCmd {
     /// Node keys.
     #[command(subcommand)]
     Keys(LandlordKeysCmd),
-    /// Read the audit log.
-    Audit {
-        /// First entry index.
-        #[arg(long, default_value_t = 0)]
-        from: u64,
-    },
+    /// Read the audit log (all of it, page by page, unless --limit).
+    Audit(AuditArgs),
+}
+
+/// Which part of the audit log to read.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// First entry index (entries the node has trimmed are skipped).
+    #[arg(long, default_value_t = 0)]
+    pub from: u64,
+    /// At most this many entries (default: all from --from on).
+    #[arg(long)]
+    pub limit: Option<u64>,
 }
 
 /// Lease commands.
@@ -158,10 +186,10 @@ pub enum VmCmd {
         #[arg(long)]
         lease: u32,
         /// Name.
-        #[arg(long)]
+        #[arg(long, value_parser = name_arg)]
         name: String,
         /// Uploaded image name.
-        #[arg(long)]
+        #[arg(long, value_parser = name_arg)]
         image: String,
         /// Virtual CPUs.
         #[arg(long, default_value_t = 1)]
@@ -209,7 +237,7 @@ pub enum ImageCmd {
         /// The image file.
         file: PathBuf,
         /// Name on the node (default: the file name).
-        #[arg(long)]
+        #[arg(long, value_parser = name_arg)]
         name: Option<String>,
         /// Lease the image is for.
         #[arg(long)]
@@ -223,6 +251,18 @@ pub enum ImageCmd {
         /// Reconnections allowed after a broken connection.
         #[arg(long, default_value_t = 5)]
         retries: u32,
+    },
+    /// List stored images and unfinished uploads, with the image quota's use.
+    List {
+        /// Re-read every image from the node's disk and check its SHA-256 (slow for large images).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Cancel an unfinished upload and free the space it holds on the node.
+    Cancel {
+        /// The image name the upload was begun with.
+        #[arg(value_parser = name_arg)]
+        name: String,
     },
 }
 
@@ -285,12 +325,8 @@ pub enum TenantCmd {
         /// VM id.
         vm: u32,
     },
-    /// Read your part of the audit log.
-    Audit {
-        /// First entry index.
-        #[arg(long, default_value_t = 0)]
-        from: u64,
-    },
+    /// Read your part of the audit log (all of it, page by page, unless --limit).
+    Audit(AuditArgs),
     /// Sign an image with an Ed25519 signing key (offline; writes FILE.sig).
     SignImage {
         /// The image file.
@@ -334,6 +370,32 @@ pub enum TenantKeysCmd {
     Rotate,
 }
 
+/// Parses `--timeout`: whole seconds, at least one, since 0 would let bmctl
+/// hang forever on a dead node.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let n: u64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if n == 0 {
+        return Err("0 would wait forever for a dead node: give at least 1 second".into());
+    }
+    Ok(Duration::from_secs(n))
+}
+
+/// Checks a VM, image or profile name against the node's naming rule, so a
+/// bad name is a usage error (exit 2) before anything is sent.
+fn name_arg(s: &str) -> Result<String, String> {
+    if valid_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("a name {NAME_RULE}"))
+    }
+}
+
+/// A command line wrong in a way clap cannot see (a name derived from a file
+/// name breaking the rule): exit 2 like clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// A failed command: message and exit code.
 #[derive(Debug)]
 pub struct Failure {
@@ -345,7 +407,11 @@ pub struct Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
-        let code = error.chain().find_map(|c| c.downcast_ref::<ClientError>()).map_or(1, ClientError::exit_code);
+        let code = if error.chain().any(|c| c.is::<UsageError>()) {
+            2
+        } else {
+            error.chain().find_map(|c| c.downcast_ref::<ClientError>()).map_or(1, ClientError::exit_code)
+        };
         Failure { code, error }
     }
 }
@@ -354,6 +420,7 @@ struct Ctx {
     cfg: Config,
     profile: Option<String>,
     json: bool,
+    timeout: Duration,
 }
 
 impl Ctx {
@@ -379,8 +446,15 @@ impl Ctx {
             );
         }
         let key = self.cfg.load_key(&p.key)?;
-        let c = Client::connect_profile(&p, &key.secret)
-            .with_context(|| format!("connecting to {} as {}", p.node, p.role))?;
+        let c = Client::connect_profile(&p, &key.secret, self.timeout).map_err(|e| {
+            let named = e.names_node();
+            let e = anyhow::Error::new(e);
+            if named {
+                e
+            } else {
+                e.context(format!("connecting to {} as {}", p.node, p.role))
+            }
+        })?;
         Ok((p, c))
     }
 
@@ -394,7 +468,7 @@ impl Ctx {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), Failure> {
-    let ctx = Ctx { cfg: Config::locate(cli.config_dir)?, profile: cli.profile, json: cli.json };
+    let ctx = Ctx { cfg: Config::locate(cli.config_dir)?, profile: cli.profile, json: cli.json, timeout: cli.timeout };
     match cli.command {
         Command::Keygen { name, signing } => {
             if signing {
@@ -481,12 +555,63 @@ fn vm_table(vms: &[VmInfo]) -> String {
         s.push_str(&format!(
             "\n{:>5} {:<16} {:>6} {:<8} {:>5} {:>8} {}",
             v.id.0,
-            v.spec.name,
+            escape_control(&v.spec.name),
             v.spec.lease.0,
             format!("{:?}", v.state).to_lowercase(),
             v.spec.vcpus,
             v.spec.memory_mib,
-            v.spec.image
+            escape_control(&v.spec.image)
+        ));
+        if !v.spec.cmdline.is_empty() {
+            s.push_str(&format!("\n      cmdline: {}", escape_control(&v.spec.cmdline)));
+        }
+    }
+    s
+}
+
+/// The image list as JSON, hashes in hex (as `sha256sum` prints them) so
+/// scripts can compare them with the files they uploaded.
+fn image_list_json(l: &ImageList) -> Value {
+    let images: Vec<Value> = l
+        .images
+        .iter()
+        .map(|i| json!({"name": i.name, "size": i.size, "sha256": to_hex(&i.sha256), "intact": i.intact}))
+        .collect();
+    json!({
+        "images": images,
+        "uploads": l.uploads,
+        "used_bytes": l.used_bytes,
+        "limit_bytes": l.limit_bytes,
+        "max_image_bytes": l.max_image_bytes,
+    })
+}
+
+fn image_list_text(l: &ImageList) -> String {
+    let mut s = format!(
+        "images: {} MiB of {} MiB used (largest image {} MiB)",
+        l.used_bytes >> 20,
+        l.limit_bytes >> 20,
+        l.max_image_bytes >> 20
+    );
+    if l.images.is_empty() {
+        s.push_str("\nno images");
+    } else {
+        s.push_str(&format!("\n{:<32} {:>12} {:<64} CHECK", "NAME", "BYTES", "SHA256"));
+        for i in &l.images {
+            let check = match i.intact {
+                None => "-",
+                Some(true) => "intact",
+                Some(false) => "DAMAGED",
+            };
+            s.push_str(&format!("\n{:<32} {:>12} {:<64} {check}", escape_control(&i.name), i.size, to_hex(&i.sha256)));
+        }
+    }
+    for u in &l.uploads {
+        s.push_str(&format!(
+            "\nunfinished upload {}: {} of {} bytes (resume by uploading again, or `bmctl landlord image cancel`)",
+            escape_control(&u.name),
+            u.received,
+            u.size
         ));
     }
     s
@@ -500,7 +625,14 @@ fn audit_text(entries: &[AuditEntry]) -> String {
         .iter()
         .map(|e| {
             let who = e.role.map_or_else(|| "-".to_string(), |r| role_string(&r));
-            format!("{:>6} t={:<8} {:<10} {:<22} {}", e.index, e.time_secs, who, e.action, e.outcome)
+            format!(
+                "{:>6} t={:<8} {:<10} {:<22} {}",
+                e.index,
+                e.time_secs,
+                who,
+                escape_control(&e.action),
+                escape_control(&e.outcome)
+            )
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -527,7 +659,7 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
             Response::Status(s) => ctx.out(serde_json::to_value(&s)?, || {
                 let mut t = format!(
                     "BMonitor {} up {}s\ncpus {}  memory {}/{} MiB free  nic {}\nleases {}  vms {} ({} running)",
-                    s.version,
+                    escape_control(&s.version),
                     s.uptime_secs,
                     s.cpus,
                     s.memory_free_mib,
@@ -538,10 +670,10 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
                     s.vms_running
                 );
                 for d in &s.disks {
-                    t.push_str(&format!("\ndisk {} {} MiB", d.name, d.value));
+                    t.push_str(&format!("\ndisk {} {} MiB", escape_control(&d.name), d.value));
                 }
                 for c in &s.counters {
-                    t.push_str(&format!("\n  {:<32} {}", c.name, c.value));
+                    t.push_str(&format!("\n  {:<32} {}", escape_control(&c.name), c.value));
                 }
                 t
             }),
@@ -615,11 +747,21 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
             let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name = match name {
                 Some(n) => n,
-                None => file
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .map(str::to_string)
-                    .ok_or_else(|| anyhow!("--name: cannot derive from the file name"))?,
+                None => {
+                    let n = file
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .map(str::to_string)
+                        .ok_or_else(|| UsageError("--name: cannot derive from the file name".into()))?;
+                    if !valid_name(&n) {
+                        return Err(UsageError(format!(
+                            "image name \"{}\" (from the file name) {NAME_RULE}: give --name",
+                            escape_control(&n)
+                        ))
+                        .into());
+                    }
+                    n
+                }
             };
             let signature = match signature {
                 Some(p) => Some(read_signature(&p)?),
@@ -632,6 +774,7 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
                 chunk: chunk_kib.saturating_mul(1024),
                 retries,
                 backoff: Duration::from_secs(1),
+                cancel: Some(interrupt_flag(ctx.json)?),
             };
             let bar = if ctx.json { ProgressBar::hidden() } else { ProgressBar::new(data.len() as u64) };
             bar.set_style(
@@ -649,6 +792,16 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
             let report = upload_image(&mut connect, &data, &opts, &bar)?;
             ctx.out(serde_json::to_value(&report)?, || {
                 format!("image {} stored: {} bytes, sha256 {}", report.name, report.size, report.sha256)
+            });
+        }
+        LandlordCmd::Image(ImageCmd::List { verify }) => match ctx.call(true, Request::ListImages { verify })?.1 {
+            Response::Images(l) => ctx.out(image_list_json(&l), || image_list_text(&l)),
+            r => return Err(unexpected(r)),
+        },
+        LandlordCmd::Image(ImageCmd::Cancel { name }) => {
+            ctx.call(true, Request::CancelUpload { name: name.clone() })?;
+            ctx.out(json!({"cancelled": name}), || {
+                format!("upload of image {name} cancelled: the node freed the space it held")
             });
         }
         LandlordCmd::Boundary { cluster, rules } => {
@@ -675,9 +828,39 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
                 r => return Err(unexpected(r)),
             }
         }
-        LandlordCmd::Audit { from } => audit(ctx, true, from)?,
+        LandlordCmd::Audit(a) => audit(ctx, true, &a)?,
     }
     Ok(())
+}
+
+/// The Ctrl-C flag of uploads, and whether the handler should stay quiet
+/// (JSON output); the handler is installed once per process.
+static INTERRUPT: std::sync::OnceLock<(Arc<AtomicBool>, Arc<AtomicBool>)> = std::sync::OnceLock::new();
+
+/// Arms Ctrl-C for an upload: the first Ctrl-C sets the returned flag (the
+/// upload stops after its current chunk and is cancelled on the node), a
+/// second one exits at once.
+fn interrupt_flag(quiet: bool) -> Result<Arc<AtomicBool>> {
+    let (flag, hush) = match INTERRUPT.get() {
+        Some(v) => v.clone(),
+        None => {
+            let (flag, hush) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(quiet)));
+            let (f, h) = (flag.clone(), hush.clone());
+            ctrlc::set_handler(move || {
+                if f.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                if !h.load(Ordering::SeqCst) {
+                    eprintln!("\ninterrupted: cancelling the upload on the node (Ctrl-C again to quit at once)");
+                }
+            })
+            .context("installing the Ctrl-C handler")?;
+            INTERRUPT.get_or_init(|| (flag, hush)).clone()
+        }
+    };
+    flag.store(false, Ordering::SeqCst);
+    hush.store(quiet, Ordering::SeqCst);
+    Ok(flag)
 }
 
 fn vms(ctx: &Ctx, landlord: bool) -> Result<()> {
@@ -688,13 +871,36 @@ fn vms(ctx: &Ctx, landlord: bool) -> Result<()> {
     Ok(())
 }
 
-fn audit(ctx: &Ctx, landlord: bool, from: u64) -> Result<()> {
-    match ctx.call(landlord, Request::ReadAudit { from })?.1 {
-        Response::Audit { entries, next } => {
-            ctx.out(json!({"entries": entries, "next": next}), || audit_text(&entries))
+/// Entries per `ReadAudit` answer: the node sends at most this many
+/// (mgmt-proto's `AUDIT_PAGE`, private there), so a shorter page is the end
+/// of the log. Stopping there, rather than at an empty page, matters: each
+/// read adds an audit entry of its own, which a reader chasing the end would
+/// fetch forever.
+const AUDIT_PAGE: usize = 100;
+
+/// Reads the audit log from `a.from`, page by page, until the end or
+/// `a.limit` entries, on one session.
+fn audit(ctx: &Ctx, landlord: bool, a: &AuditArgs) -> Result<()> {
+    let limit = a.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
+    let (_, mut c) = ctx.connect(landlord)?;
+    let mut all: Vec<AuditEntry> = Vec::new();
+    let mut from = a.from;
+    let next = loop {
+        if all.len() >= limit {
+            break all.last().map_or(from, |e| e.index + 1);
         }
-        r => return Err(unexpected(r)),
-    }
+        let (entries, next) = match c.call(Request::ReadAudit { from }).context("read-audit failed")? {
+            Response::Audit { entries, next } => (entries, next),
+            r => return Err(unexpected(r)),
+        };
+        let last_page = entries.len() < AUDIT_PAGE || next <= from;
+        all.extend(entries.into_iter().take(limit - all.len()));
+        if last_page {
+            break if all.len() >= limit { all.last().map_or(next, |e| e.index + 1) } else { next };
+        }
+        from = next;
+    };
+    ctx.out(json!({"entries": all, "next": next}), || audit_text(&all));
     Ok(())
 }
 
@@ -745,11 +951,11 @@ fn tenant_cmd(ctx: &Ctx, cmd: TenantCmd) -> Result<()> {
         },
         TenantCmd::Counters { vm } => match ctx.call(false, Request::ReadCounters { vm: VmId(vm) })?.1 {
             Response::Counters(cs) => ctx.out(serde_json::to_value(&cs)?, || {
-                cs.iter().map(|c| format!("{:<32} {}", c.name, c.value)).collect::<Vec<_>>().join("\n")
+                cs.iter().map(|c| format!("{:<32} {}", escape_control(&c.name), c.value)).collect::<Vec<_>>().join("\n")
             }),
             r => return Err(unexpected(r)),
         },
-        TenantCmd::Audit { from } => audit(ctx, false, from)?,
+        TenantCmd::Audit(a) => audit(ctx, false, &a)?,
         TenantCmd::SignImage { file, key, out } => {
             let seed = ctx.cfg.load_signing(&key)?;
             let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;

@@ -3,7 +3,13 @@
 //! `UploadImageBegin` on an upload the node already holds (same name, size
 //! and hash) answers with the bytes it has, so after a broken connection the
 //! client reconnects and continues from there instead of starting over.
+//!
+//! An interrupted upload (Ctrl-C sets [`UploadOptions::cancel`], checked
+//! between chunks) is cancelled on the node, so its reserved space is freed
+//! at once instead of when the upload expires.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::ProgressBar;
@@ -27,6 +33,23 @@ pub struct UploadOptions {
     pub retries: u32,
     /// Pause before reconnecting.
     pub backoff: Duration,
+    /// Set (by a Ctrl-C handler) to stop: the upload is then cancelled on
+    /// the node and [`upload_image`] returns [`ClientError::Interrupted`].
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl UploadOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::SeqCst))
+    }
+}
+
+/// How an attempt ended without an error.
+enum Step {
+    /// The image is stored.
+    Stored,
+    /// Stopped by [`UploadOptions::cancel`]; the session, to cancel on.
+    Cancelled(Client),
 }
 
 /// What happened, for the user and for tests.
@@ -44,7 +67,9 @@ pub struct UploadReport {
 }
 
 /// Uploads `data`, reconnecting with `connect` after transient failures and
-/// resuming where the node stands.
+/// resuming where the node stands. When [`UploadOptions::cancel`] is set,
+/// cancels the partial upload on the node (best effort, on a fresh session
+/// if the current one is gone) and returns [`ClientError::Interrupted`].
 pub fn upload_image(
     connect: &mut dyn FnMut() -> Result<Client, ClientError>,
     data: &[u8],
@@ -59,7 +84,15 @@ pub fn upload_image(
     let mut attempts = 0u32;
     loop {
         match attempt(connect, data, opts, sha256, chunk, bar, &mut started_at) {
-            Ok(()) => {
+            Ok(Step::Cancelled(client)) => {
+                bar.abandon();
+                return Err(cancel_on_node(Some(client), connect, &opts.name));
+            }
+            Err(_) if opts.cancelled() => {
+                bar.abandon();
+                return Err(cancel_on_node(None, connect, &opts.name));
+            }
+            Ok(Step::Stored) => {
                 bar.finish();
                 return Ok(UploadReport {
                     name: opts.name.clone(),
@@ -72,6 +105,10 @@ pub fn upload_image(
                 attempts += 1;
                 bar.println(format!("connection lost ({e}); resuming (attempt {attempts} of {})", opts.retries));
                 std::thread::sleep(opts.backoff);
+                if opts.cancelled() {
+                    bar.abandon();
+                    return Err(cancel_on_node(None, connect, &opts.name));
+                }
             }
             Err(e) => {
                 bar.abandon();
@@ -89,7 +126,7 @@ fn attempt(
     chunk: usize,
     bar: &ProgressBar,
     started_at: &mut Vec<u64>,
-) -> Result<(), ClientError> {
+) -> Result<Step, ClientError> {
     let mut client = connect()?;
     let size = data.len() as u64;
     let begin = Request::UploadImageBegin {
@@ -106,6 +143,9 @@ fn attempt(
     started_at.push(offset);
     bar.set_position(offset);
     while offset < size {
+        if opts.cancelled() {
+            return Ok(Step::Cancelled(client));
+        }
         let start = usize::try_from(offset).map_err(|_| ClientError::Unexpected("offset too large".into()))?;
         let end = start.saturating_add(chunk).min(data.len());
         let bytes = data
@@ -118,8 +158,39 @@ fn attempt(
         }
         bar.set_position(offset);
     }
+    if opts.cancelled() {
+        return Ok(Step::Cancelled(client));
+    }
     match client.call(Request::UploadImageCommit { upload })? {
-        Response::ImageStored { sha256: h, .. } if h == sha256 => Ok(()),
+        Response::ImageStored { sha256: h, .. } if h == sha256 => Ok(Step::Stored),
         other => Err(ClientError::Unexpected(format!("{other:?}"))),
     }
+}
+
+/// Sends `CancelUpload` for `name` on `client`, or on a fresh session when
+/// there is none or it broke; returns the [`ClientError::Interrupted`]
+/// saying what happened on the node.
+fn cancel_on_node(
+    client: Option<Client>,
+    connect: &mut dyn FnMut() -> Result<Client, ClientError>,
+    name: &str,
+) -> ClientError {
+    let req = || Request::CancelUpload { name: name.to_string() };
+    let on_current = client.map(|mut c| c.call(req()));
+    let r = match on_current {
+        Some(r @ (Ok(_) | Err(ClientError::Node(_)))) => r,
+        // No session, or it broke: a fresh one.
+        Some(Err(_)) | None => connect().and_then(|mut c| c.call(req())),
+    };
+    let shown = vmm_config::text::escape_control(name);
+    ClientError::Interrupted(match r {
+        Ok(_) => format!("upload of {shown} interrupted: the partial upload was cancelled on the node"),
+        Err(ClientError::Node(e)) if e.code == mgmt_proto::ErrorCode::NotFound => {
+            format!("upload of {shown} interrupted: the node holds no partial upload of it")
+        }
+        Err(e) => format!(
+            "upload of {shown} interrupted; cancelling it on the node failed ({e}): \
+             run `bmctl landlord image cancel {shown}` (or let it expire)"
+        ),
+    })
 }

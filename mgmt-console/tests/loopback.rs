@@ -5,16 +5,16 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bmctl::client::{Client, ClientError};
+use bmctl::client::{Client, ClientError, Link};
 use bmctl::profile::{Config, OsEntropy, Profile};
 use bmctl::upload::{upload_image, UploadOptions};
 use clap::Parser;
 use indicatif::ProgressBar;
-use mgmt_proto::state::NodeState;
+use mgmt_proto::state::{NodeState, Vm};
 use mgmt_proto::*;
 
 struct Server {
@@ -22,9 +22,26 @@ struct Server {
     state: Arc<Mutex<NodeState>>,
     /// When set, the next connection is dropped after its third chunk.
     cut_upload: Arc<AtomicBool>,
+    knobs: Arc<Knobs>,
 }
 
-fn serve_conn(mut s: TcpStream, state: Arc<Mutex<NodeState>>, cut: Arc<AtomicBool>) {
+/// How the test node misbehaves, and what it saw.
+#[derive(Default)]
+struct Knobs {
+    /// Connections accepted.
+    conns: AtomicUsize,
+    /// The next this many connections get a Busy refusal, as a full node does.
+    busy: AtomicUsize,
+    /// Milliseconds to wait before serving each read (a slow node).
+    delay_ms: AtomicU64,
+}
+
+fn serve_conn(mut s: TcpStream, state: Arc<Mutex<NodeState>>, cut: Arc<AtomicBool>, knobs: Arc<Knobs>) {
+    knobs.conns.fetch_add(1, Ordering::SeqCst);
+    if knobs.busy.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1)).is_ok() {
+        let _ = s.write_all(&busy_frame("all console slots are in use"));
+        return;
+    }
     let mut session = NodeSession::new(Box::new(OsEntropy));
     let mut buf = vec![0u8; 65536];
     let cut_here = cut.swap(false, Ordering::SeqCst);
@@ -34,10 +51,12 @@ fn serve_conn(mut s: TcpStream, state: Arc<Mutex<NodeState>>, cut: Arc<AtomicBoo
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        std::thread::sleep(Duration::from_millis(knobs.delay_ms.load(Ordering::SeqCst)));
         let mut st = state.lock().unwrap();
-        let before = st.audit.len();
+        // (By index: the log may be trimmed meanwhile.)
+        let before = st.audit_base + st.audit.len() as u64;
         let r = st.serve(&mut session, &buf[..n]);
-        chunks += st.audit[before..].iter().filter(|e| e.action == "upload-chunk").count();
+        chunks += st.audit.iter().filter(|e| e.index >= before && e.action == "upload-chunk").count();
         drop(st);
         if cut_here && chunks >= 3 {
             // Simulate a broken link: the chunk was stored, its reply is lost.
@@ -54,21 +73,23 @@ fn start(landlord_console: PublicKey) -> Server {
     let addr = listener.local_addr().unwrap().to_string();
     let state = Arc::new(Mutex::new(NodeState::provision(Box::new(OsEntropy), landlord_console).unwrap()));
     let cut_upload = Arc::new(AtomicBool::new(false));
-    let (st, cut) = (state.clone(), cut_upload.clone());
+    let knobs = Arc::new(Knobs::default());
+    let (st, cut, kn) = (state.clone(), cut_upload.clone(), knobs.clone());
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(conn) = conn else { continue };
-            let (st, cut) = (st.clone(), cut.clone());
-            std::thread::spawn(move || serve_conn(conn, st, cut));
+            let (st, cut, kn) = (st.clone(), cut.clone(), kn.clone());
+            std::thread::spawn(move || serve_conn(conn, st, cut, kn));
         }
     });
-    Server { addr, state, cut_upload }
+    Server { addr, state, cut_upload, knobs }
 }
 
 fn connect(addr: &str, role: Role, secret: &SecretKey, node_key: &PublicKey) -> Result<Client, ClientError> {
+    let timeout = Duration::from_secs(20);
     let s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    Client::handshake(Box::new(s), role, secret, node_key)
+    s.set_read_timeout(Some(timeout))?;
+    Client::handshake(Box::new(s), Link { node: addr.to_string(), timeout }, role, secret, node_key)
 }
 
 struct Setup {
@@ -172,6 +193,7 @@ fn image_upload_resumes_after_interruption() {
         chunk: 16 * 1024,
         retries: 3,
         backoff: Duration::from_millis(10),
+        cancel: None,
     };
     let mut connects = 0;
     let mut conn = || {
@@ -201,6 +223,7 @@ fn signed_image_enforced() {
         chunk: 4,
         retries: 0,
         backoff: Duration::ZERO,
+        cancel: None,
     };
     let mut conn = || connect(&s.server.addr, Role::Landlord, &s.landlord.secret, &s.landlord_key());
     let e = upload_image(&mut conn, &image, &opts(Some(sign_image(&[6u8; 32], &image))), &ProgressBar::hidden())
@@ -218,15 +241,7 @@ fn tenant_cannot_see_other_lease_and_old_tenant_refused_after_regeneration() {
     let mut l = s.landlord();
     let vm_a = {
         let mut conn = || connect(&s.server.addr, Role::Landlord, &s.landlord.secret, &s.landlord_key());
-        let o = UploadOptions {
-            name: "img".into(),
-            lease: None,
-            signature: None,
-            chunk: 1024,
-            retries: 0,
-            backoff: Duration::ZERO,
-        };
-        upload_image(&mut conn, b"image", &o, &ProgressBar::hidden()).unwrap();
+        upload_image(&mut conn, b"image", &plain_upload("img"), &ProgressBar::hidden()).unwrap();
         let spec = VmSpec {
             lease: a,
             name: "a1".into(),
@@ -340,4 +355,384 @@ fn sign_image_cli_round_trip() {
     let key = image_verify_key(&cfg.load_signing("sk").unwrap());
     assert_eq!(verify_image(&key, b"kernel", &sig), Ok(()));
     assert!(verify_image(&key, b"kernel!", &sig).is_err());
+}
+
+// ---- dead, silent, busy and refusing nodes; cancel; audit paging; names; escaping ----
+
+/// A landlord profile `name` in `s`'s config pointing at `addr`.
+fn add_profile(s: &Setup, name: &str, addr: &str) {
+    let p = Profile {
+        name: name.into(),
+        node: addr.into(),
+        node_key: s.landlord_key().to_hex(),
+        role: "landlord".into(),
+        key: "ll".into(),
+    };
+    s.cfg.save_profile(&p, true).unwrap();
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A listener that answers every connection as a full node does: a Busy
+/// refusal, then close. Returns its address and the connection count.
+fn busy_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let conns = Arc::new(AtomicUsize::new(0));
+    let c = conns.clone();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            c.fetch_add(1, Ordering::SeqCst);
+            let _ = conn.write_all(&busy_frame("all 4 console slots are in use"));
+        }
+    });
+    (addr, conns)
+}
+
+#[test]
+fn busy_node_is_retried_then_exit_7() {
+    let s = setup();
+    let (addr, conns) = busy_listener();
+    add_profile(&s, "full", &addr);
+    let t0 = Instant::now();
+    let out = bmctl(&s.cfg.dir, &["-p", "full", "--timeout", "1", "landlord", "status"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert!(err.contains(&format!("node {addr} is busy (all console slots in use): retry later")), "{err}");
+    for bad in ["reset", "protocol", "the node closed the connection"] {
+        assert!(!err.contains(bad), "a Busy answer shown as {bad:?}: {err}");
+    }
+    // Retried with backoff (0.2 s, 0.4 s; 0.8 s more would pass the 1 s timeout).
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // JSON errors carry the code too.
+    let out = bmctl(&s.cfg.dir, &["-p", "full", "--timeout", "1", "--json", "landlord", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(v["exit_code"], 7);
+}
+
+#[test]
+fn node_closing_before_the_handshake_reply_counts_as_busy() {
+    let s = setup();
+    // Accepts and hangs up at once, as a full node whose refusal was lost.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || listener.incoming().flatten().for_each(drop));
+    add_profile(&s, "drop", &addr);
+    let out = bmctl(&s.cfg.dir, &["-p", "drop", "--timeout", "1", "landlord", "status"]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("node {addr} is busy")), "{}", stderr(&out));
+}
+
+#[test]
+fn busy_node_that_frees_a_slot_is_served() {
+    let s = setup();
+    add_profile(&s, "n", &s.server.addr);
+    s.server.knobs.busy.store(2, Ordering::SeqCst);
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "landlord", "status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("BMonitor in-memory up"), "{}", stdout(&out));
+    assert_eq!(s.server.knobs.conns.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn silent_node_times_out_naming_it() {
+    let s = setup();
+    // Accepts and then never says a word.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let held: Vec<TcpStream> = listener.incoming().flatten().collect();
+        drop(held);
+    });
+    add_profile(&s, "mute", &addr);
+    let t0 = Instant::now();
+    let out = bmctl(&s.cfg.dir, &["-p", "mute", "--timeout", "1", "landlord", "status"]);
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("node {addr} did not answer within 1 s")), "{}", stderr(&out));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // The same through the environment.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bmctl"))
+        .env("BMCTL_TIMEOUT", "1")
+        .arg("--config-dir")
+        .arg(&s.cfg.dir)
+        .args(["-p", "mute", "landlord", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("did not answer within 1 s"), "{}", stderr(&out));
+    // 0 would wait forever: a usage error.
+    let out = bmctl(&s.cfg.dir, &["-p", "mute", "--timeout", "0", "landlord", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("at least 1 second"), "{}", stderr(&out));
+}
+
+#[test]
+fn closed_port_is_unreachable_exit_3() {
+    let s = setup();
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    add_profile(&s, "gone", &addr);
+    let out = bmctl(&s.cfg.dir, &["-p", "gone", "landlord", "status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("cannot connect to node {addr}: connection refused")), "{}", stderr(&out));
+}
+
+/// Upload options for `name`: 1 KiB chunks, no signature, no retries.
+fn plain_upload(name: &str) -> UploadOptions {
+    UploadOptions {
+        name: name.into(),
+        lease: None,
+        signature: None,
+        chunk: 1024,
+        retries: 0,
+        backoff: Duration::ZERO,
+        cancel: None,
+    }
+}
+
+/// Leaves a partial upload of `name` on the node (the link breaks after
+/// three chunks and no retry is allowed).
+fn partial_upload(s: &Setup, name: &str) {
+    s.server.cut_upload.store(true, Ordering::SeqCst);
+    let mut conn = || connect(&s.server.addr, Role::Landlord, &s.landlord.secret, &s.landlord_key());
+    let e = upload_image(&mut conn, &[7u8; 10_000], &plain_upload(name), &ProgressBar::hidden()).unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_eq!(s.server.state.lock().unwrap().uploads.len(), 1);
+}
+
+#[test]
+fn image_cancel_frees_a_partial_upload() {
+    let s = setup();
+    add_profile(&s, "n", &s.server.addr);
+    partial_upload(&s, "half.img");
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "landlord", "image", "cancel", "half.img"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("upload of image half.img cancelled"), "{}", stdout(&out));
+    assert!(s.server.state.lock().unwrap().uploads.is_empty());
+    // Nothing left to cancel: the node's NotFound, exit 5.
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "landlord", "image", "cancel", "half.img"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("NotFound"), "{}", stderr(&out));
+}
+
+#[test]
+fn image_list_shows_images_and_unfinished_uploads() {
+    let s = setup();
+    add_profile(&s, "n", &s.server.addr);
+    let img = s.cfg.dir.join("k.img");
+    std::fs::write(&img, b"kernel bytes").unwrap();
+    // In process, twice: the Ctrl-C handler is installed once and re-armed.
+    for _ in 0..2 {
+        let args = ["bmctl", "--config-dir", s.cfg.dir.to_str().unwrap(), "-p", "n", "--json"];
+        let args = args.iter().copied().chain(["landlord", "image", "upload", img.to_str().unwrap()]);
+        bmctl::cli::run(bmctl::cli::Cli::try_parse_from(args).unwrap()).unwrap();
+    }
+    partial_upload(&s, "half.img");
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "--json", "landlord", "image", "list", "--verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["images"][0]["name"], "k.img");
+    assert_eq!(v["images"][0]["sha256"], mgmt_proto::crypto::to_hex(&image_digest(b"kernel bytes")));
+    assert_eq!(v["images"][0]["intact"], true);
+    assert_eq!(v["uploads"][0]["name"], "half.img");
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "landlord", "image", "list"]);
+    let text = stdout(&out);
+    assert!(text.contains("k.img") && text.contains("unfinished upload half.img"), "{text}");
+}
+
+#[test]
+fn cancel_flag_stops_the_upload_and_cancels_it_on_the_node() {
+    let s = setup();
+    let flag = Arc::new(AtomicBool::new(true));
+    let opts = UploadOptions { cancel: Some(flag), ..plain_upload("big.img") };
+    let mut conn = || connect(&s.server.addr, Role::Landlord, &s.landlord.secret, &s.landlord_key());
+    let e = upload_image(&mut conn, &[1u8; 50_000], &opts, &ProgressBar::hidden()).unwrap_err();
+    assert_eq!(e.exit_code(), 130);
+    assert!(e.to_string().contains("cancelled on the node"), "{e}");
+    let st = s.server.state.lock().unwrap();
+    assert!(st.uploads.is_empty() && !st.images.contains_key("big.img"));
+    assert!(st.audit.iter().any(|a| a.action == "cancel-upload" && a.outcome == "ok"));
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_during_upload_cancels_it_on_the_node() {
+    let s = setup();
+    add_profile(&s, "n", &s.server.addr);
+    s.server.knobs.delay_ms.store(30, Ordering::SeqCst);
+    let img = s.cfg.dir.join("slow.img");
+    std::fs::write(&img, vec![9u8; 256 * 1024]).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_bmctl"))
+        .arg("--config-dir")
+        .arg(&s.cfg.dir)
+        .args(["-p", "n", "landlord", "image", "upload", img.to_str().unwrap(), "--chunk-kib", "4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s.server.state.lock().unwrap().uploads.values().any(|u| u.received >= 8 * 1024) {
+        assert!(Instant::now() < deadline, "the upload never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let t0 = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the partial upload was cancelled on the node"), "{}", stderr(&out));
+    let st = s.server.state.lock().unwrap();
+    assert!(st.uploads.is_empty(), "the partial upload is still on the node");
+    assert!(!st.images.contains_key("slow.img"));
+}
+
+#[test]
+fn audit_pages_through_the_whole_log() {
+    let s = setup();
+    add_profile(&s, "n", &s.server.addr);
+    let before = {
+        let mut st = s.server.state.lock().unwrap();
+        let before = st.audit.len();
+        for i in 0..250 - before {
+            st.log(None, "test", format!("entry {}", i + before));
+        }
+        before
+    };
+    assert!(before < 10);
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "--json", "landlord", "audit"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    assert!(entries.len() >= 250, "{}", entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e["index"], i as u64);
+    }
+    assert_eq!(v["next"], entries.len() as u64);
+    // A window across a page boundary.
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "--json", "landlord", "audit", "--from", "120", "--limit", "130"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 130);
+    assert_eq!(entries[0]["index"], 120);
+    assert_eq!(entries[129]["index"], 249);
+    assert_eq!(v["next"], 250);
+    // Text output shows each entry's index.
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "landlord", "audit", "--from", "200", "--limit", "3"]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].trim_start().starts_with("200 ") && lines[0].ends_with("entry 200"), "{text}");
+    assert!(lines[2].trim_start().starts_with("202 "), "{text}");
+    // Entries the node trimmed are skipped: reading from 0 starts at the oldest kept.
+    {
+        let mut st = s.server.state.lock().unwrap();
+        st.limits.max_audit = 64;
+        st.log(None, "test", "trim".into());
+    }
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "--json", "landlord", "audit", "--limit", "1"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let base = s.server.state.lock().unwrap().audit_base;
+    assert!(base > 0);
+    assert_eq!(v["entries"][0]["index"], base);
+}
+
+#[test]
+fn bad_names_fail_locally_with_exit_2() {
+    let s = setup();
+    add_profile(&s, "n", &s.server.addr);
+    let d = &s.cfg.dir;
+    let bad_file = d.join("bad name.img");
+    std::fs::write(&bad_file, b"x").unwrap();
+    for args in [
+        vec!["-p", "n", "landlord", "vm", "create", "--lease", "1", "--name", "web vm", "--image", "img"],
+        vec!["-p", "n", "landlord", "vm", "create", "--lease", "1", "--name", "web", "--image", "a\nb"],
+        vec!["-p", "n", "landlord", "image", "cancel", "../etc"],
+        vec!["-p", "n", "landlord", "image", "upload", bad_file.to_str().unwrap()],
+        vec!["-p", "n", "landlord", "image", "upload", bad_file.to_str().unwrap(), "--name", &"x".repeat(33)],
+        vec!["profile", "add", "bad/name", "--node", "h:1", "--node-key", &"0".repeat(64), "--role", "landlord"],
+    ] {
+        let out = bmctl(d, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(vmm_config::text::NAME_RULE), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(s.server.knobs.conns.load(Ordering::SeqCst), 0, "a bad name reached the node");
+    // A good name goes through.
+    let good = d.join("good.img");
+    std::fs::write(&good, b"kernel").unwrap();
+    let out = bmctl(d, &["-p", "n", "landlord", "image", "upload", good.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn node_strings_are_escaped_in_text_output() {
+    let s = setup();
+    add_profile(&s, "n", &s.server.addr);
+    {
+        let mut st = s.server.state.lock().unwrap();
+        let spec = VmSpec {
+            lease: LeaseId(1),
+            name: "evil\nvm 9 forged".into(),
+            vcpus: 1,
+            memory_mib: 64,
+            disk_mib: 0,
+            image: "img\x1b[2J".into(),
+            cluster: ClusterId(0),
+            cmdline: "console=ttyS0\rquiet".into(),
+            ip: None,
+        };
+        let vm = Vm { spec, state: VmState::Stopped, console: Vec::new(), starts: 0, autostart: false };
+        st.vms.insert(VmId(9), vm);
+        st.log(None, "forge\nline", "ok\x07".into());
+    }
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "landlord", "vm", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("evil\\nvm 9 forged"), "{text}");
+    assert!(text.contains("img\\u{1b}[2J"), "{text}");
+    assert!(text.contains("console=ttyS0\\rquiet"), "{text}");
+    assert!(!text.contains('\x1b') && !text.contains('\r') && !text.contains("evil\n"), "{text:?}");
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "landlord", "audit"]);
+    let text = stdout(&out);
+    assert!(text.contains("forge\\nline") && text.contains("ok\\u{7}"), "{text}");
+    assert!(!text.contains('\x07') && !text.contains("forge\n"), "{text:?}");
+    // JSON keeps the real strings (serde_json escapes them itself).
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "--json", "landlord", "vm", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["spec"]["name"], "evil\nvm 9 forged");
+}
+
+#[test]
+fn help_lists_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bmctl(dir.path(), &["--help"]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for (code, what) in [
+        ("0", "success"),
+        ("1", "local problem"),
+        ("2", "usage error"),
+        ("3", "node unreachable"),
+        ("4", "session refused"),
+        ("5", "request refused"),
+        ("6", "protocol error"),
+        ("7", "node busy"),
+        ("130", "interrupted"),
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim_start().starts_with(&format!("{code} ")) && l.contains(what)),
+            "exit code {code} ({what}) missing from --help:\n{text}"
+        );
+    }
+    assert!(text.contains("--timeout <SECS>") && text.contains("BMCTL_TIMEOUT"), "{text}");
 }
