@@ -24,8 +24,15 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pauses between attempts while the node answers Busy: doubling, so a
 /// briefly full node is retried quickly and a full one is not hammered. The
 /// total is also bounded by the timeout.
-pub const BUSY_BACKOFF: [Duration; 4] =
-    [Duration::from_millis(200), Duration::from_millis(400), Duration::from_millis(800), Duration::from_millis(1600)];
+pub const BUSY_BACKOFF: [Duration; 7] = [
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+    Duration::from_millis(1600),
+    Duration::from_millis(3200),
+];
 
 /// What can go wrong talking to a node; each maps to its own exit code.
 ///
@@ -412,8 +419,8 @@ mod tests {
             Err(busy())
         });
         assert!(matches!(r, Err(ClientError::Busy { .. })));
-        // 0.2 + 0.4 fit in 0.7 s; 0.8 more would not.
-        assert_eq!(n, 3);
+        // 0.05 + 0.1 + 0.2 fit in 0.7 s; 0.4 more would not.
+        assert_eq!(n, 4);
         assert!(start.elapsed() < Duration::from_millis(1500));
         let mut n = 0;
         let r = retry_busy(DEFAULT_TIMEOUT, || {

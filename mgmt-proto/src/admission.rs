@@ -8,7 +8,9 @@
 //!   is dropped, and pending (unauthenticated) connections are evicted,
 //!   oldest first and from the source holding the most, whenever fewer than
 //!   [`Limits::spare`] sockets are left listening — so a SYN always finds a
-//!   listener and never meets a reset;
+//!   listener and never meets a reset — but never in the round it was
+//!   accepted ([`Admission::begin_round`]), so a burst of newcomers cannot
+//!   push out a client before its first message could arrive;
 //! - one source holds at most [`Limits::pending_per_source`] pending slots;
 //! - authenticated sessions end after [`Limits::idle_ms`] without a request;
 //!   at most [`Limits::max_sessions`] run at once, of which tenants may hold
@@ -49,13 +51,13 @@ pub struct Limits {
 impl Limits {
     /// The node's limits.
     pub const NODE: Limits = Limits {
-        slots: 32,
-        spare: 4,
-        pending_per_source: 12,
+        slots: 48,
+        spare: 16,
+        pending_per_source: 16,
         handshake_ms: 3_000,
         idle_ms: 60_000,
         linger_ms: 2_000,
-        max_sessions: 28,
+        max_sessions: 32,
         tenant_sessions: 20,
         lease_sessions: 8,
     };
@@ -74,6 +76,8 @@ pub enum Slot {
         since: u64,
         /// Accept order, for oldest-first eviction.
         order: u64,
+        /// The serving round it was accepted in.
+        round: u64,
     },
     /// An established session.
     Session {
@@ -127,12 +131,19 @@ pub struct Admission {
     limits: Limits,
     slots: Vec<Slot>,
     order: u64,
+    round: u64,
 }
 
 impl Admission {
     /// A table with every slot listening.
     pub fn new(limits: Limits) -> Admission {
-        Admission { limits, slots: alloc::vec![Slot::Listening; limits.slots], order: 0 }
+        Admission { limits, slots: alloc::vec![Slot::Listening; limits.slots], order: 0, round: 0 }
+    }
+
+    /// Starts a serving round: connections accepted before it may be
+    /// evicted, the ones accepted during it may not.
+    pub fn begin_round(&mut self) {
+        self.round = self.round.wrapping_add(1);
     }
 
     /// Its limits.
@@ -169,9 +180,11 @@ impl Admission {
         self.slots.iter().filter(|s| matches!(s, Slot::Pending { source: a, .. } if *a == source)).count()
     }
 
-    /// The oldest pending slot, of `source` if given, else of the source
-    /// holding the most pending slots; never `except`.
+    /// The oldest pending slot accepted before this round, of `source` if
+    /// given, else of the source holding the most such slots; never `except`.
     fn victim(&self, source: Option<[u8; 4]>, except: usize) -> Option<usize> {
+        let current = self.round;
+        let evictable = |s: &Slot| matches!(s, Slot::Pending { round, .. } if *round != current);
         let source = source.or_else(|| {
             let mut best: Option<([u8; 4], usize)> = None;
             for (i, s) in self.slots.iter().enumerate() {
@@ -179,6 +192,9 @@ impl Admission {
                     continue;
                 }
                 if let Slot::Pending { source, .. } = s {
+                    if !evictable(s) {
+                        continue;
+                    }
                     let n = self.pending_of(*source);
                     if best.is_none_or(|(_, m)| n > m) {
                         best = Some((*source, n));
@@ -190,7 +206,7 @@ impl Admission {
         self.slots
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != except)
+            .filter(|(i, s)| *i != except && evictable(s))
             .filter_map(|(i, s)| match s {
                 Slot::Pending { source: a, order, .. } if *a == source => Some((i, *order)),
                 _ => None,
@@ -213,12 +229,18 @@ impl Admission {
             return (Verdict::Busy("every session slot is in use"), evict);
         }
         if self.pending_of(source) >= self.limits.pending_per_source {
-            if let Some(v) = self.victim(Some(source), i) {
-                self.set(v, Slot::Listening);
-                evict.push(v);
+            match self.victim(Some(source), i) {
+                Some(v) => {
+                    self.set(v, Slot::Listening);
+                    evict.push(v);
+                }
+                None => {
+                    self.set(i, Slot::Closing { since: now });
+                    return (Verdict::Busy("this address has too many connections still authenticating"), evict);
+                }
             }
         }
-        self.set(i, Slot::Pending { source, since: now, order: self.order });
+        self.set(i, Slot::Pending { source, since: now, order: self.order, round: self.round });
         while self.listening() < self.limits.spare {
             let Some(v) = self.victim(None, i) else { break };
             self.set(v, Slot::Listening);
@@ -322,6 +344,12 @@ mod tests {
         }
     }
 
+    /// A connection in a round of its own (so older ones may be evicted).
+    fn connect(a: &mut Admission, i: usize, source: [u8; 4], now: u64) -> (Verdict, Vec<usize>) {
+        a.begin_round();
+        a.connect(i, source, now)
+    }
+
     fn first_listening(a: &Admission) -> usize {
         (0..a.limits().slots).find(|i| a.slot(*i) == Slot::Listening).unwrap()
     }
@@ -331,7 +359,7 @@ mod tests {
         let mut a = Admission::new(small());
         for t in 0..100 {
             let i = first_listening(&a);
-            let (v, _) = a.connect(i, HOSTILE, t);
+            let (v, _) = connect(&mut a, i, HOSTILE, t);
             assert_eq!(v, Verdict::Serve);
             assert!(a.listening() >= 2, "at {t}: {:?}", a.slots);
             assert!(a.pending_of(HOSTILE) <= 4);
@@ -342,27 +370,51 @@ mod tests {
     fn the_newest_connection_is_evicted_last() {
         let mut a = Admission::new(small());
         let landlord = first_listening(&a);
-        a.connect(landlord, HOSTILE, 0);
+        connect(&mut a, landlord, HOSTILE, 0);
         // Three more from the same source fit under the per-source limit.
         for t in 1..4 {
             let i = first_listening(&a);
-            a.connect(i, HOSTILE, t);
+            connect(&mut a, i, HOSTILE, t);
         }
         assert!(matches!(a.slot(landlord), Slot::Pending { .. }));
         // The fourth pushes out the oldest: the first one.
         let i = first_listening(&a);
-        let (_, evicted) = a.connect(i, HOSTILE, 5);
+        let (_, evicted) = connect(&mut a, i, HOSTILE, 5);
         assert_eq!(evicted, vec![landlord]);
+    }
+
+    #[test]
+    fn a_connection_is_not_evicted_in_the_round_it_arrived() {
+        let mut a = Admission::new(small());
+        a.begin_round();
+        let mut first = Vec::new();
+        for _ in 0..4 {
+            let i = first_listening(&a);
+            assert_eq!(a.connect(i, HOSTILE, 0).0, Verdict::Serve);
+            first.push(i);
+        }
+        // A fifth from the same source in the same round: busy, no eviction.
+        let i = first_listening(&a);
+        let (v, evicted) = a.connect(i, HOSTILE, 0);
+        assert!(matches!(v, Verdict::Busy(_)), "{v:?}");
+        assert!(evicted.is_empty());
+        assert!(first.iter().all(|s| matches!(a.slot(*s), Slot::Pending { .. })));
+        a.closed(i);
+        // In the next round the oldest goes.
+        a.begin_round();
+        let (v, evicted) = a.connect(i, HOSTILE, 1);
+        assert_eq!(v, Verdict::Serve);
+        assert_eq!(evicted, vec![first[0]]);
     }
 
     #[test]
     fn per_source_limit_spares_other_sources() {
         let mut a = Admission::new(small());
         let other = first_listening(&a);
-        a.connect(other, OTHER, 0);
+        connect(&mut a, other, OTHER, 0);
         for t in 1..50 {
             let i = first_listening(&a);
-            let (_, evicted) = a.connect(i, HOSTILE, t);
+            let (_, evicted) = connect(&mut a, i, HOSTILE, t);
             assert!(!evicted.contains(&other), "the other source's connection was evicted at {t}");
         }
         assert!(matches!(a.slot(other), Slot::Pending { source: OTHER, .. }));
@@ -373,12 +425,12 @@ mod tests {
         let mut a = Admission::new(small());
         for t in 0..6 {
             let i = first_listening(&a);
-            assert_eq!(a.connect(i, HOSTILE, t).0, Verdict::Serve);
+            assert_eq!(connect(&mut a, i, HOSTILE, t).0, Verdict::Serve);
             assert_eq!(a.establish(i, Role::Landlord, t), Verdict::Serve);
         }
         assert_eq!(a.sessions(), 6);
         let i = first_listening(&a);
-        let (v, evicted) = a.connect(i, HOSTILE, 7);
+        let (v, evicted) = connect(&mut a, i, HOSTILE, 7);
         assert!(matches!(v, Verdict::Busy(_)));
         assert!(evicted.is_empty());
         assert_eq!(a.sessions(), 6);
@@ -390,7 +442,7 @@ mod tests {
         let mut tenant_ok = 0;
         for n in 0..6u32 {
             let i = first_listening(&a);
-            a.connect(i, OTHER, u64::from(n));
+            connect(&mut a, i, OTHER, u64::from(n));
             if a.establish(i, Role::Tenant(LeaseId(n / 2)), u64::from(n)) == Verdict::Serve {
                 tenant_ok += 1;
             } else {
@@ -399,7 +451,7 @@ mod tests {
         }
         assert_eq!(tenant_ok, 4, "tenant_sessions caps all leases together");
         let i = first_listening(&a);
-        a.connect(i, OTHER, 10);
+        connect(&mut a, i, OTHER, 10);
         assert_eq!(a.establish(i, Role::Landlord, 10), Verdict::Serve);
     }
 
@@ -409,7 +461,7 @@ mod tests {
         let mut ok = 0;
         for t in 0..3 {
             let i = first_listening(&a);
-            a.connect(i, OTHER, t);
+            connect(&mut a, i, OTHER, t);
             if a.establish(i, Role::Tenant(LeaseId(7)), t) == Verdict::Serve {
                 ok += 1;
             }
@@ -420,8 +472,8 @@ mod tests {
     #[test]
     fn deadlines_expire_at_their_edge() {
         let mut a = Admission::new(small());
-        a.connect(0, HOSTILE, 0);
-        a.connect(1, HOSTILE, 0);
+        connect(&mut a, 0, HOSTILE, 0);
+        connect(&mut a, 1, HOSTILE, 0);
         a.establish(1, Role::Landlord, 0);
         assert!(a.expire(99).is_empty());
         assert_eq!(a.expire(100), vec![(0, Drop::HandshakeTimeout)]);
@@ -439,7 +491,7 @@ mod tests {
     fn establish_needs_a_pending_slot() {
         let mut a = Admission::new(small());
         assert!(matches!(a.establish(0, Role::Landlord, 0), Verdict::Busy(_)));
-        assert!(matches!(a.connect(99, HOSTILE, 0).0, Verdict::Busy(_)));
+        assert!(matches!(connect(&mut a, 99, HOSTILE, 0).0, Verdict::Busy(_)));
     }
 
     proptest! {
@@ -457,7 +509,7 @@ mod tests {
                 match op {
                     0 => {
                         if a.slot(slot) == Slot::Listening {
-                            let (v, _) = a.connect(slot, source, now);
+                            let (v, _) = connect(&mut a, slot, source, now);
                             prop_assert!(a.pending_of(source) <= l.pending_per_source);
                             if v == Verdict::Serve {
                                 prop_assert!(a.listening() >= l.spare || a.pending() <= 1);

@@ -32,6 +32,8 @@ pub use reconcile::reconcile;
 
 /// Audit-only changes are written at most this often.
 const LAZY_SAVE_MS: u64 = 2000;
+/// A save taking this long is logged: the management plane stalls meanwhile.
+const SLOW_SAVE_MS: u64 = 200;
 
 /// Keys and session nonces come from the CPU's random source.
 struct Rdrand;
@@ -308,6 +310,10 @@ impl Mgmt {
         if let Some(v) = self.store.as_mut() {
             if let Err(e) = persist::save(v, &self.state.snapshot()) {
                 crate::log!("mgmt: state not saved: {e}");
+            }
+            let ms = time::rdtsc().wrapping_sub(now) / time::tsc_per_ms().max(1);
+            if ms >= SLOW_SAVE_MS {
+                crate::log!("mgmt: state saved in {ms} ms (slow: the management plane waited)");
             }
         }
     }

@@ -49,12 +49,20 @@ pub struct ConnReport {
     busy: u32,
     reset_stuck: u32,
     overflow: u32,
+    held_back: u32,
     last_refusal: String,
 }
 
 impl ConnReport {
     fn total(&self) -> u32 {
-        self.refused + self.evicted + self.handshake_timeouts + self.idle + self.busy + self.reset_stuck + self.overflow
+        self.refused
+            + self.evicted
+            + self.handshake_timeouts
+            + self.idle
+            + self.busy
+            + self.reset_stuck
+            + self.overflow
+            + self.held_back
     }
 
     /// Whether this event may still be logged on its own in this window.
@@ -86,6 +94,7 @@ impl Mgmt {
             self.dirty = true;
         }
         let mut resets: Vec<usize> = Vec::new();
+        self.admission.begin_round();
         for (i, drop) in self.admission.expire(now) {
             match drop {
                 Drop::HandshakeTimeout => self.report.handshake_timeouts += 1,
@@ -101,9 +110,18 @@ impl Mgmt {
                 c.close_when_sent = true;
             }
         }
-        for i in 0..self.conns.len() {
-            let Some(sock) = net.mgmt_port(i) else { break };
-            self.serve_slot(i, sock, now, vms, &mut resets);
+        // Connections already held go first, so one whose first handshake
+        // message has arrived becomes a session before a newcomer can evict
+        // it; then the newcomers (slots the table has listening).
+        let listening: Vec<bool> = (0..self.conns.len()).map(|i| self.admission.slot(i) == Slot::Listening).collect();
+        for newcomers in [false, true] {
+            for (i, &was_listening) in listening.iter().enumerate() {
+                if was_listening != newcomers || resets.contains(&i) {
+                    continue;
+                }
+                let Some(sock) = net.mgmt_port(i) else { break };
+                self.serve_slot(i, sock, now, vms, &mut resets);
+            }
         }
         for i in resets {
             if let Some(sock) = net.mgmt_port(i) {
@@ -114,6 +132,7 @@ impl Mgmt {
             }
             self.admission.closed(i);
         }
+        self.report.held_back = self.report.held_back.saturating_add(net.take_mgmt_held_back());
         self.report_connections(now);
         core::mem::take(&mut self.pending)
     }
@@ -146,7 +165,13 @@ impl Mgmt {
                 }
             }
         } else if !active {
-            // The peer is gone (reset, or our close completed).
+            // The peer is gone (reset, or our close completed). A socket in
+            // TIME-WAIT would sit out 10 s unusable, and a peer reusing its
+            // port meanwhile would be reset: both FINs are through, so
+            // free it now.
+            if sock.state() == tcp::State::TimeWait {
+                sock.abort();
+            }
             if let Some(c) = self.conns.get_mut(i) {
                 *c = Conn::default();
             }
@@ -252,7 +277,7 @@ impl Mgmt {
             return;
         }
         let mut summary = format!(
-            "in the last {} s: {} refused, {} evicted for room, {} handshake timeouts, {} idle sessions closed, {} busy answers, {} stuck connections reset, {} unread-reply overflows",
+            "in the last {} s: {} refused, {} evicted for room, {} handshake timeouts, {} idle sessions closed, {} busy answers, {} stuck connections reset, {} unread-reply overflows, {} connection requests held back (no free socket)",
             REPORT_WINDOW_MS / 1000,
             r.refused,
             r.evicted,
@@ -260,7 +285,8 @@ impl Mgmt {
             r.idle,
             r.busy,
             r.reset_stuck,
-            r.overflow
+            r.overflow,
+            r.held_back
         );
         if !r.last_refusal.is_empty() {
             summary.push_str(&format!(" (last refusal: {})", r.last_refusal));

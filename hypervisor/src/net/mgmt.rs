@@ -97,6 +97,8 @@ pub struct MgmtStack {
     leased: bool,
     listeners: Vec<SocketHandle>,
     discard: Option<Discard>,
+    /// Connection requests held back (no socket listening) since last taken.
+    held_back: u32,
 }
 
 /// The optional discard service: counts and drops what one client sends.
@@ -110,6 +112,21 @@ struct Discard {
 /// Connections that sent less than this are not logged (so a client
 /// looping empty connections cannot flood the log).
 const DISCARD_LOG_MIN: u64 = 64 * 1024;
+
+/// Whether `frame` opens a TCP connection (SYN without ACK) to `port`.
+fn is_connection_request(frame: &[u8], port: u16) -> bool {
+    use vswitch::frame::{parse, Network, Transport, TCP_ACK, TCP_SYN};
+    match parse(frame) {
+        Ok(info) => match info.network {
+            Network::Ipv4(ip) => match ip.transport {
+                Transport::Tcp(t) => t.dst_port == port && t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+                _ => false,
+            },
+            _ => false,
+        },
+        Err(_) => false,
+    }
+}
 
 fn now() -> Instant {
     Instant::from_millis(time::tsc_to_ms(time::rdtsc()) as i64)
@@ -150,7 +167,7 @@ impl MgmtStack {
             let tx = tcp::SocketBuffer::new(vec![0; 1024]);
             Discard { port, socket: sockets.add(tcp::Socket::new(rx, tx)), bytes: 0, since_ms: 0 }
         });
-        MgmtStack { queues, iface, sockets, dhcp, leased: false, listeners, discard }
+        MgmtStack { queues, iface, sockets, dhcp, leased: false, listeners, discard, held_back: 0 }
     }
 
     /// Drains the discard socket; logs a connection's throughput when it ends.
@@ -184,6 +201,10 @@ impl MgmtStack {
     /// Runs the stack: DHCP progress, the management listener.
     pub fn poll(&mut self) {
         let ts = now();
+        for i in 0..MGMT_SOCKETS {
+            self.port(i);
+        }
+        self.gate_connection_requests();
         self.iface.poll(ts, &mut self.queues, &mut self.sockets);
         if let Some(h) = self.dhcp {
             match self.sockets.get_mut::<dhcpv4::Socket>(h).poll() {
@@ -221,6 +242,36 @@ impl MgmtStack {
         }
         self.serve_discard();
         self.iface.poll(ts, &mut self.queues, &mut self.sockets);
+    }
+
+    /// Holds back connection requests to the management port beyond the
+    /// sockets listening now: smoltcp would answer them with a reset, while
+    /// a dropped SYN is simply sent again by the peer a moment later, when
+    /// the management plane has freed a socket.
+    fn gate_connection_requests(&mut self) {
+        let mut free = self
+            .listeners
+            .iter()
+            .filter(|h| self.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Listen)
+            .count();
+        let mut held = 0u32;
+        self.queues.rx.retain(|frame| {
+            if !is_connection_request(frame, MGMT_PORT) {
+                return true;
+            }
+            if free == 0 {
+                held += 1;
+                return false;
+            }
+            free -= 1;
+            true
+        });
+        self.held_back = self.held_back.saturating_add(held);
+    }
+
+    /// Connection requests held back since the last call (for the report).
+    pub fn take_held_back(&mut self) -> u32 {
+        core::mem::take(&mut self.held_back)
     }
 
     /// Socket `i` of the management port: the management plane reads and

@@ -156,6 +156,12 @@ impl Network {
         self.uplink.as_mut().and_then(|u| u.mgmt.port(i))
     }
 
+    /// Connection requests to the management port held back for want of a
+    /// listening socket since the last call.
+    pub fn take_mgmt_held_back(&mut self) -> u32 {
+        self.uplink.as_mut().map_or(0, |u| u.mgmt.take_held_back())
+    }
+
     /// Sends what the management plane wrote.
     pub fn flush_mgmt(&mut self) {
         if let Some(up) = self.uplink.as_mut() {
