@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mgmt_proto::crypto::{from_hex32, to_hex};
+use mgmt_proto::state::AUDIT_PAGE;
 use mgmt_proto::*;
 use serde_json::{json, Value};
 use vmm_config::text::{escape_control, valid_name, NAME_RULE};
@@ -284,6 +285,8 @@ pub enum LandlordKeysCmd {
 /// Tenant commands.
 #[derive(Debug, Subcommand)]
 pub enum TenantCmd {
+    /// Your lease on this node: its VMs and what state they are in.
+    Status,
     /// List your VMs.
     Vms,
     /// Start a VM.
@@ -871,14 +874,31 @@ fn vms(ctx: &Ctx, landlord: bool) -> Result<()> {
     Ok(())
 }
 
-/// Entries per `ReadAudit` answer: the node sends at most this many
-/// (mgmt-proto's `AUDIT_PAGE`, private there), so a shorter page is the end
-/// of the log. Stopping there, rather than at an empty page, matters: each
-/// read adds an audit entry of its own, which a reader chasing the end would
-/// fetch forever.
-const AUDIT_PAGE: usize = 100;
+/// A tenant's view of the node: its lease and a count of its VMs by state
+/// (the node's own status is the landlord's).
+fn tenant_status(ctx: &Ctx) -> Result<()> {
+    let (p, r) = ctx.call(false, Request::ListVms)?;
+    let Response::Vms(v) = r else { return Err(unexpected(r)) };
+    let count = |s: VmState| v.iter().filter(|i| i.state == s).count();
+    let (running, stopped, faulted) = (count(VmState::Running), count(VmState::Stopped), count(VmState::Faulted));
+    ctx.out(
+        json!({"node": p.node, "role": p.role, "vms": v.len(), "running": running, "stopped": stopped, "faulted": faulted}),
+        || {
+            format!(
+                "{} on node {}: {} VM(s): {running} running, {stopped} stopped, {faulted} faulted",
+                p.role,
+                p.node,
+                v.len()
+            )
+        },
+    );
+    Ok(())
+}
 
-/// Reads the audit log from `a.from`, page by page, until the end or
+/// Reads the audit log from `a.from`, page by page ([`AUDIT_PAGE`] entries;
+/// a shorter page is the end: stopping there rather than at an empty page
+/// matters, as each read adds an audit entry a reader would chase forever),
+/// until the end or
 /// `a.limit` entries, on one session.
 fn audit(ctx: &Ctx, landlord: bool, a: &AuditArgs) -> Result<()> {
     let limit = a.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
@@ -922,6 +942,7 @@ fn tenant_cmd(ctx: &Ctx, cmd: TenantCmd) -> Result<()> {
         Ok(())
     };
     match cmd {
+        TenantCmd::Status => tenant_status(ctx)?,
         TenantCmd::Vms => vms(ctx, false)?,
         TenantCmd::Start { vm } => simple(Request::StartVm { vm: VmId(vm) }, "start VM")?,
         TenantCmd::Stop { vm } => simple(Request::StopVm { vm: VmId(vm) }, "stop VM")?,

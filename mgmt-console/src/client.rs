@@ -6,6 +6,7 @@
 //! no free console slot ([`ErrorCode::Busy`]) is retried with backoff before
 //! giving up with its own exit code.
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -174,6 +175,9 @@ pub struct Client {
     session: ConsoleSession,
     buf: Vec<u8>,
     link: Link,
+    /// Replies read but not yet asked for (several arrive at once when
+    /// requests are pipelined).
+    replies: VecDeque<Result<Response, ErrorReply>>,
 }
 
 /// Resets and broken pipes: what a node that refused us without reading
@@ -223,7 +227,7 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let session = ConsoleSession::new(role, secret, node_key, Box::new(OsEntropy))?;
         let deadline = Instant::now() + link.timeout;
-        let mut c = Client { stream, session, buf: vec![0u8; 65536], link };
+        let mut c = Client { stream, session, buf: vec![0u8; 65536], link, replies: VecDeque::new() };
         match c.flush() {
             // A full node writes its Busy refusal and closes without reading
             // our hello: the write may meet a reset while the refusal still
@@ -307,12 +311,28 @@ impl Client {
         self.wait()
     }
 
+    /// Sends a request without waiting for its answer, so several can be
+    /// in flight (uploads pipeline their chunks); collect the answers, in
+    /// order, with [`Self::reply`].
+    pub fn send(&mut self, req: Request) -> Result<(), ClientError> {
+        self.session.send(req)?;
+        self.flush()
+    }
+
+    /// The answer to the oldest request sent and not yet answered.
+    pub fn reply(&mut self) -> Result<Response, ClientError> {
+        self.wait()
+    }
+
     fn wait(&mut self) -> Result<Response, ClientError> {
         self.flush()?;
         loop {
+            if let Some(r) = self.replies.pop_front() {
+                return r.map_err(ClientError::Node);
+            }
             for ev in self.read_some()? {
                 if let ConsoleEvent::Reply(r) = ev {
-                    return r.body.map_err(ClientError::Node);
+                    self.replies.push_back(r.body);
                 }
             }
         }
@@ -385,7 +405,13 @@ mod tests {
         let link = Link { node: "10.0.2.15:7700".into(), timeout: DEFAULT_TIMEOUT };
         let kp = mgmt_proto::KeyPair::generate(&mut OsEntropy).unwrap();
         let session = ConsoleSession::new(Role::Landlord, &kp.secret, &kp.public, Box::new(OsEntropy)).unwrap();
-        let c = Client { stream: Box::new(std::io::Cursor::new(Vec::new())), session, buf: Vec::new(), link };
+        let c = Client {
+            stream: Box::new(std::io::Cursor::new(Vec::new())),
+            session,
+            buf: Vec::new(),
+            link,
+            replies: VecDeque::new(),
+        };
         let busy = ErrorReply::new(ErrorCode::Busy, "no free slot");
         for e in [SessionError::Refused(busy.clone()), SessionError::Remote(busy)] {
             let e = c.session_error(e);

@@ -14,6 +14,10 @@ use std::time::Duration;
 
 use indicatif::ProgressBar;
 use mgmt_proto::{image_digest, ImageSignature, LeaseId, Request, Response, MAX_CHUNK};
+
+/// Chunks sent ahead of the node's answers: enough to keep the link busy,
+/// few enough that the answers never back up (each is a few dozen bytes).
+const WINDOW: usize = 4;
 use serde::Serialize;
 
 use crate::client::{Client, ClientError};
@@ -142,20 +146,32 @@ fn attempt(
     };
     started_at.push(offset);
     bar.set_position(offset);
+    // Up to WINDOW chunks in flight: a round trip per chunk would leave the
+    // link idle most of the time.
+    let mut sent = offset;
+    let mut in_flight = 0usize;
     while offset < size {
-        if opts.cancelled() {
+        while in_flight < WINDOW && sent < size && !opts.cancelled() {
+            let start = usize::try_from(sent).map_err(|_| ClientError::Unexpected("offset too large".into()))?;
+            let end = start.saturating_add(chunk).min(data.len());
+            let bytes = data
+                .get(start..end)
+                .ok_or_else(|| ClientError::Unexpected(format!("node offset {sent} beyond the image")))?
+                .to_vec();
+            let next = end as u64;
+            client.send(Request::UploadImageChunk { upload, offset: sent, bytes })?;
+            sent = next;
+            in_flight += 1;
+        }
+        if in_flight == 0 {
+            // Cancelled with nothing outstanding.
             return Ok(Step::Cancelled(client));
         }
-        let start = usize::try_from(offset).map_err(|_| ClientError::Unexpected("offset too large".into()))?;
-        let end = start.saturating_add(chunk).min(data.len());
-        let bytes = data
-            .get(start..end)
-            .ok_or_else(|| ClientError::Unexpected(format!("node offset {offset} beyond the image")))?
-            .to_vec();
-        match client.call(Request::UploadImageChunk { upload, offset, bytes })? {
+        match client.reply()? {
             Response::Upload { offset: o, .. } if o > offset => offset = o,
             other => return Err(ClientError::Unexpected(format!("{other:?}"))),
         }
+        in_flight -= 1;
         bar.set_position(offset);
     }
     if opts.cancelled() {

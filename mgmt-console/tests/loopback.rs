@@ -737,3 +737,48 @@ fn help_lists_the_exit_codes() {
     }
     assert!(text.contains("--timeout <SECS>") && text.contains("BMCTL_TIMEOUT"), "{text}");
 }
+
+#[test]
+fn tenant_status_counts_the_leases_vms() {
+    let s = setup();
+    s.cfg.keygen("t").unwrap();
+    let t = s.cfg.load_key("t").unwrap();
+    let mut l = s.landlord();
+    let (lease, ut) =
+        match l.call(Request::CreateLease { tenant_console_key: t.public, cluster: ClusterId(0) }).unwrap() {
+            Response::LeaseCreated { lease, tenant_node_key } => (lease, tenant_node_key),
+            r => panic!("{r:?}"),
+        };
+    let mut conn = || connect(&s.server.addr, Role::Landlord, &s.landlord.secret, &s.landlord_key());
+    upload_image(&mut conn, b"image", &plain_upload("img"), &ProgressBar::hidden()).unwrap();
+    for name in ["a", "b"] {
+        let spec = VmSpec {
+            lease,
+            name: name.into(),
+            vcpus: 1,
+            memory_mib: 64,
+            disk_mib: 0,
+            image: "img".into(),
+            cluster: ClusterId(0),
+            cmdline: String::new(),
+            ip: None,
+        };
+        l.call(Request::CreateVm { spec }).unwrap();
+    }
+    let p = Profile {
+        name: "ten".into(),
+        node: s.server.addr.clone(),
+        node_key: ut.to_hex(),
+        role: format!("tenant:{}", lease.0),
+        key: "t".into(),
+    };
+    s.cfg.save_profile(&p, true).unwrap();
+    let out = bmctl(&s.cfg.dir, &["-p", "ten", "tenant", "status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let want = format!("tenant:{} on node {}: 2 VM(s): 0 running, 2 stopped, 0 faulted", lease.0, s.server.addr);
+    assert_eq!(stdout(&out).trim(), want);
+    let out = bmctl(&s.cfg.dir, &["-p", "ten", "--json", "tenant", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["vms"], 2);
+    assert_eq!(v["stopped"], 2);
+}

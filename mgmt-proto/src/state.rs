@@ -21,7 +21,9 @@ use crate::sig::verify_image_digest;
 use crate::{MAX_CHUNK, MAX_CONSOLE_BYTES};
 
 /// Largest number of audit entries returned per request.
-const AUDIT_PAGE: usize = 100;
+/// Entries per `ReadAudit` answer at most: a shorter page is the end of
+/// the log (consoles page on that).
+pub const AUDIT_PAGE: usize = 100;
 
 /// Limits on what consoles may make the node keep; each refusal names one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -510,6 +510,171 @@ run_mgmt_rules() {
     wait "$boot"
     unset BMCTL_CONFIG_DIR
 }
+# Hostile console clients against a real node (issue 9): 100 connections
+# that never authenticate, quota edges, cancelled uploads, 16 clients at
+# once, and images that must survive a reboot intact.
+run_mgmt_hostile() {
+    local B="$TARGET_DIR/release/bmctl" port=$((20000 + RANDOM % 20000))
+    local loop_secs=${HOSTILE_LOOP_SECONDS:-60}
+    export BMCTL_CONFIG_DIR=$dir/bmctl
+    bm() { timeout 60 "$B" "$@"; }
+    key() { bm --json keygen "$1" | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])'; }
+    ms() { echo $((($(date +%s%N) - $1) / 1000000)); }
+    pct() { sort -n | awk -v p="$1" '{v[NR]=$1} END {i=int((NR*p+99)/100); if (i<1) i=1; print v[i]+0}'; }
+    local kl ka
+    kl=$(key landlord) && ka=$(key tenant-a) || { fail "bmctl keygen failed"; return; }
+    local dport=$((20000 + RANDOM % 20000))
+    sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|LANDLORD_KEY|$kl|" "$ROOT/tests/e2e/mgmt-hostile.toml" >"$dir/node.toml"
+    "$BMIMAGE" bundle --config "$dir/node.toml" --out "$dir/node.bundle" 2>>"$dir/bmimage.err"
+    rm -f "$dir/node.img"
+    truncate -s 256M "$dir/node.img"
+    BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port BM_DISCARD_PORT=$dport boot_engine qemu-tcg-net-disk "$dir/node.bundle" "$dir/boot1.log" 400 &
+    local boot=$! deadline=$((SECONDS + 60))
+    until grep -q "staying up" "$dir/boot1.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    local nk la lease ta
+    nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/boot1.log" | awk '{print $4}')
+    [[ -n $nk ]] || { fail "node did not come up: $(tail -1 "$dir/boot1.log")"; kill "$boot"; return; }
+    bm profile add ll --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key landlord >/dev/null
+    la=$(bm -p ll --json landlord lease create --tenant-key "$ka" --cluster 1) || fail "lease create failed: $la"
+    ta=$(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["tenant_node_key"])' "$la")
+    lease=$(python3 -c 'import sys, json; print(json.loads(sys.argv[1])["lease"])' "$la")
+    bm profile add ta --node "127.0.0.1:$port" --node-key "$ta" --role "tenant:$lease" --key tenant-a >/dev/null
+
+    # 1. 100 hostile connections: the landlord still gets in within 2 s.
+    python3 "$ROOT/tests/e2e/hostile.py" "$port" 100 40 >"$dir/hostile.txt" 2>&1 &
+    local hostile=$! t lat=() i
+    sleep 5
+    for i in $(seq 1 15); do
+        t=$(date +%s%N)
+        if ! bm -p ll --timeout 5 landlord status >"$dir/hstatus.txt" 2>&1; then
+            fail "landlord status under 100 hostile connections failed (try $i): $(tail -1 "$dir/hstatus.txt")"
+        fi
+        t=$(ms "$t")
+        lat+=("$t")
+        ((t <= 2000)) || fail "landlord status under 100 hostile connections took $t ms (try $i; limit 2000)"
+        bm -p ta --timeout 5 tenant status >"$dir/tvms.txt" 2>&1 ||
+            fail "tenant status under 100 hostile connections failed (try $i): $(tail -1 "$dir/tvms.txt")"
+        sleep 1
+    done
+    wait "$hostile"
+    grep -q "^hostile: " "$dir/hostile.txt" || fail "hostile clients did not run: $(tail -3 "$dir/hostile.txt")"
+    {
+        echo "landlord status with 100 hostile connections: p50 $(printf '%s\n' "${lat[@]}" | pct 50) ms, max $(printf '%s\n' "${lat[@]}" | pct 100) ms"
+        cat "$dir/hostile.txt"
+    } >>"$dir/figures.txt"
+    # Junk connections are summed up in the audit log, not one entry each.
+    local audit_n
+    audit_n=$(bm -p ll --json landlord audit | python3 -c 'import sys, json; d=json.load(sys.stdin); print(len(d if isinstance(d, list) else d["entries"]))')
+    echo "audit entries after the hostile phase: $audit_n" >>"$dir/figures.txt"
+    ((audit_n > 0 && audit_n < 200)) || fail "audit log after the hostile phase has $audit_n entries (want 1..199)"
+
+    # 2. Quotas: fill to the limit, then past it; the node stays up.
+    local f
+    local up_ms=0
+    for i in 1 2 3 4; do
+        f=$dir/img$i.bin
+        cp "$ROOT/target/x86_64-unknown-none/release/hello" "$f"
+        head -c $((16 * 1048576 - $(stat -c %s "$f"))) /dev/urandom >>"$f"
+        t=$(date +%s%N)
+        bm -p ll landlord image upload "$f" --name "img$i" >"$dir/up$i.txt" 2>&1 ||
+            fail "upload $i of 16 MiB (within the 64 MiB quota) failed: $(tail -1 "$dir/up$i.txt")"
+        ((i == 1)) && up_ms=$(ms "$t")
+    done
+    # The same 16 MiB as raw TCP to the node's discard service.
+    t=$(date +%s%N)
+    python3 -c 'import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+s.sendall(open(sys.argv[2], "rb").read())
+s.shutdown(socket.SHUT_WR)
+s.recv(1)' "$dport" "$dir/img1.bin" 2>>"$dir/discard.err" || fail "raw TCP transfer to the discard port failed: $(tail -1 "$dir/discard.err")"
+    local raw_ms
+    raw_ms=$(ms "$t")
+    echo "image upload 16 MiB: $up_ms ms; raw TCP 16 MiB: $raw_ms ms; upload/raw throughput ratio $(awk -v u="$up_ms" -v r="$raw_ms" 'BEGIN {printf "%.2f", r / (u ? u : 1)}')" >>"$dir/figures.txt"
+    head -c 1048576 /dev/urandom >"$dir/over.bin"
+    bm -p ll landlord image upload "$dir/over.bin" --name over >"$dir/over.txt" 2>&1 &&
+        fail "an upload past the 64 MiB image quota was accepted"
+    grep -qi "limit" "$dir/over.txt" || fail "the refusal past the quota does not name the limit: $(tail -1 "$dir/over.txt")"
+    : >"$dir/empty.bin"
+    bm -p ll landlord image upload "$dir/empty.bin" --name empty >"$dir/empty.txt" 2>&1 && fail "an empty image was accepted"
+    bm -p ll landlord status >/dev/null 2>&1 || fail "the node did not answer after the quota refusals"
+
+    # 3. A cancelled upload frees its space; a request that cannot succeed says why.
+    bm -p ll landlord image cancel img9 >"$dir/cancel-none.txt" 2>&1 && fail "cancelling an upload that does not exist succeeded"
+    local vm
+    vm=$(bm -p ll --json landlord vm create --lease "$lease" --name huge --image img1 --memory 2048 |
+        python3 -c 'import sys, json; print(json.load(sys.stdin)["vm"])') || fail "vm create (2 GiB) failed"
+    bm -p ta tenant start "$vm" >"$dir/huge.txt" 2>&1 && fail "tenant start of a VM larger than the node's free memory answered success"
+    grep -qi "memory" "$dir/huge.txt" || fail "tenant start did not give its reason: $(tail -1 "$dir/huge.txt")"
+    bm -p ll landlord vm create --lease "$lease" --name ghost --image no-such-image --memory 8 >"$dir/ghost.txt" 2>&1 &&
+        fail "a VM naming a missing image was created"
+    bm -p ll landlord vm create --lease "$lease" --name $'forged\nvm web stopped' --image img1 --memory 8 >"$dir/badname.txt" 2>&1 &&
+        fail "a VM name with a newline was accepted"
+    bm -p ll --json landlord image list --verify >"$dir/images1.json" 2>&1 || fail "image list failed: $(tail -1 "$dir/images1.json")"
+
+    # 4. 16 clients looping status and VM lists: no connection fails.
+    local c pids=()
+    for c in $(seq 1 16); do
+        (
+            local p=ll cmd="landlord status" end=$((SECONDS + loop_secs)) t0 rc
+            ((c % 2 == 0)) && cmd="landlord vm list"
+            ((c % 4 == 1)) && { p=ta; cmd="tenant vms"; }
+            while ((SECONDS < end)); do
+                t0=$(date +%s%N)
+                # shellcheck disable=SC2086
+                "$B" -p $p $cmd >/dev/null 2>"$dir/loop$c.err"
+                rc=$?
+                echo "$rc $(ms "$t0")"
+                ((rc == 0)) || echo "client $c: exit $rc: $(tail -1 "$dir/loop$c.err")" >>"$dir/loop-failures.txt"
+            done >"$dir/loop$c.txt"
+        ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    local total bad
+    total=$(cat "$dir"/loop*.txt | wc -l)
+    bad=$(cat "$dir"/loop*.txt | awk '$1 != 0' | wc -l)
+    echo "16 clients for ${loop_secs} s: $total requests, $bad failed, p50 $(cat "$dir"/loop*.txt | awk '{print $2}' | pct 50) ms, p99 $(cat "$dir"/loop*.txt | awk '{print $2}' | pct 99) ms" >>"$dir/figures.txt"
+    ((total > 16)) || fail "the 16 looping clients made only $total requests"
+    ((bad == 0)) || fail "$bad of $total requests of the 16 looping clients failed: $(head -3 "$dir/loop-failures.txt")"
+
+    # 5. Reboot: every acknowledged image is still there, intact.
+    bm -p ll landlord reboot >/dev/null 2>&1 || fail "landlord reboot failed"
+    wait "$boot"
+    cat "$dir/boot1.log" >"$dir/serial.log"
+    BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port boot_engine qemu-tcg-net-disk "$dir/node.bundle" "$dir/boot2.log" "$BOOT_TIMEOUT" &
+    boot=$!
+    deadline=$((SECONDS + 60))
+    until grep -q "staying up" "$dir/boot2.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    bm -p ll --json landlord image list --verify >"$dir/images2.json" 2>&1 || fail "image list after the reboot failed: $(tail -1 "$dir/images2.json")"
+    python3 - "$dir" >>"$result" <<'PY'
+import hashlib, json, sys
+d = sys.argv[1]
+for when in ("images1", "images2"):
+    try:
+        got = {i["name"]: i for i in json.load(open(f"{d}/{when}.json"))["images"]}
+    except Exception as e:
+        print(f"{when}: unreadable image list: {e}")
+        continue
+    for n in range(1, 5):
+        want = hashlib.sha256(open(f"{d}/img{n}.bin", "rb").read()).hexdigest()
+        i = got.get(f"img{n}")
+        if i is None:
+            print(f"{when}: acknowledged image img{n} is missing")
+        elif i["sha256"] != want or i.get("intact") is not True:
+            print(f"{when}: image img{n} is damaged (sha256 {i['sha256']}, intact {i.get('intact')})")
+PY
+    bm -p ll landlord shutdown >/dev/null 2>&1 || fail "landlord shutdown failed"
+    wait "$boot"
+    cat "$dir/boot2.log" >>"$dir/serial.log"
+    unset BMCTL_CONFIG_DIR
+}
+check_mgmt_hostile() {
+    no_hypervisor_fault
+    want "^mgmt: connections in the last 10 s: "
+    want "^net: discard: 16777216 bytes in "
+    want "^mgmt: landlord upload-begin: refused: Limit: .*max_images_bytes"
+    want "^mgmt: state restored from the encrypted disk \(1 lease\(s\), 1 VM definition\(s\), 4 image\(s\)\)$"
+}
 check_mgmt_rules() {
     no_hypervisor_fault
     want "^mgmt: tenant [0-9]+ set-sub-boundary: ok$"
@@ -572,6 +737,7 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("mgmt-qemu qemu-tcg-net NONE check_mgmt")
     scenarios+=("disk-tpm-qemu qemu-tcg-disk-iso NONE check_disk")
     scenarios+=("mgmt-rules-qemu qemu-tcg-net NONE check_mgmt_rules")
+    scenarios+=("mgmt-hostile-qemu qemu-tcg-net NONE check_mgmt_hostile")
     scenarios+=("uplink-boundary-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-boundary.toml check_uplink_boundary")
     scenarios+=("uplink-dhcp-qemu qemu-tcg-net $ROOT/tests/e2e/uplink.toml check_uplink")
     scenarios+=("uplink-static-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-static.toml check_uplink")
@@ -596,7 +762,7 @@ run_scenario() {
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu ]]; then
+    if [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu ]]; then
         log=$dir/serial.log result=$dir/result
         : >"$log"
         : >"$result"
@@ -605,6 +771,7 @@ run_scenario() {
         disk-tpm-qemu) run_disk_tpm ;;
         mgmt-serial-bochs) run_mgmt_serial ;;
         mgmt-rules-qemu) run_mgmt_rules ;;
+        mgmt-hostile-qemu) run_mgmt_hostile ;;
         *) run_mgmt ;;
         esac
     elif [[ $name == uplink-dhcp* || $name == uplink-static* ]]; then
@@ -613,7 +780,7 @@ run_scenario() {
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu ]] || : >"$result"
+    [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi

@@ -22,6 +22,10 @@ use smoltcp::wire::IpAddress;
 /// Reply bytes one connection may have waiting to be sent; a console that
 /// does not read is dropped when it would exceed this.
 const OUTBOX_LIMIT: usize = 512 * 1024;
+/// Requests are read while less than this waits to be sent: small replies
+/// (upload acknowledgements) do not stall a pipelining console, large ones
+/// (console output) make it wait for the network.
+const OUTBOX_PAUSE: usize = 16 * 1024;
 
 /// Refusals and drops logged one by one per report window; the rest only
 /// in the window's summary.
@@ -189,13 +193,17 @@ impl Mgmt {
         self.send(i, sock, now, resets);
     }
 
-    /// Feeds received bytes to slot `i`'s session, unless its outbox is
-    /// still draining (back-pressure: the console waits for our replies).
+    /// Feeds received bytes to slot `i`'s session, unless its outbox holds
+    /// [`OUTBOX_PAUSE`] or more (back-pressure: the console waits for our
+    /// replies).
     fn receive(&mut self, i: usize, sock: &mut tcp::Socket<'_>, now: u64, vms: &mut [crate::vm::Vm]) {
-        let mut buf = vec![0u8; 16 * 1024];
+        if !sock.can_recv() {
+            return;
+        }
+        let mut buf = vec![0u8; 64 * 1024];
         loop {
             let Some(conn) = self.conns.get_mut(i) else { return };
-            if conn.session.is_none() || !conn.outbox.is_empty() || !sock.can_recv() {
+            if conn.session.is_none() || conn.outbox.len() >= OUTBOX_PAUSE || !sock.can_recv() {
                 return;
             }
             let n = match sock.recv_slice(&mut buf) {
