@@ -53,7 +53,7 @@ enum Step {
     /// The image is stored.
     Stored,
     /// Stopped by [`UploadOptions::cancel`]; the session, to cancel on.
-    Cancelled(Client),
+    Cancelled(Box<Client>),
 }
 
 /// What happened, for the user and for tests.
@@ -90,7 +90,7 @@ pub fn upload_image(
         match attempt(connect, data, opts, sha256, chunk, bar, &mut started_at) {
             Ok(Step::Cancelled(client)) => {
                 bar.abandon();
-                return Err(cancel_on_node(Some(client), connect, &opts.name));
+                return Err(cancel_on_node(Some(*client), connect, &opts.name));
             }
             Err(_) if opts.cancelled() => {
                 bar.abandon();
@@ -165,7 +165,7 @@ fn attempt(
         }
         if in_flight == 0 {
             // Cancelled with nothing outstanding.
-            return Ok(Step::Cancelled(client));
+            return Ok(Step::Cancelled(Box::new(client)));
         }
         match client.reply()? {
             Response::Upload { offset: o, .. } if o > offset => offset = o,
@@ -175,7 +175,7 @@ fn attempt(
         bar.set_position(offset);
     }
     if opts.cancelled() {
-        return Ok(Step::Cancelled(client));
+        return Ok(Step::Cancelled(Box::new(client)));
     }
     match client.call(Request::UploadImageCommit { upload })? {
         Response::ImageStored { sha256: h, .. } if h == sha256 => Ok(Step::Stored),
