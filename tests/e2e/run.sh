@@ -424,7 +424,7 @@ run_mgmt() {
 run_mgmt_serial() {
     local B="$TARGET_DIR/release/bmctl" line=$((20000 + RANDOM % 20000)) port=$((20000 + RANDOM % 20000))
     export BMCTL_CONFIG_DIR=$dir/bmctl
-    bm() { timeout 60 "$B" "$@"; }
+    bm() { BMCTL_TIMEOUT=50 timeout 60 "$B" "$@"; }
     local kl
     kl=$(bm --json keygen landlord | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])') ||
         { fail "bmctl keygen failed"; return; }
@@ -517,7 +517,7 @@ run_mgmt_hostile() {
     local B="$TARGET_DIR/release/bmctl" port=$((20000 + RANDOM % 20000))
     local loop_secs=${HOSTILE_LOOP_SECONDS:-60}
     export BMCTL_CONFIG_DIR=$dir/bmctl
-    bm() { timeout 60 "$B" "$@"; }
+    bm() { BMCTL_TIMEOUT=50 timeout 60 "$B" "$@"; }
     key() { bm --json keygen "$1" | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])'; }
     ms() { echo $((($(date +%s%N) - $1) / 1000000)); }
     pct() { sort -n | awk -v p="$1" '{v[NR]=$1} END {i=int((NR*p+99)/100); if (i<1) i=1; print v[i]+0}'; }
