@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks. System: boots the hcbench guest in each engine and reports the
 # cost of one hypercall and one port read (TSC ticks per round trip, as the
-# guest measures them) with BMonitor's exit counters for the run. Host:
+# guest measures them) with BMonitor's exit counters for the run; a VM-to-VM
+# transfer, an encrypted disk, and the management console under hostile
+# clients (QEMU TCG). Host:
 # criterion benchmarks of the pure crates (skipped with --system-only).
 # Timings here are noisy: compare ratios within one run.
 #
@@ -58,6 +60,23 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     BM_DISK_IMAGE=$dir/node.img boot_engine qemu-tcg-disk "$dir/node.bundle" "$dir/serial.log" 300 ||
         die "disk benchmark timed out"
     echo "qemu-tcg: encrypted guest disk: $(grep -o 'diskprobe bench: .*' "$dir/serial.log" || echo "no result (see $dir/serial.log)")"
+fi
+
+if [[ " $engines " == *" qemu-tcg "* ]]; then
+    # The management console under hostile clients (the mgmt-hostile
+    # end-to-end scenario, in its own output directory): landlord latency
+    # with 100 hostile connections open, 16 looping clients, and console
+    # upload throughput against raw TCP to the node's discard port.
+    say "console benchmark (mgmt-hostile scenario, about 3 minutes)"
+    dir=$OUT/bench-console
+    rm -rf "$dir"
+    if ! BM_OUT=$dir HOSTILE_LOOP_SECONDS=60 tests/e2e/run.sh --engines qemu-tcg --only mgmt-hostile >"$dir.log" 2>&1; then
+        echo "console: the mgmt-hostile scenario failed (see $dir.log):"
+        grep -A20 '^FAIL' "$dir.log" | sed 's/^/  /'
+    fi
+    f=$dir/e2e/mgmt-hostile-qemu/figures.txt
+    [[ -s $f ]] || die "console benchmark: no figures (see $dir.log)"
+    sed 's/^/console: /' "$f"
 fi
 
 if [[ -z $system_only ]]; then

@@ -364,8 +364,13 @@ run_mgmt() {
     # the same bytes again on a new connection.
     local rport=$((20000 + RANDOM % 20000))
     python3 "$ROOT/tests/e2e/replay.py" "$rport" "$port" 20 >"$dir/replay.txt" 2>&1 &
-    local replay=$!
-    sleep 0.5
+    local replay=$! until=$((SECONDS + 10))
+    # Wait for the relay to listen (python starts slowly on a loaded machine).
+    if command -v ss >/dev/null; then
+        until ss -ltn "sport = :$rport" 2>/dev/null | grep -q LISTEN || ((SECONDS > until)); do sleep 0.1; done
+    else
+        sleep 2
+    fi
     bm profile add via --node "127.0.0.1:$rport" --node-key "$nk" --role landlord --key landlord >/dev/null
     bm -p via landlord lease create --tenant-key "$kb" --cluster 3 >/dev/null 2>&1 || fail "request through the relay failed"
     wait "$replay"
