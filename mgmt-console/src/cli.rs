@@ -904,24 +904,72 @@ fn audit(ctx: &Ctx, landlord: bool, a: &AuditArgs) -> Result<()> {
     let limit = a.limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
     let (_, mut c) = ctx.connect(landlord)?;
     let mut all: Vec<AuditEntry> = Vec::new();
+    let mut chain = ChainCheck::new(landlord);
     let mut from = a.from;
     let next = loop {
         if all.len() >= limit {
             break all.last().map_or(from, |e| e.index + 1);
         }
-        let (entries, next) = match c.call(Request::ReadAudit { from }).context("read-audit failed")? {
-            Response::Audit { entries, next } => (entries, next),
+        let (entries, next, prev_chain) = match c.call(Request::ReadAudit { from }).context("read-audit failed")? {
+            Response::Audit { entries, next, prev_chain } => (entries, next, prev_chain),
             r => return Err(unexpected(r)),
         };
         let last_page = entries.len() < AUDIT_PAGE || next <= from;
-        all.extend(entries.into_iter().take(limit - all.len()));
+        let kept: Vec<AuditEntry> = entries.into_iter().take(limit - all.len()).collect();
+        chain.check(&kept, prev_chain)?;
+        all.extend(kept);
         if last_page {
             break if all.len() >= limit { all.last().map_or(next, |e| e.index + 1) } else { next };
         }
         from = next;
     };
-    ctx.out(json!({"entries": all, "next": next}), || audit_text(&all));
+    let head = all.last().map(|e| to_hex(&e.chain));
+    ctx.out(json!({"entries": all, "next": next, "chain_verified": chain.verified, "chain_head": head}), || {
+        let mut t = audit_text(&all);
+        if chain.verified > 0 {
+            t.push_str(&format!("\nchain: {} entries verified, head {}", chain.verified, head.unwrap_or_default()));
+        }
+        t
+    });
     Ok(())
+}
+
+/// Checks the audit hash chain page by page. The landlord sees every
+/// entry, so each page must follow from the chain value before it; a
+/// tenant's view has gaps (other leases' entries), so only entries that
+/// are next to each other are checked.
+struct ChainCheck {
+    complete: bool,
+    last: Option<AuditEntry>,
+    verified: u64,
+}
+
+impl ChainCheck {
+    fn new(complete: bool) -> ChainCheck {
+        ChainCheck { complete, last: None, verified: 0 }
+    }
+
+    fn check(&mut self, entries: &[AuditEntry], prev_chain: [u8; 32]) -> Result<()> {
+        for e in entries {
+            let prev = match &self.last {
+                Some(p) if p.index + 1 == e.index => Some(p.chain),
+                None if self.complete => Some(prev_chain),
+                _ => None,
+            };
+            if let Some(prev) = prev {
+                if !e.follows(&prev) {
+                    return Err(ClientError::Unexpected(format!(
+                        "audit chain broken at entry {}: it does not follow from the entry before it",
+                        e.index
+                    ))
+                    .into());
+                }
+                self.verified += 1;
+            }
+            self.last = Some(e.clone());
+        }
+        Ok(())
+    }
 }
 
 fn read_signature(p: &std::path::Path) -> Result<ImageSignature> {

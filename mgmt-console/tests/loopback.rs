@@ -628,11 +628,14 @@ fn audit_pages_through_the_whole_log() {
     assert_eq!(entries[0]["index"], 120);
     assert_eq!(entries[129]["index"], 249);
     assert_eq!(v["next"], 250);
-    // Text output shows each entry's index.
+    // The hash chain is checked across the pages.
+    assert_eq!(v["chain_verified"], 130);
+    // Text output shows each entry's index, then the chain check.
     let out = bmctl(&s.cfg.dir, &["-p", "n", "landlord", "audit", "--from", "200", "--limit", "3"]);
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[3].starts_with("chain: 3 entries verified, head "), "{text}");
     assert!(lines[0].trim_start().starts_with("200 ") && lines[0].ends_with("entry 200"), "{text}");
     assert!(lines[2].trim_start().starts_with("202 "), "{text}");
     // Entries the node trimmed are skipped: reading from 0 starts at the oldest kept.

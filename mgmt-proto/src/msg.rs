@@ -368,6 +368,37 @@ pub struct AuditEntry {
     pub action: String,
     /// `ok` or the refusal reason.
     pub outcome: String,
+    /// The hash chain: SHA-256 over the previous entry's `chain` and this
+    /// entry's fields ([`AuditEntry::link`]), so a reader holding any
+    /// earlier chain value can tell that no entry was changed, dropped or
+    /// inserted after it, across pages and across trimming.
+    pub chain: [u8; 32],
+}
+
+impl AuditEntry {
+    /// The chain value of an entry with these fields after `prev` (all
+    /// zeros before the first entry ever written).
+    pub fn link(
+        prev: &[u8; 32],
+        index: u64,
+        time_secs: u64,
+        role: Option<Role>,
+        action: &str,
+        outcome: &str,
+    ) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let fields = postcard::to_allocvec(&(index, time_secs, role, action, outcome)).unwrap_or_default();
+        let mut h = Sha256::new();
+        h.update(b"bmonitor audit chain v1");
+        h.update(prev);
+        h.update(&fields);
+        h.finalize().into()
+    }
+
+    /// Whether this entry's `chain` follows from `prev`.
+    pub fn follows(&self, prev: &[u8; 32]) -> bool {
+        self.chain == AuditEntry::link(prev, self.index, self.time_secs, self.role, &self.action, &self.outcome)
+    }
 }
 
 /// Requests. Landlord and tenant operations share one enum so that
@@ -674,6 +705,10 @@ pub enum Response {
         entries: Vec<AuditEntry>,
         /// Index to ask from next time.
         next: u64,
+        /// The chain value just before entry `from` (the anchor of the
+        /// kept log when `from` is at or below its oldest entry): the
+        /// landlord, who sees every entry, can check the page from it.
+        prev_chain: [u8; 32],
     },
     /// Stored images and unfinished uploads (added in protocol 1 without
     /// renumbering).

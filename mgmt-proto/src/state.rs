@@ -187,6 +187,9 @@ pub struct Snapshot {
     pub sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
     /// The audit log.
     pub audit: Vec<AuditEntry>,
+    /// The chain value before the oldest kept audit entry (zeros if none
+    /// was ever trimmed).
+    pub audit_anchor: [u8; 32],
     /// Next id to hand out.
     pub next_id: u32,
     /// Last audit time.
@@ -195,6 +198,35 @@ pub struct Snapshot {
     /// [`NodeState::restore_with`] moves them into the image store.
     #[serde(skip)]
     pub legacy_images: Vec<(String, Vec<u8>, [u8; 32])>,
+}
+
+/// An audit entry as versions 1 and 2 stored it (no chain).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct AuditEntryV1 {
+    index: u64,
+    time_secs: u64,
+    role: Option<Role>,
+    action: String,
+    outcome: String,
+}
+
+/// Chains entries of an old snapshot, from a zero anchor.
+fn rechain(old: Vec<AuditEntryV1>) -> Vec<AuditEntry> {
+    let mut prev = [0u8; 32];
+    old.into_iter()
+        .map(|e| {
+            let chain = AuditEntry::link(&prev, e.index, e.time_secs, e.role, &e.action, &e.outcome);
+            prev = chain;
+            AuditEntry {
+                index: e.index,
+                time_secs: e.time_secs,
+                role: e.role,
+                action: e.action,
+                outcome: e.outcome,
+                chain,
+            }
+        })
+        .collect()
 }
 
 /// The version 2 layout (images inline).
@@ -208,7 +240,7 @@ struct SnapshotV2 {
     images: Vec<(String, Vec<u8>, [u8; 32])>,
     boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
     sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
-    audit: Vec<AuditEntry>,
+    audit: Vec<AuditEntryV1>,
     next_id: u32,
     clock: u64,
 }
@@ -225,7 +257,7 @@ struct SnapshotV1 {
     images: Vec<(String, Vec<u8>, [u8; 32])>,
     boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
     sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
-    audit: Vec<AuditEntry>,
+    audit: Vec<AuditEntryV1>,
     next_id: u32,
     clock: u64,
 }
@@ -251,7 +283,8 @@ impl Snapshot {
                     images: Vec::new(),
                     boundaries: v2.boundaries,
                     sub_rules: v2.sub_rules,
-                    audit: v2.audit,
+                    audit: rechain(v2.audit),
+                    audit_anchor: [0; 32],
                     next_id: v2.next_id,
                     clock: v2.clock,
                     legacy_images: v2.images,
@@ -272,7 +305,8 @@ impl Snapshot {
                 images: Vec::new(),
                 boundaries: v1.boundaries,
                 sub_rules: v1.sub_rules,
-                audit: v1.audit,
+                audit: rechain(v1.audit),
+                audit_anchor: [0; 32],
                 next_id: v1.next_id,
                 clock: v1.clock,
                 legacy_images: v1.images,
@@ -292,6 +326,8 @@ pub struct NodeState {
     pub limits: StateLimits,
     /// Index of the oldest kept audit entry (older ones were trimmed).
     pub audit_base: u64,
+    /// The chain value before the oldest kept audit entry.
+    pub audit_anchor: [u8; 32],
     /// Node keys and registered console keys; the sessions' key directory.
     pub keys: KeyTable,
     /// U_L.
@@ -334,6 +370,7 @@ impl NodeState {
             store: default_store(),
             limits: StateLimits::DEFAULT,
             audit_base: 0,
+            audit_anchor: [0; 32],
             keys,
             landlord_key: landlord.public,
             leases: BTreeMap::new(),
@@ -383,6 +420,7 @@ impl NodeState {
             boundaries: self.boundaries.iter().map(|(c, r)| (*c, r.clone())).collect(),
             sub_rules: self.sub_rules.iter().map(|(id, (l, r))| (*id, *l, *r)).collect(),
             audit: self.audit.clone(),
+            audit_anchor: self.audit_anchor,
             next_id: self.next_id,
             clock: self.clock,
             legacy_images: Vec::new(),
@@ -524,6 +562,7 @@ impl NodeState {
             store: default_store(),
             limits: StateLimits::DEFAULT,
             audit_base: snap.audit.first().map_or(0, |e| e.index),
+            audit_anchor: snap.audit_anchor,
             keys,
             landlord_key: landlord.public,
             leases,
@@ -579,11 +618,17 @@ impl NodeState {
             self.clock += 1;
         }
         let index = self.audit_base + self.audit.len() as u64;
-        self.audit.push(AuditEntry { index, time_secs: self.clock, role, action: action.to_string(), outcome });
+        let prev = self.audit.last().map_or(self.audit_anchor, |e| e.chain);
+        let chain = AuditEntry::link(&prev, index, self.clock, role, action, &outcome);
+        self.audit.push(AuditEntry { index, time_secs: self.clock, role, action: action.to_string(), outcome, chain });
         let max = self.limits.max_audit.max(1);
         if self.audit.len() > max {
-            // Trim an eighth at a time so trimming is rare.
+            // Trim an eighth at a time so trimming is rare; the last trimmed
+            // entry's chain value anchors what is kept.
             let cut = (self.audit.len() - max).max(max / 8).min(self.audit.len());
+            if let Some(last_cut) = self.audit.get(cut.saturating_sub(1)) {
+                self.audit_anchor = last_cut.chain;
+            }
             self.audit.drain(..cut);
             self.audit_base = self.audit.first().map_or(index + 1, |e| e.index);
         }
@@ -910,12 +955,16 @@ impl NodeState {
                     .take(AUDIT_PAGE)
                     .cloned()
                     .collect();
+                let prev_chain = match start.checked_sub(1).and_then(|i| self.audit.get(i)) {
+                    Some(e) => e.chain,
+                    None => self.audit_anchor,
+                };
                 let next = if entries.len() < AUDIT_PAGE {
                     (self.audit_base + self.audit.len() as u64).max(*from)
                 } else {
                     entries.last().map_or(*from, |e| e.index + 1)
                 };
-                Ok(Response::Audit { entries, next })
+                Ok(Response::Audit { entries, next, prev_chain })
             }
             Request::ListVms => Ok(Response::Vms(
                 self.vms
@@ -1217,7 +1266,9 @@ mod snapshot_tests {
 
     #[test]
     fn version_1_snapshots_still_load_with_vms_stopped() {
-        let (n, ids) = node_with_vms(&["old"]);
+        let (mut n, ids) = node_with_vms(&["old"]);
+        n.log(None, "first", String::from("ok"));
+        n.log(None, "second", String::from("ok"));
         let snap = n.snapshot();
         #[derive(serde::Serialize)]
         struct V1<'a> {
@@ -1229,7 +1280,7 @@ mod snapshot_tests {
             images: &'a [(String, Vec<u8>, [u8; 32])],
             boundaries: &'a [(ClusterId, Vec<BoundaryRule>)],
             sub_rules: &'a [(RuleId, LeaseId, BoundaryRule)],
-            audit: &'a [AuditEntry],
+            audit: Vec<AuditEntryV1>,
             next_id: u32,
             clock: u64,
         }
@@ -1243,7 +1294,17 @@ mod snapshot_tests {
             images: &inline,
             boundaries: &snap.boundaries,
             sub_rules: &snap.sub_rules,
-            audit: &snap.audit,
+            audit: snap
+                .audit
+                .iter()
+                .map(|e| AuditEntryV1 {
+                    index: e.index,
+                    time_secs: e.time_secs,
+                    role: e.role,
+                    action: e.action.clone(),
+                    outcome: e.outcome.clone(),
+                })
+                .collect(),
             next_id: snap.next_id,
             clock: snap.clock,
         };
@@ -1253,6 +1314,9 @@ mod snapshot_tests {
         assert_eq!(back.leases.len(), 1);
         assert_eq!((back.vms[0].id, back.vms[0].starts, back.vms[0].autostart), (ids[0], 5, false));
         assert_eq!(back.audit.len(), n.audit.len());
+        // Old entries are chained afresh from a zero anchor.
+        assert!(back.audit.first().is_some_and(|e| e.follows(&[0; 32])));
+        assert!(back.audit.windows(2).all(|w| w[1].follows(&w[0].chain)));
         assert_eq!(back.legacy_images, inline);
         // Restoring moves the inline bytes into the image store.
         let store = MemImageStore::new(1 << 20, MemImageStore::accept_all);
@@ -1452,9 +1516,35 @@ mod upload_tests {
         assert_eq!(n.audit.last().unwrap().index, 999);
         assert_eq!(n.audit_base, n.audit[0].index);
         let r = n.handle(Role::Landlord, &Request::ReadAudit { from: 0 }).unwrap();
-        let Response::Audit { entries, next } = r else { panic!() };
+        let Response::Audit { entries, next, prev_chain } = r else { panic!() };
         assert_eq!(entries[0].index, n.audit_base);
         assert_eq!(next, 1000);
         assert!(entries.windows(2).all(|w| w[1].index == w[0].index + 1));
+        // The chain holds across the trimming: the page checks from its
+        // anchor, and the anchor is the last trimmed entry's chain value.
+        assert_eq!(prev_chain, n.audit_anchor);
+        assert_ne!(prev_chain, [0; 32]);
+        let mut prev = prev_chain;
+        for e in &entries {
+            assert!(e.follows(&prev), "entry {}", e.index);
+            prev = e.chain;
+        }
+        // A page further on starts from the entry before it.
+        let from = entries[10].index;
+        let Response::Audit { entries: later, prev_chain, .. } =
+            n.handle(Role::Landlord, &Request::ReadAudit { from }).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(prev_chain, entries[9].chain);
+        assert!(later[0].follows(&prev_chain));
+        // A changed entry no longer follows.
+        let mut forged = later[0].clone();
+        forged.outcome.push('!');
+        assert!(!forged.follows(&prev_chain));
+        // The anchor survives a snapshot.
+        let snap = n.snapshot();
+        let back = Snapshot::decode(&postcard::to_allocvec(&snap).unwrap()).unwrap();
+        assert_eq!(back.audit_anchor, n.audit_anchor);
     }
 }
