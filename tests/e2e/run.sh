@@ -573,8 +573,26 @@ run_mgmt_hostile() {
     echo "audit entries after the hostile phase: $audit_n" >>"$dir/figures.txt"
     ((audit_n > 0 && audit_n < 200)) || fail "audit log after the hostile phase has $audit_n entries (want 1..199)"
 
-    # 2. Quotas: fill to the limit, then past it; the node stays up.
-    local f
+    # 2. An unbootable image is refused when its upload completes, with the
+    # loader's error; Ctrl-C during an upload cancels it on the node.
+    head -c 200000 /dev/urandom >"$dir/junk.bin"
+    bm -p ll landlord image upload "$dir/junk.bin" --name junk >"$dir/junk.txt" 2>&1 && fail "an unbootable image was accepted"
+    grep -qE "ELF|multiboot|PVH" "$dir/junk.txt" || fail "the unbootable image's refusal lacks the loader's error: $(tail -1 "$dir/junk.txt")"
+    local f=$dir/img0.bin up
+    cp "$ROOT/target/x86_64-unknown-none/release/hello" "$f"
+    head -c $((16 * 1048576 - $(stat -c %s "$f"))) /dev/urandom >>"$f"
+    "$B" -p ll landlord image upload "$f" --name interrupted >"$dir/int.txt" 2>&1 &
+    up=$!
+    sleep 1.5
+    kill -INT "$up" 2>/dev/null
+    wait "$up"
+    local rc=$?
+    [[ $rc == 130 ]] || fail "an upload interrupted by Ctrl-C exited $rc, not 130: $(tail -1 "$dir/int.txt")"
+    bm -p ll --json landlord image list >"$dir/images0.json" 2>&1
+    python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); sys.exit(1 if d["uploads"] or d["images"] else 0)' "$dir/images0.json" ||
+        fail "after Ctrl-C the node still holds the upload: $(cat "$dir/images0.json")"
+
+    # 3. Quotas: fill to the limit, then past it; the node stays up.
     local up_ms=0
     for i in 1 2 3 4; do
         f=$dir/img$i.bin
@@ -603,7 +621,7 @@ s.recv(1)' "$dport" "$dir/img1.bin" 2>>"$dir/discard.err" || fail "raw TCP trans
     bm -p ll landlord image upload "$dir/empty.bin" --name empty >"$dir/empty.txt" 2>&1 && fail "an empty image was accepted"
     bm -p ll landlord status >/dev/null 2>&1 || fail "the node did not answer after the quota refusals"
 
-    # 3. A cancelled upload frees its space; a request that cannot succeed says why.
+    # 4. Cancelling nothing is refused; a request that cannot succeed says why.
     bm -p ll landlord image cancel img9 >"$dir/cancel-none.txt" 2>&1 && fail "cancelling an upload that does not exist succeeded"
     local vm
     vm=$(bm -p ll --json landlord vm create --lease "$lease" --name huge --image img1 --memory 2048 |
@@ -616,7 +634,7 @@ s.recv(1)' "$dport" "$dir/img1.bin" 2>>"$dir/discard.err" || fail "raw TCP trans
         fail "a VM name with a newline was accepted"
     bm -p ll --json landlord image list --verify >"$dir/images1.json" 2>&1 || fail "image list failed: $(tail -1 "$dir/images1.json")"
 
-    # 4. 16 clients looping status and VM lists: no connection fails.
+    # 5. 16 clients looping status and VM lists: no connection fails.
     local c pids=()
     for c in $(seq 1 16); do
         (
@@ -642,7 +660,7 @@ s.recv(1)' "$dport" "$dir/img1.bin" 2>>"$dir/discard.err" || fail "raw TCP trans
     ((total > 16)) || fail "the 16 looping clients made only $total requests"
     ((bad == 0)) || fail "$bad of $total requests of the 16 looping clients failed: $(head -3 "$dir/loop-failures.txt")"
 
-    # 5. Reboot: every acknowledged image is still there, intact.
+    # 6. Reboot: every acknowledged image is still there, intact.
     bm -p ll landlord reboot >/dev/null 2>&1 || fail "landlord reboot failed"
     wait "$boot"
     cat "$dir/boot1.log" >"$dir/serial.log"
