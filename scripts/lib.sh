@@ -16,6 +16,7 @@ declare -A PKG_FOR=(
     [bochs]="bochs bochsbios vgabios bochs-term"
     [grub-mkrescue]="grub-pc-bin grub-common xorriso mtools"
     [swtpm]="swtpm swtpm-tools"
+    [c++]="g++"
 )
 
 # ensure_cmds CMD... : installs missing Debian packages when root, else
@@ -49,8 +50,73 @@ ensure_cmds() {
     fi
 }
 
+# pinned_toolchain: the channel rust-toolchain.toml pins (e.g. 1.95.0).
+pinned_toolchain() {
+    local ch
+    ch=$(sed -n 's/^[[:space:]]*channel[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$ROOT/rust-toolchain.toml" 2>/dev/null | head -1)
+    [[ -n $ch ]] || die "no toolchain channel found in $ROOT/rust-toolchain.toml"
+    printf '%s\n' "$ch"
+}
+
+# ensure_rust: the pinned toolchain with the x86_64-unknown-none target and
+# rustfmt and clippy. rustup adds what rust-toolchain.toml lists only when it
+# installs the toolchain itself, so a toolchain installed another way (or a
+# target removed later) is completed here. Runs once per shell.
+ensure_rust() {
+    [[ -n ${BM_RUST_OK:-} ]] && return 0
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (https://rustup.rs), then re-run"
+    command -v rustup >/dev/null 2>&1 ||
+        die "rustup not found: the pinned toolchain in rust-toolchain.toml needs rustup (https://rustup.rs)"
+    local tc
+    tc=$(pinned_toolchain)
+    if ! rustup toolchain list 2>/dev/null | grep -q "^$tc[-[:space:]]"; then
+        say "installing Rust toolchain $tc (pinned in rust-toolchain.toml)"
+        rustup toolchain install "$tc" --profile minimal --component rustfmt,clippy --target x86_64-unknown-none ||
+            die "rustup toolchain install $tc failed"
+    fi
+    if ! rustup target list --installed --toolchain "$tc" 2>/dev/null | grep -qx x86_64-unknown-none; then
+        say "adding target x86_64-unknown-none to toolchain $tc"
+        rustup target add x86_64-unknown-none --toolchain "$tc" ||
+            die "rustup target add x86_64-unknown-none --toolchain $tc failed"
+    fi
+    local installed missing=() c
+    installed=$(rustup component list --installed --toolchain "$tc" 2>/dev/null)
+    for c in rustfmt clippy; do
+        grep -q "^$c\(-\|$\)" <<<"$installed" || missing+=("$c")
+    done
+    if ((${#missing[@]})); then
+        say "adding components ${missing[*]} to toolchain $tc"
+        rustup component add "${missing[@]}" --toolchain "$tc" ||
+            die "rustup component add ${missing[*]} --toolchain $tc failed"
+    fi
+    BM_RUST_OK=1
+}
+
+# ensure_fuzz: a nightly toolchain and cargo-fuzz for the fuzz targets
+# (libFuzzer needs nightly's sanitizer flags), plus the C++ compiler
+# libfuzzer-sys builds libFuzzer with. Runs once per shell.
+ensure_fuzz() {
+    [[ -n ${BM_FUZZ_OK:-} ]] && return 0
+    command -v rustup >/dev/null 2>&1 || die "rustup not found: fuzzing needs a nightly toolchain from rustup (https://rustup.rs)"
+    if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+        say "installing the nightly toolchain (for the fuzz targets)"
+        rustup toolchain install nightly --profile minimal ||
+            die "rustup toolchain install nightly failed: fuzzing needs it (or skip fuzzing with FUZZ_SECONDS=0)"
+    fi
+    if ! command -v cargo-fuzz >/dev/null 2>&1; then
+        say "installing cargo-fuzz (cargo install --locked cargo-fuzz)"
+        cargo install --locked cargo-fuzz ||
+            die "cargo install --locked cargo-fuzz failed: fuzzing needs it (or skip fuzzing with FUZZ_SECONDS=0)"
+        command -v cargo-fuzz >/dev/null 2>&1 ||
+            die "cargo-fuzz installed but not on PATH: add ${CARGO_HOME:-$HOME/.cargo}/bin to PATH"
+    fi
+    ensure_cmds c++
+    BM_FUZZ_OK=1
+}
+
 # build: the hypervisor image, the test guests and the image builder.
 build_all() {
+    ensure_rust
     say "building BMonitor, test guests, bmimage and bmctl"
     (cd "$ROOT" &&
         cargo build --quiet --release --target x86_64-unknown-none -p hypervisor -p test-guests &&

@@ -40,6 +40,7 @@ fi
 case $engine in bochs | qemu-tcg | qemu-kvm) ;; *) die "unknown engine $engine (bochs, qemu-tcg, qemu-kvm)" ;; esac
 [[ $engine == qemu-kvm ]] && ! kvm_nested_available && die "qemu-kvm needs /dev/kvm with nested VT-x or AMD-V on this host"
 
+ensure_rust
 build_all
 work=$OUT/run-$engine
 mkdir -p "$work"

@@ -27,6 +27,20 @@ fn policy() -> &'static CompiledPolicy {
     })
 }
 
+/// Three VM ports and the uplink, set up once; each input gets a copy.
+fn switch() -> &'static Switch {
+    static S: OnceLock<Switch> = OnceLock::new();
+    S.get_or_init(|| {
+        let mut sw = Switch::new(SwitchConfig { mac_table_capacity: 4, max_age: 10 }, policy().clone());
+        for n in 1..=3u8 {
+            sw.add_vm_port(PortId(u32::from(n)), MacAddr([2, 0, 0, 0, 0, n]), Ipv4Addr::new(10, 0, 0, n))
+                .expect("vm port");
+        }
+        sw.set_uplink(PortId(0)).expect("uplink");
+        sw
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     if let Ok(info) = parse(data) {
         assert!(info.l3_offset <= data.len());
@@ -35,11 +49,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(parse(&reply).is_ok());
         }
     }
-    let mut sw = Switch::new(SwitchConfig { mac_table_capacity: 4, max_age: 10 }, policy().clone());
-    for n in 1..=3u8 {
-        let _ = sw.add_vm_port(PortId(u32::from(n)), MacAddr([2, 0, 0, 0, 0, n]), Ipv4Addr::new(10, 0, 0, n));
-    }
-    let _ = sw.set_uplink(PortId(0));
+    let mut sw = switch().clone();
     for port in [PortId(1), PortId(0)] {
         if let Outcome::Deliver(d) = sw.process(port, data, 0) {
             assert!(!d.is_empty());

@@ -12,6 +12,7 @@ pub const RAM: usize = 0x8000;
 pub struct Input<'a>(pub &'a [u8]);
 
 impl Input<'_> {
+    /// The next byte (0 past the end).
     pub fn u8(&mut self) -> u8 {
         match self.0.split_first() {
             Some((&b, rest)) => {
@@ -21,16 +22,19 @@ impl Input<'_> {
             None => 0,
         }
     }
+    /// The next two bytes, little-endian.
     pub fn u16(&mut self) -> u16 {
         u16::from_le_bytes([self.u8(), self.u8()])
     }
+    /// The next four bytes, little-endian.
     pub fn u32(&mut self) -> u32 {
         u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
     }
     /// A guest-physical address inside RAM with the given alignment.
     pub fn addr(&mut self, align: u64) -> u64 {
-        u64::from(self.u16()) % RAM as u64 & !(align - 1)
+        (u64::from(self.u16()) % RAM as u64) & !(align - 1)
     }
+    /// Whether every byte has been read.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -39,10 +43,10 @@ impl Input<'_> {
 /// Guest RAM whose first bytes come from the input, the rest zero.
 pub fn seeded_ram(inp: &mut Input<'_>) -> VecMemory {
     let mut ram = vec![0u8; RAM];
-    let seed_len = usize::from(inp.u16()) % RAM;
-    for b in ram.iter_mut().take(seed_len) {
-        *b = inp.u8();
-    }
+    let seed_len = (usize::from(inp.u16()) % RAM).min(inp.0.len());
+    let (seed, rest) = inp.0.split_at(seed_len);
+    ram[..seed_len].copy_from_slice(seed);
+    inp.0 = rest;
     VecMemory::from_bytes(ram)
 }
 
