@@ -1113,3 +1113,57 @@ fn console(ctx: &Ctx, vm: VmId, no_input: bool) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod chain_tests {
+    use super::*;
+
+    fn log(from: u64, n: u64, prev: [u8; 32]) -> Vec<AuditEntry> {
+        let mut prev = prev;
+        (from..from + n)
+            .map(|index| {
+                let role = Some(Role::Tenant(LeaseId((index % 2) as u32)));
+                let outcome = format!("ok {index}");
+                let chain = AuditEntry::link(&prev, index, index, role, "act", &outcome);
+                prev = chain;
+                AuditEntry { index, time_secs: index, role, action: "act".into(), outcome, chain }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_complete_view_checks_every_link_across_pages() {
+        let anchor = [7u8; 32];
+        let all = log(40, 10, anchor);
+        let mut c = ChainCheck::new(true);
+        c.check(&all[..4], anchor).unwrap();
+        c.check(&all[4..], all[3].chain).unwrap();
+        assert_eq!(c.verified, 10);
+        // A wrong anchor, a changed entry, a dropped entry: each refused.
+        assert!(ChainCheck::new(true).check(&all, [0; 32]).is_err());
+        let mut changed = all.clone();
+        changed[5].outcome.push('!');
+        assert!(ChainCheck::new(true).check(&changed, anchor).is_err());
+        let mut dropped = all.clone();
+        dropped.remove(5);
+        for e in dropped.iter_mut().skip(5) {
+            e.index -= 1;
+        }
+        assert!(ChainCheck::new(true).check(&dropped, anchor).is_err());
+    }
+
+    #[test]
+    fn a_tenant_view_checks_adjacent_entries_only() {
+        let all = log(0, 10, [0; 32]);
+        // A tenant sees every other entry: nothing is adjacent, nothing fails.
+        let mine: Vec<AuditEntry> = all.iter().filter(|e| e.index % 2 == 1).cloned().collect();
+        let mut c = ChainCheck::new(false);
+        c.check(&mine, [9; 32]).unwrap();
+        assert_eq!(c.verified, 0);
+        // Adjacent ones are checked.
+        let mut c = ChainCheck::new(false);
+        c.check(&all[2..6], [9; 32]).unwrap();
+        assert_eq!(c.verified, 3);
+    }
+}
