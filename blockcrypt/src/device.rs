@@ -53,6 +53,20 @@ pub trait BlockDevice {
     /// [`DeviceError`] from the device.
     fn write_block(&mut self, index: u64, buf: &[u8; BLOCK_SIZE]) -> Result<(), DeviceError>;
 
+    /// Writes several blocks, in no particular order, and returns when all
+    /// are written (durable only after `flush`). A device that can have many
+    /// requests in flight (virtio-blk) submits them together instead of
+    /// waiting for each; the default writes them one by one.
+    ///
+    /// # Errors
+    /// [`DeviceError`] from the device; some of the blocks may be written.
+    fn write_blocks(&mut self, writes: &[(u64, &[u8; BLOCK_SIZE])]) -> Result<(), DeviceError> {
+        for (index, buf) in writes {
+            self.write_block(*index, buf)?;
+        }
+        Ok(())
+    }
+
     /// Makes every completed write durable.
     ///
     /// # Errors

@@ -44,6 +44,7 @@
 //! the operation, and [`Volume::open`] finishes it.
 
 use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::fmt;
 
 use crate::device::{BlockDevice, DeviceError, BLOCK_SIZE};
@@ -580,6 +581,9 @@ impl<D: BlockDevice> Volume<D> {
         while chunks.peek().is_some() {
             let (mblock, first_idx) = self.layout.meta_pos(s);
             self.dev.read_block(mblock, &mut self.meta)?;
+            // The sealed sectors of this metadata block, written together.
+            let room = (RECORDS_PER_BLOCK as usize - first_idx).min(data.len() / SECTOR_SIZE);
+            let mut sealed: Vec<(u64, [u8; BLOCK_SIZE])> = Vec::with_capacity(room);
             let mut idx = first_idx;
             while idx < RECORDS_PER_BLOCK as usize {
                 let Some(chunk) = chunks.next() else { break };
@@ -601,7 +605,7 @@ impl<D: BlockDevice> Volume<D> {
                     SectorError::ZeroCounter => VolumeError::CounterExhausted { sector: s },
                     _ => VolumeError::OutOfRange { sector: s, count: 1 },
                 })?;
-                self.dev.write_block(self.layout.data_block(s, slot), &self.data)?;
+                sealed.push((self.layout.data_block(s, slot), *self.data));
                 let rec = SectorRecord { counter, flags, tag };
                 if let Some(dst) = self.meta.get_mut(off..off + RECORD_LEN) {
                     dst.copy_from_slice(&rec.encode());
@@ -609,6 +613,8 @@ impl<D: BlockDevice> Volume<D> {
                 idx += 1;
                 s += 1;
             }
+            let writes: Vec<(u64, &[u8; BLOCK_SIZE])> = sealed.iter().map(|(b, d)| (*b, d)).collect();
+            self.dev.write_blocks(&writes)?;
             self.dev.barrier()?;
             self.dev.write_block(mblock, &self.meta)?;
         }

@@ -72,6 +72,14 @@ impl<D: BlockDevice> BlockDevice for SharedDevice<D> {
         self.with(|d| d.write_block(i, buf))
     }
 
+    fn write_blocks(&mut self, writes: &[(u64, &[u8; BLOCK_SIZE])]) -> Result<(), DeviceError> {
+        let mut abs = alloc::vec::Vec::with_capacity(writes.len());
+        for (index, buf) in writes {
+            abs.push((self.abs(*index)?, *buf));
+        }
+        self.with(|d| d.write_blocks(&abs))
+    }
+
     fn flush(&mut self) -> Result<(), DeviceError> {
         self.with(|d| d.flush())
     }

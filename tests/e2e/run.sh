@@ -581,7 +581,8 @@ run_mgmt_hostile() {
     local f=$dir/img0.bin up
     cp "$ROOT/target/x86_64-unknown-none/release/hello" "$f"
     head -c $((16 * 1048576 - $(stat -c %s "$f"))) /dev/urandom >>"$f"
-    "$B" -p ll landlord image upload "$f" --name interrupted >"$dir/int.txt" 2>&1 &
+    # Small chunks, so the upload is surely still running when interrupted.
+    "$B" -p ll landlord image upload "$f" --name interrupted --chunk-kib 4 >"$dir/int.txt" 2>&1 &
     up=$!
     sleep 1.5
     kill -INT "$up" 2>/dev/null

@@ -42,6 +42,13 @@ impl BlockDevice for AnyDisk {
         }
     }
 
+    fn write_blocks(&mut self, writes: &[(u64, &[u8; BLOCK_SIZE])]) -> Result<(), DeviceError> {
+        match self {
+            AnyDisk::Phys(d) => d.write_blocks(writes),
+            AnyDisk::Mem(d) => d.write_blocks(writes),
+        }
+    }
+
     fn flush(&mut self) -> Result<(), DeviceError> {
         match self {
             AnyDisk::Phys(d) => d.flush(),
