@@ -4,7 +4,7 @@
 //! extent (a run of 4 KiB blocks) in an [`ImageStore`] — on the node, one
 //! encrypted volume of the node disk; without a disk, memory counted
 //! against a fixed budget — and chunks are written there as they arrive.
-//! [`Extents`] is the first-fit allocator over that space; the management
+//! [`place`] hands out that space first-fit; the management
 //! state keeps each image's extent in its snapshot.
 
 use alloc::boxed::Box;

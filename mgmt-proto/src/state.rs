@@ -63,6 +63,15 @@ impl StateLimits {
     };
 }
 
+/// A VM or image name against the config's naming rule, refused naming it.
+pub fn check_name(name: &str) -> Result<(), ErrorReply> {
+    if vmm_config::text::valid_name(name) {
+        Ok(())
+    } else {
+        Err(ErrorReply::new(ErrorCode::Invalid, format!("name: {}", vmm_config::text::NAME_RULE)))
+    }
+}
+
 fn limit(msg: String) -> ErrorReply {
     ErrorReply::new(ErrorCode::Limit, msg)
 }
@@ -245,6 +254,28 @@ struct SnapshotV2 {
     clock: u64,
 }
 
+impl SnapshotV2 {
+    /// The current layout: images move to `legacy_images` (the caller
+    /// writes them into the image store), the audit log is chained afresh.
+    fn upgrade(self) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            landlord_secret: self.landlord_secret,
+            landlord_console: self.landlord_console,
+            leases: self.leases,
+            vms: self.vms,
+            images: Vec::new(),
+            boundaries: self.boundaries,
+            sub_rules: self.sub_rules,
+            audit: rechain(self.audit),
+            audit_anchor: [0; 32],
+            next_id: self.next_id,
+            clock: self.clock,
+            legacy_images: self.images,
+        }
+    }
+}
+
 /// The version 1 layout (VMs without the autostart flag), still read so an
 /// upgraded node keeps its leases, VMs and images.
 #[derive(serde::Deserialize)]
@@ -274,26 +305,12 @@ impl Snapshot {
         }
         if let Ok(v2) = postcard::from_bytes::<SnapshotV2>(bytes) {
             if v2.version == 2 {
-                return Ok(Snapshot {
-                    version: SNAPSHOT_VERSION,
-                    landlord_secret: v2.landlord_secret,
-                    landlord_console: v2.landlord_console,
-                    leases: v2.leases,
-                    vms: v2.vms,
-                    images: Vec::new(),
-                    boundaries: v2.boundaries,
-                    sub_rules: v2.sub_rules,
-                    audit: rechain(v2.audit),
-                    audit_anchor: [0; 32],
-                    next_id: v2.next_id,
-                    clock: v2.clock,
-                    legacy_images: v2.images,
-                });
+                return Ok(v2.upgrade());
             }
         }
         match postcard::from_bytes::<SnapshotV1>(bytes) {
-            Ok(v1) if v1.version == 1 => Ok(Snapshot {
-                version: SNAPSHOT_VERSION,
+            Ok(v1) if v1.version == 1 => Ok(SnapshotV2 {
+                version: 2,
                 landlord_secret: v1.landlord_secret,
                 landlord_console: v1.landlord_console,
                 leases: v1.leases,
@@ -302,15 +319,14 @@ impl Snapshot {
                     .into_iter()
                     .map(|(id, spec, starts)| VmSnapshot { id, spec, starts, autostart: false })
                     .collect(),
-                images: Vec::new(),
+                images: v1.images,
                 boundaries: v1.boundaries,
                 sub_rules: v1.sub_rules,
-                audit: rechain(v1.audit),
-                audit_anchor: [0; 32],
+                audit: v1.audit,
                 next_id: v1.next_id,
                 clock: v1.clock,
-                legacy_images: v1.images,
-            }),
+            }
+            .upgrade()),
             Ok(v1) => Err(format!("unknown snapshot version {}", v1.version)),
             Err(e) => Err(format!("snapshot does not decode: {e}")),
         }
@@ -727,9 +743,7 @@ impl NodeState {
                 Ok(Response::Done)
             }
             Request::UploadImageBegin { name, size, sha256, signature, lease } => {
-                if !vmm_config::text::valid_name(name) {
-                    return Err(ErrorReply::new(ErrorCode::Invalid, format!("name: {}", vmm_config::text::NAME_RULE)));
-                }
+                check_name(name)?;
                 if let Some(l) = lease {
                     if !self.leases.contains_key(l) {
                         return Err(not_found("lease"));
@@ -874,9 +888,7 @@ impl NodeState {
                 if !self.leases.contains_key(&spec.lease) {
                     return Err(not_found("lease"));
                 }
-                if !vmm_config::text::valid_name(&spec.name) {
-                    return Err(ErrorReply::new(ErrorCode::Invalid, format!("name: {}", vmm_config::text::NAME_RULE)));
-                }
+                check_name(&spec.name)?;
                 if !(2..=vmm_config::config::MAX_VM_MEMORY_MIB).contains(&spec.memory_mib) {
                     return Err(ErrorReply::new(
                         ErrorCode::Invalid,
@@ -1053,7 +1065,6 @@ impl NodeState {
     }
 }
 
-/// The default image store: memory, as a node without a disk has.
 /// Re-hashes a stored image in 64 KiB pieces: whether it still matches.
 fn verify_extent(store: &mut dyn ImageStore, img: &Image) -> bool {
     let mut hasher = Sha256::new();
@@ -1072,6 +1083,7 @@ fn verify_extent(store: &mut dyn ImageStore, img: &Image) -> bool {
     digest == img.sha256
 }
 
+/// The default image store: memory, as a node without a disk has.
 fn default_store() -> Box<dyn ImageStore> {
     Box::new(MemImageStore::new(StateLimits::DEFAULT.max_images_bytes, MemImageStore::accept_all))
 }

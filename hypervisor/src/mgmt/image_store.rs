@@ -183,7 +183,7 @@ impl ImageStore for VolumeImageStore {
         self.drain()?;
         let len = usize::try_from(size).map_err(|_| String::from("image too large"))?;
         // The whole image is read once to run the loader on it.
-        if len.saturating_add(8 << 20) > crate::mm::heap::free_bytes() {
+        if !crate::mm::heap::has_room_for(len) {
             return Err(format!("not enough node memory to check a {} MiB image now; retry", len >> 20));
         }
         let mut buf = vec![0u8; len];

@@ -70,6 +70,8 @@ pub struct Mgmt {
     admission: mgmt_proto::admission::Admission,
     /// Connection failures awaiting their aggregated report.
     report: ports::ConnReport,
+    /// Scratch for bytes read from the management port's sockets.
+    rx_buf: Vec<u8>,
     /// The out-of-band line (COM2) and its session.
     serial: Option<crate::arch::x86_64::com2::Com2>,
     serial_session: Option<NodeSession>,
@@ -201,6 +203,7 @@ impl Mgmt {
                     conns: (0..crate::net::mgmt::MGMT_SOCKETS).map(|_| ports::Conn::default()).collect(),
                     admission: mgmt_proto::admission::Admission::new(mgmt_proto::admission::Limits::NODE),
                     report: ports::ConnReport::default(),
+                    rx_buf: Vec::new(),
                     serial,
                     serial_session: None,
                     facts,
@@ -295,6 +298,13 @@ impl Mgmt {
         }
     }
 
+    /// Notes that the state changed; `minor` (audit-only) changes are saved
+    /// lazily, anything else at the next round.
+    fn changed(&mut self, minor: bool) {
+        self.lazy = if self.dirty { self.lazy && minor } else { minor };
+        self.dirty = true;
+    }
+
     /// Writes the state to the encrypted disk if it changed.
     pub fn persist(&mut self) {
         use crate::arch::x86_64::time;
@@ -367,8 +377,7 @@ impl Mgmt {
                             | Request::ReadCounters { .. }
                             | Request::ConsoleRead { .. }
                     ) || result.is_err();
-                    self.lazy = if self.dirty { self.lazy && minor } else { minor };
-                    self.dirty = true;
+                    self.changed(minor);
                     self.state.log(Some(role), env.body.name(), outcome);
                     let _ = session.reply(env.seq, result);
                 }
@@ -470,9 +479,7 @@ impl Mgmt {
         let Some(w) = self.state.vms.get(&vm) else { return Ok(()) }; // the state answers NotFound
         let spec = &w.spec;
         let invalid = |m: String| ErrorReply::new(ErrorCode::Invalid, m);
-        if !vmm_config::text::valid_name(&spec.name) {
-            return Err(invalid(format!("name: {}", vmm_config::text::NAME_RULE)));
-        }
+        mgmt_proto::state::check_name(&spec.name)?;
         let image = self.state.images.get(&spec.image).ok_or_else(|| {
             ErrorReply::new(ErrorCode::NotFound, format!("image: no image named {:?} (upload it again)", spec.image))
         })?;
@@ -485,17 +492,14 @@ impl Mgmt {
                 format!("memory: the VM needs {} MiB, the node has {free_mib} MiB free", spec.memory_mib),
             ));
         }
-        if (image.size as usize).saturating_add(8 << 20) > crate::mm::heap::free_bytes() {
+        if !crate::mm::heap::has_room_for(usize::try_from(image.size).unwrap_or(usize::MAX)) {
             return Err(ErrorReply::new(
                 ErrorCode::Busy,
                 format!("not enough node memory to load the {} MiB image now; retry", image.size >> 20),
             ));
         }
-        if spec.ip.is_some() && (spec.cluster.0 == 0 || spec.cluster.0 as usize > self.config.clusters.len()) {
-            return Err(invalid(format!(
-                "cluster: a NIC needs one of this node's clusters (1..={})",
-                self.config.clusters.len()
-            )));
+        if spec.ip.is_some() {
+            reconcile::nic_cluster(&self.config, spec.cluster.0).map_err(|e| invalid(format!("cluster: {e}")))?;
         }
         if spec.disk_mib > 0 && self.facts.disk.is_none() {
             return Err(invalid(String::from("disk_mib: the node has no disk for this VM's volume")));

@@ -11,7 +11,6 @@ use crate::net::node::Network;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
-use alloc::vec;
 use alloc::vec::Vec;
 use mgmt_proto::admission::{Drop, Slot, Verdict};
 use mgmt_proto::session::busy_frame;
@@ -26,6 +25,8 @@ const OUTBOX_LIMIT: usize = 512 * 1024;
 /// (upload acknowledgements) do not stall a pipelining console, large ones
 /// (console output) make it wait for the network.
 const OUTBOX_PAUSE: usize = 16 * 1024;
+/// Bytes read from a socket at a time (its whole receive buffer).
+const RX_CHUNK: usize = 64 * 1024;
 
 /// Refusals and drops logged one by one per report window; the rest only
 /// in the window's summary.
@@ -74,6 +75,11 @@ impl ConnReport {
         self.detailed += 1;
         self.detailed <= DETAILED_PER_WINDOW
     }
+}
+
+/// What a console hears when no slot is free; `why` names the limit.
+fn busy_message(why: &str) -> String {
+    format!("node busy: {why}; retry in a moment")
 }
 
 fn now_ms() -> u64 {
@@ -164,7 +170,7 @@ impl Mgmt {
                 Verdict::Serve => conn.session = Some(NodeSession::new(Box::new(super::Rdrand))),
                 Verdict::Busy(why) => {
                     self.report.busy += 1;
-                    conn.outbox = busy_frame(&format!("node busy: {why}; retry in a moment"));
+                    conn.outbox = busy_frame(&busy_message(why));
                     conn.close_when_sent = true;
                 }
             }
@@ -200,13 +206,28 @@ impl Mgmt {
         if !sock.can_recv() {
             return;
         }
-        let mut buf = vec![0u8; 64 * 1024];
+        // One buffer for every connection and round (this runs on every
+        // round for every busy socket).
+        let mut buf = core::mem::take(&mut self.rx_buf);
+        buf.resize(RX_CHUNK, 0);
+        self.receive_into(&mut buf, i, sock, now, vms);
+        self.rx_buf = buf;
+    }
+
+    fn receive_into(
+        &mut self,
+        buf: &mut [u8],
+        i: usize,
+        sock: &mut tcp::Socket<'_>,
+        now: u64,
+        vms: &mut [crate::vm::Vm],
+    ) {
         loop {
             let Some(conn) = self.conns.get_mut(i) else { return };
             if conn.session.is_none() || conn.outbox.len() >= OUTBOX_PAUSE || !sock.can_recv() {
                 return;
             }
-            let n = match sock.recv_slice(&mut buf) {
+            let n = match sock.recv_slice(buf) {
                 Ok(n) if n > 0 => n,
                 _ => return,
             };
@@ -218,7 +239,7 @@ impl Mgmt {
                 if let Some(role) = session.role() {
                     if let Verdict::Busy(why) = self.admission.establish(i, role, now) {
                         self.report.busy += 1;
-                        session.refuse_busy(&format!("node busy: {why}; retry in a moment"));
+                        session.refuse_busy(&busy_message(why));
                     }
                 }
             } else if session.is_established() {
@@ -264,10 +285,7 @@ impl Mgmt {
         if self.report.detail() {
             crate::log!("mgmt: session refused: {}", crate::mgmt::escape(&why));
             self.state.log(role, "session", format!("refused: {why}"));
-            if !self.dirty {
-                self.lazy = true;
-            }
-            self.dirty = true;
+            self.changed(true);
         } else {
             self.report.last_refusal = why;
         }
@@ -301,9 +319,6 @@ impl Mgmt {
         }
         crate::log!("mgmt: connections {}", crate::mgmt::escape(&summary));
         self.state.log(None, "connections", summary);
-        if !self.dirty {
-            self.lazy = true;
-        }
-        self.dirty = true;
+        self.changed(true);
     }
 }

@@ -33,10 +33,18 @@ impl ImageSource for Uploaded<'_> {
 pub(super) fn read_image(m: &mut Mgmt, name: &str) -> Result<Vec<u8>, String> {
     let size = m.state.images.get(name).map(|i| i.size).ok_or_else(|| alloc::format!("no image named {name:?}"))?;
     let size = usize::try_from(size).map_err(|_| String::from("image too large"))?;
-    if size.saturating_add(8 << 20) > crate::mm::heap::free_bytes() {
+    if !crate::mm::heap::has_room_for(size) {
         return Err(alloc::format!("not enough node memory to load a {} MiB image now", size >> 20));
     }
     m.state.image_bytes(name)
+}
+
+/// Checks that `cluster` is one of the node's (a console VM's NIC joins it).
+pub(super) fn nic_cluster(config: &NodeConfig, cluster: u32) -> Result<(), String> {
+    if cluster == 0 || cluster as usize > config.clusters.len() {
+        return Err(alloc::format!("a NIC needs one of this node's clusters (1..={})", config.clusters.len()));
+    }
+    Ok(())
 }
 
 /// The volume of a console-created VM.
@@ -130,12 +138,7 @@ pub fn reconcile(
         let built = built.and_then(|mut vm| {
             if let (Some(ip), true) = (spec.ip, vm.is_running()) {
                 let nic = ExtraNic { cluster: spec.cluster.0, mac: nic_mac(id), ip };
-                if nic.cluster == 0 || nic.cluster as usize > config.clusters.len() {
-                    return Err(alloc::format!(
-                        "a NIC needs one of this node's clusters (1..={})",
-                        config.clusters.len()
-                    ));
-                }
+                nic_cluster(config, nic.cluster)?;
                 switch.add_port(nic_port(id), nic.mac, nic.ip)?;
                 m.console_nics.insert(id, nic);
                 nics_changed = true;

@@ -15,6 +15,16 @@ pub fn free_bytes() -> usize {
     HEAP.lock().free()
 }
 
+/// Heap kept free beyond one large buffer, for everything else the node
+/// allocates meanwhile.
+const HEADROOM: usize = 8 << 20;
+
+/// Whether a buffer of `bytes` (a whole image, say) can be allocated now
+/// and still leave [`HEADROOM`].
+pub fn has_room_for(bytes: usize) -> bool {
+    bytes.saturating_add(HEADROOM) <= free_bytes()
+}
+
 /// Gives the allocator its memory; must run before any allocation.
 pub fn init() -> Result<(), &'static str> {
     let pages = HEAP_BYTES / super::PAGE_SIZE as usize;

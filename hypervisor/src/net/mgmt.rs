@@ -115,17 +115,12 @@ const DISCARD_LOG_MIN: u64 = 64 * 1024;
 
 /// Whether `frame` opens a TCP connection (SYN without ACK) to `port`.
 fn is_connection_request(frame: &[u8], port: u16) -> bool {
-    use vswitch::frame::{parse, Network, Transport, TCP_ACK, TCP_SYN};
-    match parse(frame) {
-        Ok(info) => match info.network {
-            Network::Ipv4(ip) => match ip.transport {
-                Transport::Tcp(t) => t.dst_port == port && t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-                _ => false,
-            },
-            _ => false,
-        },
-        Err(_) => false,
-    }
+    use vswitch::frame::{parse, Ipv4Info, Network, Transport, TCP_ACK, TCP_SYN};
+    matches!(
+        parse(frame).map(|f| f.network),
+        Ok(Network::Ipv4(Ipv4Info { transport: Transport::Tcp(t), .. }))
+            if t.dst_port == port && t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    )
 }
 
 fn now() -> Instant {
