@@ -242,18 +242,7 @@ fn tenant_cannot_see_other_lease_and_old_tenant_refused_after_regeneration() {
     let vm_a = {
         let mut conn = || connect(&s.server.addr, Role::Landlord, &s.landlord.secret, &s.landlord_key());
         upload_image(&mut conn, b"image", &plain_upload("img"), &ProgressBar::hidden()).unwrap();
-        let spec = VmSpec {
-            lease: a,
-            name: "a1".into(),
-            vcpus: 1,
-            memory_mib: 64,
-            disk_mib: 0,
-            image: "img".into(),
-            cluster: ClusterId(0),
-            cmdline: String::new(),
-            ip: None,
-        };
-        match l.call(Request::CreateVm { spec }).unwrap() {
+        match l.call(Request::CreateVm { spec: vm_spec(a, "a1") }).unwrap() {
             Response::VmCreated { vm } => vm,
             r => panic!("{r:?}"),
         }
@@ -273,6 +262,21 @@ fn tenant_cannot_see_other_lease_and_old_tenant_refused_after_regeneration() {
     l.call(Request::RegenerateTenantKey { lease: a, tenant_console_key: None }).unwrap();
     let e = connect(&s.server.addr, Role::Tenant(a), &ka.secret, &ua).err().unwrap();
     assert!(matches!(e, ClientError::Refused(ErrorReply { code: ErrorCode::Handshake, .. })), "{e}");
+}
+
+/// A small VM of `lease` booting the image "img".
+fn vm_spec(lease: LeaseId, name: &str) -> VmSpec {
+    VmSpec {
+        lease,
+        name: name.into(),
+        vcpus: 1,
+        memory_mib: 64,
+        disk_mib: 0,
+        image: "img".into(),
+        cluster: ClusterId(0),
+        cmdline: String::new(),
+        ip: None,
+    }
 }
 
 fn bmctl(cfg: &Path, args: &[&str]) -> std::process::Output {
@@ -685,15 +689,9 @@ fn node_strings_are_escaped_in_text_output() {
     {
         let mut st = s.server.state.lock().unwrap();
         let spec = VmSpec {
-            lease: LeaseId(1),
-            name: "evil\nvm 9 forged".into(),
-            vcpus: 1,
-            memory_mib: 64,
-            disk_mib: 0,
             image: "img\x1b[2J".into(),
-            cluster: ClusterId(0),
             cmdline: "console=ttyS0\rquiet".into(),
-            ip: None,
+            ..vm_spec(LeaseId(1), "evil\nvm 9 forged")
         };
         let vm = Vm { spec, state: VmState::Stopped, console: Vec::new(), starts: 0, autostart: false };
         st.vms.insert(VmId(9), vm);
@@ -755,18 +753,7 @@ fn tenant_status_counts_the_leases_vms() {
     let mut conn = || connect(&s.server.addr, Role::Landlord, &s.landlord.secret, &s.landlord_key());
     upload_image(&mut conn, b"image", &plain_upload("img"), &ProgressBar::hidden()).unwrap();
     for name in ["a", "b"] {
-        let spec = VmSpec {
-            lease,
-            name: name.into(),
-            vcpus: 1,
-            memory_mib: 64,
-            disk_mib: 0,
-            image: "img".into(),
-            cluster: ClusterId(0),
-            cmdline: String::new(),
-            ip: None,
-        };
-        l.call(Request::CreateVm { spec }).unwrap();
+        l.call(Request::CreateVm { spec: vm_spec(lease, name) }).unwrap();
     }
     let p = Profile {
         name: "ten".into(),

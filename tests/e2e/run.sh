@@ -27,6 +27,12 @@ BOOT_TIMEOUT=${BOOT_TIMEOUT:-120}
 # Each check_* reads $log and calls fail "why" for each broken expectation.
 
 fail() { echo "$1" >>"$result"; }
+# wait_log LOG PATTERN SECONDS: until LOG has a line matching PATTERN (grep
+# basic regex) or SECONDS pass; the caller checks for the line afterwards.
+wait_log() {
+    local until=$((SECONDS + $3))
+    until grep -q -- "$2" "$1" 2>/dev/null || ((SECONDS > until)); do sleep 0.2; done
+}
 want() { grep -Eq -- "$1" "$log" || fail "missing line matching: $1"; }
 refuse() { ! grep -Eq -- "$1" "$log" || fail "unexpected line: $(grep -Em1 -- "$1" "$log")"; }
 # before A B: the first line matching A comes before the first matching B.
@@ -184,8 +190,8 @@ disk_boot() { # NAME [KILL_AFTER_PATTERN]
     local log=$dir/$1.log
     if [[ -n ${2:-} ]]; then
         { BM_DISK_IMAGE=$dir/node.img boot_engine qemu-tcg-disk "$dir/$1.bundle" "$log" "$BOOT_TIMEOUT"; } 2>/dev/null &
-        local pid=$! deadline=$((SECONDS + 60))
-        until grep -q -- "$2" "$log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.2; done
+        local pid=$!
+        wait_log "$log" "$2" 60
         pkill -KILL -f "file=$dir/node.img," 2>/dev/null
         wait "$pid"
     else
@@ -294,8 +300,8 @@ run_mgmt() {
     rm -f "$dir/node.img"
     truncate -s 256M "$dir/node.img"
     BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port boot_engine qemu-tcg-net-disk "$dir/mgmt.bundle" "$dir/boot1.log" "$BOOT_TIMEOUT" &
-    local boot=$! deadline=$((SECONDS + 60))
-    until grep -q "staying up" "$dir/boot1.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    local boot=$!
+    wait_log "$dir/boot1.log" "staying up" 60
     local nk
     nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/boot1.log" | awk '{print $4}')
     bm profile add ll --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key landlord >/dev/null
@@ -345,8 +351,7 @@ run_mgmt() {
         python3 -c 'import sys, json; print(json.load(sys.stdin)["vm"])') || fail "disk vm create failed"
     bm -p ta tenant start "$dvm" >/dev/null || fail "tenant a could not start the disk VM"
     # (Finish before the key regenerations below: they crypto-erase at once.)
-    deadline=$((SECONDS + 60))
-    until grep -q "^vm disk-vm stopped" "$dir/boot1.log" || ((SECONDS > deadline)); do sleep 0.3; done
+    wait_log "$dir/boot1.log" "^vm disk-vm stopped" 60
     bm -p tb tenant start "$vm" >"$dir/b-start.txt" 2>&1 && fail "tenant b started tenant a's VM"
     grep -q "NotFound" "$dir/b-start.txt" || fail "tenant b: expected NotFound, got $(cat "$dir/b-start.txt")"
     bm profile add fake --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key tenant-a >/dev/null
@@ -407,16 +412,14 @@ run_mgmt() {
     cat "$dir/boot1.log" >"$dir/serial.log"
     BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port boot_engine qemu-tcg-net-disk "$dir/mgmt.bundle" "$dir/boot2.log" "$BOOT_TIMEOUT" &
     boot=$!
-    deadline=$((SECONDS + 60))
-    until grep -q "staying up" "$dir/boot2.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    wait_log "$dir/boot2.log" "staying up" 60
     grep -q "landlord node key $nk" "$dir/boot2.log" && fail "the landlord node key did not change with the rotation"
     bm -p ll landlord status >"$dir/status2.txt" 2>&1 || fail "landlord status after reboot failed: $(cat "$dir/status2.txt")"
     grep -q "leases 3" "$dir/status2.txt" || fail "leases did not survive the reboot: $(cat "$dir/status2.txt")"
     bm -p tb tenant vms >/dev/null 2>&1 || fail "tenant b refused after the reboot"
     bm -p ll landlord audit >"$dir/audit2.txt" 2>&1
     grep -q "start-vm" "$dir/audit2.txt" || fail "the audit log did not survive the reboot"
-    deadline=$((SECONDS + 30))
-    until grep -q "^vm web stopped" "$dir/boot2.log" || ((SECONDS > deadline)); do sleep 0.3; done
+    wait_log "$dir/boot2.log" "^vm web stopped" 30
     grep -q "^vm web stopped: exit-code=0 " "$dir/boot2.log" || fail "the started VM web did not run again after the reboot"
     grep -q "^vm echo-vm stopped" "$dir/boot2.log" && fail "the stopped VM echo-vm was started again after the reboot"
     bm -p ll landlord shutdown >/dev/null 2>&1 || fail "landlord shutdown failed"
@@ -438,8 +441,8 @@ run_mgmt_serial() {
     python3 "$ROOT/tests/e2e/serial_relay.py" "$line" "$port" "$BOOT_TIMEOUT" &
     local relay=$!
     BM_COM2_PORT=$line boot_engine bochs "$dir/mgmt.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" &
-    local boot=$! deadline=$((SECONDS + 90))
-    until grep -q "staying up" "$dir/serial.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    local boot=$!
+    wait_log "$dir/serial.log" "staying up" 90
     grep -q "staying up" "$dir/serial.log" || fail "the node did not come up with COM2"
     local nk
     nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/serial.log" | awk '{print $4}')
@@ -456,8 +459,7 @@ run_mgmt_serial() {
     vm=$(bm -p ll --json landlord vm create --lease "$lease" --name serial-vm --image hello --memory 8 |
         python3 -c 'import sys, json; print(json.load(sys.stdin)["vm"])') || fail "vm create over COM2 failed"
     bm -p ll landlord vm start "$vm" >"$dir/start.txt" 2>&1 || fail "vm start over COM2 failed: $(cat "$dir/start.txt")"
-    deadline=$((SECONDS + 60))
-    until grep -q "^vm serial-vm stopped" "$dir/serial.log" || ((SECONDS > deadline)); do sleep 0.5; done
+    wait_log "$dir/serial.log" "^vm serial-vm stopped" 60
     bm -p ll landlord shutdown >/dev/null 2>&1 || fail "shutdown over COM2 failed"
     wait "$boot"
     kill "$relay" 2>/dev/null
@@ -485,8 +487,8 @@ run_mgmt_rules() {
     sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|LANDLORD_KEY|$kl|" "$ROOT/tests/e2e/mgmt-rules.toml" >"$dir/node.toml"
     "$BMIMAGE" bundle --config "$dir/node.toml" --out "$dir/node.bundle" 2>>"$dir/bmimage.err"
     BM_MGMT_PORT=$port boot_engine qemu-tcg-net "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" &
-    local boot=$! deadline=$((SECONDS + 30))
-    until grep -q "mgmt: landlord node key" "$dir/serial.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.1; done
+    local boot=$! deadline
+    wait_log "$dir/serial.log" "mgmt: landlord node key" 30
     local nk la ta lease
     nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/serial.log" | awk '{print $4}')
     bm profile add ll --node "127.0.0.1:$port" --node-key "$nk" --role landlord --key landlord >/dev/null
@@ -534,8 +536,8 @@ run_mgmt_hostile() {
     rm -f "$dir/node.img"
     truncate -s 256M "$dir/node.img"
     BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port BM_DISCARD_PORT=$dport boot_engine qemu-tcg-net-disk "$dir/node.bundle" "$dir/boot1.log" 400 &
-    local boot=$! deadline=$((SECONDS + 60))
-    until grep -q "staying up" "$dir/boot1.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    local boot=$!
+    wait_log "$dir/boot1.log" "staying up" 60
     local nk la lease ta
     nk=$(grep -o "landlord node key [0-9a-f]*" "$dir/boot1.log" | awk '{print $4}')
     [[ -n $nk ]] || { fail "node did not come up: $(tail -1 "$dir/boot1.log")"; kill "$boot"; return; }
@@ -667,8 +669,7 @@ s.recv(1)' "$dport" "$dir/img1.bin" 2>>"$dir/discard.err" || fail "raw TCP trans
     cat "$dir/boot1.log" >"$dir/serial.log"
     BM_DISK_IMAGE=$dir/node.img BM_MGMT_PORT=$port boot_engine qemu-tcg-net-disk "$dir/node.bundle" "$dir/boot2.log" "$BOOT_TIMEOUT" &
     boot=$!
-    deadline=$((SECONDS + 60))
-    until grep -q "staying up" "$dir/boot2.log" 2>/dev/null || ((SECONDS > deadline)); do sleep 0.3; done
+    wait_log "$dir/boot2.log" "staying up" 60
     bm -p ll --json landlord image list --verify >"$dir/images2.json" 2>&1 || fail "image list after the reboot failed: $(tail -1 "$dir/images2.json")"
     python3 - "$dir" >>"$result" <<'PY'
 import hashlib, json, sys
