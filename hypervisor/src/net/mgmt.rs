@@ -107,11 +107,15 @@ struct Discard {
     socket: SocketHandle,
     bytes: u64,
     since_ms: u64,
+    /// When the last transfer was logged (0: never).
+    logged_ms: u64,
 }
 
-/// Connections that sent less than this are not logged (so a client
-/// looping empty connections cannot flood the log).
+/// Connections that sent less than this are not logged.
 const DISCARD_LOG_MIN: u64 = 64 * 1024;
+/// At most one transfer is logged per this long, so a client looping
+/// connections cannot flood the log.
+const DISCARD_LOG_EVERY_MS: u64 = 10_000;
 
 /// Whether `frame` opens a TCP connection (SYN without ACK) to `port`.
 fn is_connection_request(frame: &[u8], port: u16) -> bool {
@@ -160,7 +164,7 @@ impl MgmtStack {
             crate::log!("net: discard service on port {port} (throughput probe)");
             let rx = tcp::SocketBuffer::new(vec![0; 64 * 1024]);
             let tx = tcp::SocketBuffer::new(vec![0; 1024]);
-            Discard { port, socket: sockets.add(tcp::Socket::new(rx, tx)), bytes: 0, since_ms: 0 }
+            Discard { port, socket: sockets.add(tcp::Socket::new(rx, tx)), bytes: 0, since_ms: 0, logged_ms: 0 }
         });
         MgmtStack { queues, iface, sockets, dhcp, leased: false, listeners, discard, held_back: 0 }
     }
@@ -186,8 +190,11 @@ impl MgmtStack {
         }
         if sock.state() == tcp::State::CloseWait {
             sock.close();
-            let ms = time::tsc_to_ms(time::rdtsc()).saturating_sub(d.since_ms).max(1);
-            if d.bytes >= DISCARD_LOG_MIN {
+            let now = time::tsc_to_ms(time::rdtsc());
+            let ms = now.saturating_sub(d.since_ms).max(1);
+            let quiet = d.logged_ms != 0 && now.saturating_sub(d.logged_ms) < DISCARD_LOG_EVERY_MS;
+            if d.bytes >= DISCARD_LOG_MIN && !quiet {
+                d.logged_ms = now.max(1);
                 crate::log!("net: discard: {} bytes in {} ms ({} KiB/s)", d.bytes, ms, d.bytes * 1000 / 1024 / ms);
             }
         }
