@@ -97,7 +97,13 @@ pub enum Access {
 
 impl<C: ?Sized> Bus<C> {
     /// Adds `dev` at `[base, base + len)`, driving line `gsi` if given.
-    pub fn insert(&mut self, base: u64, len: u64, gsi: Option<u32>, dev: Box<dyn BusDevice<C>>) -> Result<(), BusError> {
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        gsi: Option<u32>,
+        dev: Box<dyn BusDevice<C>>,
+    ) -> Result<(), BusError> {
         let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { base, len })?;
         if self.entries.len() >= MAX_DEVICES {
             return Err(BusError::Full { max: MAX_DEVICES });
@@ -154,6 +160,7 @@ impl<C: ?Sized> Bus<C> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -205,11 +212,8 @@ mod tests {
     fn overlapping_or_empty_ranges_are_refused_by_name() {
         let mut bus: Bus<u32> = Bus::default();
         bus.insert(0x100, 8, None, reg()).unwrap();
-        assert_eq!(
-            bus.insert(0x104, 8, None, reg()),
-            Err(BusError::Overlap { base: 0x104, len: 8, existing: "reg" })
-        );
-        assert_eq!(bus.insert(0xFC, 8, None, reg()).unwrap_err().to_string().contains("overlaps the reg"), true);
+        assert_eq!(bus.insert(0x104, 8, None, reg()), Err(BusError::Overlap { base: 0x104, len: 8, existing: "reg" }));
+        assert!(bus.insert(0xFC, 8, None, reg()).unwrap_err().to_string().contains("overlaps the reg"));
         assert!(matches!(bus.insert(5, 0, None, reg()), Err(BusError::BadRange { .. })));
         assert!(matches!(bus.insert(u64::MAX, 2, None, reg()), Err(BusError::BadRange { .. })));
         bus.insert(0x108, 8, None, reg()).unwrap();
