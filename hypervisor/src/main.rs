@@ -15,6 +15,7 @@ mod drivers;
 mod mgmt;
 mod mm;
 mod net;
+mod node;
 mod storage;
 mod virt;
 mod vm;
@@ -119,18 +120,18 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
     if config.node.keep_running && !reachable {
         log!("node: keep_running set but no management path (uplink or COM2); the node powers off when its VMs stop");
     }
-    let mut node = vm::scheduler::Node {
+    let mut node = node::Node {
         network: &mut network,
         mgmt: management.as_mut(),
         storage: storage.as_mut(),
         config: &config,
         backend,
     };
-    let end = vm::scheduler::run_node(&mut vms, &mut node, stay_up);
+    let end = node::run_node(&mut vms, &mut node, stay_up);
     network.report();
     match end {
-        vm::scheduler::End::Reboot => power::reboot(),
-        vm::scheduler::End::Shutdown | vm::scheduler::End::Idle => {}
+        node::End::Reboot => power::reboot(),
+        node::End::Shutdown | node::End::Idle => {}
     }
     Ok(vms.iter().all(|v| v.stopped.as_ref().is_some_and(|r| r.exit_code() == 0)))
 }

@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 use vmm_config::config::NodeConfig;
 use vswitch::config::build_policy;
-pub use vswitch::config::{nic_identities, NicIdentity};
+pub use vswitch::config::nic_identities;
 use vswitch::engine::CompiledPolicy;
 use vswitch::frame::MacAddr;
 use vswitch::policy::{PortId, RuleId};
@@ -20,9 +20,7 @@ use vswitch::switch::{Outcome, Switch, SwitchConfig};
 pub const UPLINK_PORT: PortId = PortId(0);
 
 /// Switch port of VM number `id`.
-pub fn vm_port(id: u16) -> PortId {
-    PortId(u32::from(id) + 1)
-}
+pub use crate::vm::nic_port as vm_port;
 
 /// The running switch.
 pub struct Switchboard {

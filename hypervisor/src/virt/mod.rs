@@ -3,10 +3,12 @@
 //! every other exit into one arch-neutral [`Exit`] that `exits/` handles.
 
 pub mod exits;
+pub mod outcome;
 pub mod svm;
 pub mod vmx;
 
 use alloc::boxed::Box;
+pub use outcome::{Flow, StopReason};
 
 /// General-purpose registers the entry/exit stubs save, in x86 encoding
 /// order (so `get(n)` is register number `n`); `rsp` lives in the VMCS/VMCB.

@@ -3,17 +3,18 @@
 //! the vCPU. A VM that cannot be built is stopped with the reason; the
 //! others still run.
 
-use super::{Running, StopReason, Vm};
+use super::{Running, Vm};
 use crate::devices::ports::PortBus;
 use crate::mm::guest::GuestMemory;
-use crate::net::switchboard::{self, NicIdentity};
 use crate::storage::{GuestDisk, Storage};
+use crate::virt::StopReason;
 use crate::virt::{self, Backend, EntryState};
 use alloc::format;
 use alloc::string::{String, ToString};
 use guest_loader::{GuestWriteData, ModuleRef, Preference};
 use vmm_config::bundle::Bundle;
 use vmm_config::config::{BootProtocol, NodeConfig, VmConfig};
+use vswitch::config::NicIdentity;
 
 const MIB: u64 = 1 << 20;
 
@@ -75,7 +76,7 @@ pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backe
                 crate::log!("vm {} disk: virtio-blk at {base:#x}, {} MiB, encrypted", cfg.name, sectors / 2048);
             }
             if let Some(nic) = nics.iter().find(|n| n.vm == id) {
-                let base = vm.mmio.attach_nic(nic.mac, switchboard::vm_port(id));
+                let base = vm.mmio.attach_nic(nic.mac, super::nic_port(id));
                 let [a, b, c, d, e, f] = nic.mac;
                 let ip = core::net::Ipv4Addr::from(nic.ip);
                 crate::log!(

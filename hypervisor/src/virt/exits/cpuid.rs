@@ -3,7 +3,7 @@
 //! virtualize (XSAVE/AVX, MONITOR, x2APIC, TSC deadline, MTRRs) hidden.
 
 use super::ExitContext;
-use crate::vm::Flow;
+use crate::virt::Flow;
 use core::arch::x86_64::__cpuid_count;
 use vmm_config::hypercall::{ABI_VERSION, CPUID_SIGNATURE};
 

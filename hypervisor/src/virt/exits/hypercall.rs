@@ -4,7 +4,7 @@
 //! access.
 
 use super::ExitContext;
-use crate::vm::{Flow, StopReason};
+use crate::virt::{Flow, StopReason};
 use vmm_config::hypercall::{decode, status, Hypercall, HypercallRegs, ABI_VERSION, CONSOLE_WRITE_MAX};
 
 pub fn handle(ctx: &mut ExitContext<'_>) -> Flow {

@@ -3,7 +3,7 @@
 
 use super::ExitContext;
 use crate::devices::ports::PortEffect;
-use crate::vm::{Flow, StopReason};
+use crate::virt::{Flow, StopReason};
 
 pub fn handle(ctx: &mut ExitContext<'_>, port: u16, size: u8, write: bool, string: bool) -> Flow {
     if string {

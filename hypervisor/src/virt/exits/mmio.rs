@@ -6,7 +6,7 @@
 use super::ExitContext;
 use crate::devices::mmio::{MmioBus, WriteEffect};
 use crate::mm::guest::GuestMemory;
-use crate::vm::{Flow, StopReason};
+use crate::virt::{Flow, StopReason};
 use insn_decode::decode::{decode_mmio, AccessKind};
 use insn_decode::{apply_load, compare_flags, store_value, walk, GuestPhys};
 

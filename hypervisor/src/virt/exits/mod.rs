@@ -11,7 +11,7 @@ use super::{Exit, Vcpu};
 use crate::devices::mmio::MmioBus;
 use crate::devices::ports::PortBus;
 use crate::mm::guest::GuestMemory;
-use crate::vm::{Flow, StopReason};
+use crate::virt::{Flow, StopReason};
 
 /// Exception vectors we inject.
 pub const VECTOR_UD: u8 = 6;

@@ -2,7 +2,7 @@
 //! one raises #GP in the guest, as a CPU without that MSR would.
 
 use super::{ExitContext, VECTOR_GP};
-use crate::vm::Flow;
+use crate::virt::Flow;
 
 const TSC: u32 = 0x10;
 const APIC_BASE: u32 = 0x1B;

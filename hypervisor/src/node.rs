@@ -1,0 +1,135 @@
+//! The node loop: runs the VMs' slices in turn and, between slices, the
+//! network, the management plane and what it asks for (reconcile, persist,
+//! shutdown). The top of the hypervisor: it may use every module below.
+
+use crate::arch::x86_64::time;
+use crate::mgmt::Mgmt;
+use crate::net::node::Network;
+use crate::virt::{Backend, StopReason};
+use crate::vm::scheduler::{run_slice, SLICE_MS};
+use crate::vm::Vm;
+use alloc::vec::Vec;
+use vmm_config::config::NodeConfig;
+
+/// Everything the node loop drives besides the VMs.
+pub struct Node<'a> {
+    pub network: &'a mut Network,
+    pub mgmt: Option<&'a mut Mgmt>,
+    pub storage: Option<&'a mut crate::storage::Storage>,
+    pub config: &'a NodeConfig,
+    pub backend: Backend,
+}
+
+/// Why the node loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// No VM runs and the node need not stay up.
+    Idle,
+    /// The landlord asked for a shutdown.
+    Shutdown,
+    /// The landlord asked for a reboot.
+    Reboot,
+}
+
+impl Node<'_> {
+    /// Between slices: the network, then the management plane and the VMs
+    /// it wants.
+    fn round(&mut self, vms: &mut Vec<Vm>) -> Option<End> {
+        self.network.round(vms);
+        let mut actions = crate::mgmt::Actions::default();
+        match self.mgmt.as_deref_mut() {
+            Some(m) => actions = m.serve_ports(self.network, vms),
+            None => {
+                // Not provisioned: refuse connections at once.
+                for i in 0..crate::net::mgmt::MGMT_SOCKETS {
+                    let Some(port) = self.network.mgmt_port(i) else { break };
+                    if port.is_active() {
+                        port.abort();
+                    }
+                }
+            }
+        }
+        let m = self.mgmt.as_deref_mut()?;
+        let a = m.serve_serial(vms);
+        actions.shutdown |= a.shutdown;
+        actions.reboot |= a.reboot;
+        crate::mgmt::reconcile(
+            m,
+            vms,
+            self.config,
+            self.backend,
+            self.storage.as_deref_mut(),
+            &mut self.network.switchboard,
+        );
+        m.apply_disk_effects(self.storage.as_deref_mut());
+        m.persist();
+        if let Some(policy) = m.new_policy.take() {
+            self.network.switchboard.swap_policy(policy);
+            crate::log!("net: switch policy replaced (console changes)");
+        }
+        self.network.flush_mgmt();
+        if actions.shutdown {
+            return Some(End::Shutdown);
+        }
+        actions.reboot.then_some(End::Reboot)
+    }
+}
+
+/// Runs VMs until every one has stopped (and, with `stay_up`, keeps serving
+/// the network and management plane), or the landlord ends it.
+pub fn run_node(vms: &mut Vec<Vm>, node: &mut Node<'_>, stay_up: bool) -> End {
+    let slice = SLICE_MS * time::tsc_per_ms();
+    let mut announced = false;
+    let mut was_suspended = false;
+    loop {
+        // A landlord suspend pauses every VM in place; the node keeps
+        // serving the network and the management plane.
+        let suspended = node.mgmt.as_ref().is_some_and(|m| m.state.suspended);
+        if suspended != was_suspended {
+            crate::log!("node: {}", if suspended { "suspended by the landlord (VMs paused)" } else { "resumed" });
+            was_suspended = suspended;
+        }
+        if suspended {
+            if let Some(end) = node.round(vms) {
+                return stop_all(vms, end);
+            }
+            core::hint::spin_loop();
+            continue;
+        }
+        let mut any = false;
+        for i in 0..vms.len() {
+            let Some(vm) = vms.get_mut(i) else { continue };
+            if !vm.is_running() {
+                continue;
+            }
+            any = true;
+            run_slice(vm, slice);
+            if let Some(end) = node.round(vms) {
+                return stop_all(vms, end);
+            }
+        }
+        if !any {
+            if !stay_up {
+                return End::Idle;
+            }
+            if !announced {
+                crate::log!("node: all VMs stopped; staying up for the management plane (keep_running)");
+                announced = true;
+            }
+            if let Some(end) = node.round(vms) {
+                return stop_all(vms, end);
+            }
+            core::hint::spin_loop();
+        } else {
+            announced = false;
+        }
+    }
+}
+
+fn stop_all(vms: &mut [Vm], end: End) -> End {
+    crate::log!("node: {} requested by the landlord", if end == End::Reboot { "reboot" } else { "shutdown" });
+    for vm in vms.iter_mut().filter(|v| v.is_running()) {
+        vm.stop(StopReason::Console("node shutdown"));
+    }
+    end
+}
