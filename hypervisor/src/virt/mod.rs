@@ -70,6 +70,8 @@ pub enum Exit {
     Hypercall,
     /// HLT.
     Halt,
+    /// The guest can take an interrupt now (the window we asked for opened).
+    InterruptWindow,
     /// Access to a guest-physical address with no mapping.
     NestedFault { gpa: u64, write: bool, fetch: bool },
     /// The time slice ended (preemption timer or host tick).
@@ -95,8 +97,20 @@ pub trait Vcpu {
     fn regs(&mut self) -> &mut GuestRegs;
     /// Moves RIP past the instruction that exited.
     fn skip_instruction(&mut self);
-    /// Queues a hardware exception for the next entry.
+    /// Queues a hardware exception for the next entry (the error code is
+    /// dropped in real mode, where the CPU pushes none).
     fn inject_exception(&mut self, vector: u8, error: Option<u32>);
+    /// Whether an external interrupt would be taken at the next entry:
+    /// RFLAGS.IF set, no STI/MOV-SS shadow, and no event already queued
+    /// (a new exception or an event re-injected after an exit goes first).
+    fn can_inject_interrupt(&self) -> bool;
+    /// Queues external interrupt `vector` for the next entry; call only
+    /// when [`Vcpu::can_inject_interrupt`] says so.
+    fn inject_interrupt(&mut self, vector: u8);
+    /// Asks for an [`Exit::InterruptWindow`] as soon as the guest can take
+    /// an interrupt (VMX interrupt-window exiting, SVM virtual interrupt),
+    /// or stops asking.
+    fn request_interrupt_window(&mut self, on: bool);
     /// Whether the guest is executing 64-bit code (decides register width).
     fn long_mode(&self) -> bool;
     /// Guest RFLAGS.IF.

@@ -18,6 +18,10 @@ pub struct ExitCounters {
     pub control: u64,
     pub invalid_opcode: u64,
     pub other: u64,
+    /// Interrupt-window exits (the guest became able to take an interrupt).
+    pub window: u64,
+    /// Interrupts injected (not exits: a count of deliveries).
+    pub injected: u64,
 }
 
 impl ExitCounters {
@@ -30,6 +34,7 @@ impl ExitCounters {
             Exit::Msr { .. } => &mut self.msr,
             Exit::Cpuid => &mut self.cpuid,
             Exit::Halt => &mut self.halt,
+            Exit::InterruptWindow => &mut self.window,
             Exit::NestedFault { .. } => &mut self.npf,
             Exit::Preempted => &mut self.preempt,
             Exit::Handled => &mut self.control,
@@ -44,7 +49,7 @@ impl fmt::Display for ExitCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "exits={} (io={} hypercall={} msr={} cpuid={} halt={} npf={} preempt={} ctl={} ud={} other={})",
+            "exits={} (io={} hypercall={} msr={} cpuid={} halt={} npf={} preempt={} ctl={} ud={} other={} window={}) irqs={}",
             self.total,
             self.io,
             self.hypercall,
@@ -55,7 +60,9 @@ impl fmt::Display for ExitCounters {
             self.preempt,
             self.control,
             self.invalid_opcode,
-            self.other
+            self.other,
+            self.window,
+            self.injected
         )
     }
 }

@@ -69,3 +69,11 @@ pub fn start_periodic(ticks: u32) {
 pub fn eoi() {
     write(REG_EOI, 0);
 }
+
+/// Arms the timer to interrupt once after `ticks` timer ticks: on SVM,
+/// which has no preemption timer, this ends a guest's run at its slice end
+/// or at its own next timer deadline, whichever comes first.
+pub fn arm_oneshot(ticks: u32) {
+    write(REG_LVT_TIMER, u32::from(super::idt::TIMER_VECTOR));
+    write(REG_TIMER_INIT, ticks.max(1));
+}

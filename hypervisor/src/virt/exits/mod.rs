@@ -47,6 +47,7 @@ pub fn handle(ctx: &mut ExitContext<'_>, exit: Exit) -> Flow {
         }
         Exit::NestedFault { gpa, write, fetch } => mmio::handle(ctx, gpa, write, fetch),
         Exit::Preempted => Flow::Yield,
+        Exit::InterruptWindow => Flow::Continue,
         Exit::Handled => Flow::Continue,
         Exit::TripleFault => Flow::Stop(StopReason::TripleFault),
         Exit::EntryFailed { detail } => Flow::Stop(StopReason::EntryFailed(detail)),

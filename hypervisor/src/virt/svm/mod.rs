@@ -6,7 +6,7 @@ mod entry;
 mod vmcb;
 
 use super::{EntryState, Exit, GuestRegs, Vcpu};
-use crate::arch::x86_64::percpu;
+use crate::arch::x86_64::{apic, percpu, time};
 use crate::mm::frames;
 use core::sync::atomic::Ordering;
 use vmcb::Vmcb;
@@ -112,6 +112,10 @@ impl SvmVcpu {
         self.insn_len = 0;
         match code {
             0x60 => Exit::Preempted,
+            0x64 => {
+                self.vmcb.set_interrupt_window(false);
+                Exit::InterruptWindow
+            }
             0x61 => Exit::Preempted,
             0x72 => {
                 self.insn_len = 2;
@@ -159,16 +163,18 @@ impl SvmVcpu {
 }
 
 impl Vcpu for SvmVcpu {
-    fn run(&mut self, _slice_tsc: u64) -> Exit {
+    fn run(&mut self, slice_tsc: u64) -> Exit {
         let host_save = percpu::current().svm_host_save.load(Ordering::Relaxed);
         if host_save == 0 {
             return Exit::EntryFailed { detail: 0 };
         }
+        let ticks = u128::from(slice_tsc) * u128::from(time::apic_ticks_per_ms()) / u128::from(time::tsc_per_ms().max(1));
+        apic::arm_oneshot(u32::try_from(ticks).unwrap_or(u32::MAX));
         self.vmcb.set_rax(self.regs.rax);
         entry::run(&mut self.regs, self.vmcb.pa(), host_save);
         self.regs.rax = self.vmcb.rax();
         self.vmcb.stop_tlb_flush();
-        self.vmcb.clear_event_injection_if_delivered();
+        self.vmcb.requeue_interrupted_event();
         let exit = self.decode_exit();
         if exit == Exit::Preempted {
             entry::take_pending_interrupt();
@@ -192,6 +198,18 @@ impl Vcpu for SvmVcpu {
 
     fn inject_exception(&mut self, vector: u8, error: Option<u32>) {
         self.vmcb.inject_exception(vector, error);
+    }
+
+    fn can_inject_interrupt(&self) -> bool {
+        self.vmcb.rflags() & (1 << 9) != 0 && !self.vmcb.interrupt_shadow() && !self.vmcb.event_pending()
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        self.vmcb.inject_interrupt(vector);
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        self.vmcb.set_interrupt_window(on);
     }
 
     fn long_mode(&self) -> bool {

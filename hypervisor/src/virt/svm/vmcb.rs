@@ -15,6 +15,7 @@ const INTERRUPT_SHADOW: usize = 0x068;
 const EXIT_CODE: usize = 0x070;
 const EXIT_INFO1: usize = 0x078;
 const EXIT_INFO2: usize = 0x080;
+const EXIT_INT_INFO: usize = 0x088;
 const NP_ENABLE: usize = 0x090;
 const EVENT_INJ: usize = 0x0A8;
 const N_CR3: usize = 0x0B0;
@@ -46,6 +47,7 @@ const G_PAT: usize = 0x668;
 // Intercept bits, vector 3 (0x00C) and vector 4 (0x010).
 const I_INTR: u32 = 1 << 0;
 const I_NMI: u32 = 1 << 1;
+const I_VINTR: u32 = 1 << 4;
 const I_CPUID: u32 = 1 << 18;
 const I_INVD: u32 = 1 << 22;
 const I_HLT: u32 = 1 << 24;
@@ -280,15 +282,51 @@ impl Vmcb {
     /// Queues a hardware exception for the next VMRUN.
     pub fn inject_exception(&self, vector: u8, error: Option<u32>) {
         let mut ev = u64::from(vector) | (3 << 8) | (1 << 31);
-        if let Some(code) = error {
+        // Real mode pushes no error code.
+        if let Some(code) = error.filter(|_| self.r64(CR0) & 1 != 0) {
             ev |= (1 << 11) | (u64::from(code) << 32);
         }
         self.w64(EVENT_INJ, ev);
     }
 
-    /// The CPU clears EVENTINJ.V when it delivers; keep ours in step.
-    pub fn clear_event_injection_if_delivered(&self) {
-        self.w64(EVENT_INJ, 0);
+    /// After an exit: EVENTINJ was consumed by the entry; an event whose
+    /// delivery the exit interrupted (EXITINTINFO, APM 15.7.2) is queued
+    /// again so it is not lost.
+    pub fn requeue_interrupted_event(&self) {
+        let info = self.r64(EXIT_INT_INFO);
+        self.w64(EVENT_INJ, if info & (1 << 31) != 0 { info } else { 0 });
+    }
+
+    /// Whether an event is queued for the next VMRUN.
+    pub fn event_pending(&self) -> bool {
+        self.r64(EVENT_INJ) & (1 << 31) != 0
+    }
+
+    /// Whether the guest is in an STI/MOV-SS interrupt shadow.
+    pub fn interrupt_shadow(&self) -> bool {
+        self.r64(INTERRUPT_SHADOW) & 1 != 0
+    }
+
+    /// Queues external interrupt `vector` (EVENTINJ type 0).
+    pub fn inject_interrupt(&self, vector: u8) {
+        self.w64(EVENT_INJ, u64::from(vector) | (1 << 31));
+    }
+
+    /// With `on`, a virtual interrupt (V_IRQ, highest priority, TPR ignored)
+    /// is posted and VINTR intercepted, so the CPU exits as soon as the
+    /// guest could take it; BMonitor then injects the real vector.
+    pub fn set_interrupt_window(&self, on: bool) {
+        const V_IRQ: u64 = 1 << 8;
+        const V_PRIO_IGN_TPR: u64 = (0xF << 16) | (1 << 20);
+        let vintr = self.r64(VINTR);
+        let misc1 = self.r64(INTERCEPT_MISC1) as u32;
+        if on {
+            self.w64(VINTR, vintr | V_IRQ | V_PRIO_IGN_TPR);
+            self.w32(INTERCEPT_MISC1, misc1 | I_VINTR);
+        } else {
+            self.w64(VINTR, vintr & !(V_IRQ | V_PRIO_IGN_TPR));
+            self.w32(INTERCEPT_MISC1, misc1 & !I_VINTR);
+        }
     }
 }
 

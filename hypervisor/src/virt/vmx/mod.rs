@@ -36,6 +36,7 @@ static BITMAPS: spin::Once<(u64, u64, u64)> = spin::Once::new();
 const PIN_EXT_INT_EXITING: u32 = 1 << 0;
 const PIN_NMI_EXITING: u32 = 1 << 3;
 const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
+const PROC_INT_WINDOW: u32 = 1 << 2;
 const PROC_HLT_EXITING: u32 = 1 << 7;
 const PROC_MWAIT_EXITING: u32 = 1 << 10;
 const PROC_IO_BITMAPS: u32 = 1 << 25;
@@ -59,6 +60,27 @@ const ENTRY_LOAD_EFER: u32 = 1 << 15;
 const CR0_PE: u64 = 1;
 const CR0_PG: u64 = 1 << 31;
 const CR4_VMXE: u64 = 1 << 13;
+/// CR4 bits a guest may set: those of features its CPUID shows (VME
+/// through OSXMMEXCPT always; FSGSBASE, PCIDE, SMEP, SMAP when the host has
+/// them, as the CPUID policy passes them on). Writes touching any other bit
+/// exit, and setting one raises #GP as on a CPU without the feature (VMXE:
+/// no nested virtualization; OSXSAVE: XSAVE is hidden).
+fn cr4_guest_allowed() -> u64 {
+    let leaf1 = core::arch::x86_64::__cpuid(1);
+    let leaf7 = core::arch::x86_64::__cpuid_count(7, 0);
+    let mut allowed = 0x7FF;
+    for (present, bit) in [
+        (leaf7.ebx & 1 != 0, 16),
+        (leaf1.ecx & (1 << 17) != 0, 17),
+        (leaf7.ebx & (1 << 7) != 0, 20),
+        (leaf7.ebx & (1 << 20) != 0, 21),
+    ] {
+        if present {
+            allowed |= 1u64 << bit;
+        }
+    }
+    allowed
+}
 const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 
@@ -133,6 +155,10 @@ pub fn enable() -> Result<(), &'static str> {
             return Err("VMX preemption timer not supported");
         }
         let want_proc = PROC_HLT_EXITING | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_SECONDARY;
+        // Interrupt-window exiting is set per entry, so only check it is allowed.
+        if (rdmsr(proc_msr) >> 32) as u32 & PROC_INT_WINDOW == 0 {
+            return Err("VMX lacks interrupt-window exiting");
+        }
         let (proc1, ok) = adjust(proc_msr, want_proc | PROC_MWAIT_EXITING | PROC_MONITOR_EXITING);
         if !ok && (proc1 & want_proc) != want_proc {
             return Err("VMX lacks I/O/MSR bitmaps, HLT exiting or secondary controls");
@@ -266,7 +292,7 @@ impl VmxVcpu {
         let guest_cr0 = 0x11u64; // PE | ET
         vmwrite(control::CR0_GUEST_HOST_MASK, cr0_mask & 0xFFFF_FFFF);
         vmwrite(control::CR0_READ_SHADOW, guest_cr0);
-        vmwrite(control::CR4_GUEST_HOST_MASK, cr4_mask & 0xFFFF_FFFF);
+        vmwrite(control::CR4_GUEST_HOST_MASK, cr4_mask | !cr4_guest_allowed());
         vmwrite(control::CR4_READ_SHADOW, 0);
         vmwrite(guest::CR0, (guest_cr0 | cr0_forced) & caps.cr0_fixed1);
         vmwrite(guest::CR3, 0);
@@ -315,6 +341,25 @@ impl VmxVcpu {
         Ok(vcpu)
     }
 
+    /// An event (interrupt, exception, NMI) whose delivery an exit
+    /// interrupted is queued again for the next entry, as SDM 28.2.4 asks:
+    /// otherwise an interrupt that hit, say, an EPT violation on the guest's
+    /// stack would be lost.
+    fn requeue_interrupted_event(&mut self) {
+        let info = vmread(ro::IDT_VECTORING_INFO);
+        if info & (1 << 31) == 0 {
+            return;
+        }
+        if info & (1 << 11) != 0 {
+            vmwrite(control::VMENTRY_EXCEPTION_ERR_CODE, vmread(ro::IDT_VECTORING_ERR_CODE));
+        }
+        // Software interrupts and exceptions need the instruction length.
+        if matches!((info >> 8) & 7, 4..=6) {
+            vmwrite(control::VMENTRY_INSTRUCTION_LEN, vmread(ro::VMEXIT_INSTRUCTION_LEN));
+        }
+        vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, info & !(1 << 12));
+    }
+
     fn handle_cr_access(&mut self) -> Exit {
         let qual = vmread(ro::EXIT_QUALIFICATION);
         let cr = qual & 0xF;
@@ -347,7 +392,7 @@ impl VmxVcpu {
                 }
             }
             4 => {
-                if value & CR4_VMXE != 0 || value & !caps.cr4_fixed1 & !CR4_VMXE != 0 {
+                if value & !cr4_guest_allowed() != 0 || value & !caps.cr4_fixed1 != 0 {
                     self.inject_exception(13, Some(0));
                     return Exit::Handled;
                 }
@@ -369,6 +414,10 @@ impl VmxVcpu {
         match reason & 0xFFFF {
             0 | 1 => Exit::Preempted, // NMI or host interrupt: just a reschedule point
             2 => Exit::TripleFault,
+            7 => {
+                self.request_interrupt_window(false);
+                Exit::InterruptWindow
+            }
             10 => Exit::Cpuid,
             11 => Exit::InvalidOpcode { what: "GETSEC" },
             12 => Exit::Halt,
@@ -459,6 +508,7 @@ impl Vcpu for VmxVcpu {
         match entry::enter(&mut self.regs, self.launched) {
             Ok(()) => {
                 self.launched = true;
+                self.requeue_interrupted_event();
                 self.decode_exit()
             }
             Err(()) => Exit::EntryFailed { detail: 0x1_0000 | vmread(ro::VM_INSTRUCTION_ERROR) },
@@ -476,11 +526,32 @@ impl Vcpu for VmxVcpu {
 
     fn inject_exception(&mut self, vector: u8, error: Option<u32>) {
         let mut info = u64::from(vector) | (3 << 8) | (1 << 31);
-        if let Some(code) = error {
+        // Real mode pushes no error code; VM entry refuses one there.
+        let protected = vmread(guest::CR0) & CR0_PE != 0;
+        if let Some(code) = error.filter(|_| protected) {
             info |= 1 << 11;
             vmwrite(control::VMENTRY_EXCEPTION_ERR_CODE, u64::from(code));
         }
         vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, info);
+    }
+
+    fn can_inject_interrupt(&self) -> bool {
+        vmread(guest::RFLAGS) & (1 << 9) != 0
+            && vmread(guest::INTERRUPTIBILITY_STATE) & 3 == 0
+            && vmread(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0
+    }
+
+    fn inject_interrupt(&mut self, vector: u8) {
+        // Type 0 (external interrupt), valid.
+        vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(vector) | (1 << 31));
+    }
+
+    fn request_interrupt_window(&mut self, on: bool) {
+        let proc1 = vmread(control::PRIMARY_PROCBASED_EXEC_CONTROLS);
+        let want = if on { proc1 | u64::from(PROC_INT_WINDOW) } else { proc1 & !u64::from(PROC_INT_WINDOW) };
+        if want != proc1 {
+            vmwrite(control::PRIMARY_PROCBASED_EXEC_CONTROLS, want);
+        }
     }
 
     fn long_mode(&self) -> bool {
