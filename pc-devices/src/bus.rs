@@ -2,6 +2,7 @@
 //! behind [`BusDevice`], found by the address range they were inserted at,
 //! so adding a device is adding an object, never a new slot in a dispatcher.
 
+use crate::irq::IrqLatch;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
@@ -22,13 +23,33 @@ pub enum Effect {
     Reset,
 }
 
-/// A device on a bus. `C` is what an access may need from the VM besides
-/// the device (its guest memory, the time, its interrupt router).
-pub trait BusDevice<C: ?Sized> {
+/// Guest RAM as a device may touch it (virtio rings, DMA): every access is
+/// checked against the VM's RAM by the implementor and refused whole.
+pub trait Memory {
+    /// Fills `buf` from guest-physical `gpa`; false if any byte is outside RAM.
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    /// Copies `data` to guest-physical `gpa`; false if any byte is outside RAM.
+    fn write(&self, gpa: u64, data: &[u8]) -> bool;
+}
+
+/// What an access may use besides the device itself: the time, the VM's
+/// RAM, and a latch for interrupt lines (applied to the interrupt
+/// controllers after the access, so a device never holds them).
+pub struct Env<'a> {
+    /// Guest TSC now.
+    pub now: u64,
+    /// The VM's RAM.
+    pub mem: &'a dyn Memory,
+    /// Line changes the access made.
+    pub irq: &'a mut IrqLatch,
+}
+
+/// A device on a bus.
+pub trait BusDevice {
     /// A read of `data.len()` bytes at `offset` from the device's base.
-    fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut C);
+    fn read(&mut self, offset: u64, data: &mut [u8], env: &mut Env<'_>);
     /// A write of `data` at `offset` from the device's base.
-    fn write(&mut self, offset: u64, data: &[u8], ctx: &mut C) -> Effect;
+    fn write(&mut self, offset: u64, data: &[u8], env: &mut Env<'_>) -> Effect;
     /// The level of the device's interrupt line now (for level-triggered
     /// devices such as virtio-mmio); edge-triggered devices raise theirs
     /// through the context and keep the default.
@@ -65,24 +86,12 @@ impl fmt::Display for BusError {
 /// Devices a bus holds at most (a VM's config cannot ask for more).
 pub const MAX_DEVICES: usize = 64;
 
-struct Entry<C: ?Sized> {
+struct Entry {
     base: u64,
     len: u64,
     /// The line the device's `irq_level` drives, if any.
     gsi: Option<u32>,
-    dev: Box<dyn BusDevice<C>>,
-}
-
-/// An address space of one VM.
-pub struct Bus<C: ?Sized> {
-    /// Sorted by base, never overlapping.
-    entries: Vec<Entry<C>>,
-}
-
-impl<C: ?Sized> Default for Bus<C> {
-    fn default() -> Self {
-        Bus { entries: Vec::new() }
-    }
+    dev: Box<dyn BusDevice>,
 }
 
 /// Where an access landed.
@@ -95,15 +104,16 @@ pub enum Access {
     Unclaimed,
 }
 
-impl<C: ?Sized> Bus<C> {
+/// An address space of one VM.
+#[derive(Default)]
+pub struct Bus {
+    /// Sorted by base, never overlapping.
+    entries: Vec<Entry>,
+}
+
+impl Bus {
     /// Adds `dev` at `[base, base + len)`, driving line `gsi` if given.
-    pub fn insert(
-        &mut self,
-        base: u64,
-        len: u64,
-        gsi: Option<u32>,
-        dev: Box<dyn BusDevice<C>>,
-    ) -> Result<(), BusError> {
+    pub fn insert(&mut self, base: u64, len: u64, gsi: Option<u32>, dev: Box<dyn BusDevice>) -> Result<(), BusError> {
         let end = base.checked_add(len).filter(|_| len > 0).ok_or(BusError::BadRange { base, len })?;
         if self.entries.len() >= MAX_DEVICES {
             return Err(BusError::Full { max: MAX_DEVICES });
@@ -116,7 +126,7 @@ impl<C: ?Sized> Bus<C> {
         Ok(())
     }
 
-    fn find(&mut self, addr: u64, size: usize) -> Option<(&mut Entry<C>, u64)> {
+    fn find(&mut self, addr: u64, size: usize) -> Option<(&mut Entry, u64)> {
         let i = self.entries.partition_point(|e| e.base <= addr).checked_sub(1)?;
         let e = self.entries.get_mut(i)?;
         let off = addr - e.base;
@@ -125,10 +135,10 @@ impl<C: ?Sized> Bus<C> {
     }
 
     /// Reads `data.len()` bytes at `addr`.
-    pub fn read(&mut self, addr: u64, data: &mut [u8], ctx: &mut C) -> Access {
+    pub fn read(&mut self, addr: u64, data: &mut [u8], env: &mut Env<'_>) -> Access {
         match self.find(addr, data.len()) {
             Some((e, off)) => {
-                e.dev.read(off, data, ctx);
+                e.dev.read(off, data, env);
                 Access::Device(Effect::None)
             }
             None => Access::Unclaimed,
@@ -136,9 +146,9 @@ impl<C: ?Sized> Bus<C> {
     }
 
     /// Writes `data` at `addr`.
-    pub fn write(&mut self, addr: u64, data: &[u8], ctx: &mut C) -> Access {
+    pub fn write(&mut self, addr: u64, data: &[u8], env: &mut Env<'_>) -> Access {
         match self.find(addr, data.len()) {
-            Some((e, off)) => Access::Device(e.dev.write(off, data, ctx)),
+            Some((e, off)) => Access::Device(e.dev.write(off, data, env)),
             None => Access::Unclaimed,
         }
     }
@@ -164,17 +174,28 @@ impl<C: ?Sized> Bus<C> {
 mod tests {
     use super::*;
 
+    struct NoRam;
+
+    impl Memory for NoRam {
+        fn read(&self, _gpa: u64, _buf: &mut [u8]) -> bool {
+            false
+        }
+        fn write(&self, _gpa: u64, _data: &[u8]) -> bool {
+            false
+        }
+    }
+
     struct Reg {
         value: u8,
         level: bool,
     }
 
-    impl BusDevice<u32> for Reg {
-        fn read(&mut self, offset: u64, data: &mut [u8], ctx: &mut u32) {
-            *ctx += 1;
+    impl BusDevice for Reg {
+        fn read(&mut self, offset: u64, data: &mut [u8], env: &mut Env<'_>) {
+            env.irq.set(3, true);
             data.fill(self.value.wrapping_add(offset as u8));
         }
-        fn write(&mut self, _offset: u64, data: &[u8], _ctx: &mut u32) -> Effect {
+        fn write(&mut self, _offset: u64, data: &[u8], _env: &mut Env<'_>) -> Effect {
             self.value = data.first().copied().unwrap_or(0);
             self.level = true;
             Effect::Kick
@@ -187,30 +208,31 @@ mod tests {
         }
     }
 
-    fn reg() -> Box<dyn BusDevice<u32>> {
+    fn reg() -> Box<dyn BusDevice> {
         Box::new(Reg { value: 0x10, level: false })
     }
 
     #[test]
     fn accesses_reach_the_device_covering_them_whole() {
-        let mut bus: Bus<u32> = Bus::default();
+        let mut bus = Bus::default();
         bus.insert(0x100, 8, Some(5), reg()).unwrap();
         bus.insert(0x10, 4, None, reg()).unwrap();
-        let mut ctx = 0u32;
+        let mut latch = IrqLatch::default();
+        let mut env = Env { now: 0, mem: &NoRam, irq: &mut latch };
         let mut b = [0u8; 2];
-        assert_eq!(bus.read(0x102, &mut b, &mut ctx), Access::Device(Effect::None));
+        assert_eq!(bus.read(0x102, &mut b, &mut env), Access::Device(Effect::None));
         assert_eq!(b, [0x12, 0x12]);
         // Straddling the end of a device, or before the first: unclaimed.
-        assert_eq!(bus.read(0x107, &mut b, &mut ctx), Access::Unclaimed);
-        assert_eq!(bus.read(0x0, &mut b, &mut ctx), Access::Unclaimed);
-        assert_eq!(bus.write(0x100, &[7], &mut ctx), Access::Device(Effect::Kick));
+        assert_eq!(bus.read(0x107, &mut b, &mut env), Access::Unclaimed);
+        assert_eq!(bus.read(0x0, &mut b, &mut env), Access::Unclaimed);
+        assert_eq!(bus.write(0x100, &[7], &mut env), Access::Device(Effect::Kick));
         assert_eq!(bus.irq_levels().collect::<Vec<_>>(), vec![(5, true)]);
-        assert_eq!(ctx, 1);
+        assert_eq!(latch.drain().collect::<Vec<_>>(), vec![(3, true)]);
     }
 
     #[test]
     fn overlapping_or_empty_ranges_are_refused_by_name() {
-        let mut bus: Bus<u32> = Bus::default();
+        let mut bus = Bus::default();
         bus.insert(0x100, 8, None, reg()).unwrap();
         assert_eq!(bus.insert(0x104, 8, None, reg()), Err(BusError::Overlap { base: 0x104, len: 8, existing: "reg" }));
         assert!(bus.insert(0xFC, 8, None, reg()).unwrap_err().to_string().contains("overlaps the reg"));
@@ -221,7 +243,7 @@ mod tests {
 
     #[test]
     fn the_bus_refuses_devices_past_its_limit() {
-        let mut bus: Bus<u32> = Bus::default();
+        let mut bus = Bus::default();
         for i in 0..MAX_DEVICES as u64 {
             bus.insert(i * 16, 16, None, reg()).unwrap();
         }

@@ -41,3 +41,42 @@ impl IrqSink for IrqLog {
         self.events.push((gsi, level));
     }
 }
+
+/// Line changes a device access made, kept in order so a pulse (raise then
+/// lower) still reads as an edge; bounded, since one access makes a few.
+#[derive(Default, Debug)]
+pub struct IrqLatch {
+    events: Vec<(u32, bool)>,
+    /// Changes dropped because the latch was full.
+    pub overflow: u64,
+}
+
+/// Changes one latch holds before dropping.
+pub const LATCH_MAX: usize = 32;
+
+impl IrqLatch {
+    /// Records a change (dropped and counted past [`LATCH_MAX`]).
+    pub fn set(&mut self, gsi: u32, level: bool) {
+        if self.events.len() >= LATCH_MAX {
+            self.overflow += 1;
+            return;
+        }
+        self.events.push((gsi, level));
+    }
+
+    /// The changes in order, emptying the latch.
+    pub fn drain(&mut self) -> impl Iterator<Item = (u32, bool)> + '_ {
+        self.events.drain(..)
+    }
+
+    /// Whether no change is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+impl IrqSink for IrqLatch {
+    fn set_irq(&mut self, gsi: u32, level: bool) {
+        self.set(gsi, level);
+    }
+}
