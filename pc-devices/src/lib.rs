@@ -9,13 +9,13 @@
 
 extern crate alloc;
 
+pub mod acpi_pm;
 pub mod bus;
-pub mod irq;
-pub mod time;
-pub mod lapic;
 pub mod ioapic;
+pub mod irq;
+pub mod lapic;
 pub mod pic;
 pub mod pit;
 pub mod rtc;
+pub mod time;
 pub mod uart;
-pub mod acpi_pm;

@@ -168,7 +168,8 @@ impl Vcpu for SvmVcpu {
         if host_save == 0 {
             return Exit::EntryFailed { detail: 0 };
         }
-        let ticks = u128::from(slice_tsc) * u128::from(time::apic_ticks_per_ms()) / u128::from(time::tsc_per_ms().max(1));
+        let ticks =
+            u128::from(slice_tsc) * u128::from(time::apic_ticks_per_ms()) / u128::from(time::tsc_per_ms().max(1));
         apic::arm_oneshot(u32::try_from(ticks).unwrap_or(u32::MAX));
         self.vmcb.set_rax(self.regs.rax);
         entry::run(&mut self.regs, self.vmcb.pa(), host_save);
