@@ -277,6 +277,12 @@ impl Pic {
         }
     }
 
+    /// The master's interrupt mask (OCW1), for callers that need to know
+    /// whether a line can reach the CPU at all.
+    pub fn imr(&self) -> u8 {
+        self.master.imr
+    }
+
     /// The master's INTR output: an interrupt the CPU should acknowledge.
     pub fn interrupt_pending(&self) -> bool {
         self.master.request(self.cascade_input()).is_some()
