@@ -215,7 +215,9 @@ fn build_bundle_with(config_path: &Path, secret_path: Option<&Path>) -> Result<V
             .as_ref()
             .map(|name| ModuleRef { name: name.as_str(), data: data.get(name).map(Vec::as_slice).unwrap_or_default() });
         let mem = u64::from(vm.memory_mib) << 20;
-        plan_boot(&image, mem, &vm.kernel, &vm.cmdline, module).with_context(|| {
+        // The layout check only; the hypervisor builds the real firmware description.
+        let firmware = guest_loader::Firmware { vcpus: 1, ioapic_id: 1, virtio: Vec::new() };
+        plan_boot(&image, mem, &vm.kernel, &vm.cmdline, module, &firmware).with_context(|| {
             format!("vm[{i}] ({}): kernel {} does not fit its {} MiB", vm.name, host.kernel, vm.memory_mib)
         })?;
     }

@@ -5,7 +5,7 @@ use core::fmt;
 /// Every way loading a kernel can fail; `Display` names what is wrong.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadError {
-    /// `Auto`: the image has neither a PVH note nor a multiboot1 header.
+    /// `Auto`: the image has no PVH note, no multiboot1 header and is no bzImage.
     NoEntryPoint,
     /// `Pvh`: the ELF has no Xen note of type 18.
     NoPvhNote,
@@ -56,10 +56,17 @@ pub enum LoadError {
         /// One past the last byte.
         end: u64,
     },
-    /// Kernel segment `index` overlaps the boot-info area `[0x8000, 0x10000)`.
-    SegmentOverlapsBootInfo {
+    /// Kernel segment `index` overlaps the reserved `[0x9FC00, 0x100000)`
+    /// (EBDA, VGA/ROM hole and the boot-info area).
+    SegmentOverlapsReserved {
         /// Index in [`crate::KernelImage::segments`].
         index: usize,
+        /// First guest-physical byte.
+        start: u64,
+        /// One past the last byte.
+        end: u64,
+        /// End of guest RAM, for naming the free ranges.
+        ram_end: u64,
     },
     /// Kernel segments `first` and `second` overlap in guest memory.
     SegmentsOverlap {
@@ -81,17 +88,70 @@ pub enum LoadError {
         /// Module size.
         size: u64,
     },
-    /// The boot-info structures need this many bytes, more than the 32 KiB area.
+    /// The boot-info structures need this many bytes, more than the 128 KiB area.
     BootInfoTooLarge(usize),
     /// A string handed to the guest (what) contains NUL.
     StringContainsNul(&'static str),
+    /// `Linux`: no boot sector signature 0xAA55 at 0x1FE and "HdrS" at 0x202.
+    NotBzImage,
+    /// The bzImage ends before this setup header field.
+    LinuxHeaderTruncated(&'static str),
+    /// The bzImage's boot protocol version (e.g. 0x0204) is below 2.06.
+    LinuxProtocolTooOld(u16),
+    /// The bzImage's loadflags lack LOADED_HIGH: an old zImage loaded at 0x10000.
+    LinuxNotLoadedHigh,
+    /// The protected-mode kernel at `offset` ((setup_sects + 1) * 512) is not in the file.
+    LinuxKernelMissing {
+        /// File offset the setup header puts it at.
+        offset: u64,
+        /// Size of the image.
+        file_len: u64,
+    },
+    /// A `Protocol::Linux` kernel without its setup header.
+    LinuxSetupMissing,
+    /// The Linux kernel needs RAM up to `needed` (its init_size region); RAM is `ram` bytes.
+    KernelNeedsMoreRam {
+        /// End of the region the kernel uses before reading the memory map.
+        needed: u64,
+        /// Guest RAM size.
+        ram: u64,
+    },
+    /// The command line of `len` bytes is longer than the kernel's `cmdline_size`.
+    CmdlineTooLong {
+        /// Command line length without the NUL.
+        len: usize,
+        /// The kernel's limit.
+        max: u32,
+    },
+    /// The initrd of `size` bytes does not fit between the kernel's end and the limit.
+    InitrdDoesNotFit {
+        /// Initrd size.
+        size: u64,
+        /// End of the kernel's region: the initrd must start at or above it.
+        low: u64,
+        /// min(initrd_addr_max + 1, RAM top, 4 GiB): the initrd must end below it.
+        high: u64,
+    },
+    /// The MADT describes 1 to [`crate::MAX_VCPUS`] vCPUs; this many were asked for.
+    VcpuCount(u32),
+    /// More virtio-mmio devices than the DSDT can name ([`crate::MAX_VIRTIO_DEVICES`]).
+    TooManyVirtioDevices(usize),
+    /// Virtio-mmio device `index`'s window is empty or not below 4 GiB.
+    VirtioWindow {
+        /// Index in [`crate::Firmware::virtio`].
+        index: usize,
+        /// Window base.
+        base: u64,
+        /// Window length.
+        len: u64,
+    },
 }
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use LoadError::*;
         match *self {
-            NoEntryPoint => write!(f, "no PVH entry note and no multiboot1 header"),
+            NoEntryPoint => write!(f, "no PVH entry note and no multiboot1 header, and not a bzImage"),
             NoPvhNote => write!(f, "no PVH entry note (ELF note \"Xen\" type 18)"),
             NoMultibootHeader => write!(f, "no multiboot1 header in the first 8192 bytes"),
             MultibootChecksum(off) => {
@@ -139,9 +199,15 @@ impl fmt::Display for LoadError {
             SegmentOutsideRam { index, start, end } => {
                 write!(f, "kernel segment {index} [{start:#x}, {end:#x}) lies outside guest RAM")
             }
-            SegmentOverlapsBootInfo { index } => {
-                write!(f, "kernel segment {index} overlaps the boot-info area [0x8000, 0x10000)")
-            }
+            SegmentOverlapsReserved { index, start, end, ram_end } => write!(
+                f,
+                "kernel segment {index} [{start:#x}, {end:#x}) overlaps the reserved [{:#x}, {:#x}) \
+                 (EBDA, VGA/ROM hole, boot-info area); RAM is free at [0x0, {:#x}) and [{:#x}, {ram_end:#x})",
+                crate::LOW_RAM_END,
+                crate::HIGH_RAM_START,
+                crate::LOW_RAM_END,
+                crate::HIGH_RAM_START,
+            ),
             SegmentsOverlap { first, second } => {
                 write!(f, "kernel segments {first} and {second} overlap")
             }
@@ -150,15 +216,58 @@ impl fmt::Display for LoadError {
             }
             EntryOutsideRam(entry) => write!(f, "entry point {entry:#x} lies outside guest RAM"),
             AddressAbove4G(what, addr) => {
-                write!(f, "{what} at {addr:#x} is not below 4 GiB (multiboot1 limit)")
+                write!(f, "{what} at {addr:#x} is not below 4 GiB (32-bit boot protocol limit)")
             }
             ModuleDoesNotFit { start, size } => {
                 write!(f, "module of {size:#x} bytes at {start:#x} does not fit in guest RAM")
             }
             BootInfoTooLarge(needed) => {
-                write!(f, "boot information needs {needed} bytes, more than the 32 KiB boot-info area")
+                write!(
+                    f,
+                    "boot information needs {needed} bytes, more than the {} KiB boot-info area [{:#x}, {:#x})",
+                    (crate::BOOT_INFO_END - crate::BOOT_INFO_START) / 1024,
+                    crate::BOOT_INFO_START,
+                    crate::BOOT_INFO_END
+                )
             }
             StringContainsNul(what) => write!(f, "{what} contains a NUL byte"),
+            NotBzImage => write!(f, "not a bzImage (no 0xAA55 at 0x1fe and \"HdrS\" at 0x202)"),
+            LinuxHeaderTruncated(what) => write!(f, "bzImage ends before its setup header field {what}"),
+            LinuxProtocolTooOld(v) => write!(
+                f,
+                "bzImage uses Linux boot protocol {}.{:02} ({v:#06x}); 2.06 or later is needed",
+                v >> 8,
+                v & 0xFF
+            ),
+            LinuxNotLoadedHigh => {
+                write!(f, "bzImage loadflags lack LOADED_HIGH (a zImage loaded at 0x10000 is not supported)")
+            }
+            LinuxKernelMissing { offset, file_len } => write!(
+                f,
+                "bzImage protected-mode kernel at offset {offset:#x} ((setup_sects + 1) * 512) \
+                 is not inside the {file_len:#x}-byte file"
+            ),
+            LinuxSetupMissing => write!(f, "Linux kernel image without its setup header"),
+            KernelNeedsMoreRam { needed, ram } => write!(
+                f,
+                "the Linux kernel needs RAM up to {needed:#x} (loaded at 0x100000, plus init_size from its \
+                 runtime start), but guest RAM is {ram:#x} bytes"
+            ),
+            CmdlineTooLong { len, max } => {
+                write!(f, "command line of {len} bytes is longer than the kernel's cmdline_size of {max} bytes")
+            }
+            InitrdDoesNotFit { size, low, high } => write!(
+                f,
+                "initrd of {size:#x} bytes does not fit between the kernel's end {low:#x} and {high:#x} \
+                 (min of initrd_addr_max + 1, RAM top, 4 GiB)"
+            ),
+            VcpuCount(n) => write!(f, "{n} vCPUs: the MADT describes 1 to {} (xAPIC ids)", crate::MAX_VCPUS),
+            TooManyVirtioDevices(n) => {
+                write!(f, "{n} virtio-mmio devices: the DSDT names at most {}", crate::MAX_VIRTIO_DEVICES)
+            }
+            VirtioWindow { index, base, len } => {
+                write!(f, "virtio-mmio device {index} window [{base:#x}, +{len:#x}) is empty or not below 4 GiB")
+            }
         }
     }
 }

@@ -64,7 +64,12 @@ pub(crate) fn load<'a>(image: &'a [u8], h: &Header) -> Result<KernelImage<'a>, L
         return Err(LoadError::MultibootNotElf);
     }
     let elf = Elf::parse(image)?;
-    Ok(KernelImage { protocol: Protocol::Multiboot1, entry: elf.physical_entry()?, segments: elf.segments()? })
+    Ok(KernelImage {
+        protocol: Protocol::Multiboot1,
+        entry: elf.physical_entry()?,
+        segments: elf.segments()?,
+        linux: None,
+    })
 }
 
 /// The "a.out kludge": one segment described by the header's address fields.
@@ -97,5 +102,5 @@ fn load_addresses<'a>(image: &'a [u8], h: &Header) -> Result<KernelImage<'a>, Lo
     } else {
         return Err(LoadError::NoLoadableSegments);
     };
-    Ok(KernelImage { protocol: Protocol::Multiboot1, entry: entry_addr, segments })
+    Ok(KernelImage { protocol: Protocol::Multiboot1, entry: entry_addr, segments, linux: None })
 }

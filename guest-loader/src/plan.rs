@@ -1,23 +1,33 @@
 //! Boot layout: where the kernel, its module and the boot information go in
 //! guest RAM, and the registers the guest starts with.
 //!
-//! Guest RAM is `[0, mem_bytes)`. The guest's memory map is
-//! `[0, 0x9F000)` usable, `[0x9F000, 0x100000)` reserved, `[0x100000, mem_bytes)`
-//! usable. All boot information lives in `[0x8000, 0x10000)`.
+//! Guest RAM is `[0, mem_bytes)`. Like a PC, the guest's memory map is
+//! `[0, 0x9FC00)` usable, `[0x9FC00, 0x100000)` reserved (EBDA, VGA/ROM hole,
+//! BIOS area), `[0x100000, mem_bytes)` usable. All boot information (ACPI
+//! tables first, then start_info / multiboot info / zero page, tables and
+//! strings) lives in the BIOS area `[0xE0000, 0x100000)`, which no PC kernel
+//! loads into because it is not RAM on a PC.
 
 use alloc::vec::Vec;
 
+use crate::acpi::{self, Firmware};
+use crate::area::{Area, Le};
 use crate::bytes::align_up;
+use crate::linux::{self, LinuxSetup, ZeroPageInputs, ZERO_PAGE_LEN};
 use crate::{KernelImage, LoadError, Protocol, Segment};
 
-/// Start of the boot-info area (start_info / multiboot info, tables, strings).
-pub const BOOT_INFO_START: u64 = 0x8000;
+/// Start of the boot-info area (ACPI tables, start_info / multiboot info /
+/// zero page, their tables and strings).
+pub const BOOT_INFO_START: u64 = 0xE_0000;
 /// End (exclusive) of the boot-info area.
-pub const BOOT_INFO_END: u64 = 0x10000;
+pub const BOOT_INFO_END: u64 = 0x10_0000;
 /// End of usable low memory; `[LOW_RAM_END, HIGH_RAM_START)` is reported reserved.
-pub const LOW_RAM_END: u64 = 0x9F000;
+pub const LOW_RAM_END: u64 = 0x9_FC00;
 /// Start of usable high memory (1 MiB).
 pub const HIGH_RAM_START: u64 = 0x10_0000;
+/// The ACPI RSDP's address: the first bytes of the boot-info area, so a
+/// kernel scanning `[0xE0000, 0x100000)` for it finds ours first.
+pub const RSDP_ADDR: u64 = BOOT_INFO_START;
 /// `hvm_start_info.magic`.
 pub const PVH_START_INFO_MAGIC: u32 = 0x336E_C578;
 /// EAX value a multiboot1 kernel receives.
@@ -25,6 +35,9 @@ pub const MULTIBOOT_BOOTLOADER_MAGIC: u32 = 0x2BAD_B002;
 
 const PAGE: u64 = 4096;
 const FOUR_GIB: u64 = 1 << 32;
+/// Modules after a kernel loaded low never go below this (IVT, BDA, the
+/// area real-mode code uses).
+const MODULE_FLOOR: u64 = 0x1_0000;
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
 const MB_INFO_MEMORY: u32 = 1 << 0;
@@ -94,32 +107,40 @@ impl GuestWrite<'_> {
 }
 
 /// Everything needed to start a guest: RAM contents and entry registers.
+///
+/// Every protocol enters in flat 32-bit protected mode with paging and
+/// interrupts off; the caller sets RIP = `entry`, RAX = `eax`, RBX = `ebx`,
+/// RSI = `esi` and every other general register (notably EBP, EDI) to 0.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootPlan<'a> {
     /// Copies into guest RAM; they lie inside RAM and do not overlap.
     pub writes: Vec<GuestWrite<'a>>,
     /// Guest-physical entry point (32-bit protected mode, paging off).
     pub entry: u64,
-    /// EAX at entry (0 for PVH, 0x2BADB002 for multiboot1).
+    /// EAX at entry (0 for PVH and Linux, 0x2BADB002 for multiboot1).
     pub eax: u32,
-    /// EBX at entry: the start_info / multiboot info address.
+    /// EBX at entry: the start_info / multiboot info address (0 for Linux).
     pub ebx: u32,
+    /// ESI at entry: the Linux zero page (`boot_params`) address, 0 for the
+    /// other protocols. The caller must load it into RSI.
+    pub esi: u32,
 }
 
-/// Lays out `kernel`, its optional `module` and the boot information in a
-/// guest with `mem_bytes` of RAM, checking that everything fits and nothing
-/// overlaps. `kernel_name` becomes multiboot argv[0]; `cmdline` is the VM's.
+/// Lays out `kernel`, its optional `module` (the initrd for Linux), the ACPI
+/// tables describing `firmware` and the boot information in a guest with
+/// `mem_bytes` of RAM, checking that everything fits and nothing overlaps.
+/// `kernel_name` becomes multiboot argv[0]; `cmdline` is the VM's.
 pub fn plan_boot<'a>(
     kernel: &KernelImage<'a>,
     mem_bytes: u64,
     kernel_name: &str,
     cmdline: &str,
     module: Option<ModuleRef<'a>>,
+    firmware: &Firmware,
 ) -> Result<BootPlan<'a>, LoadError> {
     if mem_bytes <= HIGH_RAM_START {
         return Err(LoadError::MemoryTooSmall(mem_bytes));
     }
-    let multiboot = kernel.protocol == Protocol::Multiboot1;
     for (s, what) in [(kernel_name, "kernel name"), (cmdline, "command line")] {
         if s.contains('\0') {
             return Err(LoadError::StringContainsNul(what));
@@ -128,8 +149,14 @@ pub fn plan_boot<'a>(
     if module.is_some_and(|m| m.name.contains('\0')) {
         return Err(LoadError::StringContainsNul("module name"));
     }
+    let setup = match kernel.protocol {
+        Protocol::Linux => Some(check_linux(kernel, mem_bytes, cmdline)?),
+        Protocol::Pvh | Protocol::Multiboot1 => None,
+    };
+    // Only PVH kernels may be loaded above 4 GiB: the others get 32-bit pointers.
+    let below_4g = kernel.protocol != Protocol::Pvh;
 
-    let kernel_end = check_segments(&kernel.segments, mem_bytes, multiboot)?;
+    let kernel_end = check_segments(&kernel.segments, mem_bytes, below_4g)?;
     if kernel.entry >= mem_bytes {
         return Err(LoadError::EntryOutsideRam(kernel.entry));
     }
@@ -147,7 +174,11 @@ pub fn plan_boot<'a>(
 
     let placed = match module {
         Some(m) => {
-            let gpa = place_module(kernel_end, m.data.len() as u64, mem_bytes, multiboot)?;
+            let size = m.data.len() as u64;
+            let gpa = match &setup {
+                Some(setup) => place_initrd(setup, kernel_end, size, mem_bytes)?,
+                None => place_module(kernel_end, size, mem_bytes, below_4g)?,
+            };
             if !m.data.is_empty() {
                 writes.push(GuestWrite { gpa, data: GuestWriteData::Borrowed(m.data), zero_len: 0 });
             }
@@ -157,19 +188,35 @@ pub fn plan_boot<'a>(
     };
 
     let mut area = Area::default();
-    let (eax, ebx) = if multiboot {
-        let ebx = multiboot_info(&mut area, mem_bytes, kernel_name, cmdline, placed)?;
-        (MULTIBOOT_BOOTLOADER_MAGIC, ebx)
-    } else {
-        (0, start_info(&mut area, mem_bytes, cmdline, placed)?)
+    let rsdp = acpi::build(&mut area, firmware)?;
+    let (eax, ebx, esi) = match (&setup, kernel.protocol) {
+        (Some(setup), _) => (0, 0, linux_info(&mut area, setup, mem_bytes, cmdline, placed, rsdp)?),
+        (None, Protocol::Multiboot1) => {
+            (MULTIBOOT_BOOTLOADER_MAGIC, multiboot_info(&mut area, mem_bytes, kernel_name, cmdline, placed)?, 0)
+        }
+        (None, _) => (0, start_info(&mut area, mem_bytes, cmdline, placed, rsdp)?, 0),
     };
     writes.push(GuestWrite { gpa: BOOT_INFO_START, data: GuestWriteData::Owned(area.buf), zero_len: 0 });
-    Ok(BootPlan { writes, entry: kernel.entry, eax, ebx })
+    Ok(BootPlan { writes, entry: kernel.entry, eax, ebx, esi })
 }
 
-/// Checks every segment against RAM, the boot-info area, 4 GiB (multiboot)
-/// and each other; returns the highest segment end.
-fn check_segments(segs: &[Segment<'_>], mem_bytes: u64, multiboot: bool) -> Result<u64, LoadError> {
+/// The Linux checks that need the header: RAM for the kernel's init_size
+/// region and the command line's length.
+fn check_linux<'k>(kernel: &KernelImage<'k>, mem_bytes: u64, cmdline: &str) -> Result<LinuxSetup<'k>, LoadError> {
+    let setup = kernel.linux.ok_or(LoadError::LinuxSetupMissing)?;
+    let needed = kernel.segments.iter().map(|s| s.gpa.saturating_add(s.mem_len)).max().unwrap_or(0);
+    if needed > mem_bytes {
+        return Err(LoadError::KernelNeedsMoreRam { needed, ram: mem_bytes });
+    }
+    if cmdline.len() as u64 > u64::from(setup.cmdline_size) {
+        return Err(LoadError::CmdlineTooLong { len: cmdline.len(), max: setup.cmdline_size });
+    }
+    Ok(setup)
+}
+
+/// Checks every segment against RAM, the reserved hole below 1 MiB, 4 GiB
+/// (`below_4g`) and each other; returns the highest segment end.
+fn check_segments(segs: &[Segment<'_>], mem_bytes: u64, below_4g: bool) -> Result<u64, LoadError> {
     let mut spans = Vec::with_capacity(segs.len());
     for (index, seg) in segs.iter().enumerate() {
         if seg.data.len() as u64 > seg.mem_len {
@@ -183,11 +230,11 @@ fn check_segments(segs: &[Segment<'_>], mem_bytes: u64, multiboot: bool) -> Resu
         if end > mem_bytes {
             return Err(outside);
         }
-        if multiboot && end > FOUR_GIB {
+        if below_4g && end > FOUR_GIB {
             return Err(LoadError::AddressAbove4G("kernel segment end", end));
         }
-        if seg.gpa < BOOT_INFO_END && end > BOOT_INFO_START {
-            return Err(LoadError::SegmentOverlapsBootInfo { index });
+        if seg.gpa < HIGH_RAM_START && end > LOW_RAM_END {
+            return Err(LoadError::SegmentOverlapsReserved { index, start: seg.gpa, end, ram_end: mem_bytes });
         }
         spans.push((seg.gpa, end, index));
     }
@@ -202,11 +249,11 @@ fn check_segments(segs: &[Segment<'_>], mem_bytes: u64, multiboot: bool) -> Resu
     Ok(spans.iter().map(|s| s.1).max().unwrap_or(0))
 }
 
-/// Page-aligned address after the kernel (and the boot-info area), moved to
-/// 1 MiB if it would fall into the reserved hole below it.
-fn place_module(kernel_end: u64, size: u64, mem_bytes: u64, multiboot: bool) -> Result<u64, LoadError> {
+/// Page-aligned address after the kernel, moved to 1 MiB if it would run
+/// into the reserved hole below it.
+fn place_module(kernel_end: u64, size: u64, mem_bytes: u64, below_4g: bool) -> Result<u64, LoadError> {
     let too_big = |start| LoadError::ModuleDoesNotFit { start, size };
-    let mut start = align_up(kernel_end.max(BOOT_INFO_END), PAGE).ok_or(too_big(kernel_end))?;
+    let mut start = align_up(kernel_end.max(MODULE_FLOOR), PAGE).ok_or(too_big(kernel_end))?;
     if start < HIGH_RAM_START && start.saturating_add(size) > LOW_RAM_END {
         start = HIGH_RAM_START;
     }
@@ -214,10 +261,22 @@ fn place_module(kernel_end: u64, size: u64, mem_bytes: u64, multiboot: bool) -> 
     if end > mem_bytes {
         return Err(too_big(start));
     }
-    if multiboot && end > FOUR_GIB {
+    if below_4g && end > FOUR_GIB {
         return Err(LoadError::AddressAbove4G("module end", end));
     }
     Ok(start)
+}
+
+/// The initrd goes page-aligned as high as possible below
+/// min(initrd_addr_max + 1, RAM top, 4 GiB), above the kernel's region.
+fn place_initrd(setup: &LinuxSetup<'_>, kernel_end: u64, size: u64, mem_bytes: u64) -> Result<u64, LoadError> {
+    let high = (u64::from(setup.initrd_addr_max) + 1).min(mem_bytes).min(FOUR_GIB);
+    let low = align_up(kernel_end, PAGE).unwrap_or(u64::MAX);
+    high.checked_sub(size).map(|s| s & !(PAGE - 1)).filter(|&s| s >= low).ok_or(LoadError::InitrdDoesNotFit {
+        size,
+        low: kernel_end,
+        high,
+    })
 }
 
 /// The memory map every guest gets: (base, length, E820 type).
@@ -229,56 +288,21 @@ fn memory_map(mem_bytes: u64) -> [(u64, u64, u32); 3] {
     ]
 }
 
-/// Bump allocator over the boot-info area, building its bytes.
-#[derive(Default)]
-struct Area {
-    buf: Vec<u8>,
-}
-
-impl Area {
-    /// Appends `bytes` at `align`; returns the guest address (fits in u32).
-    fn push(&mut self, bytes: &[u8], align: usize) -> Result<u32, LoadError> {
-        let start = self.buf.len().div_ceil(align) * align;
-        let end = start.saturating_add(bytes.len());
-        let capacity = (BOOT_INFO_END - BOOT_INFO_START) as usize;
-        if end > capacity {
-            return Err(LoadError::BootInfoTooLarge(end));
-        }
-        self.buf.resize(start, 0);
-        self.buf.extend_from_slice(bytes);
-        Ok((BOOT_INFO_START as usize + start) as u32)
-    }
-
-    /// Appends `s` NUL-terminated.
-    fn push_str(&mut self, s: &str) -> Result<u32, LoadError> {
-        let mut v = Vec::with_capacity(s.len() + 1);
-        v.extend_from_slice(s.as_bytes());
-        v.push(0);
-        self.push(&v, 1)
-    }
-
-    /// Overwrites bytes previously pushed at guest address `gpa`.
-    fn patch(&mut self, gpa: u32, bytes: &[u8]) {
-        let start = (gpa as usize).saturating_sub(BOOT_INFO_START as usize);
-        if let Some(dst) = self.buf.get_mut(start..start.saturating_add(bytes.len())) {
-            dst.copy_from_slice(bytes);
-        }
-    }
-}
-
-/// Little-endian struct builder.
-#[derive(Default)]
-struct Le(Vec<u8>);
-
-impl Le {
-    fn u32(&mut self, v: u32) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u64(&mut self, v: u64) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
+/// Builds the Linux zero page and command line; returns the zero page's address.
+fn linux_info(
+    area: &mut Area,
+    setup: &LinuxSetup<'_>,
+    mem_bytes: u64,
+    cmdline: &str,
+    initrd: Option<(u64, ModuleRef<'_>)>,
+    rsdp: u32,
+) -> Result<u32, LoadError> {
+    let zp = area.push(&[0; ZERO_PAGE_LEN], PAGE as usize)?;
+    let cmdline = area.push_str(cmdline)?;
+    let initrd = initrd.map(|(gpa, m)| (gpa, m.data.len() as u64)).filter(|&(_, len)| len > 0);
+    let map = memory_map(mem_bytes);
+    area.patch(zp, &linux::zero_page(setup, &ZeroPageInputs { cmdline, initrd, rsdp, memory_map: &map }));
+    Ok(zp)
 }
 
 /// Builds `hvm_start_info` and its tables; returns its address.
@@ -287,6 +311,7 @@ fn start_info(
     mem_bytes: u64,
     cmdline: &str,
     module: Option<(u64, ModuleRef<'_>)>,
+    rsdp: u32,
 ) -> Result<u32, LoadError> {
     let info = area.push(&[0; START_INFO_LEN], 8)?;
     let mut map = Le::default();
@@ -306,7 +331,7 @@ fn start_info(
     };
     let mut si = Le::default();
     si.u32(PVH_START_INFO_MAGIC).u32(1).u32(0).u32(nr_modules);
-    si.u64(modlist.into()).u64(cmdline_paddr.into()).u64(0).u64(memmap.into());
+    si.u64(modlist.into()).u64(cmdline_paddr.into()).u64(rsdp.into()).u64(memmap.into());
     si.u32(3).u32(0);
     area.patch(info, &si.0);
     Ok(info)

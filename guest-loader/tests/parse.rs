@@ -85,7 +85,7 @@ fn wrong_owner_or_type_is_not_pvh() {
     e.phdrs.push(Ph::note(note("Xen", 17, &[0; 8])));
     assert_eq!(parse_kernel(&e.build(), Preference::Pvh), Err(LoadError::NoPvhNote));
     assert_eq!(parse_kernel(&e.build(), Preference::Auto), Err(LoadError::NoEntryPoint));
-    assert_eq!(LoadError::NoEntryPoint.to_string(), "no PVH entry note and no multiboot1 header");
+    assert_eq!(LoadError::NoEntryPoint.to_string(), "no PVH entry note and no multiboot1 header, and not a bzImage");
 }
 
 #[test]

@@ -97,13 +97,16 @@ pub const MAX_RULES: usize = 4096;
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum BootProtocol {
-    /// PVH entry note if the kernel has one, else its multiboot1 header.
+    /// PVH entry note if the kernel has one, else its multiboot1 header,
+    /// else its bzImage setup header (a plain Linux `vmlinuz`).
     #[default]
     Auto,
     /// Xen PVH entry (32-bit protected mode, EBX = `hvm_start_info`).
     Pvh,
     /// Multiboot1 (EAX = 0x2BADB002, EBX = multiboot info).
     Multiboot1,
+    /// Linux bzImage, 32-bit boot protocol (ESI = zero page); `boot = "linux"`.
+    Linux,
 }
 
 /// One VM: its resources, its kernel and how to boot it.
@@ -349,6 +352,7 @@ impl fmt::Display for BootProtocol {
             BootProtocol::Auto => "auto",
             BootProtocol::Pvh => "pvh",
             BootProtocol::Multiboot1 => "multiboot1",
+            BootProtocol::Linux => "linux",
         })
     }
 }
@@ -458,6 +462,23 @@ mod tests {
         assert_eq!(postcard::from_bytes::<NodeConfig>(&bytes).unwrap(), c);
     }
 
+    #[test]
+    fn boot_protocol_names() {
+        use serde::de::{value::StrDeserializer, Deserialize};
+        for (p, name) in [
+            (BootProtocol::Auto, "auto"),
+            (BootProtocol::Pvh, "pvh"),
+            (BootProtocol::Multiboot1, "multiboot1"),
+            (BootProtocol::Linux, "linux"),
+        ] {
+            assert_eq!(p.to_string(), name);
+            let de = StrDeserializer::<serde::de::value::Error>::new(name);
+            assert_eq!(BootProtocol::deserialize(de).unwrap(), p);
+        }
+        let de = StrDeserializer::<serde::de::value::Error>::new("bzimage");
+        assert!(BootProtocol::deserialize(de).is_err());
+    }
+
     fn arb_vm() -> impl Strategy<Value = VmConfig> {
         (
             "[A-Za-z0-9_.-]{0,34}",
@@ -465,7 +486,12 @@ mod tests {
             ".{0,20}",
             ".{0,40}",
             proptest::option::of(".{0,10}"),
-            prop_oneof![Just(BootProtocol::Auto), Just(BootProtocol::Pvh), Just(BootProtocol::Multiboot1)],
+            prop_oneof![
+                Just(BootProtocol::Auto),
+                Just(BootProtocol::Pvh),
+                Just(BootProtocol::Multiboot1),
+                Just(BootProtocol::Linux)
+            ],
             proptest::option::of(0u64..u64::MAX),
             any::<bool>(),
         )

@@ -259,3 +259,71 @@ impl Aout {
         v
     }
 }
+
+pub fn get16(v: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(v[at..at + 2].try_into().unwrap())
+}
+
+/// A synthetic bzImage: boot sector + setup header, then the protected-mode kernel.
+#[derive(Clone, Debug)]
+pub struct BzImage {
+    pub setup_sects: u8,
+    pub version: u16,
+    pub loadflags: u8,
+    pub jump_len: u8,
+    pub initrd_addr_max: u32,
+    pub kernel_alignment: u32,
+    pub relocatable: u8,
+    pub xloadflags: u16,
+    pub cmdline_size: u32,
+    pub pref_address: u64,
+    pub init_size: u32,
+    pub setup_data: u64,
+    pub pm_len: usize,
+}
+
+impl BzImage {
+    /// Like a modern x86-64 kernel, scaled down: protocol 2.15, relocatable,
+    /// 2 MiB aligned, preferring 16 MiB.
+    pub fn new() -> BzImage {
+        BzImage {
+            setup_sects: 4,
+            version: 0x020F,
+            loadflags: 1,
+            jump_len: 0x6A,
+            initrd_addr_max: 0x7FFF_FFFF,
+            kernel_alignment: 0x20_0000,
+            relocatable: 1,
+            xloadflags: 0x7F,
+            cmdline_size: 0x7FF,
+            pref_address: 0x100_0000,
+            init_size: 0x80_0000,
+            setup_data: 0,
+            pm_len: 0x3000,
+        }
+    }
+    pub fn pm_offset(&self) -> usize {
+        (if self.setup_sects == 0 { 4 } else { self.setup_sects as usize } + 1) * 512
+    }
+    pub fn build(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.pm_offset()];
+        v[0x1F1] = self.setup_sects;
+        v[0x1FE..0x200].copy_from_slice(&0xAA55u16.to_le_bytes());
+        v[0x200] = 0xEB;
+        v[0x201] = self.jump_len;
+        v[0x202..0x206].copy_from_slice(b"HdrS");
+        v[0x206..0x208].copy_from_slice(&self.version.to_le_bytes());
+        v[0x211] = self.loadflags;
+        set32(&mut v, 0x214, 0x10_0000);
+        set32(&mut v, 0x22C, self.initrd_addr_max);
+        set32(&mut v, 0x230, self.kernel_alignment);
+        v[0x234] = self.relocatable;
+        v[0x236..0x238].copy_from_slice(&self.xloadflags.to_le_bytes());
+        set32(&mut v, 0x238, self.cmdline_size);
+        set64(&mut v, 0x250, self.setup_data);
+        set64(&mut v, 0x258, self.pref_address);
+        set32(&mut v, 0x260, self.init_size);
+        v.extend((0..self.pm_len).map(|i| (i % 251) as u8));
+        v
+    }
+}

@@ -96,6 +96,7 @@ fn load(id: u16, cfg: &VmConfig, images: &dyn ImageSource, backend: Backend) -> 
         BootProtocol::Auto => Preference::Auto,
         BootProtocol::Pvh => Preference::Pvh,
         BootProtocol::Multiboot1 => Preference::Multiboot1,
+        BootProtocol::Linux => Preference::Linux,
     };
     let kernel = guest_loader::parse_kernel(image, pref).map_err(|e| format!("kernel {}: {e}", cfg.kernel))?;
     let module = match &cfg.module {
@@ -106,7 +107,9 @@ fn load(id: u16, cfg: &VmConfig, images: &dyn ImageSource, backend: Backend) -> 
         None => None,
     };
     let mem_bytes = u64::from(cfg.memory_mib) * MIB;
-    let plan = guest_loader::plan_boot(&kernel, mem_bytes, &cfg.kernel, &cfg.cmdline, module)
+    // TODO(vm owner): real vCPU count, I/O APIC id and the VM's virtio-mmio windows/GSIs.
+    let firmware = guest_loader::Firmware { vcpus: 1, ioapic_id: 1, virtio: alloc::vec::Vec::new() };
+    let plan = guest_loader::plan_boot(&kernel, mem_bytes, &cfg.kernel, &cfg.cmdline, module, &firmware)
         .map_err(|e| format!("boot layout: {e}"))?;
     let mem = GuestMemory::new(mem_bytes, backend.table_format()).map_err(|e| e.to_string())?;
     for w in &plan.writes {
