@@ -27,6 +27,9 @@ say "cargo fmt --check"
 cargo fmt --all -- --check || die "code is not formatted: run cargo fmt --all"
 rustfmt --edition 2021 --check fuzz/fuzz_targets/*.rs fuzz/fuzz_targets/common/*.rs fuzz/examples/*.rs || die "fuzz targets are not formatted: run cargo fmt in fuzz/"
 
+say "layering (docs/architecture.md)"
+scripts/check-layers.sh || die "an import runs upward: see docs/architecture.md"
+
 say "clippy (host crates, then bare-metal crates)"
 cargo clippy --quiet --all-targets -- -D warnings
 cargo clippy --quiet --release -p hypervisor -p test-guests --target x86_64-unknown-none -- -D warnings
