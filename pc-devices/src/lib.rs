@@ -11,6 +11,7 @@ extern crate alloc;
 
 pub mod acpi_pm;
 pub mod bus;
+pub mod chipset;
 pub mod ioapic;
 pub mod irq;
 pub mod lapic;

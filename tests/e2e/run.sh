@@ -772,6 +772,8 @@ run_scenario() {
     local name=$1 engine=$2 config=$3 check=$4
     local dir=$E2E/$name
     mkdir -p "$dir"
+    # Written last: a scenario whose setup dies never counts as passed.
+    rm -f "$dir/seconds"
     if [[ $config == GARBAGE ]]; then
         head -c 4096 /dev/urandom >"$dir/node.bundle"
     elif [[ $config == NONE ]]; then
@@ -829,7 +831,11 @@ for s in "${scenarios[@]}"; do
     read -r name _ <<<"$s"
     [[ -n $only && $name != *"$only"* ]] && continue
     dir=$E2E/$name
-    if [[ -s $dir/result ]]; then
+    if [[ ! -f $dir/seconds ]]; then
+        failed=$((failed + 1))
+        echo "FAIL $name (the scenario did not finish; see $dir)"
+        cat "$dir"/*.err 2>/dev/null | tail -n 5 | sed 's/^/     /'
+    elif [[ -s $dir/result ]]; then
         failed=$((failed + 1))
         echo "FAIL $name (serial log: $dir/serial.log)"
         sed 's/^/     /' "$dir/result"

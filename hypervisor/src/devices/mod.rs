@@ -1,7 +1,313 @@
-//! Guest-facing device models. For now: the legacy port space of a PC —
-//! a 16550 UART per VM, isa-debug-exit, power/reset ports and an empty PCI
-//! configuration space.
+//! The devices of one VM. Port I/O and MMIO each go through one
+//! [`pc_devices::bus::Bus`] keyed by address range; every device is an
+//! object on it, created from the VM's config, so adding a device adds an
+//! object. The chipset (local APIC, IOAPIC, PIC, PIT, RTC, ACPI PM) is one
+//! shared object whose ports and IOAPIC window sit on the buses; the local
+//! APIC page is the vCPU's own and is checked before the MMIO bus, as on a
+//! CPU. After every access the line levels of the level-triggered devices
+//! are sampled into the chipset.
 
-pub mod mmio;
-pub mod ports;
-pub mod uart;
+pub mod console;
+pub mod legacy;
+pub mod virtio;
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use pc_devices::bus::{Access, Bus, BusDevice, BusError, Effect, Env, Memory};
+use pc_devices::chipset::{Chipset, PORT_RANGES};
+use pc_devices::irq::IrqLatch;
+use spin::Mutex;
+
+/// A device the VM's bus and the node both reach.
+pub type Shared<T> = Arc<Mutex<T>>;
+
+/// A shared device as a bus entry.
+struct Handle<T>(Shared<T>);
+
+impl<T: BusDevice> BusDevice for Handle<T> {
+    fn read(&mut self, offset: u64, data: &mut [u8], env: &mut Env<'_>) {
+        self.0.lock().read(offset, data, env);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8], env: &mut Env<'_>) -> Effect {
+        self.0.lock().write(offset, data, env)
+    }
+
+    fn irq_level(&self) -> bool {
+        self.0.lock().irq_level()
+    }
+
+    fn name(&self) -> &'static str {
+        self.0.lock().name()
+    }
+}
+
+/// One block of the chipset's ports (or its IOAPIC window) on a bus.
+struct ChipWindow {
+    chip: Shared<Chipset>,
+    base: u64,
+    mmio: bool,
+}
+
+fn le_value(data: &[u8]) -> u64 {
+    let mut v = [0u8; 8];
+    for (d, s) in v.iter_mut().zip(data) {
+        *d = *s;
+    }
+    u64::from_le_bytes(v)
+}
+
+impl BusDevice for ChipWindow {
+    fn read(&mut self, offset: u64, data: &mut [u8], env: &mut Env<'_>) {
+        let addr = self.base + offset;
+        let size = data.len() as u8;
+        let mut chip = self.chip.lock();
+        let v = if self.mmio {
+            chip.mmio_read(addr, size, env.now).unwrap_or(0)
+        } else {
+            u64::from(chip.port_read(addr as u16, size, env.now))
+        };
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = (v >> (8 * i)) as u8;
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8], env: &mut Env<'_>) -> Effect {
+        let addr = self.base + offset;
+        let size = data.len() as u8;
+        let value = le_value(data);
+        let mut chip = self.chip.lock();
+        if self.mmio {
+            chip.mmio_write(addr, size, value, env.now);
+            Effect::None
+        } else {
+            chip.port_write(addr as u16, size, value as u32, env.now)
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        if self.mmio {
+            "ioapic"
+        } else {
+            "chipset"
+        }
+    }
+}
+
+/// Everything a VM's guest can reach besides its RAM.
+pub struct VmDevices {
+    /// The port space.
+    pub pio: Bus,
+    /// The MMIO space outside RAM.
+    pub mmio: Bus,
+    /// Interrupt controllers and timers.
+    pub chip: Shared<Chipset>,
+    /// COM1.
+    pub console: Shared<console::Console>,
+    /// The NIC, when the VM has one.
+    pub nic: Option<Shared<virtio::NetSlot>>,
+    /// The disk, when the VM has one.
+    pub disk: Option<Shared<virtio::DiskSlot>>,
+    /// Accesses no device claimed (ports, MMIO).
+    pub unclaimed_pio: u64,
+    pub unclaimed_mmio: u64,
+}
+
+/// What a bus access came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A device took it, with this effect.
+    Done(Effect),
+    /// No device is there.
+    Unclaimed,
+}
+
+impl VmDevices {
+    /// The platform every VM has: chipset, COM1 and the legacy ports.
+    pub fn new(name: &str, chip: Chipset) -> Result<VmDevices, BusError> {
+        let chip = Arc::new(Mutex::new(chip));
+        let console = Arc::new(Mutex::new(console::Console::new(name)));
+        let mut pio = Bus::default();
+        let mut mmio = Bus::default();
+        for (base, len) in PORT_RANGES {
+            pio.insert(
+                u64::from(base),
+                u64::from(len),
+                None,
+                Box::new(ChipWindow { chip: chip.clone(), base: u64::from(base), mmio: false }),
+            )?;
+        }
+        mmio.insert(
+            pc_devices::ioapic::IOAPIC_BASE,
+            pc_devices::ioapic::IOAPIC_WINDOW,
+            None,
+            Box::new(ChipWindow { chip: chip.clone(), base: pc_devices::ioapic::IOAPIC_BASE, mmio: true }),
+        )?;
+        pio.insert(u64::from(console::COM1_BASE), 8, Some(console::COM1_GSI), Box::new(Handle(console.clone())))?;
+        pio.insert(u64::from(legacy::DEBUG_EXIT_PORT), 4, None, Box::new(legacy::DebugExit))?;
+        pio.insert(0x80, 1, None, Box::new(legacy::PostPort))?;
+        pio.insert(0x92, 1, None, Box::new(legacy::SystemControlA))?;
+        pio.insert(0x64, 1, None, Box::new(legacy::KbcCommand))?;
+        pio.insert(0xCF8, 8, None, Box::new(legacy::PciConfig::default()))?;
+        Ok(VmDevices { pio, mmio, chip, console, nic: None, disk: None, unclaimed_pio: 0, unclaimed_mmio: 0 })
+    }
+
+    /// Devices of a VM that never ran: a console and a chipset, no buses.
+    pub fn bare(name: &str, chip: Chipset) -> VmDevices {
+        VmDevices {
+            pio: Bus::default(),
+            mmio: Bus::default(),
+            chip: Arc::new(Mutex::new(chip)),
+            console: Arc::new(Mutex::new(console::Console::new(name))),
+            nic: None,
+            disk: None,
+            unclaimed_pio: 0,
+            unclaimed_mmio: 0,
+        }
+    }
+
+    /// Gives the VM a virtio-net NIC; returns its base address.
+    pub fn attach_nic(&mut self, mac: [u8; 6], port: vswitch::policy::PortId) -> Result<u64, BusError> {
+        let (base, gsi) = virtio::slot(virtio::NIC_SLOT);
+        let nic = Arc::new(Mutex::new(virtio::NetSlot::new(mac, port)));
+        self.mmio.insert(base, virtio::SLOT_SIZE, Some(gsi), Box::new(Handle(nic.clone())))?;
+        self.nic = Some(nic);
+        Ok(base)
+    }
+
+    /// Gives the VM a virtio-blk disk; returns its base address.
+    pub fn attach_disk(&mut self, disk: crate::storage::GuestDisk) -> Result<u64, BusError> {
+        let (base, gsi) = virtio::slot(virtio::DISK_SLOT);
+        let slot = virtio::DiskSlot { dev: virtio_dev::MmioDevice::new(virtio_dev::VirtioBlk::new(disk)) };
+        // The volume handle is not Send (it shares the node disk through an
+        // Rc): fine while the node runs on one CPU; SMP must change it.
+        #[allow(clippy::arc_with_non_send_sync)]
+        let slot = Arc::new(Mutex::new(slot));
+        self.mmio.insert(base, virtio::SLOT_SIZE, Some(gsi), Box::new(Handle(slot.clone())))?;
+        self.disk = Some(slot);
+        Ok(base)
+    }
+
+    /// The virtio devices as the firmware tables announce them.
+    pub fn virtio_devices(&self) -> alloc::vec::Vec<(u64, u64, u32)> {
+        self.mmio.devices().filter(|d| d.0 >= virtio::WINDOW_BASE).filter_map(|(b, l, g, _)| Some((b, l, g?))).collect()
+    }
+
+    /// Takes every device off the buses (the VM stopped) and releases the
+    /// disk's volume; the NIC handle stays until the network has logged
+    /// its counters (it receives nothing: the VM is not running).
+    pub fn detach_all(&mut self) {
+        self.pio = Bus::default();
+        self.mmio = Bus::default();
+        self.disk = None;
+    }
+
+    /// Copies the level-triggered devices' lines into the chipset.
+    pub fn sample_lines(&mut self) {
+        let mut chip = self.chip.lock();
+        for bus in [&self.pio, &self.mmio] {
+            for (gsi, level) in bus.irq_levels() {
+                chip.set_gsi(gsi, level);
+            }
+        }
+    }
+
+    fn finish(&mut self, latch: &mut IrqLatch) {
+        if !latch.is_empty() {
+            let mut chip = self.chip.lock();
+            for (gsi, level) in latch.drain() {
+                chip.set_gsi(gsi, level);
+            }
+        }
+        self.sample_lines();
+    }
+
+    /// A port read (all ones where nothing answers, as on a PC).
+    pub fn port_read(&mut self, port: u16, data: &mut [u8], mem: &dyn Memory, now: u64) {
+        let mut latch = IrqLatch::default();
+        let mut env = Env { now, mem, irq: &mut latch };
+        if self.pio.read(u64::from(port), data, &mut env) == Access::Unclaimed {
+            self.unclaimed_pio += 1;
+            data.fill(0xFF);
+        }
+        self.finish(&mut latch);
+    }
+
+    /// A port write.
+    pub fn port_write(&mut self, port: u16, data: &[u8], mem: &dyn Memory, now: u64) -> Effect {
+        let mut latch = IrqLatch::default();
+        let mut env = Env { now, mem, irq: &mut latch };
+        let effect = match self.pio.write(u64::from(port), data, &mut env) {
+            Access::Device(e) => e,
+            Access::Unclaimed => {
+                self.unclaimed_pio += 1;
+                Effect::None
+            }
+        };
+        self.finish(&mut latch);
+        effect
+    }
+
+    /// Whether `gpa` is an emulated MMIO address (the vCPU's local APIC
+    /// page, or a device on the bus).
+    pub fn claims_mmio(&self, gpa: u64) -> bool {
+        self.chip.lock().lapic_claims(gpa) || self.mmio.contains(gpa) || virtio::in_window(gpa)
+    }
+
+    /// An MMIO read; `Outcome::Unclaimed` where nothing is mapped.
+    pub fn mmio_read(&mut self, gpa: u64, data: &mut [u8], mem: &dyn Memory, now: u64) -> Outcome {
+        {
+            let mut chip = self.chip.lock();
+            if chip.lapic_claims(gpa) {
+                let v = chip.mmio_read(gpa, data.len() as u8, now).unwrap_or(0);
+                for (i, b) in data.iter_mut().enumerate() {
+                    *b = (v >> (8 * i)) as u8;
+                }
+                return Outcome::Done(Effect::None);
+            }
+        }
+        let mut latch = IrqLatch::default();
+        let mut env = Env { now, mem, irq: &mut latch };
+        let r = self.mmio.read(gpa, data, &mut env);
+        self.finish(&mut latch);
+        match r {
+            Access::Device(e) => Outcome::Done(e),
+            // An empty virtio slot reads as no device (magic 0).
+            Access::Unclaimed if virtio::in_window(gpa) => {
+                self.unclaimed_mmio += 1;
+                data.fill(0);
+                Outcome::Done(Effect::None)
+            }
+            Access::Unclaimed => {
+                self.unclaimed_mmio += 1;
+                Outcome::Unclaimed
+            }
+        }
+    }
+
+    /// An MMIO write.
+    pub fn mmio_write(&mut self, gpa: u64, data: &[u8], mem: &dyn Memory, now: u64) -> Outcome {
+        {
+            let mut chip = self.chip.lock();
+            if chip.lapic_claims(gpa) {
+                chip.mmio_write(gpa, data.len() as u8, le_value(data), now);
+                return Outcome::Done(Effect::None);
+            }
+        }
+        let mut latch = IrqLatch::default();
+        let mut env = Env { now, mem, irq: &mut latch };
+        let r = self.mmio.write(gpa, data, &mut env);
+        self.finish(&mut latch);
+        match r {
+            Access::Device(e) => Outcome::Done(e),
+            Access::Unclaimed if virtio::in_window(gpa) => {
+                self.unclaimed_mmio += 1;
+                Outcome::Done(Effect::None)
+            }
+            Access::Unclaimed => {
+                self.unclaimed_mmio += 1;
+                Outcome::Unclaimed
+            }
+        }
+    }
+}

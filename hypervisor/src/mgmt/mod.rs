@@ -439,7 +439,7 @@ impl Mgmt {
                     .rev()
                     .find(|v| v.managed == Some((vm.0, generation)) && v.is_running())
                     .ok_or_else(|| ErrorReply::new(ErrorCode::Conflict, "VM is not running"))?;
-                if !real.ports.uart.push_input(bytes) {
+                if !real.devices.console.lock().push_input(bytes) {
                     return Err(ErrorReply::new(ErrorCode::Conflict, "console input queue full; retry"));
                 }
                 Ok(Response::Done)
@@ -573,7 +573,7 @@ fn counters(starts: u64, vm: Option<&crate::vm::Vm>) -> Vec<Counter> {
             c("exits.preempt", e.preempt),
             c("exits.other", e.other),
             c("cpu_ms", crate::arch::x86_64::time::tsc_to_ms(v.cpu_tsc)),
-            c("console.bytes", v.ports.uart.history_len() as u64),
+            c("console.bytes", v.devices.console.lock().history_len() as u64),
             c("running", u64::from(v.is_running())),
         ]);
     }

@@ -8,7 +8,7 @@ use crate::net::switchboard::Switchboard;
 use crate::storage::{GuestDisk, Storage};
 use crate::virt::Backend;
 use crate::virt::StopReason;
-use crate::vm::build::{build_vm, ImageSource, NodeResources};
+use crate::vm::build::{build_vm_with, Attachments, ImageSource, NodeResources};
 use crate::vm::Vm;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -126,35 +126,30 @@ pub fn reconcile(
             (_, Err(_)) => Err(String::from("too many VMs")),
             (Ok(()), Ok(n)) => {
                 let image = spec.image.clone();
-                match read_image(m, &image) {
-                    Ok(bytes) => {
-                        let images = Uploaded { name: &image, bytes };
-                        let node = NodeResources { config, images: &images, nics: &[], storage: None };
-                        Ok(build_vm(n, &cfg, node, backend))
+                read_image(m, &image).and_then(|bytes| {
+                    // Devices first: the VM's firmware tables list them.
+                    let mut extra = Attachments::default();
+                    if let Some(ip) = spec.ip {
+                        let nic = ExtraNic { cluster: spec.cluster.0, mac: nic_mac(id), ip };
+                        nic_cluster(config, nic.cluster)?;
+                        switch.add_port(nic_port(id), nic.mac, nic.ip)?;
+                        m.console_nics.insert(id, nic);
+                        nics_changed = true;
+                        extra.nic = Some((nic.mac, nic_port(id)));
+                        let a = core::net::Ipv4Addr::from(ip);
+                        crate::log!("vm {} nic: ip {a}, cluster {}", spec.name, nic.cluster);
                     }
-                    Err(e) => Err(e),
-                }
+                    if spec.disk_mib > 0 {
+                        let st = storage.as_deref_mut().ok_or("the node has no disk for this VM's volume")?;
+                        let volume = st.volume_for_lease(&volume_name(id), spec.cluster.0, spec.disk_mib)?;
+                        extra.disk = Some(GuestDisk::new(volume, &spec.name));
+                    }
+                    let images = Uploaded { name: &image, bytes };
+                    let node = NodeResources { config, images: &images, nics: &[], storage: None };
+                    Ok(build_vm_with(n, &cfg, node, backend, extra))
+                })
             }
         };
-        let built = built.and_then(|mut vm| {
-            if let (Some(ip), true) = (spec.ip, vm.is_running()) {
-                let nic = ExtraNic { cluster: spec.cluster.0, mac: nic_mac(id), ip };
-                nic_cluster(config, nic.cluster)?;
-                switch.add_port(nic_port(id), nic.mac, nic.ip)?;
-                m.console_nics.insert(id, nic);
-                nics_changed = true;
-                vm.mmio.attach_nic(nic.mac, nic_port(id));
-                let a = core::net::Ipv4Addr::from(ip);
-                crate::log!("vm {} nic: virtio-net at 0xfeb00000, ip {a}, cluster {}", spec.name, nic.cluster);
-            }
-            if spec.disk_mib > 0 && vm.is_running() {
-                let st = storage.as_deref_mut().ok_or("the node has no disk for this VM's volume")?;
-                let volume = st.volume_for_lease(&volume_name(id), spec.cluster.0, spec.disk_mib)?;
-                let base = vm.mmio.attach_disk(GuestDisk::new(volume, &spec.name));
-                crate::log!("vm {} disk: virtio-blk at {base:#x}, {} MiB, encrypted", spec.name, spec.disk_mib);
-            }
-            Ok(vm)
-        });
         match built {
             Ok(mut vm) => {
                 vm.managed = Some((id, generation));
@@ -185,7 +180,7 @@ pub fn reconcile(
         if w.starts != generation {
             continue;
         }
-        w.console = vm.ports.uart.history_bytes();
+        w.console = vm.devices.console.lock().history_bytes();
         if !vm.is_running() {
             w.state = VmState::Stopped;
         }

@@ -134,3 +134,13 @@ impl virtio_dev::GuestMemory for GuestMemory {
         GuestMemory::write(self, gpa, data).map_err(|_| virtio_dev::MemoryError { gpa, len: data.len() as u64 })
     }
 }
+
+impl pc_devices::bus::Memory for GuestMemory {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        GuestMemory::read(self, gpa, buf).is_ok()
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> bool {
+        GuestMemory::write(self, gpa, data).is_ok()
+    }
+}

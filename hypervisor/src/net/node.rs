@@ -65,7 +65,8 @@ impl Network {
         let now = time::tsc_to_ms(time::rdtsc()) / 1000;
         let mut out: Vec<Delivery> = Vec::new();
         for vm in vms.iter_mut() {
-            let (Some(run), Some(nic)) = (vm.running.as_ref(), vm.mmio.nic.as_mut()) else { continue };
+            let (Some(run), Some(nic)) = (vm.running.as_ref(), vm.devices.nic.as_ref()) else { continue };
+            let mut nic = nic.lock();
             let _ = nic.dev.poll(&run.mem);
             nic.flush_pending(&run.mem);
             let frames = nic.dev.backend_mut().take_tx_frames();
@@ -99,7 +100,8 @@ impl Network {
     /// NICs, so nothing is delivered into freed memory.
     fn report_stopped(&mut self, vms: &mut [Vm]) {
         for vm in vms.iter_mut().filter(|v| v.running.is_none()) {
-            let Some(nic) = vm.mmio.nic.take() else { continue };
+            let Some(nic) = vm.devices.nic.take() else { continue };
+            let nic = nic.lock();
             let c = nic.dev.backend().counters();
             let packets = c.tx_frames + c.rx_frames;
             let ratio = |n: u64| if packets == 0 { 0.0 } else { n as f64 / packets as f64 };
@@ -130,10 +132,10 @@ impl Network {
                 }
                 continue;
             }
-            let target = vms.iter_mut().find(|v| v.mmio.nic.as_ref().is_some_and(|n| n.port == d.port));
+            let target = vms.iter_mut().find(|v| v.devices.nic.as_ref().is_some_and(|n| n.lock().port == d.port));
             if let Some(vm) = target {
-                if let (Some(run), Some(nic)) = (vm.running.as_ref(), vm.mmio.nic.as_mut()) {
-                    nic.deliver(&run.mem, d.frame);
+                if let (Some(run), Some(nic)) = (vm.running.as_ref(), vm.devices.nic.as_ref()) {
+                    nic.lock().deliver(&run.mem, d.frame);
                 }
             }
         }

@@ -236,6 +236,8 @@ pub struct EntryState {
     pub rip: u64,
     pub rax: u64,
     pub rbx: u64,
+    /// The Linux 32-bit boot protocol's boot_params pointer (0 otherwise).
+    pub rsi: u64,
 }
 
 /// Detects VMX or SVM from CPUID and enables it on this CPU.

@@ -87,6 +87,9 @@ pub enum Flow {
     Continue,
     /// End this VM's slice.
     Yield,
+    /// HLT with interrupts enabled: the vCPU runs again once an interrupt
+    /// is pending (its next timer deadline, or a device's line).
+    Halt,
     /// Stop this VM for good.
     Stop(StopReason),
 }

@@ -4,17 +4,24 @@
 //! others still run.
 
 use super::{Running, Vm};
-use crate::devices::ports::PortBus;
+use crate::arch::x86_64::time;
+use crate::devices::VmDevices;
 use crate::mm::guest::GuestMemory;
 use crate::storage::{GuestDisk, Storage};
 use crate::virt::StopReason;
 use crate::virt::{self, Backend, EntryState};
 use alloc::format;
 use alloc::string::{String, ToString};
+use cpu_policy::cpuid::VcpuIdentity;
+use cpu_policy::msr::MsrFile;
 use guest_loader::{GuestWriteData, ModuleRef, Preference};
+use pc_devices::chipset::Chipset;
+use pc_devices::time::TscRate;
+use virtio_dev::blk::BlockBackend;
 use vmm_config::bundle::Bundle;
 use vmm_config::config::{BootProtocol, NodeConfig, VmConfig};
 use vswitch::config::NicIdentity;
+use vswitch::policy::PortId;
 
 const MIB: u64 = 1 << 20;
 
@@ -39,15 +46,57 @@ pub struct NodeResources<'a> {
     pub storage: Option<&'a mut Storage>,
 }
 
+/// Devices a VM gets besides what its config names (console-created VMs).
+#[derive(Default)]
+pub struct Attachments {
+    /// A NIC with this MAC on this switch port.
+    pub nic: Option<([u8; 6], PortId)>,
+    /// A disk over this volume.
+    pub disk: Option<GuestDisk>,
+}
+
+/// The VM's wall clock at boot: the node's RTC.
+fn wall_clock() -> u64 {
+    crate::arch::x86_64::cmos::unix_time()
+}
+
 /// Creates VM number `id`; on failure it is returned already stopped.
 pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backend) -> Vm {
+    build_vm_with(id, cfg, node, backend, Attachments::default())
+}
+
+/// [`build_vm`] with devices the caller provides.
+pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backend, extra: Attachments) -> Vm {
     let NodeResources { config, images, nics, storage } = node;
+    let mem_bytes = u64::from(cfg.memory_mib) * MIB;
+    let rate = TscRate::new(time::tsc_per_ms().saturating_mul(1000));
+    let chip = Chipset::new(rate, time::rdtsc(), wall_clock(), mem_bytes, 0);
+    let amd = raw_cpuid::CpuId::new().get_vendor_info().is_some_and(|v| v.as_str() == "AuthenticAMD");
+    let identity = VcpuIdentity {
+        apic_id: 0,
+        vcpus: 1,
+        tsc_hz: rate.hz,
+        limit_cpuid: false,
+        hv_signature: hv_signature(),
+        hv_abi: vmm_config::hypercall::ABI_VERSION as u32,
+    };
+    let devices = VmDevices::new(&cfg.name, chip);
     let mut vm = Vm {
         id,
         name: cfg.name.clone(),
         running: None,
-        ports: PortBus::default(),
-        mmio: Default::default(),
+        devices: match devices {
+            Ok(d) => d,
+            // The fixed platform always fits its bus; a failure is a bug,
+            // but the VM alone pays for it.
+            Err(e) => {
+                crate::log!("vm {}: platform devices: {e}", cfg.name);
+                return stopped_shell(id, cfg, identity, amd, format!("platform devices: {e}"));
+            }
+        },
+        msrs: MsrFile::new(amd),
+        identity,
+        halted: false,
         counters: Default::default(),
         cpu_tsc: 0,
         cpu_limit_ms: cfg.cpu_time_limit_ms,
@@ -56,9 +105,9 @@ pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backe
         managed: None,
     };
     let disk = match (&cfg.disk, storage) {
-        (None, _) => Ok(None),
+        (None, _) => Ok(extra.disk),
         (Some(_), None) => Err(String::from("the node's disk storage is unavailable (see the disk: lines)")),
-        (Some(_), Some(st)) => st.volume_for(config, cfg).map(Some),
+        (Some(_), Some(st)) => st.volume_for(config, cfg).map(|v| Some(GuestDisk::new(v, &cfg.name))),
     };
     let disk = match disk {
         Ok(d) => d,
@@ -67,30 +116,94 @@ pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backe
             return vm;
         }
     };
-    match load(id, cfg, images, backend) {
-        Ok(running) => {
-            vm.running = Some(running);
-            if let Some(volume) = disk {
-                let sectors = volume.capacity_sectors();
-                let base = vm.mmio.attach_disk(GuestDisk::new(volume, &cfg.name));
-                crate::log!("vm {} disk: virtio-blk at {base:#x}, {} MiB, encrypted", cfg.name, sectors / 2048);
+    if let Some(disk) = disk {
+        let sectors = disk.capacity_sectors();
+        match vm.devices.attach_disk(disk) {
+            Ok(base) => crate::log!("vm {} disk: virtio-blk at {base:#x}, {} MiB, encrypted", cfg.name, sectors / 2048),
+            Err(e) => {
+                vm.stop(StopReason::LoadFailed(format!("disk: {e}")));
+                return vm;
             }
-            if let Some(nic) = nics.iter().find(|n| n.vm == id) {
-                let base = vm.mmio.attach_nic(nic.mac, super::nic_port(id));
-                let [a, b, c, d, e, f] = nic.mac;
-                let ip = core::net::Ipv4Addr::from(nic.ip);
+        }
+    }
+    let nic = nics
+        .iter()
+        .find(|n| n.vm == id)
+        .map(|n| (n.mac, super::nic_port(id), Some(n.ip)))
+        .or(extra.nic.map(|(m, p)| (m, p, None)));
+    if let Some((mac, port, ip)) = nic {
+        match vm.devices.attach_nic(mac, port) {
+            Ok(base) => {
+                let [a, b, c, d, e, f] = mac;
+                let ip = ip.map(core::net::Ipv4Addr::from).map(|i| format!(", ip {i}")).unwrap_or_default();
                 crate::log!(
-                    "vm {} nic: virtio-net at {base:#x}, mac {a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}, ip {ip}",
+                    "vm {} nic: virtio-net at {base:#x}, mac {a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}{ip}",
                     cfg.name
                 );
             }
+            Err(e) => {
+                vm.stop(StopReason::LoadFailed(format!("nic: {e}")));
+                return vm;
+            }
         }
+    }
+    let firmware = guest_loader::Firmware {
+        vcpus: 1,
+        ioapic_id: 1,
+        virtio: vm
+            .devices
+            .virtio_devices()
+            .into_iter()
+            .map(|(base, len, gsi)| guest_loader::VirtioMmio { base, len, gsi })
+            .collect(),
+    };
+    match load(id, cfg, images, backend, &firmware) {
+        Ok(running) => vm.running = Some(running),
         Err(why) => vm.stop(StopReason::LoadFailed(why)),
     }
     vm
 }
 
-fn load(id: u16, cfg: &VmConfig, images: &dyn ImageSource, backend: Backend) -> Result<Running, String> {
+fn hv_signature() -> [u32; 3] {
+    let sig = vmm_config::hypercall::CPUID_SIGNATURE;
+    let w = |i: usize| {
+        let b = |n: usize| sig.get(i + n).copied().unwrap_or(0);
+        u32::from_le_bytes([b(0), b(1), b(2), b(3)])
+    };
+    [w(0), w(4), w(8)]
+}
+
+/// A VM that could not get its platform: stopped at once, with a console
+/// that only holds the reason.
+fn stopped_shell(id: u16, cfg: &VmConfig, identity: VcpuIdentity, amd: bool, why: String) -> Vm {
+    let rate = TscRate::new(1);
+    let devices = VmDevices::bare(&cfg.name, Chipset::new(rate, 0, 0, 0, 0));
+    let mut vm = Vm {
+        id,
+        name: cfg.name.clone(),
+        running: None,
+        devices,
+        msrs: MsrFile::new(amd),
+        identity,
+        halted: false,
+        counters: Default::default(),
+        cpu_tsc: 0,
+        cpu_limit_ms: None,
+        debug_hypercalls: false,
+        stopped: None,
+        managed: None,
+    };
+    vm.stop(StopReason::LoadFailed(why));
+    vm
+}
+
+fn load(
+    id: u16,
+    cfg: &VmConfig,
+    images: &dyn ImageSource,
+    backend: Backend,
+    firmware: &guest_loader::Firmware,
+) -> Result<Running, String> {
     let image = images.image(&cfg.kernel).ok_or_else(|| format!("kernel {} missing", cfg.kernel))?;
     let pref = match cfg.boot {
         BootProtocol::Auto => Preference::Auto,
@@ -107,9 +220,7 @@ fn load(id: u16, cfg: &VmConfig, images: &dyn ImageSource, backend: Backend) -> 
         None => None,
     };
     let mem_bytes = u64::from(cfg.memory_mib) * MIB;
-    // TODO(vm owner): real vCPU count, I/O APIC id and the VM's virtio-mmio windows/GSIs.
-    let firmware = guest_loader::Firmware { vcpus: 1, ioapic_id: 1, virtio: alloc::vec::Vec::new() };
-    let plan = guest_loader::plan_boot(&kernel, mem_bytes, &cfg.kernel, &cfg.cmdline, module, &firmware)
+    let plan = guest_loader::plan_boot(&kernel, mem_bytes, &cfg.kernel, &cfg.cmdline, module, firmware)
         .map_err(|e| format!("boot layout: {e}"))?;
     let mem = GuestMemory::new(mem_bytes, backend.table_format()).map_err(|e| e.to_string())?;
     for w in &plan.writes {
@@ -120,7 +231,8 @@ fn load(id: u16, cfg: &VmConfig, images: &dyn ImageSource, backend: Backend) -> 
         // RAM starts zeroed, so `zero_len` (BSS) needs no writes.
         mem.write(w.gpa, data).map_err(|_| format!("boot data at {:#x} outside RAM", w.gpa))?;
     }
-    let entry = EntryState { rip: plan.entry, rax: u64::from(plan.eax), rbx: u64::from(plan.ebx) };
+    let entry =
+        EntryState { rip: plan.entry, rax: u64::from(plan.eax), rbx: u64::from(plan.ebx), rsi: u64::from(plan.esi) };
     let vcpu = virt::create_vcpu(backend, id, mem.root_pointer(), entry).map_err(|e| e.to_string())?;
     crate::log!(
         "vm {} loaded: {:?} kernel {} ({} bytes), entry {:#x}, {} MiB RAM",

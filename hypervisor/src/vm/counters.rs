@@ -49,7 +49,7 @@ impl fmt::Display for ExitCounters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "exits={} (io={} hypercall={} msr={} cpuid={} halt={} npf={} preempt={} ctl={} ud={} other={} window={}) irqs={}",
+            "exits={} (io={} hypercall={} msr={} cpuid={} halt={} npf={} preempt={} ctl={} ud={} other={} window={} irqs={})",
             self.total,
             self.io,
             self.hypercall,

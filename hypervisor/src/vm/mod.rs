@@ -5,8 +5,7 @@ pub mod build;
 pub mod counters;
 pub mod scheduler;
 
-use crate::devices::mmio::MmioBus;
-use crate::devices::ports::PortBus;
+use crate::devices::VmDevices;
 use crate::mm::guest::GuestMemory;
 use crate::virt::{StopReason, Vcpu};
 use alloc::boxed::Box;
@@ -29,8 +28,14 @@ pub struct Vm {
     pub id: u16,
     pub name: String,
     pub running: Option<Running>,
-    pub ports: PortBus,
-    pub mmio: MmioBus,
+    /// Buses, chipset, console, NIC and disk.
+    pub devices: VmDevices,
+    /// MSRs with no hardware behind them.
+    pub msrs: cpu_policy::msr::MsrFile,
+    /// What CPUID tells the guest about its vCPU.
+    pub identity: cpu_policy::cpuid::VcpuIdentity,
+    /// HLT with interrupts on: not run until an interrupt is pending.
+    pub halted: bool,
     pub counters: ExitCounters,
     pub cpu_tsc: u64,
     pub cpu_limit_ms: Option<u64>,
@@ -44,8 +49,9 @@ impl Vm {
     /// Stops the VM: frees (and thereby zeroes) its memory and vCPU, and
     /// prints the one-line summary scripts read.
     pub fn stop(&mut self, reason: StopReason) {
-        self.ports.uart.flush(&self.name);
-        if let Some(disk) = self.mmio.disk.take() {
+        self.devices.console.lock().flush();
+        if let Some(disk) = self.devices.disk.take() {
+            let disk = disk.lock();
             let c = disk.dev.backend().counters();
             crate::log!(
                 "vm {} disk: reads={} writes={} flushes={} bytes-read={} bytes-written={} io-errors={} integrity-errors={}",
@@ -59,6 +65,7 @@ impl Vm {
                 c.integrity_errors
             );
         }
+        self.devices.detach_all();
         self.running = None;
         let ms = crate::arch::x86_64::time::tsc_to_ms(self.cpu_tsc);
         crate::log!(
@@ -67,7 +74,7 @@ impl Vm {
             reason.exit_code(),
             self.counters,
             ms,
-            self.ports.uart.history_len(),
+            self.devices.console.lock().history_len(),
             reason
         );
         self.stopped = Some(reason);

@@ -5,6 +5,7 @@ pub mod acpi;
 pub mod apic;
 pub mod boot;
 pub mod bootinfo;
+pub mod cmos;
 pub mod com2;
 pub mod gdt;
 pub mod idt;

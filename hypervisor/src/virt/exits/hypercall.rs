@@ -40,7 +40,7 @@ pub fn handle(ctx: &mut ExitContext<'_>) -> Flow {
             if ctx.mem.read(buf, dst).is_err() {
                 return finish(ctx, status::BAD_ADDRESS);
             }
-            ctx.ports.uart.write_bytes(dst, ctx.name);
+            ctx.devices.console.lock().write_bytes(dst);
             finish(ctx, status::OK)
         }
         Hypercall::Yield => {

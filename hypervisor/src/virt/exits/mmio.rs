@@ -4,11 +4,12 @@
 //! RAM stops the VM.
 
 use super::ExitContext;
-use crate::devices::mmio::{MmioBus, WriteEffect};
+use crate::devices::Outcome;
 use crate::mm::guest::GuestMemory;
 use crate::virt::{Flow, StopReason};
 use insn_decode::decode::{decode_mmio, AccessKind};
 use insn_decode::{apply_load, compare_flags, store_value, walk, GuestPhys};
+use pc_devices::bus::Effect;
 
 /// Guest RAM as the decoder reads it (through EPT/NPT).
 struct Phys<'a>(&'a GuestMemory);
@@ -20,7 +21,7 @@ impl GuestPhys for Phys<'_> {
 }
 
 pub fn handle(ctx: &mut ExitContext<'_>, gpa: u64, write: bool, fetch: bool) -> Flow {
-    if fetch || !MmioBus::window_contains(gpa) {
+    if fetch || !ctx.devices.claims_mmio(gpa) {
         return Flow::Stop(StopReason::MemoryFault { gpa, write, fetch });
     }
     let mode = ctx.vcpu.cpu_mode();
@@ -40,27 +41,49 @@ pub fn handle(ctx: &mut ExitContext<'_>, gpa: u64, write: bool, fetch: bool) -> 
         }
     };
     let mut regs = reg_array(ctx);
-    match access.kind {
-        AccessKind::Load { .. } => {
-            let value = ctx.mmio.read(gpa, access.size, ctx.mem);
-            apply_load(&mut regs, &access, value);
-            write_back(ctx, &regs);
-        }
-        AccessKind::Compare { .. } => {
-            let value = ctx.mmio.read(gpa, access.size, ctx.mem);
-            let flags = compare_flags(&regs, &access, value, ctx.vcpu.rflags());
-            ctx.vcpu.set_rflags(flags);
+    let size = usize::from(access.size).clamp(1, 8);
+    let mut buf = [0u8; 8];
+    let data = buf.get_mut(..size).unwrap_or(&mut []);
+    let effect = match access.kind {
+        AccessKind::Load { .. } | AccessKind::Compare { .. } => {
+            if ctx.devices.mmio_read(gpa, data, ctx.mem, ctx.now) == Outcome::Unclaimed {
+                return Flow::Stop(StopReason::BadMmio {
+                    gpa,
+                    why: alloc::format!("{size}-byte read straddles a device's range"),
+                });
+            }
+            let value = u64::from_le_bytes(buf);
+            if matches!(access.kind, AccessKind::Load { .. }) {
+                apply_load(&mut regs, &access, value);
+                write_back(ctx, &regs);
+            } else {
+                let flags = compare_flags(&regs, &access, value, ctx.vcpu.rflags());
+                ctx.vcpu.set_rflags(flags);
+            }
+            Effect::None
         }
         AccessKind::Store { .. } => {
-            let value = store_value(&regs, &access);
-            if ctx.mmio.write(gpa, access.size, value, ctx.mem) == WriteEffect::TxQueued {
-                ctx.vcpu.advance_rip(u64::from(access.len));
-                return Flow::Yield;
+            let value = store_value(&regs, &access).to_le_bytes();
+            data.copy_from_slice(value.get(..size).unwrap_or(&[]));
+            match ctx.devices.mmio_write(gpa, data, ctx.mem, ctx.now) {
+                Outcome::Done(e) => e,
+                Outcome::Unclaimed => {
+                    return Flow::Stop(StopReason::BadMmio {
+                        gpa,
+                        why: alloc::format!("{size}-byte write straddles a device's range"),
+                    })
+                }
             }
         }
-    }
+    };
     ctx.vcpu.advance_rip(u64::from(access.len));
-    Flow::Continue
+    match effect {
+        Effect::None => Flow::Continue,
+        Effect::Kick => Flow::Yield,
+        Effect::DebugExit(code) => Flow::Stop(StopReason::DebugExit(code)),
+        Effect::PowerOff => Flow::Stop(StopReason::PowerOff),
+        Effect::Reset => Flow::Stop(StopReason::Reset),
+    }
 }
 
 fn reg_array(ctx: &mut ExitContext<'_>) -> [u64; 16] {

@@ -8,10 +8,11 @@ mod mmio;
 mod msr;
 
 use super::{Exit, Vcpu};
-use crate::devices::mmio::MmioBus;
-use crate::devices::ports::PortBus;
+use crate::devices::VmDevices;
 use crate::mm::guest::GuestMemory;
 use crate::virt::{Flow, StopReason};
+use cpu_policy::cpuid::VcpuIdentity;
+use cpu_policy::msr::MsrFile;
 
 /// Exception vectors we inject.
 pub const VECTOR_UD: u8 = 6;
@@ -22,8 +23,11 @@ pub const VECTOR_GP: u8 = 13;
 pub struct ExitContext<'a> {
     pub vcpu: &'a mut dyn Vcpu,
     pub mem: &'a GuestMemory,
-    pub ports: &'a mut PortBus,
-    pub mmio: &'a mut MmioBus,
+    pub devices: &'a mut VmDevices,
+    pub msrs: &'a mut MsrFile,
+    pub identity: &'a VcpuIdentity,
+    /// Guest TSC at the exit.
+    pub now: u64,
     pub name: &'a str,
     pub id: u16,
     pub debug_hypercalls: bool,
@@ -37,10 +41,10 @@ pub fn handle(ctx: &mut ExitContext<'_>, exit: Exit) -> Flow {
         Exit::Cpuid => cpuid::handle(ctx),
         Exit::Hypercall => hypercall::handle(ctx),
         Exit::Halt => {
+            ctx.vcpu.skip_instruction();
             if ctx.vcpu.interrupts_enabled() {
-                // No virtual interrupt sources yet: HLT is a yield.
-                ctx.vcpu.skip_instruction();
-                Flow::Yield
+                // The vCPU sleeps until an interrupt is pending.
+                Flow::Halt
             } else {
                 Flow::Stop(StopReason::HaltedForever)
             }

@@ -1,17 +1,14 @@
-//! RDMSR/WRMSR exits. Only MSRs BMonitor models are answered; every other
-//! one raises #GP in the guest, as a CPU without that MSR would.
+//! RDMSR/WRMSR exits, answered in order by: the local APIC (APIC base,
+//! TSC deadline, x2APIC), the vCPU's own state (TSC, EFER, PAT), and the
+//! hardware-less MSRs of `cpu_policy::msr`. Every other MSR raises #GP in
+//! the guest, as a CPU without it would.
 
 use super::{ExitContext, VECTOR_GP};
 use crate::virt::Flow;
 
 const TSC: u32 = 0x10;
-const APIC_BASE: u32 = 0x1B;
-const FEATURE_CONTROL: u32 = 0x3A;
-const BIOS_SIGN_ID: u32 = 0x8B;
-const MTRR_CAP: u32 = 0xFE;
-const MISC_ENABLE: u32 = 0x1A0;
-const PAT: u32 = 0x277;
 const MTRR_DEF_TYPE: u32 = 0x2FF;
+const PAT: u32 = 0x277;
 const EFER: u32 = 0xC000_0080;
 
 const EFER_SCE: u64 = 1;
@@ -23,6 +20,8 @@ fn nx_supported() -> bool {
     raw_cpuid::CpuId::new().get_extended_processor_and_feature_identifiers().is_some_and(|f| f.has_execute_disable())
 }
 
+/// MTRRs are not announced; a kernel that looks anyway reads them as all
+/// zero (uncached default, nothing enabled) and its writes change nothing.
 fn is_mtrr(msr: u32) -> bool {
     matches!(msr, 0x200..=0x21F | 0x250 | 0x258 | 0x259 | 0x268..=0x26F | MTRR_DEF_TYPE)
 }
@@ -32,30 +31,31 @@ fn valid_pat(value: u64) -> bool {
 }
 
 fn read(ctx: &mut ExitContext<'_>, msr: u32) -> Option<u64> {
+    if let Some(r) = ctx.devices.chip.lock().msr_read(msr, ctx.now) {
+        return r.ok();
+    }
     Some(match msr {
         TSC => crate::arch::x86_64::time::rdtsc(),
-        // BSP, xAPIC enabled at the standard base (the APIC is not modelled
-        // yet; guests that poke it are stopped on the access).
-        APIC_BASE => 0xFEE0_0000 | (1 << 8) | (1 << 11),
-        FEATURE_CONTROL => 1, // locked, VMX off
-        BIOS_SIGN_ID => 0,
-        MTRR_CAP => 0,
-        MISC_ENABLE => 1, // fast strings
         PAT => ctx.vcpu.pat(),
         m if is_mtrr(m) => 0,
         EFER => ctx.vcpu.efer(),
-        _ => return None,
+        m => return ctx.msrs.read(m).ok(),
     })
 }
 
 fn write(ctx: &mut ExitContext<'_>, msr: u32, value: u64) -> Result<(), ()> {
+    if let Some(r) = ctx.devices.chip.lock().msr_write(msr, value, ctx.now) {
+        return r.map_err(|_| ());
+    }
     match msr {
-        TSC | APIC_BASE | BIOS_SIGN_ID | MISC_ENABLE => Ok(()),
+        // The TSC is the host's, shared by every VM: writes are ignored.
+        TSC => Ok(()),
         m if is_mtrr(m) => Ok(()),
         PAT if valid_pat(value) => {
             ctx.vcpu.set_pat(value);
             Ok(())
         }
+        PAT => Err(()),
         EFER => {
             let allowed = EFER_SCE | EFER_LME | EFER_LMA | if nx_supported() { EFER_NXE } else { 0 };
             let old = ctx.vcpu.efer();
@@ -69,7 +69,7 @@ fn write(ctx: &mut ExitContext<'_>, msr: u32, value: u64) -> Result<(), ()> {
             ctx.vcpu.set_efer(value);
             Ok(())
         }
-        _ => Err(()),
+        m => ctx.msrs.write(m, value).map_err(|_| ()),
     }
 }
 

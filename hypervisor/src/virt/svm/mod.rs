@@ -98,7 +98,7 @@ impl SvmVcpu {
         vmcb.init_guest(asid, ncr3, st.iopm, st.msrpm, entry.rip, entry.rax);
         Ok(SvmVcpu {
             vmcb,
-            regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, ..GuestRegs::default() },
+            regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, rsi: entry.rsi, ..GuestRegs::default() },
             insn_len: 0,
             fxsave: super::FxArea::new_default(),
             debug_regs: Default::default(),

@@ -262,7 +262,7 @@ impl VmxVcpu {
         }
         let vcpu = VmxVcpu {
             vmcs,
-            regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, ..GuestRegs::default() },
+            regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, rsi: entry.rsi, ..GuestRegs::default() },
             launched: false,
             syscall_msrs: [0; 5],
             fxsave: FxArea::new_default(),

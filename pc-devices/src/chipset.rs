@@ -1,0 +1,390 @@
+//! The interrupt and timer chips of one VM wired together as on a PC: ISA
+//! IRQs reach both the 8259 pair and the IOAPIC (IRQ 0 on IOAPIC pin 2, as
+//! the MADT's override says), IOAPIC messages reach the local APIC, the
+//! local APIC's EOIs of level-triggered vectors reach back to the IOAPIC,
+//! and the PIC's INTR reaches the CPU through LINT0 when the local APIC
+//! passes ExtINT. The hypervisor asks it which vector to inject and when
+//! the next timer fires; it never decides either itself.
+
+use crate::acpi_pm::{AcpiPm, PmEffect};
+use crate::bus::Effect;
+use crate::ioapic::IoApic;
+use crate::irq::{IrqLatch, IrqSink};
+use crate::lapic::{ApicFault, ApicMode, LocalApic};
+use crate::pic::Pic;
+use crate::pit::Pit;
+use crate::rtc::Rtc;
+use crate::time::TscRate;
+
+/// The port ranges the chipset answers: PIC master, PIC slave, ELCR, PIT,
+/// port 0x61, RTC, ACPI PM blocks.
+pub const PORT_RANGES: [(u16, u16); 7] =
+    [(0x20, 2), (0xA0, 2), (0x4D0, 2), (0x40, 4), (0x61, 1), (0x70, 2), (0x600, 12)];
+/// PIT interrupts kept for a guest that could not take them in time (the
+/// VM was descheduled or had interrupts off): delivered one per entry, so
+/// a kernel counting ticks does not lose time; beyond this many, dropped.
+pub const PIT_BACKLOG_MAX: u64 = 1000;
+/// IOAPIC pin the PIT (ISA IRQ 0) is wired to.
+pub const PIT_IOAPIC_PIN: u32 = 2;
+/// GSIs the chipset routes (the IOAPIC's pins).
+pub const GSIS: usize = 24;
+/// The SCI's GSI, as our FADT says.
+pub const SCI_GSI: u32 = 9;
+const MASKED: u64 = 1 << 16;
+
+/// Counters for the log and the monitoring plane.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChipCounters {
+    /// PIT ticks dropped because the backlog was full.
+    pub pit_dropped: u64,
+    /// IOAPIC messages the local APIC does not take (SMI, INIT, ExtINT, or
+    /// a destination that is not this vCPU).
+    pub messages_dropped: u64,
+    /// IPIs for other vCPUs (there are none yet).
+    pub ipis_dropped: u64,
+    /// NMIs raised (they are not injected yet).
+    pub nmis: u64,
+}
+
+/// One VM's interrupt controllers and timers.
+pub struct Chipset {
+    /// The vCPU's local APIC.
+    pub lapic: LocalApic,
+    /// The IOAPIC.
+    pub ioapic: IoApic,
+    /// The 8259 pair.
+    pub pic: Pic,
+    /// The 8254.
+    pub pit: Pit,
+    /// The CMOS RTC.
+    pub rtc: Rtc,
+    /// The ACPI PM blocks.
+    pub pm: AcpiPm,
+    /// Line levels last applied, so sampling a level source applies changes only.
+    levels: [bool; GSIS],
+    pit_backlog: u64,
+    /// What was dropped, and why.
+    pub counters: ChipCounters,
+}
+
+/// ISA IRQ `irq`'s IOAPIC pin.
+fn isa_pin(irq: u8) -> u32 {
+    if irq == 0 {
+        PIT_IOAPIC_PIN
+    } else {
+        u32::from(irq)
+    }
+}
+
+impl Chipset {
+    /// The chips at power-on, with the local APIC in the virtual-wire state
+    /// firmware leaves (LINT0 ExtINT, LINT1 NMI), the RTC at `unix_seconds`
+    /// and the CMOS reporting `mem_bytes` of RAM.
+    pub fn new(rate: TscRate, now: u64, unix_seconds: u64, mem_bytes: u64, apic_id: u32) -> Chipset {
+        let mut lapic = LocalApic::new(apic_id, true, rate.hz, rate);
+        lapic.enable_virtual_wire();
+        let mut rtc = Rtc::new(rate, now, unix_seconds);
+        rtc.set_memory_size(mem_bytes);
+        Chipset {
+            lapic,
+            ioapic: IoApic::new(u8::try_from(apic_id.saturating_add(1)).unwrap_or(1)),
+            pic: Pic::new(),
+            pit: Pit::new(rate, now),
+            rtc,
+            pm: AcpiPm::new(rate, now),
+            levels: [false; GSIS],
+            pit_backlog: 0,
+            counters: ChipCounters::default(),
+        }
+    }
+
+    /// Whether `port` is one of the chipset's.
+    pub fn claims_port(port: u16) -> bool {
+        PORT_RANGES.iter().any(|&(base, len)| port >= base && port - base < len)
+    }
+
+    fn read8(&mut self, port: u16, now: u64, latch: &mut IrqLatch) -> u8 {
+        match port {
+            0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 => self.pic.port_read(port),
+            0x40..=0x43 => self.pit.port_read(port, now),
+            0x61 => self.pit.port61_read(now),
+            0x70 | 0x71 => self.rtc.port_read(port, now, latch),
+            _ => 0xFF,
+        }
+    }
+
+    fn write8(&mut self, port: u16, value: u8, now: u64, latch: &mut IrqLatch) {
+        match port {
+            0x20 | 0x21 | 0xA0 | 0xA1 | 0x4D0 | 0x4D1 => self.pic.port_write(port, value),
+            0x40..=0x43 => self.pit.port_write(port, value, now),
+            0x61 => self.pit.port61_write(value, now),
+            0x70 | 0x71 => self.rtc.port_write(port, value, now, latch),
+            _ => {}
+        }
+    }
+
+    /// A guest IN of `size` bytes (wider accesses read consecutive ports).
+    pub fn port_read(&mut self, port: u16, size: u8, now: u64) -> u32 {
+        if (0x600..0x60C).contains(&port) {
+            let v = self.pm.read(port, size, now);
+            self.settle(now);
+            return v;
+        }
+        let mut latch = IrqLatch::default();
+        let mut v = 0u32;
+        for i in 0..u16::from(size.clamp(1, 4)) {
+            let b = self.read8(port.wrapping_add(i), now, &mut latch);
+            v |= u32::from(b) << (8 * i);
+        }
+        self.apply(&mut latch);
+        self.settle(now);
+        v
+    }
+
+    /// A guest OUT of `size` bytes of `value`.
+    pub fn port_write(&mut self, port: u16, size: u8, value: u32, now: u64) -> Effect {
+        if (0x600..0x60C).contains(&port) {
+            let effect = self.pm.write(port, size, value, now);
+            self.settle(now);
+            return match effect {
+                PmEffect::PowerOff => Effect::PowerOff,
+                PmEffect::None => Effect::None,
+            };
+        }
+        let mut latch = IrqLatch::default();
+        for i in 0..u16::from(size.clamp(1, 4)) {
+            self.write8(port.wrapping_add(i), (value >> (8 * i)) as u8, now, &mut latch);
+        }
+        self.apply(&mut latch);
+        self.settle(now);
+        Effect::None
+    }
+
+    /// Where the guest's xAPIC page is, while it is in xAPIC mode.
+    fn lapic_window(&self) -> Option<u64> {
+        (self.lapic.mode() == ApicMode::XApic).then(|| self.lapic.apic_base() & 0x000F_FFFF_FFFF_F000)
+    }
+
+    /// Whether `gpa` falls in the local APIC's page (where the guest put
+    /// it, while in xAPIC mode). The page is the CPU's own, so it is
+    /// checked before any bus.
+    pub fn lapic_claims(&self, gpa: u64) -> bool {
+        self.lapic_window().is_some_and(|b| gpa >= b && gpa - b < crate::lapic::XAPIC_WINDOW)
+    }
+
+    /// A guest MMIO read of `size` bytes; `None` when not ours. Registers
+    /// are 32-bit: narrower reads see part of the aligned dword, wider
+    /// ones its zero-extension.
+    pub fn mmio_read(&mut self, gpa: u64, size: u8, now: u64) -> Option<u64> {
+        let aligned = gpa & !3;
+        let dword = if let Some(base) = self.lapic_window().filter(|b| gpa >= *b && gpa - b < 0x1000) {
+            self.lapic.mmio_read(aligned - base, now)
+        } else if gpa >= crate::ioapic::IOAPIC_BASE && gpa - crate::ioapic::IOAPIC_BASE < crate::ioapic::IOAPIC_WINDOW {
+            self.ioapic.mmio_read(aligned - crate::ioapic::IOAPIC_BASE)
+        } else {
+            return None;
+        };
+        self.settle(now);
+        let shift = 8 * (gpa & 3);
+        let v = u64::from(dword) >> shift;
+        Some(match size {
+            1 => v & 0xFF,
+            2 => v & 0xFFFF,
+            _ => v,
+        })
+    }
+
+    /// A guest MMIO write; false when not ours. A write narrower than a
+    /// dword or unaligned is dropped, as the chips ignore such cycles.
+    pub fn mmio_write(&mut self, gpa: u64, size: u8, value: u64, now: u64) -> bool {
+        let value32 = value as u32;
+        if let Some(base) = self.lapic_window().filter(|b| gpa >= *b && gpa - b < 0x1000) {
+            if size >= 4 && gpa & 3 == 0 {
+                self.lapic.mmio_write(gpa - base, value32, now);
+            }
+        } else if gpa >= crate::ioapic::IOAPIC_BASE && gpa - crate::ioapic::IOAPIC_BASE < crate::ioapic::IOAPIC_WINDOW {
+            if size >= 4 && gpa & 3 == 0 {
+                self.ioapic.mmio_write(gpa - crate::ioapic::IOAPIC_BASE, value32);
+            }
+        } else {
+            return false;
+        }
+        self.settle(now);
+        true
+    }
+
+    /// RDMSR of an APIC MSR (IA32_APIC_BASE, IA32_TSC_DEADLINE, x2APIC);
+    /// `None` when `msr` is not one.
+    pub fn msr_read(&mut self, msr: u32, now: u64) -> Option<Result<u64, ApicFault>> {
+        let r = match msr {
+            0x1B => Ok(self.lapic.apic_base()),
+            0x6E0 => Ok(self.lapic.tsc_deadline()),
+            0x800..=0x8FF => self.lapic.msr_read(msr, now),
+            _ => return None,
+        };
+        Some(r)
+    }
+
+    /// WRMSR of an APIC MSR; `None` when `msr` is not one.
+    pub fn msr_write(&mut self, msr: u32, value: u64, now: u64) -> Option<Result<(), ApicFault>> {
+        let r = match msr {
+            0x1B => self.lapic.set_apic_base(value),
+            0x6E0 => {
+                self.lapic.set_tsc_deadline(value, now);
+                Ok(())
+            }
+            0x800..=0x8FF => self.lapic.msr_write(msr, value, now),
+            _ => return None,
+        };
+        self.settle(now);
+        Some(r)
+    }
+
+    /// Sets GSI `gsi` (a level source such as a virtio device or the
+    /// UART samples its line through here); only changes reach the chips.
+    pub fn set_gsi(&mut self, gsi: u32, level: bool) {
+        let Some(old) = self.levels.get_mut(gsi as usize) else { return };
+        if *old == level {
+            return;
+        }
+        *old = level;
+        if gsi < 16 {
+            // GSI 2 is where ISA IRQ 0 lands; GSI 0 has no ISA source.
+            let irq = match gsi {
+                2 => 0,
+                0 => return,
+                g => g as u8,
+            };
+            self.pic.set_irq(irq, level);
+        }
+        self.ioapic.set_irq(gsi, level);
+        self.route();
+    }
+
+    /// An ISA IRQ line (0-15) changed.
+    pub fn set_isa_irq(&mut self, irq: u8, level: bool) {
+        if irq < 16 {
+            self.set_gsi(isa_pin(irq), level);
+        }
+    }
+
+    fn apply(&mut self, latch: &mut IrqLatch) {
+        let changes: alloc::vec::Vec<(u32, bool)> = latch.drain().collect();
+        for (irq, level) in changes {
+            // Chipset-internal sources (the RTC) speak ISA IRQ numbers.
+            if let Ok(irq) = u8::try_from(irq) {
+                self.set_isa_irq(irq, level);
+            }
+        }
+    }
+
+    /// Moves messages between the chips: IOAPIC -> local APIC, local APIC
+    /// EOIs -> IOAPIC, IPIs (self-IPIs are the local APIC's own).
+    fn route(&mut self) {
+        // Each pass can free a pin for another message; a pin holds at
+        // most one, so this ends within a few rounds.
+        for _ in 0..4 {
+            let mut moved = false;
+            while let Some(d) = self.ioapic.take_delivery() {
+                moved = true;
+                let ours = if d.logical { true } else { u32::from(d.dest) == self.lapic.id() || d.dest == 0xFF };
+                match d.mode {
+                    0 | 1 if ours && self.lapic.accepts_fixed() => self.lapic.deliver(d.vector, d.level),
+                    4 if ours => {
+                        self.lapic.deliver_nmi();
+                        self.counters.nmis += 1;
+                    }
+                    _ => {
+                        self.counters.messages_dropped += 1;
+                        // A level message nobody takes would keep remote
+                        // IRR set for ever: release it.
+                        if d.level {
+                            self.ioapic.eoi(d.vector);
+                        }
+                    }
+                }
+            }
+            while let Some(v) = self.lapic.take_eoi() {
+                moved = true;
+                self.ioapic.eoi(v);
+            }
+            if !moved {
+                break;
+            }
+        }
+        while self.lapic.take_ipi().is_some() {
+            self.counters.ipis_dropped += 1;
+        }
+    }
+
+    fn settle(&mut self, now: u64) {
+        let sci = self.pm.sci_level(now);
+        self.set_gsi(SCI_GSI, sci);
+        self.route();
+    }
+
+    /// Brings every timer up to `now`: expired timers raise their
+    /// interrupts, and one PIT tick of the backlog is delivered.
+    pub fn advance(&mut self, now: u64) {
+        let edges = self.pit.advance(now);
+        let room = PIT_BACKLOG_MAX - self.pit_backlog.min(PIT_BACKLOG_MAX);
+        self.counters.pit_dropped += edges.saturating_sub(room);
+        self.pit_backlog += edges.min(room);
+        let mut latch = IrqLatch::default();
+        self.rtc.advance(now, &mut latch);
+        self.apply(&mut latch);
+        self.lapic.advance(now);
+        if self.pit_backlog > 0 {
+            self.pit_backlog -= 1;
+            self.set_isa_irq(0, true);
+            self.set_isa_irq(0, false);
+        }
+        self.settle(now);
+    }
+
+    /// Whether the PIT's interrupt can reach the CPU at all (Linux masks it
+    /// everywhere once the local APIC timer takes over; then its ticks need
+    /// not wake a halted vCPU).
+    fn pit_routed(&self) -> bool {
+        self.ioapic.redirection(PIT_IOAPIC_PIN) & MASKED == 0
+            || (self.pic.imr() & 1 == 0 && self.lapic.accepts_extint())
+    }
+
+    /// The TSC tick at which some timer next raises an interrupt (now, if
+    /// a PIT tick is waiting); the vCPU needs to run no earlier unless a
+    /// device raises one first.
+    pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        if self.pit_backlog > 0 {
+            return Some(now);
+        }
+        let pit = if self.pit_routed() { self.pit.next_irq0() } else { None };
+        [self.lapic.next_deadline(), pit, self.rtc.next_deadline(), self.pm.next_sci_deadline(now)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether an interrupt waits for the CPU (a vector above the local
+    /// APIC's priority, or the PIC's INTR passed as ExtINT).
+    pub fn interrupt_pending(&self) -> bool {
+        self.lapic.pending_vector().is_some() || (self.lapic.accepts_extint() && self.pic.interrupt_pending())
+    }
+
+    /// The CPU takes the pending interrupt: its vector, moved to
+    /// in-service (local APIC) or acknowledged (PIC INTA).
+    pub fn acknowledge(&mut self) -> Option<u8> {
+        if let Some(v) = self.lapic.acknowledge() {
+            return Some(v);
+        }
+        if self.lapic.accepts_extint() && self.pic.interrupt_pending() {
+            return Some(self.pic.acknowledge());
+        }
+        None
+    }
+}
+
+impl IrqSink for Chipset {
+    fn set_irq(&mut self, gsi: u32, level: bool) {
+        self.set_gsi(gsi, level);
+    }
+}
