@@ -21,6 +21,10 @@ pub struct VcpuIdentity {
     pub hv_signature: [u32; 3],
     /// Leaf 0x40000001's EAX: the hypercall ABI version.
     pub hv_abi: u32,
+    /// TSC when the guest's clock read 0 (its paravirtual clock's origin).
+    pub boot_tsc: u64,
+    /// Wall-clock seconds at `boot_tsc`.
+    pub boot_unix: u64,
 }
 
 /// Highest basic leaf offered (0x15/0x16 are synthesized).
@@ -107,6 +111,7 @@ pub fn guest_leaf(host: &dyn Fn(u32, u32) -> [u32; 4], leaf: u32, subleaf: u32, 
             return [HYPERVISOR_BASE + 1, sb, sc, sd];
         }
         0x4000_0001 => return [vcpu.hv_abi, 0, 0, 0],
+        crate::pvclock::CPUID_BASE..=0x4000_0101 => return crate::pvclock::cpuid(leaf).unwrap_or([0; 4]),
         0x4000_0002..=0x7FFF_FFFF => return [0; 4],
         0x8000_0000 => a = a.min(MAX_EXTENDED_LEAF),
         0x8000_0001 => c &= !EXT1_ECX_HIDDEN,
@@ -136,6 +141,8 @@ mod tests {
             limit_cpuid: false,
             hv_signature: [1, 2, 3],
             hv_abi: 7,
+            boot_tsc: 0,
+            boot_unix: 0,
         }
     }
 
@@ -165,6 +172,7 @@ mod tests {
         assert_eq!(guest_leaf(&all_ones, HYPERVISOR_BASE, 0, &id()), [HYPERVISOR_BASE + 1, 1, 2, 3]);
         assert_eq!(guest_leaf(&all_ones, HYPERVISOR_BASE + 1, 0, &id())[0], 7);
         assert_eq!(guest_leaf(&all_ones, HYPERVISOR_BASE + 0x10, 0, &id()), [0; 4]);
+        assert_eq!(guest_leaf(&all_ones, crate::pvclock::CPUID_BASE + 1, 0, &id())[0], crate::pvclock::FEATURES);
     }
 
     #[test]

@@ -7,3 +7,4 @@
 
 pub mod cpuid;
 pub mod msr;
+pub mod pvclock;

@@ -36,9 +36,11 @@ pub const AMD_HWCR: u32 = 0xC001_0015;
 pub const AMD_DE_CFG: u32 = 0xC001_1029;
 /// AMD VM_CR: reads SVM disabled and locked (SVM is not offered).
 pub const AMD_VM_CR: u32 = 0xC001_0114;
+/// AMD interrupt-pending message register (C1E on older families).
+pub const AMD_INT_PENDING_MSG: u32 = 0xC001_0055;
 /// MSRs the kernel pokes on AMD CPUs whose effect is the host's business:
 /// they read back what was written and change nothing.
-const AMD_SCRATCH: [u32; 3] = [0xC001_1020, 0xC001_1021, 0xC001_1022];
+const AMD_SCRATCH: [u32; 4] = [0xC001_1020, 0xC001_1021, 0xC001_1022, AMD_INT_PENDING_MSG];
 
 /// A WRMSR/RDMSR the guest must get #GP for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +55,10 @@ pub struct MsrFile {
     k7_perf: [u64; 8],
     hwcr: u64,
     de_cfg: u64,
-    amd_scratch: [u64; 3],
+    amd_scratch: [u64; 4],
+    /// The guest's paravirtual clock registrations, as written.
+    pv_system_time: u64,
+    pv_wall_clock: u64,
 }
 
 impl MsrFile {
@@ -67,7 +72,9 @@ impl MsrFile {
             k7_perf: [0; 8],
             hwcr: 1 << 24, // TscFreqSel: the TSC runs at the P0 frequency
             de_cfg: 0,
-            amd_scratch: [0; 3],
+            amd_scratch: [0; 4],
+            pv_system_time: 0,
+            pv_wall_clock: 0,
         }
     }
 
@@ -76,9 +83,30 @@ impl MsrFile {
         !self.amd && self.misc_enable & MISC_LIMIT_CPUID != 0
     }
 
+    /// RDPMC of counter `index`: the AMD legacy counters exist (and never
+    /// count); Intel guests are shown no PMU, so every index faults.
+    pub fn read_pmc(&self, index: u32) -> Result<u64, Gp> {
+        if !self.amd || index >= 4 {
+            return Err(Gp);
+        }
+        self.k7_perf.get(4 + index as usize).copied().ok_or(Gp)
+    }
+
+    /// Records a paravirtual clock registration (the caller writes the
+    /// record into guest memory first).
+    pub fn set_pvclock(&mut self, msr: u32, value: u64) {
+        if msr == crate::pvclock::MSR_SYSTEM_TIME {
+            self.pv_system_time = value;
+        } else if msr == crate::pvclock::MSR_WALL_CLOCK {
+            self.pv_wall_clock = value;
+        }
+    }
+
     /// RDMSR; `Err(Gp)` when the MSR does not exist for this vCPU.
     pub fn read(&self, msr: u32) -> Result<u64, Gp> {
         match msr {
+            crate::pvclock::MSR_SYSTEM_TIME => Ok(self.pv_system_time),
+            crate::pvclock::MSR_WALL_CLOCK => Ok(self.pv_wall_clock),
             BIOS_SIGN_ID => Ok(0),
             TSC_AUX => Ok(self.tsc_aux),
             // MTRRs are not announced; MTRRCAP reads "none" for kernels

@@ -66,6 +66,8 @@ pub enum Exit {
     Msr { write: bool },
     /// CPUID; leaf in EAX, subleaf in ECX.
     Cpuid,
+    /// RDPMC; counter index in ECX.
+    Rdpmc,
     /// VMCALL / VMMCALL.
     Hypercall,
     /// HLT.

@@ -70,7 +70,8 @@ pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: 
     let NodeResources { config, images, nics, storage } = node;
     let mem_bytes = u64::from(cfg.memory_mib) * MIB;
     let rate = TscRate::new(time::tsc_per_ms().saturating_mul(1000));
-    let chip = Chipset::new(rate, time::rdtsc(), wall_clock(), mem_bytes, 0);
+    let boot_unix = wall_clock();
+    let chip = Chipset::new(rate, time::rdtsc(), boot_unix, mem_bytes, 0);
     let amd = raw_cpuid::CpuId::new().get_vendor_info().is_some_and(|v| v.as_str() == "AuthenticAMD");
     let identity = VcpuIdentity {
         apic_id: 0,
@@ -79,6 +80,8 @@ pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: 
         limit_cpuid: false,
         hv_signature: hv_signature(),
         hv_abi: vmm_config::hypercall::ABI_VERSION as u32,
+        boot_tsc: time::rdtsc(),
+        boot_unix,
     };
     let devices = VmDevices::new(&cfg.name, chip);
     let mut vm = Vm {

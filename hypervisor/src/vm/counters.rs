@@ -31,7 +31,7 @@ impl ExitCounters {
         let slot = match exit {
             Exit::Io { .. } => &mut self.io,
             Exit::Hypercall => &mut self.hypercall,
-            Exit::Msr { .. } => &mut self.msr,
+            Exit::Msr { .. } | Exit::Rdpmc => &mut self.msr,
             Exit::Cpuid => &mut self.cpuid,
             Exit::Halt => &mut self.halt,
             Exit::InterruptWindow => &mut self.window,

@@ -39,6 +39,7 @@ pub fn handle(ctx: &mut ExitContext<'_>, exit: Exit) -> Flow {
         Exit::Io { port, size, write, string } => io::handle(ctx, port, size, write, string),
         Exit::Msr { write } => msr::handle(ctx, write),
         Exit::Cpuid => cpuid::handle(ctx),
+        Exit::Rdpmc => msr::handle_rdpmc(ctx),
         Exit::Hypercall => hypercall::handle(ctx),
         Exit::Halt => {
             ctx.vcpu.skip_instruction();

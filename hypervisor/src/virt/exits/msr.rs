@@ -5,6 +5,7 @@
 
 use super::{ExitContext, VECTOR_GP};
 use crate::virt::Flow;
+use cpu_policy::pvclock;
 
 const TSC: u32 = 0x10;
 const MTRR_DEF_TYPE: u32 = 0x2FF;
@@ -47,6 +48,9 @@ fn write(ctx: &mut ExitContext<'_>, msr: u32, value: u64) -> Result<(), ()> {
     if let Some(r) = ctx.devices.chip.lock().msr_write(msr, value, ctx.now) {
         return r.map_err(|_| ());
     }
+    if msr == pvclock::MSR_SYSTEM_TIME || msr == pvclock::MSR_WALL_CLOCK {
+        return register_pvclock(ctx, msr, value);
+    }
     match msr {
         // The TSC is the host's, shared by every VM: writes are ignored.
         TSC => Ok(()),
@@ -71,6 +75,45 @@ fn write(ctx: &mut ExitContext<'_>, msr: u32, value: u64) -> Result<(), ()> {
         }
         m => ctx.msrs.write(m, value).map_err(|_| ()),
     }
+}
+
+/// The guest names where its paravirtual clock record lives: BMonitor
+/// writes it there once (the TSC is never rescaled, so it stays right). A
+/// record that does not fit in RAM, or an unaligned one, is a #GP.
+fn register_pvclock(ctx: &mut ExitContext<'_>, msr: u32, value: u64) -> Result<(), ()> {
+    let gpa = value & !1;
+    if msr == pvclock::MSR_SYSTEM_TIME {
+        if value & 1 != 0 {
+            if !gpa.is_multiple_of(4) {
+                return Err(());
+            }
+            let id = ctx.identity;
+            let record = pvclock::time_info(id.tsc_hz, id.boot_tsc, crate::arch::x86_64::time::rdtsc());
+            ctx.mem.write(gpa, &record).map_err(|_| ())?;
+        }
+    } else {
+        if !value.is_multiple_of(4) {
+            return Err(());
+        }
+        ctx.mem.write(value, &pvclock::wall_clock(ctx.identity.boot_unix)).map_err(|_| ())?;
+    }
+    ctx.msrs.set_pvclock(msr, value);
+    Ok(())
+}
+
+/// RDPMC: the counters `cpu_policy::msr` says exist, or #GP.
+pub fn handle_rdpmc(ctx: &mut ExitContext<'_>) -> Flow {
+    let index = ctx.vcpu.regs().rcx as u32;
+    match ctx.msrs.read_pmc(index) {
+        Ok(v) => {
+            let r = ctx.vcpu.regs();
+            r.rax = v & 0xFFFF_FFFF;
+            r.rdx = v >> 32;
+            ctx.vcpu.skip_instruction();
+        }
+        Err(_) => ctx.vcpu.inject_exception(VECTOR_GP, Some(0)),
+    }
+    Flow::Continue
 }
 
 pub fn handle(ctx: &mut ExitContext<'_>, is_write: bool) -> Flow {

@@ -117,6 +117,10 @@ impl SvmVcpu {
                 Exit::InterruptWindow
             }
             0x61 => Exit::Preempted,
+            0x6F => {
+                self.insn_len = 2;
+                Exit::Rdpmc
+            }
             0x72 => {
                 self.insn_len = 2;
                 Exit::Cpuid

@@ -48,6 +48,7 @@ const G_PAT: usize = 0x668;
 const I_INTR: u32 = 1 << 0;
 const I_NMI: u32 = 1 << 1;
 const I_VINTR: u32 = 1 << 4;
+const I_RDPMC: u32 = 1 << 15;
 const I_CPUID: u32 = 1 << 18;
 const I_INVD: u32 = 1 << 22;
 const I_HLT: u32 = 1 << 24;
@@ -127,7 +128,17 @@ impl Vmcb {
     pub fn init_guest(&self, asid: u32, ncr3: u64, iopm: u64, msrpm: u64, rip: u64, rax: u64) {
         self.w32(
             INTERCEPT_MISC1,
-            I_INTR | I_NMI | I_CPUID | I_INVD | I_HLT | I_INVLPGA | I_IOIO | I_MSR | I_TASK_SWITCH | I_SHUTDOWN,
+            I_INTR
+                | I_NMI
+                | I_RDPMC
+                | I_CPUID
+                | I_INVD
+                | I_HLT
+                | I_INVLPGA
+                | I_IOIO
+                | I_MSR
+                | I_TASK_SWITCH
+                | I_SHUTDOWN,
         );
         self.w32(
             INTERCEPT_MISC2,

@@ -38,6 +38,7 @@ const PIN_NMI_EXITING: u32 = 1 << 3;
 const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
 const PROC_INT_WINDOW: u32 = 1 << 2;
 const PROC_HLT_EXITING: u32 = 1 << 7;
+const PROC_RDPMC_EXITING: u32 = 1 << 11;
 const PROC_MWAIT_EXITING: u32 = 1 << 10;
 const PROC_IO_BITMAPS: u32 = 1 << 25;
 const PROC_MSR_BITMAPS: u32 = 1 << 28;
@@ -154,7 +155,7 @@ pub fn enable() -> Result<(), &'static str> {
         if !ok {
             return Err("VMX preemption timer not supported");
         }
-        let want_proc = PROC_HLT_EXITING | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_SECONDARY;
+        let want_proc = PROC_HLT_EXITING | PROC_RDPMC_EXITING | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_SECONDARY;
         // Interrupt-window exiting is set per entry, so only check it is allowed.
         if (rdmsr(proc_msr) >> 32) as u32 & PROC_INT_WINDOW == 0 {
             return Err("VMX lacks interrupt-window exiting");
@@ -421,6 +422,7 @@ impl VmxVcpu {
             10 => Exit::Cpuid,
             11 => Exit::InvalidOpcode { what: "GETSEC" },
             12 => Exit::Halt,
+            15 => Exit::Rdpmc,
             13 => {
                 // INVD: the guest has no cache of its own to drop; do nothing.
                 self.skip_instruction();
