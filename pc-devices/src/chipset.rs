@@ -24,6 +24,12 @@ pub const PORT_RANGES: [(u16, u16); 7] =
 /// VM was descheduled or had interrupts off): delivered one per entry, so
 /// a kernel counting ticks does not lose time; beyond this many, dropped.
 pub const PIT_BACKLOG_MAX: u64 = 1000;
+/// Shortest spacing of the PIT interrupts the chipset delivers, 100 µs (as
+/// the local APIC's periodic clamp, [`crate::lapic::MIN_PERIOD_NS`]): a
+/// channel 0 programmed faster (mode 2 count 2 is ~600 kHz) cannot end
+/// every VM entry after a tick, which would leave the vCPU no time to run
+/// at all. Edges in between are counted into the backlog as usual.
+pub const PIT_MIN_GAP_NS: u64 = crate::lapic::MIN_PERIOD_NS;
 /// IOAPIC pin the PIT (ISA IRQ 0) is wired to.
 pub const PIT_IOAPIC_PIN: u32 = 2;
 /// GSIs the chipset routes (the IOAPIC's pins).
@@ -63,6 +69,10 @@ pub struct Chipset {
     /// Line levels last applied, so sampling a level source applies changes only.
     levels: [bool; GSIS],
     pit_backlog: u64,
+    /// [`PIT_MIN_GAP_NS`] in TSC ticks.
+    pit_gap: u64,
+    /// When a PIT tick was last delivered.
+    pit_last: Option<u64>,
     /// What was dropped, and why.
     pub counters: ChipCounters,
 }
@@ -94,6 +104,8 @@ impl Chipset {
             pm: AcpiPm::new(rate, now),
             levels: [false; GSIS],
             pit_backlog: 0,
+            pit_gap: rate.from_ns(PIT_MIN_GAP_NS),
+            pit_last: None,
             counters: ChipCounters::default(),
         }
     }
@@ -324,7 +336,8 @@ impl Chipset {
     }
 
     /// Brings every timer up to `now`: expired timers raise their
-    /// interrupts, and one PIT tick of the backlog is delivered.
+    /// interrupts, and one PIT tick of the backlog is delivered (unless
+    /// one was less than [`PIT_MIN_GAP_NS`] ago).
     pub fn advance(&mut self, now: u64) {
         let edges = self.pit.advance(now);
         let room = PIT_BACKLOG_MAX - self.pit_backlog.min(PIT_BACKLOG_MAX);
@@ -334,8 +347,9 @@ impl Chipset {
         self.rtc.advance(now, &mut latch);
         self.apply(&mut latch);
         self.lapic.advance(now);
-        if self.pit_backlog > 0 {
+        if self.pit_backlog > 0 && now >= self.pit_earliest() {
             self.pit_backlog -= 1;
+            self.pit_last = Some(now);
             self.set_isa_irq(0, true);
             self.set_isa_irq(0, false);
         }
@@ -350,14 +364,25 @@ impl Chipset {
             || (self.pic.imr() & 1 == 0 && self.lapic.accepts_extint())
     }
 
+    /// The earliest TSC tick the next PIT tick may be delivered at.
+    fn pit_earliest(&self) -> u64 {
+        self.pit_last.map_or(0, |t| t.saturating_add(self.pit_gap))
+    }
+
     /// The TSC tick at which some timer next raises an interrupt (now, if
-    /// a PIT tick is waiting); the vCPU needs to run no earlier unless a
-    /// device raises one first.
+    /// a PIT tick is waiting and may be delivered); the vCPU needs to run
+    /// no earlier unless a device raises one first. PIT ticks that reach
+    /// no one (masked everywhere) do not count, and PIT ticks are never
+    /// due closer together than [`PIT_MIN_GAP_NS`].
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
-        if self.pit_backlog > 0 {
-            return Some(now);
-        }
-        let pit = if self.pit_routed() { self.pit.next_irq0() } else { None };
+        let pit = if !self.pit_routed() {
+            None
+        } else if self.pit_backlog > 0 {
+            Some(now)
+        } else {
+            self.pit.next_irq0()
+        };
+        let pit = pit.map(|t| t.max(self.pit_earliest()));
         [self.lapic.next_deadline(), pit, self.rtc.next_deadline(), self.pm.next_sci_deadline(now)]
             .into_iter()
             .flatten()
@@ -386,5 +411,90 @@ impl Chipset {
 impl IrqSink for Chipset {
     fn set_irq(&mut self, gsi: u32, level: bool) {
         self.set_gsi(gsi, level);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    const HZ: u64 = 1_000_000_000;
+
+    /// A chipset with the local APIC enabled and IRQ 0 routed through
+    /// IOAPIC pin 2 to vector 0x30 (the PIC stays masked), and channel 0
+    /// in mode 2 with `count`.
+    fn chip_with_pit(count: u16) -> Chipset {
+        let mut c = Chipset::new(TscRate::new(HZ), 0, 0, 64 << 20, 0);
+        c.lapic.mmio_write(0xF0, 0x1FF, 0);
+        c.ioapic.mmio_write(0x00, 0x10 + 2 * PIT_IOAPIC_PIN);
+        c.ioapic.mmio_write(0x10, 0x30);
+        c.port_write(0x43, 1, 0x34, 0);
+        c.port_write(0x40, 1, u32::from(count & 0xFF), 0);
+        c.port_write(0x40, 1, u32::from(count >> 8), 0);
+        c
+    }
+
+    /// Runs the way the scheduler does for `until` TSC ticks: advance, take
+    /// and EOI what is pending, sleep until the next deadline. Returns the
+    /// deliveries and the number of steps.
+    fn run(c: &mut Chipset, until: u64) -> (u64, u64) {
+        let (mut now, mut got, mut steps) = (0u64, 0u64, 0u64);
+        while now < until && steps < 1_000_000 {
+            steps += 1;
+            c.advance(now);
+            while let Some(v) = c.acknowledge() {
+                assert_eq!(v, 0x30);
+                got += 1;
+                c.lapic.mmio_write(0xB0, 0, now);
+            }
+            let d = c.next_deadline(now).unwrap();
+            now = d.max(now + 1);
+        }
+        (got, steps)
+    }
+
+    #[test]
+    fn a_pit_faster_than_the_gap_does_not_end_every_entry() {
+        // Mode 2 count 2: ~597 000 edges per second.
+        let mut c = chip_with_pit(2);
+        let gap = TscRate::new(HZ).from_ns(PIT_MIN_GAP_NS);
+        let mut now = 0;
+        for _ in 0..100 {
+            c.advance(now);
+            while c.acknowledge().is_some() {
+                c.lapic.mmio_write(0xB0, 0, now);
+            }
+            let d = c.next_deadline(now).unwrap();
+            assert!(d >= now + gap || now == 0, "deadline {} only {} ticks after {}", d, d - now, now);
+            now = d;
+        }
+        // 10 ms: at most one delivery per 100 µs, and the backlog is capped.
+        let mut c = chip_with_pit(2);
+        let (got, steps) = run(&mut c, HZ / 100);
+        assert!((90..=101).contains(&got), "{got} deliveries in 10 ms");
+        assert!(steps <= 102, "{steps} wake-ups in 10 ms");
+        assert!(c.counters.pit_dropped > 0);
+    }
+
+    #[test]
+    fn an_ordinary_pit_still_ticks_on_time() {
+        // 1 kHz (count 1193): every edge delivered, none late.
+        let mut c = chip_with_pit(1193);
+        let (got, _) = run(&mut c, HZ / 10);
+        assert!((99..=100).contains(&got), "{got} ticks in 100 ms");
+        assert_eq!(c.counters.pit_dropped, 0);
+    }
+
+    #[test]
+    fn an_unrouted_pit_backlog_wakes_no_one() {
+        let mut c = chip_with_pit(2);
+        c.advance(HZ / 1000);
+        // Mask IOAPIC pin 2 (the PIC is masked from power-on).
+        c.ioapic.mmio_write(0x00, 0x10 + 2 * PIT_IOAPIC_PIN);
+        c.ioapic.mmio_write(0x10, 0x30 | (1 << 16));
+        c.advance(2 * HZ / 1000);
+        assert!(c.pit_backlog > 0);
+        assert_eq!(c.next_deadline(2 * HZ / 1000), None);
     }
 }
