@@ -90,6 +90,32 @@ check_containment() {
     want "all VMs stopped \(some failed\)"
 }
 
+# Interrupt-chip abusers (tests/e2e/irq-hostile.toml): each survives
+# what it does and says so; the node does not fault; `good` is not starved.
+check_irq_hostile() {
+    no_hypervisor_fault
+    want "^backend: $(backend_for "$engine")$"
+    stopped good 0 "exit hypercall \(0\)"
+    want "^\[good\] hello done$"
+    local vm name
+    for vm in storm:apic-storm selfipi:self-ipi eoi:eoi-abuse garbage:ioapic-garbage noeoi:never-eoi; do
+        name=${vm#*:} vm=${vm%%:*}
+        want "^\[$vm\] $name start$"
+        stopped "$vm" 0 "exit hypercall \(0\)"
+        want "^\[$vm\] $name ok$"
+        before "^\[$vm\] $name start$" "^vm good stopped"
+    done
+    want "^\[storm\] apic-storm: [0-9]+ timer interrupts in [0-9]+ us \([0-9]+/s\)"
+    want "^\[selfipi\] self-ipi xapic icr: [0-9]+ sent, [0-9]+ delivered"
+    want "^\[garbage\] ioapic-garbage: local apic timer after garbage: 1 interrupt\(s\)"
+    want "^\[noeoi\] never-eoi: [0-9]+ halts in [0-9]+ ms \([0-9]+ woken by 0xe0, 0 without it\)"
+    refuse "FAIL|PANIC"
+    # Side by side: `good` started before any hostile VM was done (and,
+    # above, finished after they had all started).
+    before "^\[good\] hello start" "^vm (storm|selfipi|eoi|garbage|noeoi) stopped"
+    want "all VMs stopped \(all succeeded\)"
+}
+
 check_iso_multiboot2() {
     want "^boot: multiboot2 loader"
     check_demo
@@ -750,6 +776,7 @@ scenarios=()
 for engine in $engines; do
     scenarios+=("demo-$engine $engine $ROOT/boot/configs/demo.toml check_demo")
     scenarios+=("containment-$engine $engine $ROOT/tests/e2e/containment.toml check_containment")
+    scenarios+=("irq-hostile-$engine $engine $ROOT/tests/e2e/irq-hostile.toml check_irq_hostile")
     scenarios+=("network-$engine $engine $ROOT/tests/e2e/network.toml check_network")
     [[ $engine == bochs ]] && scenarios+=("disk-mem-bochs bochs $ROOT/tests/e2e/disk-mem.toml check_disk_mem")
     [[ $engine == bochs ]] && scenarios+=("mgmt-serial-bochs bochs NONE check_mgmt_serial")

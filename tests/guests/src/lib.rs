@@ -1,6 +1,7 @@
 //! Runtime for BMonitor's test guests: boot stubs (PVH and multiboot1), a
 //! polled 16550 UART, the hypercall ABI, boot-information parsing, a small
-//! IDT for guests that catch exceptions, port I/O, a heap (for guests that
+//! IDT for guests that catch exceptions or take interrupts, the local APIC
+//! and IOAPIC ([`apic`]), port I/O, a heap (for guests that
 //! call [`heap::init`]), a virtio-net + smoltcp network stack ([`net`]) and
 //! a polled virtio-blk disk ([`blk`]).
 //!
@@ -15,6 +16,7 @@
 
 extern crate alloc;
 
+pub mod apic;
 pub mod blk;
 pub mod boot;
 pub mod bootinfo;
