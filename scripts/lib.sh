@@ -169,7 +169,7 @@ boot_engine() {
         ensure_cmds qemu-system-x86_64
         local accel=(-accel tcg -cpu qemu64,+svm,+npt,+rdrand)
         [[ $engine == qemu-kvm ]] && accel=(-accel kvm -cpu host)
-        timeout "$secs" qemu-system-x86_64 "${accel[@]}" -m 512 -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 "${accel[@]}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?
         ;;
@@ -177,7 +177,7 @@ boot_engine() {
         # q35 (ECAM) with a virtio-net uplink on QEMU user networking; the
         # management port is forwarded to 127.0.0.1:$BM_MGMT_PORT.
         ensure_cmds qemu-system-x86_64
-        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m 512 -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -netdev "user,id=uplink,hostfwd=tcp:127.0.0.1:${BM_MGMT_PORT:-7700}-:7700" -device virtio-net-pci,netdev=uplink \
             -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?
@@ -186,7 +186,7 @@ boot_engine() {
         # Both: the uplink (port forwarded as for qemu-tcg-net) and the node
         # disk at $BM_DISK_IMAGE.
         ensure_cmds qemu-system-x86_64
-        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m 512 -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -netdev "user,id=uplink,hostfwd=tcp:127.0.0.1:${BM_MGMT_PORT:-7700}-:7700${BM_DISCARD_PORT:+,hostfwd=tcp:127.0.0.1:$BM_DISCARD_PORT-:9}" -device virtio-net-pci,netdev=uplink \
             -drive "file=${BM_DISK_IMAGE:?BM_DISK_IMAGE names the node disk image},format=raw,if=none,id=nodedisk,cache=writeback" \
@@ -196,7 +196,7 @@ boot_engine() {
     qemu-tcg-disk)
         # q35 (ECAM) with a virtio-blk node disk at $BM_DISK_IMAGE (raw).
         ensure_cmds qemu-system-x86_64
-        timeout ${BM_KILL_SIGNAL:+-s $BM_KILL_SIGNAL} "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m 512 -display none -no-reboot \
+        timeout ${BM_KILL_SIGNAL:+-s $BM_KILL_SIGNAL} "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -drive "file=${BM_DISK_IMAGE:?BM_DISK_IMAGE names the node disk image},format=raw,if=none,id=nodedisk,cache=writeback" \
             -device virtio-blk-pci,drive=nodedisk \
@@ -219,7 +219,7 @@ boot_engine() {
             tpm=(-chardev "socket,id=chrtpm,path=$BM_TPM_DIR/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm
                 -device tpm-tis,tpmdev=tpm0)
         fi
-        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m 512 -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -drive "file=${BM_DISK_IMAGE:?BM_DISK_IMAGE names the node disk image},format=raw,if=none,id=nodedisk,cache=writeback" \
             -device virtio-blk-pci,drive=nodedisk "${tpm[@]}" \
@@ -229,7 +229,7 @@ boot_engine() {
     qemu-tcg-iso)
         ensure_cmds qemu-system-x86_64
         make_iso "$bundle" "$work/node.iso"
-        timeout "$secs" qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m 512 -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -cdrom "$work/node.iso" -boot d </dev/null >"$work/qemu.out" 2>&1 || rc=$?
         ;;

@@ -54,6 +54,8 @@ fi
 if [[ -z $host_only ]]; then
     ensure_cmds qemu-system-x86_64 bochs grub-mkrescue swtpm
     build_all
+    say "Linux guest: Debian's cloud kernel and a busybox initramfs (scripts/linux-guest.sh)"
+    "$ROOT/scripts/linux-guest.sh" || die "could not build the Linux guest (scripts/linux-guest.sh)"
     say "end-to-end tests"
     tests/e2e/run.sh
 fi

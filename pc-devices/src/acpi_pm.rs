@@ -20,6 +20,10 @@ pub const PM_TMR: u16 = 0x608;
 /// The SLP_TYP our DSDT's `\_S5` package names; the only sleep state we
 /// implement.
 pub const S5_SLP_TYP: u8 = 5;
+/// QEMU's DSDT gives S5 as SLP_TYP 0; guests written against it (and
+/// kvm-unit-tests) hard-code that, so 0 is taken as S5 too. BMonitor's own
+/// DSDT offers no other sleep state, so no announced state is lost.
+pub const QEMU_S5_SLP_TYP: u8 = 0;
 /// The PM timer's fixed frequency (ACPI spec, 3.579545 MHz).
 pub const PM_TIMER_HZ: u64 = 3_579_545;
 
@@ -145,7 +149,7 @@ impl AcpiPm {
                 let hi = b << 8;
                 self.cnt = (self.cnt & 0x00FF) | (hi & CNT_STORED);
                 let slp_typ = ((hi >> 10) & 7) as u8;
-                if hi & SLP_EN != 0 && slp_typ == S5_SLP_TYP {
+                if hi & SLP_EN != 0 && (slp_typ == S5_SLP_TYP || slp_typ == QEMU_S5_SLP_TYP) {
                     return PmEffect::PowerOff;
                 }
             }

@@ -277,6 +277,62 @@ run_disk() {
 }
 check_disk() { no_hypervisor_fault; }
 
+# Stock Debian Linux VMs (scripts/linux-guest.sh builds the kernel and the
+# initramfs; command line "console=ttyS0" only). Boot 1: four VMs at once:
+# tenant-a's two run iperf3 over virtio-net, tenant-b's one cannot reach
+# them, and a fourth makes ext4 on its encrypted disk. Boot 2 (node
+# reboot): the files read back.
+linux_bundle() { # NAME CONFIG
+    sed -e "s|\.\./\.\./target|$ROOT/target|" "$ROOT/tests/e2e/$2" >"$dir/$1.toml"
+    "$BMIMAGE" bundle --config "$dir/$1.toml" --out "$dir/$1.bundle" \
+        --seal-secret "$ROOT/tests/e2e/node.secret" 2>>"$dir/bmimage.err" || fail "$1: bmimage rejected $2"
+}
+linux_boot() { # NAME
+    BM_QEMU_MEM=1024 BM_DISK_IMAGE=$dir/node.img boot_engine qemu-tcg-disk "$dir/$1.bundle" "$dir/$1.log" "$BOOT_TIMEOUT" ||
+        fail "$1: timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$dir/$1.log"))"
+    cat "$dir/$1.log" >>"$dir/serial.log"
+}
+linux_stopped() { # LOG NAME
+    in_log "$1" "^vm $2 stopped: exit-code=0 exits=[0-9]+ .* reason=\"guest power-off\"$"
+}
+run_linux() {
+    [[ -s $ROOT/target/linux/vmlinuz ]] || { fail "no Linux guest: scripts/linux-guest.sh did not run"; return; }
+    rm -f "$dir/node.img"
+    truncate -s 256M "$dir/node.img"
+    linux_bundle four linux.toml
+    linux_boot four
+    for vm in a-srv a-cli b-iso a-disk; do
+        in_log four "^\[$vm\] BMLINUX userspace up$"
+        linux_stopped four "$vm"
+    done
+    in_log four "^vm a-srv loaded: Linux kernel vmlinuz "
+    in_log four "^\[a-cli\] BMLINUX net eth0 52:54:00:00:00:03 10\.0\.0\.3$"
+    in_log four "^\[a-cli\] BMLINUX iperf3 [0-9.]+ Mbits/sec$"
+    in_log four "^\[a-srv\] BMLINUX iperf3-server [0-9.]+ Mbits/sec$"
+    in_log four "^\[b-iso\] BMLINUX reach 10\.0\.0\.2 no$"
+    in_log four "^\[b-iso\] BMLINUX reach 10\.0\.0\.3 no$"
+    in_log four "^\[a-disk\] BMLINUX disk vda 64$"
+    in_log four "^\[a-disk\] BMLINUX disk written [0-9a-f]{64}$"
+    grep -q -a "BMonitor encrypted disk test block" "$dir/node.img" && fail "plaintext of the Linux guest's files found in the raw disk image"
+    local sha
+    sha=$(grep -Eo "^\[a-disk\] BMLINUX disk written [0-9a-f]{64}" "$dir/four.log" | awk '{print $5}')
+    grep -Eo "^\[a-cli\] BMLINUX iperf3 [0-9.]+ Mbits/sec" "$dir/four.log" | awk '{print $4}' >"$dir/iperf3-mbits"
+    linux_bundle reread linux-read.toml
+    linux_boot reread
+    in_log reread "^\[a-disk\] BMLINUX disk verified ${sha:-missing}$"
+    linux_stopped reread a-disk
+}
+check_linux() { no_hypervisor_fault; }
+check_linux_bochs() {
+    no_hypervisor_fault
+    want "^backend: vmx$"
+    for vm in a-srv a-ping; do
+        want "^\[$vm\] BMLINUX userspace up$"
+        stopped "$vm" 0 "guest power-off"
+    done
+    want "^\[a-ping\] BMLINUX ping 10\.0\.0\.2 ok$"
+}
+
 # The key store sealed to the node's TPM (swtpm): the disk reopens with the
 # same TPM, not with another TPM or without one.
 tpm_boot() { # NAME TPM_DIR [BUNDLE]
@@ -780,12 +836,14 @@ for engine in $engines; do
     scenarios+=("network-$engine $engine $ROOT/tests/e2e/network.toml check_network")
     [[ $engine == bochs ]] && scenarios+=("disk-mem-bochs bochs $ROOT/tests/e2e/disk-mem.toml check_disk_mem")
     [[ $engine == bochs ]] && scenarios+=("mgmt-serial-bochs bochs NONE check_mgmt_serial")
+    [[ $engine == bochs ]] && scenarios+=("linux-bochs bochs $ROOT/tests/e2e/linux-bochs.toml check_linux_bochs")
 done
 if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("grub-iso-qemu qemu-tcg-iso $ROOT/boot/configs/demo.toml check_iso_multiboot2")
     scenarios+=("bad-bundle-qemu qemu-tcg GARBAGE check_bad_bundle")
     scenarios+=("bulk-qemu qemu-tcg $ROOT/tests/e2e/bulk.toml check_bulk")
     scenarios+=("disk-qemu qemu-tcg-disk $ROOT/tests/e2e/disk.toml check_disk")
+    scenarios+=("linux-qemu qemu-tcg-disk NONE check_linux")
     scenarios+=("mgmt-qemu qemu-tcg-net NONE check_mgmt")
     scenarios+=("disk-tpm-qemu qemu-tcg-disk-iso NONE check_disk")
     scenarios+=("mgmt-rules-qemu qemu-tcg-net NONE check_mgmt_rules")
@@ -812,16 +870,23 @@ run_scenario() {
         }
     fi
     local start=$SECONDS rc=0
+    # Linux VMs boot in tens of seconds under Bochs; more under load.
+    local BOOT_TIMEOUT=$BOOT_TIMEOUT
+    case $name in
+    linux-bochs) BOOT_TIMEOUT=${LINUX_BOCHS_TIMEOUT:-480} ;;
+    linux-qemu) BOOT_TIMEOUT=${LINUX_QEMU_TIMEOUT:-240} ;;
+    esac
     case $name in
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu ]]; then
+    if [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu ]]; then
         log=$dir/serial.log result=$dir/result
         : >"$log"
         : >"$result"
         case $name in
         disk-qemu) run_disk ;;
+        linux-qemu) run_linux ;;
         disk-tpm-qemu) run_disk_tpm ;;
         mgmt-serial-bochs) run_mgmt_serial ;;
         mgmt-rules-qemu) run_mgmt_rules ;;
@@ -834,7 +899,7 @@ run_scenario() {
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    [[ $name == disk-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu ]] || : >"$result"
+    [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi

@@ -132,3 +132,30 @@ impl BusDevice for PciConfig {
         "pci-conf1"
     }
 }
+
+/// The PM1a control ports of Bochs (0xB004) and VirtualBox (0x4004)
+/// firmware: guests written for those machines power off through them
+/// (SLP_EN, bit 13, in a 16-bit write). Reads see no device.
+pub struct FirmwareSleepPort;
+
+impl BusDevice for FirmwareSleepPort {
+    fn read(&mut self, _offset: u64, data: &mut [u8], _env: &mut Env<'_>) {
+        data.fill(0xFF);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8], _env: &mut Env<'_>) -> Effect {
+        let high = match (offset, data) {
+            (0, [_, hi, ..]) | (1, [hi, ..]) => *hi,
+            _ => 0,
+        };
+        if high & 0x20 != 0 {
+            Effect::PowerOff
+        } else {
+            Effect::None
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "firmware-pm1a"
+    }
+}

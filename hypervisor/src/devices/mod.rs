@@ -149,6 +149,9 @@ impl VmDevices {
         pio.insert(0x92, 1, None, Box::new(legacy::SystemControlA))?;
         pio.insert(0x64, 1, None, Box::new(legacy::KbcCommand))?;
         pio.insert(0xCF8, 8, None, Box::new(legacy::PciConfig::default()))?;
+        for port in [0xB004, 0x4004] {
+            pio.insert(port, 2, None, Box::new(legacy::FirmwareSleepPort))?;
+        }
         Ok(VmDevices { pio, mmio, chip, console, nic: None, disk: None, unclaimed_pio: 0, unclaimed_mmio: 0 })
     }
 
