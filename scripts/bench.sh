@@ -79,6 +79,61 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     sed 's/^/console: /' "$f"
 fi
 
+if [[ " $engines " == *" qemu-tcg "* ]]; then
+    # Linux (QEMU TCG, AMD-V backend): the stock Debian kernel and busybox
+    # initramfs of scripts/linux-guest.sh. Boot time from VM start to the
+    # initramfs's first line under BMonitor against the same kernel and
+    # initramfs booted directly by QEMU TCG (from QEMU's start, firmware
+    # included); VM exits per second of a guest idle in its initramfs; and
+    # iperf3 between two Linux VMs.
+    say "Linux guest benchmarks (about 3 minutes)"
+    "$ROOT/scripts/linux-guest.sh" >/dev/null || die "could not build the Linux guest"
+    dir=$OUT/bench-linux
+    mkdir -p "$dir"
+    linux_vm() { # ROLE -> a one-VM node config
+        printf '[[vm]]\nname = "linux"\nmemory_mib = 144\nkernel = "%s"\nmodule = "%s"\ncmdline = "console=ttyS0"\n' \
+            "$ROOT/target/linux/vmlinuz" "$ROOT/target/linux/initrd-$1.img" >"$dir/$1.toml"
+        make_bundle "$dir/$1.toml" "$dir/$1.bundle"
+    }
+    # Seconds from the VM's load line to its first userspace line.
+    boot_seconds() { # ROLE
+        local log=$dir/$1.log t0= t1=
+        boot_engine qemu-tcg "$dir/$1.bundle" "$log" 180 &
+        local pid=$!
+        while kill -0 "$pid" 2>/dev/null; do
+            [[ -z $t0 ]] && grep -q '^vm linux loaded' "$log" && t0=$(date +%s.%N)
+            [[ -n $t0 && -z $t1 ]] && grep -q 'BMLINUX userspace up' "$log" && t1=$(date +%s.%N)
+            sleep 0.05
+        done
+        wait "$pid" || true
+        [[ -n $t1 ]] && awk "BEGIN {printf \"%.2f\", $t1 - $t0}"
+    }
+    exits_of() { grep -o '^vm linux stopped: exit-code=[-0-9]* exits=[0-9]*' "$dir/$1.log" | grep -o '[0-9]*$'; }
+    linux_vm hello
+    linux_vm idle
+    direct=$("$ROOT/scripts/linux-guest.sh" --no-fetch --machine pc --qemu-direct hello 2>/dev/null |
+        grep -o 'first-userspace-seconds: [0-9.]*' | grep -o '[0-9.]*$') || direct=
+    under=$(boot_seconds hello) || under=
+    if [[ -n $direct && -n $under ]]; then
+        echo "linux boot: ${under}s under BMonitor, ${direct}s directly on QEMU TCG: ratio $(awk "BEGIN {printf \"%.2f\", $under/$direct}") (goal <= 1.15)"
+    else
+        echo "linux boot: no result (direct: ${direct:-none}, BMonitor: ${under:-none}; see $dir)"
+    fi
+    boot_seconds idle >/dev/null || true
+    hello_exits=$(exits_of hello) idle_exits=$(exits_of idle)
+    if [[ -n $hello_exits && -n $idle_exits ]]; then
+        # The idle run is the hello run plus 30 s asleep in the shell's sleep.
+        echo "linux idle: $(awk "BEGIN {printf \"%.1f\", ($idle_exits - $hello_exits) / 30}") VM exits/s over 30 s idle (idle run ${idle_exits} exits, hello run ${hello_exits}; goal <= 20)"
+        grep '^vm linux stopped' "$dir/idle.log" | sed 's/^/  idle run: /'
+    else
+        echo "linux idle: no result (see $dir)"
+    fi
+    sed -e "s|\.\./\.\./target|$ROOT/target|" tests/e2e/linux-bench.toml >"$dir/iperf.toml"
+    make_bundle "$dir/iperf.toml" "$dir/iperf.bundle"
+    BM_QEMU_MEM=1024 boot_engine qemu-tcg "$dir/iperf.bundle" "$dir/iperf.log" 240 || true
+    echo "linux iperf3 VM->VM: $(grep -o 'BMLINUX iperf3 [0-9.]* Mbits/sec' "$dir/iperf.log" | grep -o '[0-9.]* Mbits/sec' || echo "no result (see $dir/iperf.log)")"
+fi
+
 if [[ -z $system_only ]]; then
     say "criterion benchmarks of the pure crates"
     cargo bench --quiet --workspace --exclude hypervisor --exclude test-guests 2>&1 | grep -E "time:|thrpt:|^[a-z].*/" || true
