@@ -121,6 +121,8 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         log!("node: keep_running set but no management path (uplink or COM2); the node powers off when its VMs stop");
     }
     let mut node = node::Node {
+        images: &bundle,
+        nics: &nics,
         network: &mut network,
         mgmt: management.as_mut(),
         storage: storage.as_mut(),

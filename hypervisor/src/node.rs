@@ -6,13 +6,19 @@ use crate::arch::x86_64::time;
 use crate::mgmt::Mgmt;
 use crate::net::node::Network;
 use crate::virt::{Backend, StopReason};
+use crate::vm::build::{build_vm, ImageSource, NodeResources};
 use crate::vm::scheduler::{run_slice, SLICE_MS};
 use crate::vm::Vm;
 use alloc::vec::Vec;
 use vmm_config::config::NodeConfig;
+use vswitch::config::NicIdentity;
 
 /// Everything the node loop drives besides the VMs.
 pub struct Node<'a> {
+    /// Where config VMs' kernels and modules come from (to restart them).
+    pub images: &'a dyn ImageSource,
+    /// The config VMs' NICs.
+    pub nics: &'a [NicIdentity],
     pub network: &'a mut Network,
     pub mgmt: Option<&'a mut Mgmt>,
     pub storage: Option<&'a mut crate::storage::Storage>,
@@ -31,7 +37,57 @@ pub enum End {
     Reboot,
 }
 
+/// Guest resets a config VM gets within [`RESET_WINDOW_MS`] before it is
+/// left stopped: a guest that resets in a loop costs only itself, and not
+/// for ever.
+pub const MAX_RESETS: u32 = 5;
+/// The window [`MAX_RESETS`] counts in.
+pub const RESET_WINDOW_MS: u64 = 60_000;
+
 impl Node<'_> {
+    /// A config VM that asked for a reset (0xCF9, the keyboard controller,
+    /// port 0x92) runs again from its image with fresh memory and devices,
+    /// as a PC would, keeping its disk.
+    fn restart_after_reset(&mut self, vms: &mut [Vm], i: usize) {
+        let Some(vm) = vms.get(i) else { return };
+        if vm.stopped != Some(StopReason::Reset) || vm.managed.is_some() {
+            return;
+        }
+        let Some(cfg) = self.config.vms.get(usize::from(vm.id)) else { return };
+        let now = time::rdtsc();
+        let (mut start, mut count) = vm.resets;
+        if time::tsc_to_ms(now.wrapping_sub(start)) > RESET_WINDOW_MS {
+            (start, count) = (now, 0);
+        }
+        if count >= MAX_RESETS {
+            crate::log!(
+                "vm {}: {count} guest resets within {RESET_WINDOW_MS} ms (limit {MAX_RESETS}); left stopped",
+                vm.name
+            );
+            if let Some(v) = vms.get_mut(i) {
+                v.managed = Some((u32::MAX, 0)); // never considered again
+            }
+            return;
+        }
+        crate::log!(
+            "vm {}: guest reset; restarting ({} of {MAX_RESETS} within {RESET_WINDOW_MS} ms)",
+            vm.name,
+            count + 1
+        );
+        let id = vm.id;
+        let res = NodeResources {
+            config: self.config,
+            images: self.images,
+            nics: self.nics,
+            storage: self.storage.as_deref_mut(),
+        };
+        let mut fresh = build_vm(id, cfg, res, self.backend);
+        fresh.resets = (start, count + 1);
+        if let Some(slot) = vms.get_mut(i) {
+            *slot = fresh;
+        }
+    }
+
     /// Between slices: the network, then the management plane and the VMs
     /// it wants.
     fn round(&mut self, vms: &mut Vec<Vm>) -> Option<End> {
@@ -104,6 +160,7 @@ pub fn run_node(vms: &mut Vec<Vm>, node: &mut Node<'_>, stay_up: bool) -> End {
             }
             any = true;
             run_slice(vm, slice);
+            node.restart_after_reset(vms, i);
             if let Some(end) = node.round(vms) {
                 return stop_all(vms, end);
             }

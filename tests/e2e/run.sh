@@ -321,6 +321,12 @@ run_linux() {
     linux_boot reread
     in_log reread "^\[a-disk\] BMLINUX disk verified ${sha:-missing}$"
     linux_stopped reread a-disk
+    # A Linux VM stopped (its own reset) and started again, its disk kept.
+    in_log reread "^\[a-boot\] BMLINUX restart boot 1$"
+    in_log reread "^vm a-boot stopped: exit-code=-1 .* reason=\"guest reset request\"$"
+    in_log reread "^vm a-boot: guest reset; restarting \(1 of 5 within 60000 ms\)$"
+    in_log reread "^\[a-boot\] BMLINUX restart boot 2$"
+    linux_stopped reread a-boot
 }
 check_linux() { no_hypervisor_fault; }
 check_linux_bochs() {

@@ -137,7 +137,8 @@ pub fn reconcile(
                         nics_changed = true;
                         extra.nic = Some((nic.mac, nic_port(id)));
                         let a = core::net::Ipv4Addr::from(ip);
-                        crate::log!("vm {} nic: ip {a}, cluster {}", spec.name, nic.cluster);
+                        let base = crate::devices::virtio::slot(crate::devices::virtio::NIC_SLOT).0;
+                        crate::log!("vm {} nic: virtio-net at {base:#x}, ip {a}, cluster {}", spec.name, nic.cluster);
                     }
                     if spec.disk_mib > 0 {
                         let st = storage.as_deref_mut().ok_or("the node has no disk for this VM's volume")?;

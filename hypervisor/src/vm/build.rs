@@ -106,6 +106,7 @@ pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: 
         debug_hypercalls: cfg.debug_hypercalls,
         stopped: None,
         managed: None,
+        resets: (0, 0),
     };
     let disk = match (&cfg.disk, storage) {
         (None, _) => Ok(extra.disk),
@@ -195,6 +196,7 @@ fn stopped_shell(id: u16, cfg: &VmConfig, identity: VcpuIdentity, amd: bool, why
         debug_hypercalls: false,
         stopped: None,
         managed: None,
+        resets: (0, 0),
     };
     vm.stop(StopReason::LoadFailed(why));
     vm

@@ -43,6 +43,8 @@ pub struct Vm {
     pub stopped: Option<StopReason>,
     /// For VMs the consoles created: (management VM id, start generation).
     pub managed: Option<(u32, u64)>,
+    /// Guest resets: (TSC when the counting window began, resets in it).
+    pub resets: (u64, u32),
 }
 
 impl Vm {
