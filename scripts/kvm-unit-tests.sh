@@ -33,7 +33,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 KUT_PINNED=1da1819e49fc4938985edca67df669099b4c87a7
-KUT_BOCHS_DEFAULT="vmexit_cpuid setjmp hypercall msr64 idt_test"
+KUT_BOCHS_DEFAULT="vmexit_cpuid setjmp hypercall msr64 idt_test eventinj la57"
 CACHE=${BM_CACHE:-$HOME/.cache/bmonitor}
 ENGINES=direct,qemu-tcg,bochs
 ONLY=
@@ -149,12 +149,17 @@ verdict_code() {
     esac
 }
 
-# note_from OUTPUT_FILE: the SUMMARY line and the first FAIL line.
+# note_from OUTPUT_FILE: the SUMMARY line, the first FAIL line and the
+# first unhandled exception (exit code 63 is kvm-unit-tests' abort()).
 note_from() {
-    local s f
+    local s f u out
     s=$(grep -a -m1 '^SUMMARY:' "$1" | sed 's/^SUMMARY: //' || true)
     f=$(grep -a -m1 '^FAIL' "$1" | cut -c1-110 || true)
-    if [[ -n $f ]]; then printf '%s; first: %s' "${s:-no summary}" "$f"; else printf '%s' "$s"; fi
+    u=$(grep -a -m1 -i 'unhandled exception\|^Assertion\|^abort' "$1" | cut -c1-90 || true)
+    out=$s
+    [[ -n $f ]] && out="${out:-no summary}; first: $f"
+    [[ -n $u ]] && out="${out:+$out; }$u"
+    printf '%s' "$out"
 }
 
 # check_ok "PATH=VALUE ...": the host preconditions the runner checks.
@@ -186,6 +191,9 @@ run_direct() {
         v="TIMEOUT (${T_DIRECT}s)"
     elif ((rc & 1)); then
         v=$(verdict_code $((rc >> 1)))
+    elif ((rc == 0)); then
+        # -no-reboot turns a triple fault or reset into a clean exit.
+        v="RESET (QEMU exit 0: triple fault or reset)"
     else
         v="ERROR (qemu exit $rc: $(grep -a -m1 -i 'error\|qemu-system' "$log" | cut -c1-80))"
     fi
@@ -287,7 +295,8 @@ while IFS='|' read -r name file arch accel groups args qp check tmo; do
         say "$name bochs: $b${bn:+ ($bn)}"
     fi
     [[ -n $extra ]] && dn="${dn:+$dn; }$extra"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$d" "$dn" "$q" "$qn" "$b" "$bn" >>"$RES"
+    # Empty fields as "-": read's tab splitting would merge them.
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$d" "${dn:--}" "$q" "${qn:--}" "$b" "${bn:--}" >>"$RES"
 done < <(list_tests)
 
 # ---------------------------------------------------------------- table
@@ -298,9 +307,9 @@ done < <(list_tests)
     echo '|---|---|---|---|---|'
     tail -n +2 "$RES" | while IFS=$'\t' read -r n d dn q qn b bn; do
         note=
-        for x in "${dn:+direct: $dn}" "${qn:+BMonitor: $qn}" "${bn:+Bochs: $bn}"; do
-            [[ -n $x ]] && note="${note:+$note; }$x"
-        done
+        [[ $dn != - ]] && note="direct: $dn"
+        [[ $qn != - ]] && note="${note:+$note; }BMonitor: $qn"
+        [[ $bn != - ]] && note="${note:+$note; }Bochs: $bn"
         printf '| %s | %s | %s | %s | %s |\n' "$n" "$d" "$q" "$b" "${note//|/\\|}"
     done
 } >"$KOUT/table.md"

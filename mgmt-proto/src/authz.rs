@@ -79,7 +79,13 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
             | Request::SetSubBoundary { .. }
             | Request::RemoveSubBoundary { .. }
             | Request::RotateTenantKey
-            | Request::SetImageSigningKey { .. } => Err(Denied::TenantOnly),
+            | Request::SetImageSigningKey { .. }
+            | Request::AgentOpen { .. }
+            | Request::AgentSend { .. }
+            | Request::AgentPoll { .. }
+            | Request::AgentStatus { .. }
+            | Request::AgentLog { .. }
+            | Request::AgentHeartbeat { .. } => Err(Denied::TenantOnly),
         },
         Role::Tenant(lease) => {
             let own_vm =
@@ -113,7 +119,13 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
                 | Request::ReadCounters { vm }
                 | Request::ReloadImage { vm }
                 | Request::ConsoleRead { vm, .. }
-                | Request::ConsoleWrite { vm, .. } => own_vm(vm),
+                | Request::ConsoleWrite { vm, .. }
+                | Request::AgentOpen { vm, .. }
+                | Request::AgentSend { vm, .. }
+                | Request::AgentPoll { vm, .. }
+                | Request::AgentStatus { vm }
+                | Request::AgentLog { vm, .. }
+                | Request::AgentHeartbeat { vm, .. } => own_vm(vm),
                 Request::RemoveSubBoundary { id } => {
                     if owners.rule_lease(*id) == Some(*lease) {
                         Ok(())

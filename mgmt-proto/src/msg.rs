@@ -564,6 +564,55 @@ pub enum Request {
         /// (a scrub: slow for large images).
         verify: bool,
     },
+    // ---- tenant: the guest agent (protocol 1, appended without renumbering) ----
+    /// Start an operation in the VM through its agent (exec, file copy,
+    /// processes, services, inventory); answered with the stream that
+    /// carries its events.
+    AgentOpen {
+        /// The VM.
+        vm: VmId,
+        /// The operation.
+        op: agent_proto::Op,
+    },
+    /// Input for an agent stream (stdin, file data, a signal, a resize).
+    AgentSend {
+        /// The VM.
+        vm: VmId,
+        /// The stream from [`Response::AgentStream`].
+        stream: u32,
+        /// The input.
+        input: agent_proto::Input,
+    },
+    /// Take up to `max_bytes` of an agent stream's events.
+    AgentPoll {
+        /// The VM.
+        vm: VmId,
+        /// The stream.
+        stream: u32,
+        /// At most this many bytes of events (at least one event is returned when any waits).
+        max_bytes: u32,
+    },
+    /// The VM's agent: attached, heartbeats, load.
+    AgentStatus {
+        /// The VM.
+        vm: VmId,
+    },
+    /// The VM's agent log (attach/detach, heartbeats missed, service events) from index `from`.
+    AgentLog {
+        /// The VM.
+        vm: VmId,
+        /// First index wanted.
+        from: u64,
+    },
+    /// Set the agent's heartbeat period and the bound after which it is reported hung.
+    AgentHeartbeat {
+        /// The VM.
+        vm: VmId,
+        /// Heartbeat period, 100..=60000 ms.
+        period_ms: u32,
+        /// Hung after this long without one (at least twice the period).
+        timeout_ms: u64,
+    },
 }
 
 impl Request {
@@ -600,6 +649,12 @@ impl Request {
             Request::Resume => "resume",
             Request::CancelUpload { .. } => "cancel-upload",
             Request::ListImages { .. } => "list-images",
+            Request::AgentOpen { .. } => "agent-open",
+            Request::AgentSend { .. } => "agent-send",
+            Request::AgentPoll { .. } => "agent-poll",
+            Request::AgentStatus { .. } => "agent-status",
+            Request::AgentLog { .. } => "agent-log",
+            Request::AgentHeartbeat { .. } => "agent-heartbeat",
         }
     }
 }
@@ -713,6 +768,27 @@ pub enum Response {
     /// Stored images and unfinished uploads (added in protocol 1 without
     /// renumbering).
     Images(ImageList),
+    /// The stream of a started agent operation.
+    AgentStream {
+        /// Its id.
+        stream: u32,
+    },
+    /// Events of an agent stream.
+    AgentEvents {
+        /// The events, in order.
+        events: Vec<agent_proto::Event>,
+        /// The stream has ended and the node forgot it.
+        finished: bool,
+    },
+    /// The VM's agent state.
+    Agent(agent_proto::AgentStatus),
+    /// Entries of the VM's agent log.
+    AgentLog {
+        /// The entries.
+        entries: Vec<agent_proto::relay::LogEntry>,
+        /// The index to ask for next.
+        next: u64,
+    },
 }
 
 /// Why a message failed to decode or encode.

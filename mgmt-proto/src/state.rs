@@ -1008,6 +1008,15 @@ impl NodeState {
                     Counter { name: String::from("console.bytes"), value: v.console.len() as u64 },
                 ]))
             }
+            Request::AgentOpen { .. }
+            | Request::AgentSend { .. }
+            | Request::AgentPoll { .. }
+            | Request::AgentStatus { .. }
+            | Request::AgentLog { .. }
+            | Request::AgentHeartbeat { .. } => Err(ErrorReply::new(
+                ErrorCode::Unsupported,
+                "agent requests are served by the node's relay, not by the state",
+            )),
             Request::ConsoleRead { vm, from_offset } => {
                 let v = self.vms.get(vm).ok_or_else(|| not_found("VM"))?;
                 let start = usize::try_from(*from_offset).unwrap_or(usize::MAX).min(v.console.len());

@@ -34,7 +34,30 @@ pub mod nr {
     /// Test-only: corrupts this VM's saved CPU state so the next VM entry
     /// fails. Refused with `DENIED` unless the VM config enables debug calls.
     pub const DEBUG_CORRUPT_STATE: u64 = 0xDEB0;
+    /// Registers the agent's shared region: RDI = its guest-virtual
+    /// address (4 KiB aligned) in the caller's address space, RSI = data
+    /// bytes per direction (agent_proto::ring::Layout). Ends the streams of
+    /// an earlier attachment.
+    pub const AGENT_ATTACH: u64 = 0x10;
+    /// Moves records both ways through the registered region; must come
+    /// from the address space that attached. Returns RDI = records taken,
+    /// RSI = records given, RDX = 1 when more waits for the agent.
+    pub const AGENT_KICK: u64 = 0x11;
+    /// Unregisters the region (the agent is exiting).
+    pub const AGENT_DETACH: u64 = 0x12;
 }
+
+/// A caller at CPL 3 is accepted for privileged calls only when it may
+/// access this I/O port under the x86 rules (CPL <= IOPL, or the port's bit
+/// clear in the TSS I/O bitmap): on Linux that takes `ioperm`/`iopl`,
+/// which need CAP_SYS_RAWIO, so an unprivileged process cannot pose as the
+/// agent or stop the VM. No device answers at this port.
+pub const AGENT_IO_PORT: u16 = 0x0B4D;
+
+/// The guest's COM2 (0x2F8, IRQ 3) is the agent's doorbell: BMonitor puts a
+/// byte in its receive buffer when something waits for the agent, so the
+/// agent can sleep in poll(2) on /dev/ttyS1 with a stock kernel driver.
+pub const AGENT_DOORBELL_PORT: u16 = 0x2F8;
 
 /// Status codes returned in RAX.
 pub mod status {
@@ -48,8 +71,13 @@ pub mod status {
     pub const BAD_ADDRESS: u64 = 3;
     /// A buffer was longer than the call allows.
     pub const TOO_LARGE: u64 = 4;
-    /// The call exists but this VM may not use it.
+    /// The call exists but this VM may not use it, or the caller lacks
+    /// the privilege (see [`super::AGENT_IO_PORT`]).
     pub const DENIED: u64 = 5;
+    /// An agent call before `agent_attach` (or after a detach).
+    pub const NOT_ATTACHED: u64 = 6;
+    /// The agent's region broke the ring rules; the agent was detached.
+    pub const RING_FAULT: u64 = 7;
 }
 
 /// A decoded, range-checked hypercall. Buffers still need translating
@@ -70,6 +98,21 @@ pub enum Hypercall {
     Clock,
     /// Test-only state corruption (see [`nr::DEBUG_CORRUPT_STATE`]).
     DebugCorruptState,
+    /// Register the agent's region at guest-virtual `va` with `data` bytes per direction.
+    AgentAttach { va: u64, data: u64 },
+    /// Move agent records.
+    AgentKick,
+    /// Unregister the agent's region.
+    AgentDetach,
+}
+
+impl Hypercall {
+    /// Whether a CPL 3 caller needs I/O privilege ([`AGENT_IO_PORT`]) for
+    /// this call. Only the version and the clock (which RDTSC gives anyway)
+    /// are open to every process.
+    pub fn privileged(&self) -> bool {
+        !matches!(self, Hypercall::AbiVersion | Hypercall::Clock)
+    }
 }
 
 /// Why a hypercall could not be decoded; maps to a status code for the guest.
@@ -129,6 +172,14 @@ pub fn decode(regs: HypercallRegs, long_mode: bool) -> Result<Hypercall, DecodeE
         nr::EXIT => Ok(Hypercall::Exit { code: (rdi & 0xFFFF_FFFF) as u32 }),
         nr::CLOCK => Ok(Hypercall::Clock),
         nr::DEBUG_CORRUPT_STATE => Ok(Hypercall::DebugCorruptState),
+        nr::AGENT_ATTACH => {
+            if rdi & 0xFFF != 0 {
+                return Err(DecodeError::InvalidArgument);
+            }
+            Ok(Hypercall::AgentAttach { va: rdi, data: rsi })
+        }
+        nr::AGENT_KICK => Ok(Hypercall::AgentKick),
+        nr::AGENT_DETACH => Ok(Hypercall::AgentDetach),
         other => Err(DecodeError::UnknownCall(other)),
     }
 }
