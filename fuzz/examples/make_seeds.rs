@@ -617,6 +617,7 @@ fn requests() -> Vec<(&'static str, Request)> {
                     cluster: ClusterId(1),
                     cmdline: "console=ttyS0".into(),
                     ip: Some([10, 0, 0, 11]),
+                    initrd: None,
                 },
             },
         ),

@@ -210,6 +210,10 @@ pub enum VmCmd {
         /// Give the VM a NIC with this IPv4 address in its cluster.
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
+        /// Uploaded image loaded as the VM's initrd (initramfs / boot module);
+        /// the node refuses the VM when no such image is stored.
+        #[arg(long, value_parser = name_arg, value_name = "IMAGE")]
+        initrd: Option<String>,
     },
     /// Destroy a VM.
     Destroy {
@@ -565,6 +569,9 @@ fn vm_table(vms: &[VmInfo]) -> String {
             v.spec.memory_mib,
             escape_control(&v.spec.image)
         ));
+        if let Some(initrd) = &v.spec.initrd {
+            s.push_str(&format!("\n      initrd: {}", escape_control(initrd)));
+        }
         if !v.spec.cmdline.is_empty() {
             s.push_str(&format!("\n      cmdline: {}", escape_control(&v.spec.cmdline)));
         }
@@ -716,7 +723,7 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
             ctx.call(true, Request::EndLease { lease: LeaseId(lease) })?;
             done(ctx, "end lease");
         }
-        LandlordCmd::Vm(VmCmd::Create { lease, name, image, vcpus, memory, disk, cluster, cmdline, ip }) => {
+        LandlordCmd::Vm(VmCmd::Create { lease, name, image, vcpus, memory, disk, cluster, cmdline, ip, initrd }) => {
             let spec = VmSpec {
                 lease: LeaseId(lease),
                 name,
@@ -727,6 +734,7 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
                 cluster: ClusterId(cluster),
                 cmdline,
                 ip: ip.map(|a| a.octets()),
+                initrd,
             };
             match ctx.call(true, Request::CreateVm { spec })?.1 {
                 Response::VmCreated { vm } => ctx.out(json!({"vm": vm.0}), || format!("VM {} created", vm.0)),

@@ -276,6 +276,7 @@ fn vm_spec(lease: LeaseId, name: &str) -> VmSpec {
         cluster: ClusterId(0),
         cmdline: String::new(),
         ip: None,
+        initrd: None,
     }
 }
 
@@ -771,4 +772,34 @@ fn tenant_status_counts_the_leases_vms() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["vms"], 2);
     assert_eq!(v["stopped"], 2);
+}
+
+#[test]
+fn vm_create_with_initrd_checks_the_image_and_lists_it() {
+    let s = setup();
+    add_profile(&s, "n", &s.server.addr);
+    let (lease, _, _) = s.lease();
+    let mut conn = || connect(&s.server.addr, Role::Landlord, &s.landlord.secret, &s.landlord_key());
+    upload_image(&mut conn, b"kernel", &plain_upload("img"), &ProgressBar::hidden()).unwrap();
+    let l = lease.0.to_string();
+    let create = |initrd: &str| {
+        bmctl(
+            &s.cfg.dir,
+            &[
+                "-p", "n", "landlord", "vm", "create", "--lease", &l, "--name", "rd", "--image", "img", "--initrd",
+                initrd,
+            ],
+        )
+    };
+    let out = create("initramfs");
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("initrd: no image named \"initramfs\""), "{}", stderr(&out));
+    upload_image(&mut conn, b"cpio archive", &plain_upload("initramfs"), &ProgressBar::hidden()).unwrap();
+    let out = create("initramfs");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "landlord", "vm", "list"]);
+    assert!(stdout(&out).contains("initrd: initramfs"), "{}", stdout(&out));
+    let out = bmctl(&s.cfg.dir, &["-p", "n", "--json", "landlord", "vm", "list"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["spec"]["initrd"], "initramfs");
 }

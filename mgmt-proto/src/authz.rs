@@ -197,6 +197,7 @@ mod tests {
                     ip: None,
                     image: String::from("x"),
                     cluster: ClusterId(0),
+                    initrd: None,
                 },
             },
             Request::DestroyVm { vm: VmId(1) },

@@ -295,6 +295,10 @@ pub struct VmSpec {
     /// IPv4 address of the VM's NIC in its cluster; no NIC when absent.
     #[serde(default)]
     pub ip: Option<[u8; 4]>,
+    /// Name of an uploaded image loaded as the VM's initrd (initramfs,
+    /// a multiboot module); none when absent.
+    #[serde(default)]
+    pub initrd: Option<String>,
 }
 
 /// Run state of a VM.

@@ -170,8 +170,9 @@ pub struct VmSnapshot {
 }
 
 /// The snapshot format this build writes (3: images live in the image
-/// store, the snapshot keeps their extents).
-pub const SNAPSHOT_VERSION: u16 = 3;
+/// store, the snapshot keeps their extents; 4: VM definitions carry an
+/// initrd).
+pub const SNAPSHOT_VERSION: u16 = 4;
 
 /// Everything the node keeps across reboots: keys, leases, VM definitions,
 /// images, boundaries, rules, audit log. The hypervisor stores it on its
@@ -207,6 +208,90 @@ pub struct Snapshot {
     /// [`NodeState::restore_with`] moves them into the image store.
     #[serde(skip)]
     pub legacy_images: Vec<(String, Vec<u8>, [u8; 32])>,
+}
+
+/// A VM definition as versions 1 to 3 stored it (no initrd). postcard is
+/// not self-describing, so the old layout needs its own type.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct VmSpecV3 {
+    lease: LeaseId,
+    name: String,
+    vcpus: u8,
+    memory_mib: u32,
+    disk_mib: u32,
+    image: String,
+    cluster: ClusterId,
+    cmdline: String,
+    ip: Option<[u8; 4]>,
+}
+
+impl VmSpecV3 {
+    fn upgrade(self) -> VmSpec {
+        VmSpec {
+            lease: self.lease,
+            name: self.name,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_mib: self.disk_mib,
+            image: self.image,
+            cluster: self.cluster,
+            cmdline: self.cmdline,
+            ip: self.ip,
+            initrd: None,
+        }
+    }
+}
+
+/// A VM of a version 2 or 3 snapshot.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct VmSnapshotV3 {
+    id: VmId,
+    spec: VmSpecV3,
+    starts: u64,
+    autostart: bool,
+}
+
+impl VmSnapshotV3 {
+    fn upgrade(self) -> VmSnapshot {
+        VmSnapshot { id: self.id, spec: self.spec.upgrade(), starts: self.starts, autostart: self.autostart }
+    }
+}
+
+/// The version 3 layout (VMs without an initrd).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotV3 {
+    version: u16,
+    landlord_secret: [u8; 32],
+    landlord_console: PublicKey,
+    leases: Vec<LeaseSnapshot>,
+    vms: Vec<VmSnapshotV3>,
+    images: Vec<(String, Image)>,
+    boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
+    sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
+    audit: Vec<AuditEntry>,
+    audit_anchor: [u8; 32],
+    next_id: u32,
+    clock: u64,
+}
+
+impl SnapshotV3 {
+    fn upgrade(self) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            landlord_secret: self.landlord_secret,
+            landlord_console: self.landlord_console,
+            leases: self.leases,
+            vms: self.vms.into_iter().map(VmSnapshotV3::upgrade).collect(),
+            images: self.images,
+            boundaries: self.boundaries,
+            sub_rules: self.sub_rules,
+            audit: self.audit,
+            audit_anchor: self.audit_anchor,
+            next_id: self.next_id,
+            clock: self.clock,
+            legacy_images: Vec::new(),
+        }
+    }
 }
 
 /// An audit entry as versions 1 and 2 stored it (no chain).
@@ -245,7 +330,7 @@ struct SnapshotV2 {
     landlord_secret: [u8; 32],
     landlord_console: PublicKey,
     leases: Vec<LeaseSnapshot>,
-    vms: Vec<VmSnapshot>,
+    vms: Vec<VmSnapshotV3>,
     images: Vec<(String, Vec<u8>, [u8; 32])>,
     boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
     sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
@@ -263,7 +348,7 @@ impl SnapshotV2 {
             landlord_secret: self.landlord_secret,
             landlord_console: self.landlord_console,
             leases: self.leases,
-            vms: self.vms,
+            vms: self.vms.into_iter().map(VmSnapshotV3::upgrade).collect(),
             images: Vec::new(),
             boundaries: self.boundaries,
             sub_rules: self.sub_rules,
@@ -284,7 +369,7 @@ struct SnapshotV1 {
     landlord_secret: [u8; 32],
     landlord_console: PublicKey,
     leases: Vec<LeaseSnapshot>,
-    vms: Vec<(VmId, VmSpec, u64)>,
+    vms: Vec<(VmId, VmSpecV3, u64)>,
     images: Vec<(String, Vec<u8>, [u8; 32])>,
     boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
     sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
@@ -303,6 +388,11 @@ impl Snapshot {
             }
             _ => {}
         }
+        if let Ok(v3) = postcard::from_bytes::<SnapshotV3>(bytes) {
+            if v3.version == 3 {
+                return Ok(v3.upgrade());
+            }
+        }
         if let Ok(v2) = postcard::from_bytes::<SnapshotV2>(bytes) {
             if v2.version == 2 {
                 return Ok(v2.upgrade());
@@ -317,7 +407,7 @@ impl Snapshot {
                 vms: v1
                     .vms
                     .into_iter()
-                    .map(|(id, spec, starts)| VmSnapshot { id, spec, starts, autostart: false })
+                    .map(|(id, spec, starts)| VmSnapshotV3 { id, spec, starts, autostart: false })
                     .collect(),
                 images: v1.images,
                 boundaries: v1.boundaries,
@@ -913,6 +1003,11 @@ impl NodeState {
                         format!("image: no image named {:?}", spec.image),
                     ));
                 }
+                if let Some(initrd) = &spec.initrd {
+                    if !self.images.contains_key(initrd) {
+                        return Err(ErrorReply::new(ErrorCode::NotFound, format!("initrd: no image named {initrd:?}")));
+                    }
+                }
                 if spec.vcpus == 0 || spec.memory_mib == 0 {
                     return Err(ErrorReply::new(ErrorCode::Invalid, "vcpus/memory_mib: must be positive"));
                 }
@@ -1260,6 +1355,7 @@ mod snapshot_tests {
                 disk_mib: 0,
                 vcpus: 1,
                 ip: None,
+                initrd: None,
             };
             let r = n.handle(Role::Landlord, &Request::CreateVm { spec });
             let Ok(Response::VmCreated { vm }) = r else { panic!("{r:?}") };
@@ -1297,7 +1393,7 @@ mod snapshot_tests {
             landlord_secret: [u8; 32],
             landlord_console: PublicKey,
             leases: &'a [LeaseSnapshot],
-            vms: Vec<(VmId, VmSpec, u64)>,
+            vms: Vec<(VmId, VmSpecV3, u64)>,
             images: &'a [(String, Vec<u8>, [u8; 32])],
             boundaries: &'a [(ClusterId, Vec<BoundaryRule>)],
             sub_rules: &'a [(RuleId, LeaseId, BoundaryRule)],
@@ -1311,7 +1407,7 @@ mod snapshot_tests {
             landlord_secret: snap.landlord_secret,
             landlord_console: snap.landlord_console,
             leases: &snap.leases,
-            vms: snap.vms.iter().map(|v| (v.id, v.spec.clone(), 5)).collect(),
+            vms: snap.vms.iter().map(|v| (v.id, v3_spec(&v.spec), 5)).collect(),
             images: &inline,
             boundaries: &snap.boundaries,
             sub_rules: &snap.sub_rules,
@@ -1347,6 +1443,86 @@ mod snapshot_tests {
         assert!(dropped.is_empty());
         assert_eq!(st.images["img"].size, 16);
         assert_eq!(st.image_bytes("img").unwrap_err(), "image \"img\" does not match its SHA-256 (store damaged)");
+    }
+
+    fn v3_spec(s: &VmSpec) -> VmSpecV3 {
+        VmSpecV3 {
+            lease: s.lease,
+            name: s.name.clone(),
+            vcpus: s.vcpus,
+            memory_mib: s.memory_mib,
+            disk_mib: s.disk_mib,
+            image: s.image.clone(),
+            cluster: s.cluster,
+            cmdline: s.cmdline.clone(),
+            ip: s.ip,
+        }
+    }
+
+    #[test]
+    fn version_3_snapshots_still_load_without_initrd() {
+        let (mut n, ids) = node_with_vms(&["a", "b"]);
+        assert!(n.handle(Role::Landlord, &Request::StartVm { vm: ids[1] }).is_ok());
+        n.log(None, "entry", String::from("ok"));
+        let snap = n.snapshot();
+        let v3 = SnapshotV3 {
+            version: 3,
+            landlord_secret: snap.landlord_secret,
+            landlord_console: snap.landlord_console,
+            leases: snap.leases.clone(),
+            vms: snap
+                .vms
+                .iter()
+                .map(|v| VmSnapshotV3 { id: v.id, spec: v3_spec(&v.spec), starts: v.starts, autostart: v.autostart })
+                .collect(),
+            images: snap.images.clone(),
+            boundaries: snap.boundaries.clone(),
+            sub_rules: snap.sub_rules.clone(),
+            audit: snap.audit.clone(),
+            audit_anchor: snap.audit_anchor,
+            next_id: snap.next_id,
+            clock: snap.clock,
+        };
+        let bytes = postcard::to_allocvec(&v3).unwrap();
+        let back = Snapshot::decode(&bytes).unwrap();
+        assert_eq!(back.version, SNAPSHOT_VERSION);
+        assert_eq!(back.vms.len(), 2);
+        for (old, new) in snap.vms.iter().zip(&back.vms) {
+            assert_eq!(old.spec, new.spec);
+            assert_eq!((old.id, old.starts, old.autostart), (new.id, new.starts, new.autostart));
+            assert_eq!(new.spec.initrd, None);
+        }
+        assert_eq!(back.images, snap.images);
+        assert_eq!(back.audit.len(), snap.audit.len());
+        assert_eq!(back.next_id, snap.next_id);
+        // A version 4 snapshot keeps the initrd.
+        let mut snap4 = snap.clone();
+        snap4.vms[0].spec.initrd = Some(String::from("img"));
+        let back4 = Snapshot::decode(&postcard::to_allocvec(&snap4).unwrap()).unwrap();
+        assert_eq!(back4.vms[0].spec.initrd.as_deref(), Some("img"));
+    }
+
+    #[test]
+    fn a_vm_whose_initrd_image_is_missing_is_refused() {
+        let (mut n, _) = node_with_vms(&[]);
+        let lease = *n.leases.keys().next().unwrap();
+        let mut spec = VmSpec {
+            name: String::from("withrd"),
+            lease,
+            cluster: ClusterId(1),
+            memory_mib: 16,
+            image: String::from("img"),
+            cmdline: String::new(),
+            disk_mib: 0,
+            vcpus: 1,
+            ip: None,
+            initrd: Some(String::from("nope")),
+        };
+        let e = n.handle(Role::Landlord, &Request::CreateVm { spec: spec.clone() }).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        assert!(e.message.starts_with("initrd:"), "{}", e.message);
+        spec.initrd = Some(String::from("img"));
+        assert!(matches!(n.handle(Role::Landlord, &Request::CreateVm { spec }), Ok(Response::VmCreated { .. })));
     }
 
     #[test]
