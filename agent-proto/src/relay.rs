@@ -151,7 +151,8 @@ pub struct AgentStatus {
 }
 
 struct Stream {
-    events: VecDeque<Event>,
+    /// Events with their encoded size (what they cost in a console reply).
+    events: VecDeque<(Event, usize)>,
     queued: usize,
     /// The agent sent a terminal event (or the stream was aborted).
     ended: bool,
@@ -262,7 +263,7 @@ impl Relay {
     fn abort_streams(&mut self, why: &str) {
         for s in self.streams.values_mut() {
             if !s.ended {
-                s.events.push_back(Event::Error(why.to_string()));
+                s.events.push_back((Event::Error(why.to_string()), why.len() + 8));
                 s.ended = true;
             }
         }
@@ -374,25 +375,26 @@ impl Relay {
         Ok(())
     }
 
-    /// Takes up to `max_bytes` of a stream's events (at least one when any
-    /// is queued). `true` when the stream is finished and now forgotten.
+    /// Takes events of a stream up to `max_bytes` of their encoded size (at
+    /// least one when any is queued; one event is at most [`MAX_RECORD`]
+    /// bytes). `true` when the stream is finished and now forgotten.
     pub fn poll(&mut self, stream: StreamId, max_bytes: usize, now_ms: u64) -> Result<(Vec<Event>, bool), RelayError> {
         let s = self.streams.get_mut(&stream).ok_or(RelayError::NoStream)?;
         s.last_poll_ms = now_ms;
         let mut out = Vec::new();
-        let mut taken = 0usize;
-        while let Some(e) = s.events.front() {
-            let w = e.weight();
-            if !out.is_empty() && taken + w > max_bytes {
+        let (mut size, mut weight) = (0usize, 0usize);
+        while let Some((_, n)) = s.events.front() {
+            if !out.is_empty() && size + n > max_bytes {
                 break;
             }
-            taken += w;
-            if let Some(e) = s.events.pop_front() {
+            size += n;
+            if let Some((e, _)) = s.events.pop_front() {
+                weight += e.weight();
                 out.push(e);
             }
         }
-        s.queued = s.queued.saturating_sub(taken);
-        s.owed += taken;
+        s.queued = s.queued.saturating_sub(weight);
+        s.owed += weight;
         if s.owed > 0 {
             self.doorbell_rung = false;
         }
@@ -502,7 +504,7 @@ impl Relay {
             out.records_in += 1;
             self.bytes_in += rec.len() as u64 + 4;
             match decode::<FromAgent>(&rec, MAX_RECORD) {
-                Ok(m) => self.take(m, now_ms),
+                Ok(m) => self.take(m, rec.len(), now_ms),
                 Err(_) => {
                     result = Err(RingFault::Corrupt("malformed agent message"));
                     break;
@@ -551,7 +553,7 @@ impl Relay {
         Ok(out)
     }
 
-    fn take(&mut self, m: FromAgent, now_ms: u64) {
+    fn take(&mut self, m: FromAgent, size: usize, now_ms: u64) {
         match m {
             FromAgent::Hello { protocol, agent_version, hostname, kernel } => {
                 self.note(
@@ -585,15 +587,18 @@ impl Relay {
                 }
                 let w = event.weight();
                 if s.queued + w > window {
-                    s.events.push_back(Event::Error(format!(
-                        "the agent sent more than the stream window of {window} bytes (stream_window)"
-                    )));
+                    s.events.push_back((
+                        Event::Error(format!(
+                            "the agent sent more than the stream window of {window} bytes (stream_window)"
+                        )),
+                        96,
+                    ));
                     s.ended = true;
                     return;
                 }
                 s.queued += w;
                 s.ended = event.is_terminal();
-                s.events.push_back(event);
+                s.events.push_back((event, size));
             }
         }
     }
