@@ -22,7 +22,7 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// The two build steps.
+/// The build steps.
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Pack a node config (TOML) and its guest images into a boot bundle.
@@ -52,6 +52,33 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Assemble a tenant Linux image with the guest agent: OUT/vmlinuz and
+    /// OUT/initrd.img (the base initramfs plus an overlay with bm-agent,
+    /// /etc/bm-role = agent, the services and your files).
+    Guest {
+        /// The Linux kernel (bzImage), e.g. target/linux/vmlinuz.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// The base initramfs (scripts/linux-guest.sh: target/linux/initramfs.cpio.gz).
+        #[arg(long)]
+        base_initrd: PathBuf,
+        /// The bm-agent binary (static, x86_64-unknown-linux-musl).
+        #[arg(long)]
+        agent: PathBuf,
+        /// A directory copied to the guest's / with its permission bits (repeatable).
+        #[arg(long = "files", value_name = "DIR")]
+        files: Vec<PathBuf>,
+        /// A service bm-agent starts and restarts on failure: 'NAME=CMD ARGS' (repeatable).
+        #[arg(long = "service", value_name = "NAME=CMD ARGS")]
+        service: Vec<String>,
+        /// Sign both images with this Ed25519 seed file (as `bmctl keygen --signing` makes
+        /// it): writes OUT/vmlinuz.sig and OUT/initrd.img.sig, as `bmctl tenant sign-image` does.
+        #[arg(long, value_name = "KEYFILE")]
+        sign_key: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// A config mistake: printed as `error: FILE: field: reason`, exit code 2.
@@ -74,6 +101,9 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Bundle { config, out, seal_secret } => cmd_bundle(&config, &out, seal_secret.as_deref()),
         Cmd::Iso { hypervisor, bundle, out } => cmd_iso(&hypervisor, &bundle, &out),
+        Cmd::Guest { kernel, base_initrd, agent, files, service, sign_key, out } => {
+            cmd_guest(guest::GuestSpec { kernel, base_initrd, agent, files, services: service, sign_key, out })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -287,6 +317,21 @@ fn cmd_iso(hypervisor: &Path, bundle_path: &Path, out: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+fn cmd_guest(spec: guest::GuestSpec) -> Result<()> {
+    let built = guest::build(&spec)?;
+    for w in &built.warnings {
+        eprintln!("bmimage: warning: {w}");
+    }
+    println!("overlay: {} entries", built.entries);
+    for f in &built.files {
+        let len = fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        println!("{} ({len} bytes)", f.display());
+    }
+    Ok(())
+}
+
+mod guest;
 
 #[cfg(test)]
 mod tests;
