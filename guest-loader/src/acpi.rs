@@ -215,7 +215,8 @@ fn madt_table(fw: &Firmware) -> Vec<u8> {
     sdt(*b"APIC", 5, &m.0)
 }
 
-/// The DSDT's AML: `\_S5`, and under `\_SB` COM1 and the virtio devices.
+/// The DSDT's AML: `\_S5`, and under `\_SB` COM1, COM2 (the guest
+/// agent's doorbell) and the virtio devices.
 fn dsdt_aml(fw: &Firmware) -> Result<Vec<u8>, LoadError> {
     use aml::*;
     let s5 = package(&[int(SLP_TYP_S5.into()), int(SLP_TYP_S5.into()), int(0), int(0)])?;
@@ -228,6 +229,14 @@ fn dsdt_aml(fw: &Firmware) -> Result<Vec<u8>, LoadError> {
     com1.extend(name(b"_UID", &int(0)));
     com1.extend(name(b"_CRS", &resource_template(&com1_crs)?));
     let mut sb = device(*b"COM1", &com1)?;
+
+    let mut com2_crs = Vec::new();
+    com2_crs.extend_from_slice(&[0x47, 0x01, 0xF8, 0x02, 0xF8, 0x02, 0x00, 0x08]); // IO (Decode16, 0x2F8, 0x2F8, 0, 8)
+    com2_crs.extend_from_slice(&[0x22, 0x08, 0x00]); // IRQNoFlags () {3}
+    let mut com2 = name(b"_HID", &eisa_id(*b"PNP0501"));
+    com2.extend(name(b"_UID", &int(1)));
+    com2.extend(name(b"_CRS", &resource_template(&com2_crs)?));
+    sb.extend(device(*b"COM2", &com2)?);
 
     for (n, v) in fw.virtio.iter().enumerate() {
         let mut crs = Le::default();

@@ -365,7 +365,7 @@ fn dsdt_devices() {
     assert_eq!(dsdt[8], 2, "DSDT revision 2: 64-bit integers");
     let mut ns = Namespace::default();
     term_list(&dsdt[36..], "\\", &mut ns);
-    assert_eq!(ns.devices, ["\\_SB_.COM1", "\\_SB_.V000", "\\_SB_.V001"]);
+    assert_eq!(ns.devices, ["\\_SB_.COM1", "\\_SB_.COM2", "\\_SB_.V000", "\\_SB_.V001"]);
     let get = |p: &str| ns.names.get(p).unwrap_or_else(|| panic!("{p} missing: {:?}", ns.names.keys()));
     assert_eq!(get("\\_S5_"), &Obj::Pkg(vec![Obj::Int(5), Obj::Int(5), Obj::Int(0), Obj::Int(0)]));
     // EISAID("PNP0501") = 0x0105D041.
@@ -374,6 +374,12 @@ fn dsdt_devices() {
     assert_eq!(
         get("\\_SB_.COM1._CRS"),
         &Obj::Buf(vec![0x47, 0x01, 0xF8, 0x03, 0xF8, 0x03, 0x00, 0x08, 0x22, 0x10, 0x00, 0x79, 0x00])
+    );
+    // COM2, the agent's doorbell: 0x2F8, IRQ 3.
+    assert_eq!(get("\\_SB_.COM2._UID"), &Obj::Int(1));
+    assert_eq!(
+        get("\\_SB_.COM2._CRS"),
+        &Obj::Buf(vec![0x47, 0x01, 0xF8, 0x02, 0xF8, 0x02, 0x00, 0x08, 0x22, 0x08, 0x00, 0x79, 0x00])
     );
     for (n, v) in fw.virtio.iter().enumerate() {
         let dev = format!("\\_SB_.V{n:03X}");
@@ -387,7 +393,7 @@ fn dsdt_devices() {
         crs.extend([0x79, 0]);
         assert_eq!(get(&format!("{dev}._CRS")), &Obj::Buf(crs), "{dev}");
     }
-    assert_eq!(ns.names.len(), 1 + 3 + 3 * fw.virtio.len());
+    assert_eq!(ns.names.len(), 1 + 3 + 3 + 3 * fw.virtio.len());
 }
 
 #[test]
@@ -403,8 +409,8 @@ fn dsdt_with_many_devices_uses_long_pkg_lengths() {
     let dsdt = dsdt_bytes(&ram);
     let mut ns = Namespace::default();
     term_list(&dsdt[36..], "\\", &mut ns);
-    assert_eq!(ns.devices.len(), 301);
-    assert_eq!(ns.devices[300], "\\_SB_.V12B");
+    assert_eq!(ns.devices.len(), 302);
+    assert_eq!(ns.devices[301], "\\_SB_.V12B");
     assert_eq!(ns.names.get("\\_SB_.V12B._UID"), Some(&Obj::Int(299)));
 }
 

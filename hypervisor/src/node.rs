@@ -107,6 +107,7 @@ impl Node<'_> {
         }
         let m = self.mgmt.as_deref_mut()?;
         let a = m.serve_serial(vms);
+        crate::mgmt::agent_tick(vms);
         actions.shutdown |= a.shutdown;
         actions.reboot |= a.reboot;
         crate::mgmt::reconcile(

@@ -7,6 +7,7 @@
 //! CPU. After every access the line levels of the level-triggered devices
 //! are sampled into the chipset.
 
+pub mod agent;
 pub mod console;
 pub mod legacy;
 pub mod virtio;
@@ -108,6 +109,10 @@ pub struct VmDevices {
     pub nic: Option<Shared<virtio::NetSlot>>,
     /// The disk, when the VM has one.
     pub disk: Option<Shared<virtio::DiskSlot>>,
+    /// The guest agent's relay and the address space that registered it.
+    pub agent: agent::AgentChannel,
+    /// COM2, the agent's doorbell.
+    pub doorbell: Shared<agent::Doorbell>,
     /// Accesses no device claimed (ports, MMIO).
     pub unclaimed_pio: u64,
     pub unclaimed_mmio: u64,
@@ -144,6 +149,8 @@ impl VmDevices {
             Box::new(ChipWindow { chip: chip.clone(), base: pc_devices::ioapic::IOAPIC_BASE, mmio: true }),
         )?;
         pio.insert(u64::from(console::COM1_BASE), 8, Some(console::COM1_GSI), Box::new(Handle(console.clone())))?;
+        let doorbell = Arc::new(Mutex::new(agent::Doorbell::new()));
+        pio.insert(u64::from(agent::COM2_BASE), 8, Some(agent::COM2_GSI), Box::new(Handle(doorbell.clone())))?;
         pio.insert(u64::from(legacy::DEBUG_EXIT_PORT), 4, None, Box::new(legacy::DebugExit))?;
         pio.insert(0x80, 1, None, Box::new(legacy::PostPort))?;
         pio.insert(0x92, 1, None, Box::new(legacy::SystemControlA))?;
@@ -152,7 +159,18 @@ impl VmDevices {
         for port in [0xB004, 0x4004] {
             pio.insert(port, 2, None, Box::new(legacy::FirmwareSleepPort))?;
         }
-        Ok(VmDevices { pio, mmio, chip, console, nic: None, disk: None, unclaimed_pio: 0, unclaimed_mmio: 0 })
+        Ok(VmDevices {
+            pio,
+            mmio,
+            chip,
+            console,
+            nic: None,
+            disk: None,
+            agent: agent::AgentChannel::new(),
+            doorbell,
+            unclaimed_pio: 0,
+            unclaimed_mmio: 0,
+        })
     }
 
     /// Devices of a VM that never ran: a console and a chipset, no buses.
@@ -164,9 +182,17 @@ impl VmDevices {
             console: Arc::new(Mutex::new(console::Console::new(name))),
             nic: None,
             disk: None,
+            agent: agent::AgentChannel::new(),
+            doorbell: Arc::new(Mutex::new(agent::Doorbell::new())),
             unclaimed_pio: 0,
             unclaimed_mmio: 0,
         }
+    }
+
+    /// Rings the agent's doorbell if the relay has news for it.
+    pub fn ring_agent(&mut self) {
+        let mut bell = self.doorbell.lock();
+        self.agent.ring_if_needed(&mut bell);
     }
 
     /// Gives the VM a virtio-net NIC; returns its base address.

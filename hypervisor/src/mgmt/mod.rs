@@ -7,6 +7,7 @@
 //! counters), shutdown and reboot (real power actions), console output (the
 //! VM's real UART history), console input (not supported yet: an error).
 
+mod agent;
 mod image_store;
 mod persist;
 mod ports;
@@ -358,9 +359,14 @@ impl Mgmt {
                 NodeEvent::Request(env) => {
                     let Some(role) = session.role() else { return };
                     let result = self.handle(role, &env.body, vms);
-                    let outcome = match &result {
-                        Ok(_) => String::from("ok"),
-                        Err(e) => format!("refused: {e}"),
+                    if result.is_ok() && agent::is_quiet(&env.body) {
+                        let _ = session.reply(env.seq, result);
+                        continue;
+                    }
+                    let outcome = match (&result, &env.body) {
+                        (Ok(_), Request::AgentOpen { op, .. }) => format!("ok: {}", agent::describe(op)),
+                        (Ok(_), _) => String::from("ok"),
+                        (Err(e), _) => format!("refused: {e}"),
                     };
                     // Chunks are many and alike: the audit log has them all.
                     if !(result.is_ok() && matches!(env.body, Request::UploadImageChunk { .. })) {
@@ -388,6 +394,9 @@ impl Mgmt {
     /// Requests the node answers from real state; the rest go to the state.
     fn handle(&mut self, role: Role, req: &Request, vms: &mut [crate::vm::Vm]) -> Result<Response, ErrorReply> {
         mgmt_proto::authz::authorize(&role, req, &self.state).map_err(|d| d.to_error())?;
+        if agent::is_agent_request(req) {
+            return agent::handle(&self.state, req, vms);
+        }
         match req {
             Request::NodeStatus => Ok(Response::Status(self.status(vms))),
             Request::Shutdown => {
@@ -578,6 +587,12 @@ fn counters(starts: u64, vm: Option<&crate::vm::Vm>) -> Vec<Counter> {
         ]);
     }
     out
+}
+
+/// Time-driven work of the VMs' agent relays (hung agents, idle streams,
+/// doorbells for pending credit).
+pub fn agent_tick(vms: &mut [crate::vm::Vm]) {
+    agent::tick(vms);
 }
 
 /// Client- or guest-supplied text made safe for the node log.

@@ -136,6 +136,11 @@ pub trait Vcpu {
     /// Paging and code-segment state, to walk the guest's page tables and
     /// decode the instruction that touched an MMIO window.
     fn cpu_mode(&self) -> insn_decode::CpuMode;
+    /// The guest's current privilege level (0-3), which decides who may
+    /// make privileged hypercalls.
+    fn cpl(&self) -> u8;
+    /// Base (linear) and limit of the guest's TSS, for its I/O bitmap.
+    fn tss(&self) -> (u64, u32);
     /// Guest RIP.
     fn rip(&self) -> u64;
     /// Moves RIP by `len` bytes past an instruction we emulated.

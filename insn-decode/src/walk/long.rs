@@ -1,6 +1,6 @@
 //! 4-level and 5-level (CR4.LA57) IA-32e paging.
 
-use super::{read_u64, xd_reserved, WalkError, ADDR_MASK, P, PS};
+use super::{read_u64, xd_reserved, WalkError, ADDR_MASK, P, PS, RW, US};
 use crate::mode::{CpuMode, CR4_LA57};
 use crate::GuestPhys;
 
@@ -13,6 +13,14 @@ fn is_canonical(addr: u64, bits: u32) -> bool {
 
 /// Walks PML5 (if LA57), PML4, PDPT, PD and PT for `gva`.
 pub(super) fn translate(mem: &impl GuestPhys, mode: &CpuMode, gva: u64) -> Result<u64, WalkError> {
+    walk(mem, mode, gva).map(|(gpa, _)| gpa)
+}
+
+/// Walks like [`translate`] and also returns the R/W (bit 1) and U/S
+/// (bit 2) bits ANDed over every level, which decide whether a user or a
+/// write access is allowed.
+pub(super) fn walk(mem: &impl GuestPhys, mode: &CpuMode, gva: u64) -> Result<(u64, u64), WalkError> {
+    let mut rights = RW | US;
     let (top, bits) = if mode.cr4 & CR4_LA57 != 0 { (5u8, 57) } else { (4u8, 48) };
     if !is_canonical(gva, bits) {
         return Err(WalkError::NonCanonical(gva));
@@ -39,8 +47,9 @@ pub(super) fn translate(mem: &impl GuestPhys, mode: &CpuMode, gva: u64) -> Resul
         if entry & reserved != 0 {
             return Err(WalkError::ReservedBits { level });
         }
+        rights &= entry;
         if level == 1 || large {
-            return Ok((entry & ADDR_MASK & !page_mask) | (gva & page_mask));
+            return Ok(((entry & ADDR_MASK & !page_mask) | (gva & page_mask), rights & (RW | US)));
         }
         table = entry & ADDR_MASK;
     }

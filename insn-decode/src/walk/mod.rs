@@ -40,6 +40,10 @@ const ADDR_MASK: u64 = ((1 << MAX_PHYS_BITS) - 1) & !(PAGE_SIZE - 1);
 const P: u64 = 1 << 0;
 /// Page-size bit of directory entries.
 const PS: u64 = 1 << 7;
+/// Read/write bit: writes allowed through this entry.
+const RW: u64 = 1 << 1;
+/// User/supervisor bit: CPL 3 accesses allowed through this entry.
+const US: u64 = 1 << 2;
 
 /// Why a guest-virtual address could not be translated; the hypervisor
 /// typically injects nothing and reports the exit as unhandled.
@@ -59,6 +63,10 @@ pub enum WalkError {
     },
     /// Guest-physical memory at this address could not be read (not RAM).
     BadGpa(u64),
+    /// The page does not allow this access (a user access to a supervisor
+    /// page, or a write to a read-only page), or the paging mode is one
+    /// where [`translate_checked`] does not check user accesses.
+    Permission(u64),
 }
 
 impl fmt::Display for WalkError {
@@ -68,6 +76,7 @@ impl fmt::Display for WalkError {
             Self::NotPresent { level } => write!(f, "level-{level} paging entry not present"),
             Self::ReservedBits { level } => write!(f, "level-{level} paging entry has reserved bits set"),
             Self::BadGpa(a) => write!(f, "guest-physical address {a:#x} is not readable RAM"),
+            Self::Permission(a) => write!(f, "linear address {a:#x} does not allow this access"),
         }
     }
 }
@@ -88,6 +97,36 @@ pub fn translate(mem: &impl GuestPhys, mode: &CpuMode, gva: u64) -> Result<u64, 
     } else {
         legacy::translate_32(mem, mode, gva & 0xFFFF_FFFF)
     }
+}
+
+/// How a hypercall will touch a guest buffer, so the walk refuses what the
+/// CPU would refuse the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    /// The caller runs at CPL 3: every level must have U/S set.
+    pub user: bool,
+    /// The buffer is written: every level must have R/W set (supervisor
+    /// writes are checked too, as with CR0.WP set, which every modern
+    /// kernel sets).
+    pub write: bool,
+}
+
+/// Translates `gva` like [`translate`] and checks the page allows `access`.
+/// Long mode is checked fully; with paging off there is nothing to check;
+/// the 32-bit paging modes are refused for user accesses (no agent runs
+/// there) and checked for nothing else.
+pub fn translate_checked(mem: &impl GuestPhys, mode: &CpuMode, gva: u64, access: Access) -> Result<u64, WalkError> {
+    if !mode.paging() || !mode.long_mode() {
+        if access.user && mode.paging() {
+            return Err(WalkError::Permission(gva));
+        }
+        return translate(mem, mode, gva);
+    }
+    let (gpa, rights) = long::walk(mem, mode, gva)?;
+    if (access.user && rights & US == 0) || (access.write && rights & RW == 0) {
+        return Err(WalkError::Permission(gva));
+    }
+    Ok(gpa)
 }
 
 /// Fetches up to 15 instruction bytes at `rip` (linear `cs_base + rip`

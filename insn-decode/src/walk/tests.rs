@@ -6,7 +6,7 @@ extern crate std;
 use std::vec;
 use std::vec::Vec;
 
-use super::{fetch, translate, WalkError};
+use super::{fetch, translate, translate_checked, Access, WalkError};
 use crate::mode::{CpuMode, CR0_PG, CR4_LA57, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE};
 use crate::GuestPhys;
 
@@ -158,6 +158,33 @@ fn paging_long_4_level() {
     // Non-canonical addresses never touch memory.
     assert_eq!(translate(&ram, &m, 0x0000_8000_0000_0000), Err(WalkError::NonCanonical(0x0000_8000_0000_0000)));
     assert_eq!(translate(&ram, &m, 0x8000_0000_0000_0000), Err(WalkError::NonCanonical(0x8000_0000_0000_0000)));
+}
+
+#[test]
+fn checked_walk_enforces_user_and_write() {
+    let mut ram = Ram::new(0x10000);
+    const US: u64 = 4;
+    // User, writable page at 0x40_0000 (PML4 0, PDPT 0, PD 2, PT 0).
+    ram.w64(0x1000, 0x2000 | P | RW | US);
+    ram.w64(0x2000, 0x3000 | P | RW | US);
+    ram.w64(0x3000 + 2 * 8, 0x4000 | P | RW | US);
+    ram.w64(0x4000, 0x8000 | P | RW | US);
+    // Read-only user page next to it, and a supervisor page after that.
+    ram.w64(0x4000 + 8, 0x9000 | P | US);
+    ram.w64(0x4000 + 16, 0xA000 | P | RW);
+    let m = long4(0x1000);
+    let (ur, uw, sw) =
+        (Access { user: true, write: false }, Access { user: true, write: true }, Access { user: false, write: true });
+    assert_eq!(translate_checked(&ram, &m, 0x40_0010, uw), Ok(0x8010));
+    assert_eq!(translate_checked(&ram, &m, 0x40_1010, ur), Ok(0x9010));
+    assert_eq!(translate_checked(&ram, &m, 0x40_1010, uw), Err(WalkError::Permission(0x40_1010)));
+    assert_eq!(translate_checked(&ram, &m, 0x40_2000, ur), Err(WalkError::Permission(0x40_2000)));
+    assert_eq!(translate_checked(&ram, &m, 0x40_2000, sw), Ok(0xA000));
+    // A supervisor-only upper level hides the whole subtree from CPL 3.
+    ram.w64(0x3000 + 2 * 8, 0x4000 | P | RW);
+    assert_eq!(translate_checked(&ram, &m, 0x40_0010, ur), Err(WalkError::Permission(0x40_0010)));
+    // 32-bit paging is refused for user callers.
+    assert!(matches!(translate_checked(&ram, &legacy32(0x1000, false), 0x1000, ur), Err(WalkError::Permission(_))));
 }
 
 #[test]

@@ -5,7 +5,9 @@
 
 use super::ExitContext;
 use crate::virt::{Flow, StopReason};
-use vmm_config::hypercall::{decode, status, Hypercall, HypercallRegs, ABI_VERSION, CONSOLE_WRITE_MAX};
+use vmm_config::hypercall::{
+    decode, status, Hypercall, HypercallRegs, ABI_VERSION, AGENT_IO_PORT, CONSOLE_WRITE_MAX,
+};
 
 pub fn handle(ctx: &mut ExitContext<'_>) -> Flow {
     let r = *ctx.vcpu.regs();
@@ -14,6 +16,10 @@ pub fn handle(ctx: &mut ExitContext<'_>) -> Flow {
         Ok(call) => call,
         Err(e) => return finish(ctx, e.status()),
     };
+    // An unprivileged process may not act for the VM (docs/hypercalls.md).
+    if call.privileged() && ctx.vcpu.cpl() != 0 && !super::agent::io_permitted(ctx, AGENT_IO_PORT) {
+        return finish(ctx, status::DENIED);
+    }
     match call {
         Hypercall::AbiVersion => {
             ctx.vcpu.regs().rdi = ABI_VERSION;
@@ -56,6 +62,22 @@ pub fn handle(ctx: &mut ExitContext<'_>) -> Flow {
             regs.rsi = time::tsc_per_ms();
             regs.rdx = tsc;
             finish(ctx, status::OK)
+        }
+        Hypercall::AgentAttach { va, data } => {
+            let st = super::agent::attach(ctx, va, data);
+            finish(ctx, st)
+        }
+        Hypercall::AgentKick => {
+            let (st, taken, given, more) = super::agent::kick(ctx);
+            let regs = ctx.vcpu.regs();
+            regs.rdi = taken;
+            regs.rsi = given;
+            regs.rdx = more;
+            finish(ctx, st)
+        }
+        Hypercall::AgentDetach => {
+            let st = super::agent::detach(ctx);
+            finish(ctx, st)
         }
         Hypercall::DebugCorruptState => {
             if !ctx.debug_hypercalls {

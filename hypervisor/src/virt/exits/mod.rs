@@ -1,6 +1,7 @@
 //! Common exit handling: every arch-neutral [`Exit`] is handled here, one
 //! file per exit family.
 
+mod agent;
 mod cpuid;
 mod hypercall;
 mod io;

@@ -264,6 +264,14 @@ impl Vcpu for SvmVcpu {
         self.vmcb.cpu_mode()
     }
 
+    fn cpl(&self) -> u8 {
+        self.vmcb.cpl()
+    }
+
+    fn tss(&self) -> (u64, u32) {
+        self.vmcb.tss()
+    }
+
     fn rip(&self) -> u64 {
         self.vmcb.rip()
     }

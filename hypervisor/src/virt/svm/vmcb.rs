@@ -109,6 +109,11 @@ impl Vmcb {
         unsafe { core::ptr::read_volatile(self.ptr(off) as *const u16) }
     }
 
+    fn r8(&self, off: usize) -> u8 {
+        // SAFETY: as in `r64`.
+        unsafe { core::ptr::read_volatile(self.ptr(off)) }
+    }
+
     fn w8(&self, off: usize, v: u8) {
         // SAFETY: as in `r64`.
         unsafe { core::ptr::write_volatile(self.ptr(off), v) }
@@ -267,6 +272,17 @@ impl Vmcb {
     }
 
     /// Paging and code-segment state for the MMIO instruction decoder.
+    /// The guest's current privilege level (the VMCB's CPL byte).
+    pub fn cpl(&self) -> u8 {
+        self.r8(CPL) & 3
+    }
+
+    /// The guest's task register: base and limit of its TSS.
+    pub fn tss(&self) -> (u64, u32) {
+        let limit = (self.r64(SEG_TR + 4) & 0xFFFF_FFFF) as u32;
+        (self.r64(SEG_TR + 8), limit)
+    }
+
     pub fn cpu_mode(&self) -> insn_decode::CpuMode {
         let attrib = self.r16(SEG_CS + 2);
         insn_decode::CpuMode {

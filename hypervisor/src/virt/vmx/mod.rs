@@ -627,6 +627,15 @@ impl Vcpu for VmxVcpu {
         }
     }
 
+    fn cpl(&self) -> u8 {
+        // SDM 3C 27.3.1.5 / 28.3.1.5: CPL is SS.DPL (access rights bits 6:5).
+        ((vmread(guest::SS_ACCESS_RIGHTS) >> 5) & 3) as u8
+    }
+
+    fn tss(&self) -> (u64, u32) {
+        (vmread(guest::TR_BASE), (vmread(guest::TR_LIMIT) & 0xFFFF_FFFF) as u32)
+    }
+
     fn rip(&self) -> u64 {
         vmread(guest::RIP)
     }
