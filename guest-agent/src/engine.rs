@@ -221,14 +221,14 @@ impl Engine {
                     self.start(stream, Running::Read(r));
                     return;
                 }
-                Err(ev) => ev,
+                Err(why) => Event::Error(why),
             },
             Op::WriteFile { path, mode, offset, size } => match WriteOp::open(&path, mode, offset, size) {
                 Ok(w) => {
                     self.start(stream, Running::Write(w));
                     return;
                 }
-                Err(ev) => ev,
+                Err(why) => Event::Error(why),
             },
             Op::Stat { path } => files::stat(&path),
             Op::ListTree { path } => files::list_tree(&path),
@@ -281,7 +281,7 @@ impl Engine {
             }
             Running::Read(_) => matches!(input, Input::Cancel).then(|| Event::Error("cancelled".into())),
             Running::Write(w) => match input {
-                Input::Data(d) => w.data(&d).err(),
+                Input::Data(d) => w.data(&d).err().map(Event::Error),
                 Input::End => Some(w.finish()),
                 Input::Cancel => Some(w.cancel()),
                 Input::Signal(_) | Input::Resize(_) => None,
@@ -425,5 +425,10 @@ impl Engine {
 /// The Hello message, first after every attach.
 pub fn hello() -> FromAgent {
     let (hostname, kernel) = sys::uname();
-    FromAgent::Hello { protocol: AGENT_PROTOCOL, agent_version: env!("CARGO_PKG_VERSION").to_string(), hostname, kernel }
+    FromAgent::Hello {
+        protocol: AGENT_PROTOCOL,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        hostname,
+        kernel,
+    }
 }

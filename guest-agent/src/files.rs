@@ -124,15 +124,15 @@ pub enum ReadStep {
 }
 
 impl ReadOp {
-    /// Opens the file; the error event when it cannot be read.
-    pub fn open(path: &str, offset: u64) -> Result<ReadOp, Event> {
-        let file = File::open(path).map_err(|e| Event::Error(format!("cannot read {path}: {e}")))?;
-        let m = file.metadata().map_err(|e| Event::Error(format!("cannot read {path}: {e}")))?;
+    /// Opens the file; why when it cannot be read.
+    pub fn open(path: &str, offset: u64) -> Result<ReadOp, String> {
+        let file = File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+        let m = file.metadata().map_err(|e| format!("cannot read {path}: {e}"))?;
         if !m.is_file() {
-            return Err(Event::Error(format!("cannot read {path}: not a regular file")));
+            return Err(format!("cannot read {path}: not a regular file"));
         }
         if offset > m.len() {
-            return Err(Event::Error(format!("cannot read {path}: offset {offset} is beyond its size {}", m.len())));
+            return Err(format!("cannot read {path}: offset {offset} is beyond its size {}", m.len()));
         }
         Ok(ReadOp { path: path.to_string(), file, hasher: Sha256::new(), pos: 0, offset, mode: m.mode() & 0o7777 })
     }
@@ -140,7 +140,8 @@ impl ReadOp {
     /// Does a bounded piece of work; `max` bytes of data at most.
     pub fn step(&mut self, max: usize) -> ReadStep {
         let hashing = self.pos < self.offset;
-        let want = if hashing { (self.offset - self.pos).min(1 << 20) as usize } else { max.min(agent_proto::MAX_DATA) };
+        let want =
+            if hashing { (self.offset - self.pos).min(1 << 20) as usize } else { max.min(agent_proto::MAX_DATA) };
         let mut buf = vec![0u8; want.max(1)];
         let n = match self.file.read(&mut buf) {
             Ok(n) => n,
@@ -195,31 +196,39 @@ fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> std::io::Resul
 }
 
 impl WriteOp {
-    /// Opens (or resumes) the part file; the error event when it cannot.
-    pub fn open(path: &str, mode: u32, offset: u64, size: u64) -> Result<WriteOp, Event> {
+    /// Opens (or resumes) the part file; why when it cannot.
+    pub fn open(path: &str, mode: u32, offset: u64, size: u64) -> Result<WriteOp, String> {
         let part = part_path(path);
-        let err = |what: &str, e: std::io::Error| Event::Error(format!("{what} {}: {e}", part.display()));
+        let err = |what: &str, e: std::io::Error| format!("{what} {}: {e}", part.display());
         if let Some(parent) = Path::new(path).parent() {
             if !parent.as_os_str().is_empty() && !parent.is_dir() {
-                return Err(Event::Error(format!("cannot write {path}: directory {} does not exist", parent.display())));
+                return Err(format!("cannot write {path}: directory {} does not exist", parent.display()));
             }
         }
         if offset > size {
-            return Err(Event::Error(format!("cannot resume {path}: offset {offset} beyond size {size}")));
+            return Err(format!("cannot resume {path}: offset {offset} beyond size {size}"));
         }
         let mut hasher = Sha256::new();
         let file = if offset == 0 {
-            OpenOptions::new().write(true).create(true).truncate(true).mode_ext(0o600).open(&part)
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode_ext(0o600)
+                .open(&part)
                 .map_err(|e| err("cannot create", e))?
         } else {
-            let mut f = OpenOptions::new().read(true).write(true).open(&part)
-                .map_err(|e| Event::Error(format!("cannot resume: {}: {e}", part.display())))?;
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&part)
+                .map_err(|e| format!("cannot resume: {}: {e}", part.display()))?;
             let have = f.metadata().map_err(|e| err("cannot resume", e))?.len();
             if have < offset {
-                return Err(Event::Error(format!(
+                return Err(format!(
                     "cannot resume: {} has {have} bytes, fewer than the offset {offset}",
                     part.display()
-                )));
+                ));
             }
             f.set_len(offset).map_err(|e| err("cannot truncate", e))?;
             hash_prefix(&mut f, offset, &mut hasher).map_err(|e| err("cannot read", e))?;
@@ -229,17 +238,14 @@ impl WriteOp {
         Ok(WriteOp { path: path.to_string(), part, file: Some(file), hasher, pos: offset, size, mode })
     }
 
-    /// One chunk of data; an error event ends the operation (the part
+    /// One chunk of data; an error ends the operation (the part
     /// file is kept for a resume).
-    pub fn data(&mut self, d: &[u8]) -> Result<(), Event> {
+    pub fn data(&mut self, d: &[u8]) -> Result<(), String> {
         let Some(f) = self.file.as_mut() else { return Ok(()) };
         if self.pos + d.len() as u64 > self.size {
-            return Err(Event::Error(format!(
-                "cannot write {}: more data than the announced size {}",
-                self.path, self.size
-            )));
+            return Err(format!("cannot write {}: more data than the announced size {}", self.path, self.size));
         }
-        f.write_all(d).map_err(|e| Event::Error(format!("cannot write {}: {e}", self.part.display())))?;
+        f.write_all(d).map_err(|e| format!("cannot write {}: {e}", self.part.display()))?;
         self.hasher.update(d);
         self.pos += d.len() as u64;
         Ok(())

@@ -2,7 +2,7 @@
 //! the only way the agent talks to the node, besides the shared ring.
 
 use core::arch::asm;
-use core::arch::x86_64::{CpuidResult, __cpuid};
+use core::arch::x86_64::{__cpuid, CpuidResult};
 
 use vmm_config::hypercall::CPUID_SIGNATURE;
 

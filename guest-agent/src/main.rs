@@ -12,9 +12,9 @@ mod pty;
 mod region;
 mod services;
 mod sys;
-mod transport;
 #[cfg(test)]
 mod tests;
+mod transport;
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -81,11 +81,7 @@ fn parse_args() -> Result<Args, String> {
 
 /// Opens the doorbell UART raw and non-blocking.
 fn open_doorbell(path: &str) -> std::io::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
-        .open(path)?;
+    let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK).open(path)?;
     // SAFETY: termios is plain old data; tcgetattr fills it from our fd.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
     // SAFETY: t is a valid termios; the fd is open.

@@ -211,16 +211,11 @@ impl Svc {
         let max = self.spec.max_restarts as usize;
         if max > 0 && self.recent.len() >= max {
             self.state = State::Failed;
-            ev.push(format!(
-                "failed: {} restarts in {} s (max_restarts)",
-                self.recent.len(),
-                self.spec.window_secs
-            ));
+            ev.push(format!("failed: {} restarts in {} s (max_restarts)", self.recent.len(), self.spec.window_secs));
             return;
         }
-        let delay = u64::from(self.spec.backoff_ms)
-            .saturating_mul(1u64 << self.consecutive.min(20))
-            .min(MAX_BACKOFF_MS);
+        let delay =
+            u64::from(self.spec.backoff_ms).saturating_mul(1u64 << self.consecutive.min(20)).min(MAX_BACKOFF_MS);
         self.consecutive = self.consecutive.saturating_add(1);
         self.restarts = self.restarts.saturating_add(1);
         self.recent.push_back(now);
