@@ -15,6 +15,7 @@ use mgmt_proto::*;
 use serde_json::{json, Value};
 use vmm_config::text::{escape_control, valid_name, NAME_RULE};
 
+use crate::agent::AgentFailure;
 use crate::client::{Client, ClientError};
 use crate::profile::{role_string, Config, Profile};
 use crate::rules::{format_rule, parse_rule};
@@ -353,6 +354,224 @@ pub enum TenantCmd {
         #[arg(long)]
         clear: bool,
     },
+    /// Run a command in a VM through its guest agent (bm-agent).
+    ///
+    /// Output streams to stdout/stderr as it comes. bmctl exits with the
+    /// command's exit code, 128+N when a signal N killed it, 124 when the
+    /// agent killed it at --cmd-timeout. Ctrl-C sends SIGINT to the command;
+    /// a second Ctrl-C cancels it (the agent kills it); a third quits bmctl.
+    /// With --json the output is collected and printed in one JSON object.
+    #[command(after_help = AGENT_HELP)]
+    Exec(ExecArgs),
+    /// An interactive shell in a VM (a pseudo-terminal through the agent).
+    ///
+    /// The local terminal is put in raw mode while connected (every key,
+    /// Ctrl-C included, goes to the VM) and its size follows the window.
+    /// Without a terminal (pipes) the input is passed as it is. bmctl exits
+    /// with the shell's status.
+    #[command(after_help = AGENT_HELP)]
+    Shell {
+        /// VM id.
+        vm: u32,
+        /// Run this command line (`/bin/sh -c CMD`) instead of a login shell.
+        #[arg(long)]
+        command: Option<String>,
+    },
+    /// Copy files between this machine and a VM: exactly one of SRC and DST
+    /// is VM:PATH (e.g. 3:/root/f).
+    ///
+    /// Into an existing directory the file keeps its name. Permission bits
+    /// are kept both ways. An interrupted copy resumes ("resuming at N
+    /// bytes"): into a VM from the agent's PATH.bm-part, out of it from the
+    /// local DST.bm-part. The whole file's SHA-256 is checked at the end (a
+    /// mismatch exits 6). Prints "copied N bytes in T s (X MiB/s), sha256 H".
+    #[command(after_help = AGENT_HELP)]
+    Cp {
+        /// Copy directories recursively.
+        #[arg(short = 'r', long)]
+        recursive: bool,
+        /// No progress bar (also off with --json or when stderr is not a terminal).
+        #[arg(long)]
+        no_progress: bool,
+        /// Source: a local path or VM:PATH.
+        src: String,
+        /// Destination: a local path or VM:PATH.
+        dst: String,
+    },
+    /// The processes of a VM (PID PPID STATE RSS CMD).
+    #[command(after_help = AGENT_HELP)]
+    Ps {
+        /// VM id.
+        vm: u32,
+    },
+    /// Send a signal to a process in a VM.
+    #[command(after_help = AGENT_HELP)]
+    Kill {
+        /// VM id.
+        vm: u32,
+        /// Process id.
+        pid: u32,
+        /// Signal number.
+        #[arg(long, short = 's', default_value_t = 15)]
+        signal: i32,
+    },
+    /// Supervised services in a VM (the agent starts, watches and restarts them).
+    #[command(after_help = AGENT_HELP)]
+    Service {
+        /// VM id.
+        vm: u32,
+        /// What to do.
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
+    /// What a VM runs: OS, kernel, memory, packages, services (--json: everything).
+    #[command(after_help = AGENT_HELP)]
+    Inventory {
+        /// VM id.
+        vm: u32,
+    },
+    /// A VM's agent: attached, version, heartbeats, load, streams.
+    ///
+    /// --wait polls until the agent is attached and has said hello, or exits
+    /// 5 with "agent not ready after N s". --heartbeat-ms with --timeout-ms
+    /// first sets the heartbeat period and the bound after which the agent is
+    /// reported hung.
+    #[command(after_help = AGENT_HELP)]
+    Agent {
+        /// VM id.
+        vm: u32,
+        /// Wait up to this many seconds for the agent.
+        #[arg(long, value_name = "SECS")]
+        wait: Option<u64>,
+        /// Heartbeat period (100..=60000 ms).
+        #[arg(long, requires = "timeout_ms")]
+        heartbeat_ms: Option<u32>,
+        /// Report the agent hung after this long without a heartbeat (at least twice the period).
+        #[arg(long, requires = "heartbeat_ms")]
+        timeout_ms: Option<u64>,
+    },
+    /// A VM's agent log ("[time] text": attach, detach, heartbeats missed, service events).
+    #[command(after_help = AGENT_HELP)]
+    AgentLog {
+        /// VM id.
+        vm: u32,
+        /// First entry index.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Keep printing new entries (every 500 ms) until Ctrl-C.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+/// Shown under every agent command's --help.
+pub const AGENT_HELP: &str = "\
+These commands go through the VM's guest agent (bm-agent); the node refuses
+them for a VM that runs no agent or is not running (exit 5), and for the
+landlord. An error reported by the agent exits 5. A full agent input queue
+(\"input_bytes\") is backpressure: bmctl waits and resends.";
+
+/// `bmctl tenant exec`.
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// VM id.
+    pub vm: u32,
+    /// The agent kills the command after this many seconds (bmctl then exits 124).
+    /// The global --timeout stays the bound on waiting for the node.
+    #[arg(long, value_name = "SECS")]
+    pub cmd_timeout: Option<u32>,
+    /// Extra environment variable (repeatable).
+    #[arg(long, value_name = "K=V", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Working directory in the VM.
+    #[arg(long)]
+    pub cwd: Option<String>,
+    /// Send bmctl's standard input to the command (else it reads /dev/null).
+    #[arg(short = 'i', long)]
+    pub stdin: bool,
+    /// The command and its arguments (after --).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    pub argv: Vec<String>,
+}
+
+/// Restart policies on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RestartArg {
+    /// Never restart.
+    Never,
+    /// Restart after a non-zero exit or a signal.
+    OnFailure,
+    /// Restart whenever it exits, unless stopped.
+    Always,
+}
+
+/// `bmctl tenant service VM ...`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCmd {
+    /// Define (or redefine) a service and start it.
+    Define {
+        /// Service name (1-32 of A-Z a-z 0-9 _ . -).
+        name: String,
+        /// Restart policy.
+        #[arg(long, value_enum, default_value = "on-failure")]
+        restart: RestartArg,
+        /// Delay before a restart (doubled per consecutive restart, up to 30 s).
+        #[arg(long, default_value_t = 500)]
+        backoff_ms: u32,
+        /// At most this many restarts within --window-secs, then the service is failed (0 = no limit).
+        #[arg(long, default_value_t = 5)]
+        max_restarts: u32,
+        /// The window for --max-restarts.
+        #[arg(long, default_value_t = 60)]
+        window_secs: u32,
+        /// Extra environment variable (repeatable).
+        #[arg(long, value_name = "K=V", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// The command and its arguments (after --).
+        #[arg(required = true, last = true, value_name = "CMD")]
+        argv: Vec<String>,
+    },
+    /// Start a stopped service.
+    Start {
+        /// Service name.
+        name: String,
+    },
+    /// Stop a service (SIGTERM, SIGKILL after 5 s).
+    Stop {
+        /// Service name.
+        name: String,
+    },
+    /// Stop then start a service.
+    Restart {
+        /// Service name.
+        name: String,
+    },
+    /// Stop and forget a service.
+    Remove {
+        /// Service name.
+        name: String,
+    },
+    /// State of one service or all (NAME STATE PID RESTARTS LAST-EXIT POLICY).
+    Status {
+        /// Service name (default: all).
+        name: Option<String>,
+    },
+    /// The last lines of a service's output.
+    Logs {
+        /// Service name.
+        name: String,
+        /// How many lines (at most 1000).
+        #[arg(long, default_value_t = 100)]
+        lines: u32,
+    },
+}
+
+/// Parses `K=V`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: expected K=V")),
+    }
 }
 
 /// Tenant rule commands.
@@ -412,10 +631,20 @@ pub struct Failure {
     pub error: anyhow::Error,
 }
 
+impl Failure {
+    /// Whether nothing should be printed: the exit code is a remote
+    /// command's own status.
+    pub fn silent(&self) -> bool {
+        matches!(self.error.downcast_ref::<AgentFailure>(), Some(AgentFailure::Status(_)))
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
         let code = if error.chain().any(|c| c.is::<UsageError>()) {
             2
+        } else if let Some(a) = error.chain().find_map(|c| c.downcast_ref::<AgentFailure>()) {
+            a.exit_code()
         } else {
             error.chain().find_map(|c| c.downcast_ref::<ClientError>()).map_or(1, ClientError::exit_code)
         };
@@ -423,15 +652,15 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-struct Ctx {
+pub(crate) struct Ctx {
     cfg: Config,
     profile: Option<String>,
-    json: bool,
+    pub(crate) json: bool,
     timeout: Duration,
 }
 
 impl Ctx {
-    fn out(&self, value: Value, human: impl FnOnce() -> String) {
+    pub(crate) fn out(&self, value: Value, human: impl FnOnce() -> String) {
         if self.json {
             println!("{value}");
         } else {
@@ -442,7 +671,7 @@ impl Ctx {
         }
     }
 
-    fn connect(&self, landlord: bool) -> Result<(Profile, Client)> {
+    pub(crate) fn connect(&self, landlord: bool) -> Result<(Profile, Client)> {
         let p = self.cfg.pick_profile(self.profile.as_deref(), landlord)?;
         if matches!(p.role()?, Role::Landlord) != landlord {
             bail!(
@@ -1057,6 +1286,19 @@ fn tenant_cmd(ctx: &Ctx, cmd: TenantCmd) -> Result<()> {
             };
             simple(Request::SetImageSigningKey { key }, "set image signing key")?;
         }
+        TenantCmd::Exec(a) => crate::agent_cmd::exec(ctx, a)?,
+        TenantCmd::Shell { vm, command } => crate::agent_cmd::shell(ctx, vm, command)?,
+        TenantCmd::Cp { recursive, no_progress, src, dst } => {
+            crate::agent_cmd::cp(ctx, recursive, no_progress, &src, &dst)?
+        }
+        TenantCmd::Ps { vm } => crate::agent_cmd::ps(ctx, vm)?,
+        TenantCmd::Kill { vm, pid, signal } => crate::agent_cmd::kill(ctx, vm, pid, signal)?,
+        TenantCmd::Service { vm, cmd } => crate::agent_cmd::service(ctx, vm, cmd)?,
+        TenantCmd::Inventory { vm } => crate::agent_cmd::inventory(ctx, vm)?,
+        TenantCmd::Agent { vm, wait, heartbeat_ms, timeout_ms } => {
+            crate::agent_cmd::agent_status(ctx, vm, wait, heartbeat_ms.zip(timeout_ms))?
+        }
+        TenantCmd::AgentLog { vm, from, follow } => crate::agent_cmd::agent_log(ctx, vm, from, follow)?,
     }
     Ok(())
 }

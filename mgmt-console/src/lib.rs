@@ -6,10 +6,15 @@
 //!   `mgmt-proto`'s [`mgmt_proto::ConsoleSession`].
 //! - [`upload`]: chunked, resumable image upload.
 //! - [`rules`]: the command-line syntax of boundary rules.
+//! - [`agent`], [`cp`] (and the private `agent_cmd`): tenant commands through the VM's
+//!   guest agent (exec, shell, cp, ps, kill, services, inventory).
 //! - [`cli`]: the clap command tree and its execution.
 
+pub mod agent;
+mod agent_cmd;
 pub mod cli;
 pub mod client;
+pub mod cp;
 pub mod profile;
 pub mod rules;
 pub mod upload;

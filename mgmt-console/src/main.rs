@@ -11,7 +11,9 @@ fn main() -> ExitCode {
     match bmctl::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            if json {
+            if f.silent() {
+                // A remote command's own exit status: it said what it had to.
+            } else if json {
                 eprintln!("{}", serde_json::json!({"error": format!("{:#}", f.error), "exit_code": f.code}));
             } else {
                 eprintln!("bmctl: error: {:#}", f.error);
