@@ -92,6 +92,17 @@ ensure_rust() {
     BM_RUST_OK=1
 }
 
+# ensure_rust_target TARGET: the pinned toolchain with one more target
+# (e.g. x86_64-unknown-linux-musl for the guest agent).
+ensure_rust_target() {
+    ensure_rust
+    local tc
+    tc=$(pinned_toolchain)
+    rustup target list --installed --toolchain "$tc" 2>/dev/null | grep -qx "$1" && return 0
+    say "adding target $1 to toolchain $tc"
+    rustup target add "$1" --toolchain "$tc" || die "rustup target add $1 --toolchain $tc failed"
+}
+
 # ensure_fuzz: a nightly toolchain and cargo-fuzz for the fuzz targets
 # (libFuzzer needs nightly's sanitizer flags), plus the C++ compiler
 # libfuzzer-sys builds libFuzzer with. Runs once per shell.

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the Linux guest for BMonitor tenant VMs: Debian's cloud kernel and a
 # busybox initramfs (virtio-mmio modules, iperf3, mke2fs, tests/linux/init),
-# plus one small overlay per role (tests/linux/roles). With --qemu-direct it
-# boots that guest straight on QEMU TCG as the baseline BMonitor is measured
-# against. See tests/linux/README.md.
+# plus one small overlay per role (tests/linux/roles), and the agent image
+# (DIR/agent/vmlinuz + initrd.img: bm-agent, built for
+# x86_64-unknown-linux-musl, and a demo service, put together by
+# `bmimage guest`). With --qemu-direct it boots that guest straight on QEMU
+# TCG as the baseline BMonitor is measured against. See tests/linux/README.md.
 #
 #   scripts/linux-guest.sh [--out DIR]            # build into target/linux
 #   scripts/linux-guest.sh --qemu-direct [ROLE]   # build, then boot ROLE (hello)
@@ -11,7 +13,8 @@
 # Options: --out DIR, --qemu-direct [ROLE], --machine microvm|pc|q35,
 # --timeout SECONDS, --mac MAC (default 52:54:00:00:00:01), --disk FILE
 # (raw image for the disk roles, default DIR/disk.img), --new-disk (recreate
-# it), --verbose (the whole console), --no-fetch (use the cache as it is).
+# it), --verbose (the whole console), --no-fetch (use the cache as it is),
+# --no-agent (skip bm-agent and DIR/agent).
 # Downloads go to ${BM_CACHE:-$HOME/.cache/bmonitor}/linux, never the repo.
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -26,6 +29,7 @@ DISK=
 NEW_DISK=
 VERBOSE=
 FETCH=1
+AGENT=1
 while (($#)); do
     case $1 in
     --out) LOUT=$2; shift 2 ;;
@@ -40,6 +44,7 @@ while (($#)); do
     --new-disk) NEW_DISK=1; shift ;;
     --verbose) VERBOSE=1; shift ;;
     --no-fetch) FETCH=; shift ;;
+    --no-agent) AGENT=; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
     esac
@@ -291,6 +296,8 @@ build() {
 
     install -m 755 "$GUEST/init" "$stage/init"
     install -m 644 "$GUEST/common.sh" "$stage/lib/bm/common.sh"
+    # The agent role is in the base, so any `bmimage guest` image has it.
+    install -D -m 644 "$GUEST/roles/agent.sh" "$stage/etc/bm-roles/agent.sh"
     printf 'root:x:0:0:root:/root:/bin/sh\n' >"$stage/etc/passwd"
     printf 'root:x:0:\n' >"$stage/etc/group"
     printf '127.0.0.1 localhost\n' >"$stage/etc/hosts"
@@ -312,6 +319,29 @@ build() {
     rm -rf "$ov" "$stage"
     printf '%s\n' "$kver" >"$LOUT/kernel-version"
     say "kernel $kver: $LOUT/vmlinuz ($(du -k "$LOUT/vmlinuz" | cut -f1) KiB), initramfs.cpio.gz $(du -k "$LOUT/initramfs.cpio.gz" | cut -f1) KiB, roles: ${roles[*]}"
+}
+
+# ---------------------------------------------------------------- agent
+
+# The guest agent (static musl binary) and the agent image: kernel, base
+# initramfs and an overlay with bm-agent, /etc/bm-role = agent, a small web
+# root and one demo service (busybox httpd, restarted on failure).
+build_agent() {
+    local musl=x86_64-unknown-linux-musl tdir=${CARGO_TARGET_DIR:-$ROOT/target}
+    ensure_rust_target "$musl"
+    say "building bm-agent ($musl) and bmimage"
+    (cd "$ROOT" && cargo build --quiet --release --target "$musl" -p guest-agent &&
+        cargo build --quiet --release -p bmimage) || die "cannot build bm-agent (guest-agent) or bmimage"
+    local agent=$tdir/$musl/release/bm-agent files=$LOUT/agent-files
+    [[ -x $agent ]] || die "no $agent after the build"
+    rm -rf "$files"
+    mkdir -p "$files/srv/www"
+    printf '<html><body><p>hello from a BMonitor tenant VM</p></body></html>\n' >"$files/srv/www/index.html"
+    "$tdir/release/bmimage" guest --kernel "$LOUT/vmlinuz" --base-initrd "$LOUT/initramfs.cpio.gz" \
+        --agent "$agent" --files "$files" --service 'web=httpd -f -p 8080 -h /srv/www' \
+        --out "$LOUT/agent" >/dev/null || die "bmimage guest failed"
+    rm -rf "$files"
+    say "agent image: $LOUT/agent/vmlinuz ($(du -k "$LOUT/agent/vmlinuz" | cut -f1) KiB), initrd.img $(du -k "$LOUT/agent/initrd.img" | cut -f1) KiB (bm-agent $(du -k "$agent" | cut -f1) KiB, service web)"
 }
 
 # ---------------------------------------------------------------- baseline
@@ -443,4 +473,5 @@ if [[ -n $FETCH ]]; then fetch; fi
 [[ -f $CACHE/packages ]] || die "nothing fetched yet in $CACHE (run without --no-fetch)"
 extract
 build
+if [[ -n $AGENT ]]; then build_agent; fi
 if [[ -n $ROLE ]]; then qemu_direct "$ROLE"; fi
