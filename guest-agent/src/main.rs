@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use engine::{Config, Engine};
-use transport::{KickError, Transport};
+use transport::{exchange, Transport};
 
 /// Writes one diagnostic line to stderr (init forwards it to the console).
 pub fn log(msg: &str) {
@@ -50,8 +50,6 @@ fn install_stop_handler() {
 
 /// Kick period when there is no doorbell.
 const FALLBACK_KICK: Duration = Duration::from_millis(50);
-/// Kicks at most per wake-up, so a flood cannot starve the local work.
-const MAX_KICKS_PER_TURN: usize = 64;
 
 struct Args {
     doorbell: String,
@@ -98,72 +96,6 @@ fn open_doorbell(path: &str) -> std::io::Result<File> {
 fn drain_doorbell(f: &File) {
     let mut buf = [0u8; 256];
     while let Ok(sys::Read::Data(_)) = sys::read_some(f.as_raw_fd(), &mut buf) {}
-}
-
-/// Re-attaches until the node takes us back.
-fn reattach(t: &mut Transport, engine: &mut Engine, why: &str) {
-    log(&format!("{why}; re-attaching"));
-    loop {
-        match t.reattach() {
-            Ok(()) => {
-                log("re-attached");
-                engine.restart_session();
-                return;
-            }
-            Err(e) => {
-                log(&format!("{e}; retrying in 1 s"));
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    }
-}
-
-/// Moves records both ways until nothing waits (bounded).
-fn exchange(t: &mut Transport, engine: &mut Engine) {
-    for _ in 0..MAX_KICKS_PER_TURN {
-        let mut produced = false;
-        while let Some(m) = engine.front() {
-            match t.push(m) {
-                Ok(true) => {
-                    engine.pop_front();
-                    produced = true;
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    reattach(t, engine, &format!("ring broken ({e})"));
-                    break;
-                }
-            }
-        }
-        let more = match t.kick() {
-            Ok(more) => more,
-            Err(KickError::Detached(s)) => {
-                reattach(t, engine, &format!("the node detached us (status {s})"));
-                continue;
-            }
-            Err(e) => {
-                log(&format!("kick failed: {e}"));
-                return;
-            }
-        };
-        let mut took = false;
-        loop {
-            match t.pop() {
-                Ok(Some(m)) => {
-                    engine.handle(m);
-                    took = true;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    reattach(t, engine, &format!("ring broken ({e})"));
-                    break;
-                }
-            }
-        }
-        if !more && !took && (!produced || engine.front().is_none()) {
-            return;
-        }
-    }
 }
 
 fn main() {

@@ -11,6 +11,7 @@ use agent_proto::{Event, FromAgent, Input, Op, Relay, RelayLimits, ToAgent, MAX_
 use sha2::{Digest, Sha256};
 
 use crate::engine::{Config, Engine};
+use crate::transport::{exchange, KickError, Link};
 
 fn engine() -> Engine {
     Engine::new(Config::default())
@@ -495,4 +496,82 @@ fn through_the_relay() {
     assert_eq!(got, total);
     assert!(matches!(end, Some(Event::Exited { code: Some(0), .. })));
     assert!(relay.status(0).load.is_none() && relay.status(0).hostname.is_some());
+}
+
+/// The node's relay over a ring in plain memory, as a [`Link`].
+struct RelayLink {
+    layout: Layout,
+    mem: Vec<u8>,
+    relay: Relay,
+    g2h_head: u32,
+    h2g_tail: u32,
+    kicks: usize,
+}
+
+impl RelayLink {
+    fn new() -> RelayLink {
+        let layout = Layout::new(u64::from(MIN_DATA)).unwrap();
+        let mut mem = vec![0u8; layout.total() as usize];
+        layout.init(&mut mem[..]).unwrap();
+        let mut relay = Relay::new(RelayLimits::default());
+        relay.attach(layout, 0);
+        RelayLink { layout, mem, relay, g2h_head: 0, h2g_tail: 0, kicks: 0 }
+    }
+}
+
+impl Link for RelayLink {
+    fn push(&mut self, msg: &FromAgent) -> Result<bool, agent_proto::RingFault> {
+        let b = encode(msg, MAX_RECORD).unwrap();
+        self.layout.guest_to_host().produce(&mut self.mem[..], &mut self.g2h_head, &b)
+    }
+    fn kick(&mut self) -> Result<bool, KickError> {
+        self.kicks += 1;
+        if !self.relay.attached() {
+            return Err(KickError::Detached(vmm_config::hypercall::status::NOT_ATTACHED));
+        }
+        self.relay.kick(&mut self.mem[..], 0).map(|o| o.more).map_err(KickError::Ring)
+    }
+    fn pop(&mut self) -> Result<Option<ToAgent>, agent_proto::RingFault> {
+        let mut rec = Vec::new();
+        if !self.layout.host_to_guest().consume(&mut self.mem[..], &mut self.h2g_tail, &mut rec)? {
+            return Ok(None);
+        }
+        Ok(Some(decode(&rec, MAX_RECORD).unwrap()))
+    }
+    fn reattach(&mut self) -> Result<(), String> {
+        self.layout.init(&mut self.mem[..]).unwrap();
+        self.g2h_head = 0;
+        self.h2g_tail = 0;
+        self.relay.attach(self.layout, 0);
+        Ok(())
+    }
+}
+
+/// `exchange` (the main loop's kick cycle) against the relay: hello,
+/// operations, and a re-attach with a fresh hello after the node drops us.
+#[test]
+fn exchange_hello_ops_and_reattach() {
+    let mut link = RelayLink::new();
+    let mut e = engine();
+    e.restart_session();
+    exchange(&mut link, &mut e);
+    assert!(link.relay.status(0).hostname.is_some(), "hello delivered");
+    let s = link.relay.open(Op::Stat { path: "/".into() }, 0).unwrap();
+    // One exchange takes the request and, in the same turn, delivers the answer.
+    exchange(&mut link, &mut e);
+    assert!(e.front().is_none());
+    let (ev, done) = link.relay.poll(s, 10_000, 0).unwrap();
+    assert!(done && matches!(&ev[..], [Event::Stat(st)] if st.exists && st.dir), "{ev:?}");
+
+    // The node detaches us: the next exchange re-attaches and says hello again.
+    link.relay.detach("test detach", 0);
+    let before = link.relay.status(0).kicks;
+    e.handle(ToAgent::Open { stream: 77, op: Op::Exec(spec(&["sleep", "30"])) });
+    exchange(&mut link, &mut e);
+    assert!(link.relay.attached());
+    assert_eq!(e.active(), 0, "operations of the old session ended");
+    assert!(link.relay.status(0).hostname.is_some());
+    assert!(link.relay.status(0).kicks > before);
+    let (log, _) = link.relay.log_since(0, 100);
+    assert!(log.iter().any(|l| l.text.contains("agent hello")), "{log:?}");
 }

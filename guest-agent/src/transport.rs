@@ -6,6 +6,9 @@ use agent_proto::ring::{Layout, RingFault, CTRL_SIZE, FLAG_MORE};
 use agent_proto::{FromAgent, ToAgent, MAX_RECORD};
 use vmm_config::hypercall::{nr, status};
 
+use std::time::Duration;
+
+use crate::engine::Engine;
 use crate::hypercall::Hypervisor;
 use crate::region::Region;
 
@@ -30,6 +33,37 @@ impl std::fmt::Display for KickError {
             KickError::Status(s) => write!(f, "agent_kick failed with status {s}"),
             KickError::Ring(r) => write!(f, "{r}"),
         }
+    }
+}
+
+/// Kicks at most per wake-up, so a flood cannot starve the local work.
+const MAX_KICKS_PER_TURN: usize = 64;
+
+/// The agent's link to the node: the real [`Transport`], or the node's
+/// relay in memory for host tests.
+pub trait Link {
+    /// Puts one record in the agent-to-node ring; `Ok(false)` when full.
+    fn push(&mut self, msg: &FromAgent) -> Result<bool, RingFault>;
+    /// Lets the node move records; `Ok(true)` when more waits for us.
+    fn kick(&mut self) -> Result<bool, KickError>;
+    /// The next message from the node.
+    fn pop(&mut self) -> Result<Option<ToAgent>, RingFault>;
+    /// Re-initialises the region and attaches again.
+    fn reattach(&mut self) -> Result<(), String>;
+}
+
+impl Link for Transport {
+    fn push(&mut self, msg: &FromAgent) -> Result<bool, RingFault> {
+        Transport::push(self, msg)
+    }
+    fn kick(&mut self) -> Result<bool, KickError> {
+        Transport::kick(self)
+    }
+    fn pop(&mut self) -> Result<Option<ToAgent>, RingFault> {
+        Transport::pop(self)
+    }
+    fn reattach(&mut self) -> Result<(), String> {
+        Transport::reattach(self)
     }
 }
 
@@ -109,5 +143,83 @@ impl Transport {
     /// Tells the node we are leaving (best effort).
     pub fn detach(&mut self) {
         let _ = self.hv.call(nr::AGENT_DETACH, 0, 0, 0);
+    }
+}
+
+/// Re-attaches until the node takes us back.
+fn reattach(t: &mut impl Link, engine: &mut Engine, why: &str) {
+    crate::log(&format!("{why}; re-attaching"));
+    loop {
+        match t.reattach() {
+            Ok(()) => {
+                crate::log("re-attached");
+                engine.restart_session();
+                return;
+            }
+            Err(e) => {
+                crate::log(&format!("{e}; retrying in 1 s"));
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Moves records both ways until nothing waits (bounded); re-attaches
+/// (and restarts the engine's session) when the node dropped us.
+pub fn exchange(t: &mut impl Link, engine: &mut Engine) {
+    let mut retried = false;
+    for _ in 0..MAX_KICKS_PER_TURN {
+        let mut produced = false;
+        while let Some(m) = engine.front() {
+            match t.push(m) {
+                Ok(true) => {
+                    engine.pop_front();
+                    produced = true;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    reattach(t, engine, &format!("ring broken ({e})"));
+                    break;
+                }
+            }
+        }
+        let more = match t.kick() {
+            Ok(more) => more,
+            Err(KickError::Detached(s)) => {
+                reattach(t, engine, &format!("the node detached us (status {s})"));
+                continue;
+            }
+            Err(e) => {
+                crate::log(&format!("kick failed: {e}"));
+                return;
+            }
+        };
+        let mut took = false;
+        loop {
+            match t.pop() {
+                Ok(Some(m)) => {
+                    engine.handle(m);
+                    took = true;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    reattach(t, engine, &format!("ring broken ({e})"));
+                    break;
+                }
+            }
+        }
+        if !more && !took && engine.front().is_none() {
+            return;
+        }
+        // Nothing moved: the kick may have freed ring space, so try once
+        // more, then leave it to the next turn.
+        if !more && !took && !produced {
+            if retried {
+                return;
+            }
+            retried = true;
+        } else {
+            retried = false;
+        }
     }
 }
