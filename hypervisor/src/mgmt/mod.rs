@@ -501,10 +501,23 @@ impl Mgmt {
                 format!("memory: the VM needs {} MiB, the node has {free_mib} MiB free", spec.memory_mib),
             ));
         }
-        if !crate::mm::heap::has_room_for(usize::try_from(image.size).unwrap_or(usize::MAX)) {
+        let initrd_size = match &spec.initrd {
+            Some(name) => {
+                self.state
+                    .images
+                    .get(name)
+                    .ok_or_else(|| {
+                        ErrorReply::new(ErrorCode::NotFound, format!("initrd: no image named {name:?} (upload it again)"))
+                    })?
+                    .size
+            }
+            None => 0,
+        };
+        let load = image.size.saturating_add(initrd_size);
+        if !crate::mm::heap::has_room_for(usize::try_from(load).unwrap_or(usize::MAX)) {
             return Err(ErrorReply::new(
                 ErrorCode::Busy,
-                format!("not enough node memory to load the {} MiB image now; retry", image.size >> 20),
+                format!("not enough node memory to load the {} MiB of images now; retry", load >> 20),
             ));
         }
         if spec.ip.is_some() {

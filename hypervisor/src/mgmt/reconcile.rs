@@ -17,15 +17,15 @@ use vmm_config::config::{NodeConfig, VmConfig};
 use vswitch::config::ExtraNic;
 use vswitch::policy::PortId;
 
-/// One uploaded image, read from the image store for the VM builder.
-struct Uploaded<'a> {
-    name: &'a str,
-    bytes: Vec<u8>,
+/// The uploaded images a VM boots (kernel, and its initrd if any), read
+/// from the image store for the VM builder.
+struct Uploaded {
+    images: Vec<(String, Vec<u8>)>,
 }
 
-impl ImageSource for Uploaded<'_> {
+impl ImageSource for Uploaded {
     fn image(&self, name: &str) -> Option<&[u8]> {
-        (name == self.name).then_some(self.bytes.as_slice())
+        self.images.iter().find(|(n, _)| n == name).map(|(_, b)| b.as_slice())
     }
 }
 
@@ -118,6 +118,7 @@ pub fn reconcile(
             memory_mib: spec.memory_mib,
             kernel: spec.image.clone(),
             cmdline: spec.cmdline.clone(),
+            module: spec.initrd.clone(),
             ..Default::default()
         };
         let index = vms.len();
@@ -126,7 +127,15 @@ pub fn reconcile(
             (_, Err(_)) => Err(String::from("too many VMs")),
             (Ok(()), Ok(n)) => {
                 let image = spec.image.clone();
-                read_image(m, &image).and_then(|bytes| {
+                let loaded = read_image(m, &image).and_then(|kernel| {
+                    let mut images = alloc::vec![(image.clone(), kernel)];
+                    if let Some(initrd) = spec.initrd.clone() {
+                        let bytes = read_image(m, &initrd).map_err(|e| alloc::format!("initrd: {e}"))?;
+                        images.push((initrd, bytes));
+                    }
+                    Ok(Uploaded { images })
+                });
+                loaded.and_then(|images| {
                     // Devices first: the VM's firmware tables list them.
                     let mut extra = Attachments::default();
                     if let Some(ip) = spec.ip {
@@ -145,7 +154,6 @@ pub fn reconcile(
                         let volume = st.volume_for_lease(&volume_name(id), spec.cluster.0, spec.disk_mib)?;
                         extra.disk = Some(GuestDisk::new(volume, &spec.name));
                     }
-                    let images = Uploaded { name: &image, bytes };
                     let node = NodeResources { config, images: &images, nics: &[], storage: None };
                     Ok(build_vm_with(n, &cfg, node, backend, extra))
                 })

@@ -219,6 +219,8 @@ pub fn status_name(s: u64) -> &'static str {
         status::BAD_ADDRESS => "BAD_ADDRESS",
         status::TOO_LARGE => "TOO_LARGE",
         status::DENIED => "DENIED",
+        status::NOT_ATTACHED => "NOT_ATTACHED",
+        status::RING_FAULT => "RING_FAULT",
         NOT_PRESENT => "NOT_PRESENT",
         _ => "?",
     }

@@ -16,8 +16,8 @@ const EFER_LME: u64 = 1 << 8;
 const EFER_LMA: u64 = 1 << 10;
 /// Unmodelled MSRs (an AMD-range and a low one).
 const UNMODELLED_MSRS: [u32; 2] = [0xC001_2345, 0x0000_0BAD];
-/// An empty I/O port (COM2).
-const EMPTY_PORT: u16 = 0x2F8;
+/// An empty I/O port (COM4; COM2 is the agent doorbell).
+const EMPTY_PORT: u16 = 0x2E8;
 
 struct Checks {
     failures: u32,

@@ -23,7 +23,7 @@ fn main(_info: &BootInfo) -> u32 {
     }
     let t1 = cpu::rdtsc();
     for _ in 0..ROUNDS {
-        let _ = port::inb(0x2F8);
+        let _ = port::inb(0x2E8); // COM4: no device
     }
     let t2 = cpu::rdtsc();
     println!("hcbench hypercall: {} tsc/round trip", (t1 - t0) / ROUNDS);
