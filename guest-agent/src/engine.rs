@@ -247,6 +247,23 @@ impl Engine {
         self.out.push_back(fit(stream, done));
     }
 
+    /// Defines the image's services that are not defined yet (a tenant's
+    /// run-time definition wins); returns the errors.
+    pub fn define_boot_services(&mut self, specs: Vec<agent_proto::msg::ServiceSpec>) -> Vec<String> {
+        let mut errors = Vec::new();
+        for spec in specs {
+            if self.services.status(Some(&spec.name)).is_ok() {
+                continue;
+            }
+            let name = spec.name.clone();
+            if let Err(e) = self.services.define(spec) {
+                errors.push(format!("service {name}: {e}"));
+            }
+        }
+        self.push_service_events(Instant::now());
+        errors
+    }
+
     fn service(&mut self, op: ServiceOp) -> Event {
         let s = &mut self.services;
         let r = match op {

@@ -2,11 +2,13 @@
 //! VM, talks to the node only through hypercalls and a shared-memory ring
 //! (agent-proto), and carries out the tenant's remote operations.
 
+mod bootconf;
 mod engine;
 mod exec;
 mod files;
 mod hypercall;
 mod inventory;
+mod probe;
 mod procs;
 mod pty;
 mod region;
@@ -54,10 +56,17 @@ const FALLBACK_KICK: Duration = Duration::from_millis(50);
 struct Args {
     doorbell: String,
     state_dir: PathBuf,
+    services: PathBuf,
+    probe: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { doorbell: "/dev/ttyS1".into(), state_dir: PathBuf::from("/var/lib/bm-agent") };
+    let mut a = Args {
+        doorbell: "/dev/ttyS1".into(),
+        state_dir: PathBuf::from("/var/lib/bm-agent"),
+        services: PathBuf::from("/etc/bm-agent/services.conf"),
+        probe: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -66,11 +75,16 @@ fn parse_args() -> Result<Args, String> {
                 std::process::exit(0);
             }
             "--help" | "-h" => {
-                println!("usage: bm-agent [--doorbell /dev/ttyS1] [--state-dir /var/lib/bm-agent] [--version]");
+                println!("usage: bm-agent [--doorbell /dev/ttyS1] [--state-dir /var/lib/bm-agent] [--services /etc/bm-agent/services.conf] [--version]");
+                println!(
+                    "       bm-agent --probe-unprivileged   (checks that a process without I/O permission is refused)"
+                );
                 std::process::exit(0);
             }
             "--doorbell" => a.doorbell = it.next().ok_or("--doorbell needs a path")?,
             "--state-dir" => a.state_dir = PathBuf::from(it.next().ok_or("--state-dir needs a path")?),
+            "--services" => a.services = PathBuf::from(it.next().ok_or("--services needs a path")?),
+            "--probe-unprivileged" => a.probe = true,
             other => return Err(format!("unknown argument {other:?} (try --help)")),
         }
     }
@@ -110,6 +124,9 @@ fn main() {
         log("not running under BMonitor");
         std::process::exit(2);
     };
+    if args.probe {
+        std::process::exit(probe::unprivileged(&hv));
+    }
     if let Err(e) = hypercall::request_io_permission() {
         log(&format!(
             "cannot get I/O permission for port {:#06x} ({e}); bm-agent must run as root (CAP_SYS_RAWIO)",
@@ -135,6 +152,11 @@ fn main() {
     let mut engine = Engine::new(Config { state_dir: Some(args.state_dir) });
     install_stop_handler();
     engine.restart_session();
+    let (specs, mut errors) = bootconf::read(&args.services);
+    errors.extend(engine.define_boot_services(specs));
+    for e in errors {
+        log(&e);
+    }
     exchange(&mut t, &mut engine);
     while !STOP.load(Ordering::SeqCst) {
         let now = Instant::now();
