@@ -19,8 +19,7 @@ use crate::client::ClientError;
 use crate::cp::{copy_in, copy_out, CpOptions};
 
 fn connect(ctx: &Ctx, vm: u32) -> Result<Agent> {
-    let (_, c) = ctx.connect(false)?;
-    Ok(Agent::new(c, vm))
+    Ok(Agent::new(ctx.connect_agent()?, vm))
 }
 
 fn unexpected_event(e: Event) -> anyhow::Error {

@@ -681,8 +681,21 @@ impl Ctx {
                 if landlord { "landlord" } else { "a tenant" }
             );
         }
+        let c = self.open(&p)?;
+        Ok((p, c))
+    }
+
+    /// For agent commands: a tenant profile, or whichever profile
+    /// --profile names. A landlord is not refused here: the node's answer
+    /// (Denied, exit 5) says why.
+    pub(crate) fn connect_agent(&self) -> Result<Client> {
+        let p = self.cfg.pick_profile(self.profile.as_deref(), false)?;
+        self.open(&p)
+    }
+
+    fn open(&self, p: &Profile) -> Result<Client> {
         let key = self.cfg.load_key(&p.key)?;
-        let c = Client::connect_profile(&p, &key.secret, self.timeout).map_err(|e| {
+        let c = Client::connect_profile(p, &key.secret, self.timeout).map_err(|e| {
             let named = e.names_node();
             let e = anyhow::Error::new(e);
             if named {
@@ -691,7 +704,7 @@ impl Ctx {
                 e.context(format!("connecting to {} as {}", p.node, p.role))
             }
         })?;
-        Ok((p, c))
+        Ok(c)
     }
 
     fn call(&self, landlord: bool, req: Request) -> Result<(Profile, Response)> {

@@ -26,7 +26,10 @@ use crate::agent::{is_backpressure, unexpected, Agent, AgentFailure};
 use crate::cli::UsageError;
 use crate::client::ClientError;
 
-/// Data inputs sent ahead of the node's answers.
+/// Data inputs sent ahead of the node's answers. After the node's first
+/// backpressure refusal only one: with several in flight a later input can
+/// be taken after an earlier one was refused (the agent drained the queue
+/// in between), which would reorder the file.
 const WINDOW: usize = 4;
 /// Whole-file restarts after the node took input out of order.
 const RESTARTS: u32 = 3;
@@ -269,7 +272,8 @@ fn put_file(
             0
         };
         opts.bar.set_position(base + offset);
-        match send_file(agent, local, remote, mode, offset, size, opts)? {
+        let job = WriteJob { local, remote, mode, offset, size, restarted: attempt > 0 };
+        match send_file(agent, &job, opts)? {
             Sent::Done(got, got_size) => {
                 if got != want || got_size != size {
                     return Err(mismatch(&shown, &got, &want));
@@ -294,23 +298,28 @@ fn read_chunk(f: &mut File, off: u64, len: usize) -> Result<Vec<u8>> {
 
 /// Streams `local` from `offset` as `WriteFile` data, [`WINDOW`] inputs in
 /// flight; a backpressure refusal is waited out and resent in order.
-fn send_file(
-    agent: &mut Agent,
-    local: &Path,
-    remote: &str,
+/// One file's write into the VM.
+struct WriteJob<'a> {
+    local: &'a Path,
+    remote: &'a str,
     mode: u32,
     offset: u64,
     size: u64,
-    opts: &CpOptions,
-) -> Result<Sent> {
+    /// After a reordering: one input in flight from the start.
+    restarted: bool,
+}
+
+fn send_file(agent: &mut Agent, job: &WriteJob<'_>, opts: &CpOptions) -> Result<Sent> {
+    let WriteJob { local, remote, mode, offset, size, restarted } = *job;
     let mut f = File::open(local).with_context(|| format!("reading {}", local.display()))?;
     let stream = agent.open(Op::WriteFile { path: remote.to_string(), mode, offset, size })?;
     let vm = agent.vm();
     let mut next = offset;
     let mut in_flight: VecDeque<(u64, u64)> = VecDeque::new();
     let mut pause = Duration::from_millis(5);
+    let mut window = if restarted { 1 } else { WINDOW };
     loop {
-        while in_flight.len() < WINDOW && next < size {
+        while in_flight.len() < window && next < size {
             let n = (size - next).min(MAX_DATA as u64);
             let data = read_chunk(&mut f, next, n as usize).with_context(|| format!("reading {}", local.display()))?;
             if let Err(e) = agent.client().send(Request::AgentSend { vm, stream, input: Input::Data(data) }) {
@@ -335,12 +344,13 @@ fn send_file(
                         Err(e) => return Err(agent.explain(stream, e)),
                     }
                 }
+                agent.backpressure_retries += 1;
                 if reordered {
                     let _ = agent.send(stream, Input::Cancel);
                     let _ = agent.drain(stream, |_| Ok(()));
                     return Ok(Sent::Reordered);
                 }
-                agent.backpressure_retries += 1;
+                window = 1;
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(100));
                 next = off;
