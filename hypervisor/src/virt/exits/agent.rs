@@ -75,8 +75,12 @@ fn translate(mem: &GuestMemory, mode: &CpuMode, cpl: u8, va: u64, len: u32) -> O
     v.try_reserve_exact(pages).ok()?;
     for i in 0..pages as u64 {
         let gva = va.checked_add(i * PAGE_SIZE)?;
-        let gpa = translate_checked(&Phys(mem), mode, gva, access).ok()?;
-        v.push(gpa & !(PAGE_SIZE - 1));
+        let gpa = translate_checked(&Phys(mem), mode, gva, access).ok()? & !(PAGE_SIZE - 1);
+        // Guest RAM only (never a device window).
+        if gpa.checked_add(PAGE_SIZE)? > mem.size() {
+            return None;
+        }
+        v.push(gpa);
     }
     Some(v)
 }
@@ -94,8 +98,10 @@ pub fn attach(ctx: &mut ExitContext<'_>, va: u64, data: u64) -> u64 {
         return status::BAD_ADDRESS;
     };
     let region = Region { mem: ctx.mem, pages };
-    if layout.check_magic(&region).is_err() {
-        return status::INVALID_ARGUMENT;
+    match layout.check_magic(&region) {
+        Ok(()) => {}
+        Err(RingFault::Memory) => return status::BAD_ADDRESS,
+        Err(_) => return status::INVALID_ARGUMENT,
     }
     let ch = &mut ctx.devices.agent;
     ch.relay.attach(layout, now_ms());
