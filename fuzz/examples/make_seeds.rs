@@ -36,6 +36,8 @@ fn main() {
         ("mgmt_session", mgmt_session()),
         ("mgmt_snapshot", mgmt_snapshot()),
         ("tpm_response", tpm_response()),
+        ("agent_ring", agent_ring()),
+        ("agent_message", agent_message()),
     ] {
         total += write(&root.join(target), seeds);
     }
@@ -826,4 +828,152 @@ fn tpm_response() -> Vec<(&'static str, Vec<u8>)> {
         ("startup", script(4, &[&flush])),
         ("create-response", create.clone()),
     ]
+}
+
+// ---- the guest agent ------------------------------------------------------
+
+fn agent_exec(argv: &[&str], stdin: bool) -> agent_proto::Op {
+    agent_proto::Op::Exec(agent_proto::msg::ExecSpec {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        env: vec![("LANG".into(), "C".into())],
+        cwd: Some("/root".into()),
+        timeout_ms: 5000,
+        stdin,
+        pty: None,
+    })
+}
+
+fn agent_encode<T: serde::Serialize>(m: &T) -> Vec<u8> {
+    agent_proto::msg::encode(m, agent_proto::MAX_RECORD).expect("agent message")
+}
+
+/// Real messages both ways, and the console's agent requests and replies.
+fn agent_message() -> Vec<(&'static str, Vec<u8>)> {
+    use agent_proto::msg::{Event, FromAgent, GuestLoad, Input, ServiceOp, ServiceSpec, RestartPolicy, ToAgent};
+    let svc = ServiceSpec {
+        name: "web".into(),
+        argv: vec!["httpd".into(), "-f".into(), "-p".into(), "8080".into()],
+        env: vec![],
+        restart: RestartPolicy::OnFailure,
+        backoff_ms: 500,
+        max_restarts: 5,
+        window_secs: 60,
+    };
+    vec![
+        ("to-open-exec", agent_encode(&ToAgent::Open { stream: 1, op: agent_exec(&["uname", "-r"], false) })),
+        (
+            "to-open-write",
+            agent_encode(&ToAgent::Open {
+                stream: 2,
+                op: agent_proto::Op::WriteFile { path: "/root/f".into(), mode: 0o644, offset: 0, size: 65536 },
+            }),
+        ),
+        (
+            "to-open-service",
+            agent_encode(&ToAgent::Open { stream: 3, op: agent_proto::Op::Service(ServiceOp::Define(svc)) }),
+        ),
+        ("to-input-data", agent_encode(&ToAgent::Input { stream: 1, input: Input::Data(b"hello\n".to_vec()) })),
+        ("to-input-end", agent_encode(&ToAgent::Input { stream: 1, input: Input::End })),
+        ("to-credit", agent_encode(&ToAgent::Credit { stream: 1, bytes: 4096 })),
+        ("to-configure", agent_encode(&ToAgent::Configure { heartbeat_ms: 500 })),
+        (
+            "from-hello",
+            agent_encode(&FromAgent::Hello {
+                protocol: agent_proto::AGENT_PROTOCOL,
+                agent_version: "0.1.0".into(),
+                hostname: "tenant-vm".into(),
+                kernel: "6.1.0-48-cloud-amd64".into(),
+            }),
+        ),
+        (
+            "from-heartbeat",
+            agent_encode(&FromAgent::Heartbeat {
+                seq: 7,
+                uptime_ms: 12_345,
+                load: GuestLoad { load_milli: [10, 20, 30], mem_available_kib: 200_000, processes: 40, services_running: 1, services_failed: 0 },
+            }),
+        ),
+        ("from-service", agent_encode(&FromAgent::ServiceEvent { name: "web".into(), what: "exited with status 1".into() })),
+        ("from-stdout", agent_encode(&FromAgent::Event { stream: 1, event: Event::Stdout(b"6.1.0\n".to_vec()) })),
+        (
+            "from-exited",
+            agent_encode(&FromAgent::Event { stream: 1, event: Event::Exited { code: Some(3), signal: None, timed_out: false } }),
+        ),
+        (
+            "from-done",
+            agent_encode(&FromAgent::Event { stream: 2, event: Event::Done { sha256: [0xab; 32], size: 65536, mode: 0o644 } }),
+        ),
+        (
+            "req-agent-open",
+            encode(&Request::AgentOpen { vm: VmId(1), op: agent_exec(&["true"], false) }, MAX_MESSAGE).expect("req"),
+        ),
+        (
+            "req-agent-send",
+            encode(&Request::AgentSend { vm: VmId(1), stream: 1, input: Input::Signal(2) }, MAX_MESSAGE).expect("req"),
+        ),
+        (
+            "req-agent-poll",
+            encode(&Request::AgentPoll { vm: VmId(2), stream: 1, max_bytes: 65536 }, MAX_MESSAGE).expect("req"),
+        ),
+        (
+            "req-agent-heartbeat",
+            encode(&Request::AgentHeartbeat { vm: VmId(1), period_ms: 500, timeout_ms: 3000 }, MAX_MESSAGE).expect("req"),
+        ),
+        (
+            "resp-agent-events",
+            encode(
+                &Response::AgentEvents { events: vec![Event::Stdout(b"hi".to_vec()), Event::Ok], finished: true },
+                MAX_MESSAGE,
+            )
+            .expect("resp"),
+        ),
+    ]
+}
+
+/// agent_ring inputs: mode, region image, then operations (the layout in
+/// fuzz_targets/agent_ring.rs).
+fn agent_ring() -> Vec<(&'static str, Vec<u8>)> {
+    use agent_proto::msg::{Event, FromAgent};
+    // Opcodes (op % 14): 0 write, 1 raw record, 2 genuine message, 3 kick,
+    // 4 open, 5 send, 6 poll, 7 tick, 8 heartbeat, 9 agent consumes,
+    // 10 re-attach, 11 detach, 12 status/log, 13 doorbell.
+    let record = |m: &FromAgent| {
+        let b = agent_encode(m);
+        let mut v = vec![1u8];
+        v.extend_from_slice(&le16(b.len() as u16));
+        v.extend_from_slice(&b);
+        v
+    };
+    let hello = record(&FromAgent::Hello {
+        protocol: agent_proto::AGENT_PROTOCOL,
+        agent_version: "0.1.0".into(),
+        hostname: "vm".into(),
+        kernel: "6.1".into(),
+    });
+    let out = record(&FromAgent::Event { stream: 1, event: Event::Stdout(b"hello".to_vec()) });
+    let exit = record(&FromAgent::Event { stream: 1, event: Event::Exited { code: Some(0), signal: None, timed_out: false } });
+    let head = |mode: u8| vec![mode, 0, 0];
+    let mut exec = head(0);
+    exec.extend_from_slice(&[4, 1, 3, 9]);
+    exec.extend_from_slice(&hello);
+    exec.extend_from_slice(&out);
+    exec.extend_from_slice(&exit);
+    exec.extend_from_slice(&[3, 6, 0, 0, 0, 3, 9, 12, 0]);
+    let mut small = head(1);
+    for _ in 0..6 {
+        small.extend_from_slice(&[4, 0]);
+    }
+    small.extend_from_slice(&[5, 0, 0, 0xff, 0x3f, 3, 2, 3, 0, 0xff, 0x7f, 2, 3, 0, 0xff, 0x7f, 3, 6, 0, 0, 0]);
+    let mut hung = head(1);
+    hung.extend_from_slice(&[8, 0xf4, 1, 0, 0, 0xb8, 0x0b, 0, 0, 3, 7, 0x20, 0x03, 12, 0]);
+    // A region image: head published beyond the ring, then a kick.
+    let mut hostile = vec![0u8, 24, 0];
+    hostile.extend_from_slice(&le32(u32::from_le_bytes(*b"BMA1")));
+    hostile.extend_from_slice(&[0; 12]);
+    hostile.extend_from_slice(&le32(0x0002_0000));
+    hostile.extend_from_slice(&le32(0));
+    hostile.extend_from_slice(&[3, 12, 0]);
+    let mut garbage = head(2);
+    garbage.extend_from_slice(&[4, 0, 1, 3, 0, 0xff, 0xff, 0xff, 3, 6, 0, 0, 0]);
+    vec![("exec-round-trip", exec), ("small-limits-full", small), ("heartbeat-hung", hung), ("hostile-head", hostile), ("garbage-record", garbage)]
 }
