@@ -193,11 +193,13 @@ boot_engine() {
             -netdev "user,id=uplink,hostfwd=tcp:127.0.0.1:${BM_MGMT_PORT:-7700}-:7700" -device virtio-net-pci,netdev=uplink \
             -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?
         ;;
-    qemu-tcg-net-disk)
+    qemu-tcg-net-disk | qemu-kvm-net-disk)
         # Both: the uplink (port forwarded as for qemu-tcg-net) and the node
-        # disk at $BM_DISK_IMAGE.
+        # disk at $BM_DISK_IMAGE. (qemu-kvm-net-disk: the same on KVM.)
         ensure_cmds qemu-system-x86_64
-        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
+        local nd_accel=(-accel tcg -cpu qemu64,+svm,+npt,+rdrand)
+        [[ $engine == qemu-kvm-net-disk ]] && nd_accel=(-accel kvm -cpu host)
+        timeout "$secs" qemu-system-x86_64 -machine q35 "${nd_accel[@]}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -netdev "user,id=uplink,hostfwd=tcp:127.0.0.1:${BM_MGMT_PORT:-7700}-:7700${BM_DISCARD_PORT:+,hostfwd=tcp:127.0.0.1:$BM_DISCARD_PORT-:9}" -device virtio-net-pci,netdev=uplink \
             -drive "file=${BM_DISK_IMAGE:?BM_DISK_IMAGE names the node disk image},format=raw,if=none,id=nodedisk,cache=writeback" \
