@@ -2,8 +2,8 @@
 # Benchmarks. System: boots the hcbench guest in each engine and reports the
 # cost of one hypercall and one port read (TSC ticks per round trip, as the
 # guest measures them) with BMonitor's exit counters for the run; a VM-to-VM
-# transfer, an encrypted disk, and the management console under hostile
-# clients (QEMU TCG). Host:
+# transfer, an encrypted disk, the management console under hostile
+# clients, and the guest agent (QEMU TCG). Host:
 # criterion benchmarks of the pure crates (skipped with --system-only).
 # Timings here are noisy: compare ratios within one run.
 #
@@ -77,6 +77,22 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     f=$dir/e2e/mgmt-hostile-qemu/figures.txt
     [[ -s $f ]] || die "console benchmark: no figures (see $dir.log)"
     sed 's/^/console: /' "$f"
+fi
+
+if [[ " $engines " == *" qemu-tcg "* ]]; then
+    # The guest agent (the agent-qemu end-to-end scenario, in its own output
+    # directory): `bmctl tenant exec VM true` round trip against `bmctl
+    # tenant status`, file copy into the guest against an image upload over
+    # the console, and VM exits per MiB copied.
+    say "guest agent benchmark (agent-qemu scenario, about 4 minutes)"
+    dir=$OUT/bench-agent
+    rm -rf "$dir"
+    if ! BM_OUT=$dir tests/e2e/run.sh --engines qemu-tcg --only agent-qemu >"$dir.log" 2>&1; then
+        echo "agent: the agent-qemu scenario failed (see $dir.log):"
+        grep -A20 '^FAIL' "$dir.log" | sed 's/^/  /'
+    fi
+    f=$dir/e2e/agent-qemu/figures.txt
+    if [[ -s $f ]]; then sed 's/^/agent: /' "$f"; else echo "agent: no figures (see $dir.log)"; fi
 fi
 
 if [[ " $engines " == *" qemu-tcg "* ]]; then
