@@ -25,6 +25,7 @@ mod area;
 mod bytes;
 mod elf;
 mod error;
+mod initramfs;
 mod linux;
 mod multiboot;
 mod plan;
@@ -37,6 +38,7 @@ pub use acpi::{
     SCI_IRQ, SLP_TYP_S5,
 };
 pub use error::LoadError;
+pub use initramfs::{initramfs_format, InitramfsFormat};
 pub use linux::{LinuxSetup, LINUX_LOAD_ADDR, MIN_LINUX_PROTOCOL, ZERO_PAGE_LEN};
 pub use plan::{
     plan_boot, BootPlan, GuestWrite, GuestWriteData, ModuleRef, BOOT_INFO_END, BOOT_INFO_START, HIGH_RAM_START,

@@ -17,9 +17,15 @@ const SECTOR: u64 = 512;
 /// Image budget without a disk: images then live in the heap.
 pub const MEMORY_BUDGET: u64 = 16 << 20;
 
-/// Whether `image` is a kernel this node can boot (the loader's verdict).
+/// Whether `image` is a kernel this node can boot (the loader's verdict)
+/// or an initramfs a VM can be given (`VmSpec::initrd`): a newc cpio
+/// archive or one compressed the ways Linux unpacks.
 pub fn bootable(image: &[u8]) -> Result<(), String> {
-    guest_loader::parse_kernel(image, guest_loader::Preference::Auto).map(|_| ()).map_err(|e| format!("{e}"))
+    match guest_loader::parse_kernel(image, guest_loader::Preference::Auto) {
+        Ok(_) => Ok(()),
+        Err(_) if guest_loader::initramfs_format(image).is_some() => Ok(()),
+        Err(e) => Err(format!("{e}; nor an initramfs (cpio, gzip, xz, zstd, lz4, bzip2, lzma)")),
+    }
 }
 
 /// A store in memory (nodes without a disk).

@@ -146,9 +146,12 @@ boot_pdpt:
     .skip 4096
 boot_pd:
     .skip 4096 * 4
+    // A spare page between the page tables and the stack's end, so a deep
+    // stack runs into it before it reaches boot_pd.
+    .skip 4096
     .global boot_stack_bottom
 boot_stack_bottom:
-    .skip 65536
+    .skip 262144
     .global boot_stack_top
 boot_stack_top:
 "#,
