@@ -849,7 +849,7 @@ fn agent_encode<T: serde::Serialize>(m: &T) -> Vec<u8> {
 
 /// Real messages both ways, and the console's agent requests and replies.
 fn agent_message() -> Vec<(&'static str, Vec<u8>)> {
-    use agent_proto::msg::{Event, FromAgent, GuestLoad, Input, ServiceOp, ServiceSpec, RestartPolicy, ToAgent};
+    use agent_proto::msg::{Event, FromAgent, GuestLoad, Input, RestartPolicy, ServiceOp, ServiceSpec, ToAgent};
     let svc = ServiceSpec {
         name: "web".into(),
         argv: vec!["httpd".into(), "-f".into(), "-p".into(), "8080".into()],
@@ -890,18 +890,33 @@ fn agent_message() -> Vec<(&'static str, Vec<u8>)> {
             agent_encode(&FromAgent::Heartbeat {
                 seq: 7,
                 uptime_ms: 12_345,
-                load: GuestLoad { load_milli: [10, 20, 30], mem_available_kib: 200_000, processes: 40, services_running: 1, services_failed: 0 },
+                load: GuestLoad {
+                    load_milli: [10, 20, 30],
+                    mem_available_kib: 200_000,
+                    processes: 40,
+                    services_running: 1,
+                    services_failed: 0,
+                },
             }),
         ),
-        ("from-service", agent_encode(&FromAgent::ServiceEvent { name: "web".into(), what: "exited with status 1".into() })),
+        (
+            "from-service",
+            agent_encode(&FromAgent::ServiceEvent { name: "web".into(), what: "exited with status 1".into() }),
+        ),
         ("from-stdout", agent_encode(&FromAgent::Event { stream: 1, event: Event::Stdout(b"6.1.0\n".to_vec()) })),
         (
             "from-exited",
-            agent_encode(&FromAgent::Event { stream: 1, event: Event::Exited { code: Some(3), signal: None, timed_out: false } }),
+            agent_encode(&FromAgent::Event {
+                stream: 1,
+                event: Event::Exited { code: Some(3), signal: None, timed_out: false },
+            }),
         ),
         (
             "from-done",
-            agent_encode(&FromAgent::Event { stream: 2, event: Event::Done { sha256: [0xab; 32], size: 65536, mode: 0o644 } }),
+            agent_encode(&FromAgent::Event {
+                stream: 2,
+                event: Event::Done { sha256: [0xab; 32], size: 65536, mode: 0o644 },
+            }),
         ),
         (
             "req-agent-open",
@@ -917,7 +932,8 @@ fn agent_message() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "req-agent-heartbeat",
-            encode(&Request::AgentHeartbeat { vm: VmId(1), period_ms: 500, timeout_ms: 3000 }, MAX_MESSAGE).expect("req"),
+            encode(&Request::AgentHeartbeat { vm: VmId(1), period_ms: 500, timeout_ms: 3000 }, MAX_MESSAGE)
+                .expect("req"),
         ),
         (
             "resp-agent-events",
@@ -951,7 +967,8 @@ fn agent_ring() -> Vec<(&'static str, Vec<u8>)> {
         kernel: "6.1".into(),
     });
     let out = record(&FromAgent::Event { stream: 1, event: Event::Stdout(b"hello".to_vec()) });
-    let exit = record(&FromAgent::Event { stream: 1, event: Event::Exited { code: Some(0), signal: None, timed_out: false } });
+    let exit =
+        record(&FromAgent::Event { stream: 1, event: Event::Exited { code: Some(0), signal: None, timed_out: false } });
     let head = |mode: u8| vec![mode, 0, 0];
     let mut exec = head(0);
     exec.extend_from_slice(&[4, 1, 3, 9]);
@@ -975,5 +992,11 @@ fn agent_ring() -> Vec<(&'static str, Vec<u8>)> {
     hostile.extend_from_slice(&[3, 12, 0]);
     let mut garbage = head(2);
     garbage.extend_from_slice(&[4, 0, 1, 3, 0, 0xff, 0xff, 0xff, 3, 6, 0, 0, 0]);
-    vec![("exec-round-trip", exec), ("small-limits-full", small), ("heartbeat-hung", hung), ("hostile-head", hostile), ("garbage-record", garbage)]
+    vec![
+        ("exec-round-trip", exec),
+        ("small-limits-full", small),
+        ("heartbeat-hung", hung),
+        ("hostile-head", hostile),
+        ("garbage-record", garbage),
+    ]
 }

@@ -174,7 +174,9 @@ fn step(
                 2 => FromAgent::ServiceEvent { name: "web".into(), what: "exited with status 1".into() },
                 3 => FromAgent::Event { stream, event: Event::Stdout(vec![b'x'; n]) },
                 4 => FromAgent::Event { stream, event: Event::Data(vec![0; n]) },
-                5 => FromAgent::Event { stream, event: Event::Exited { code: Some(3), signal: None, timed_out: false } },
+                5 => {
+                    FromAgent::Event { stream, event: Event::Exited { code: Some(3), signal: None, timed_out: false } }
+                }
                 6 => FromAgent::Event { stream, event: Event::Error("no such file".into()) },
                 _ => FromAgent::Event { stream, event: Event::Stderr(vec![b'e'; n]) },
             };
