@@ -1083,8 +1083,9 @@ run_agent_bochs() {
     local relay=$!
     BM_COM2_PORT=$line boot_engine bochs "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" &
     local boot=$! t0=$SECONDS
-    wait_log "$dir/serial.log" "^\[agent-vm\] \(bm-agent: \)\?ready$" $((BOOT_TIMEOUT - 60))
-    grep -Eq "^\[agent-vm\] (bm-agent: )?ready$" "$dir/serial.log" ||
+    # (The log has CRLF line ends until the emulator exits: no "$" here.)
+    wait_log "$dir/serial.log" "^\[agent-vm\] \(bm-agent: \)\?ready" $((BOOT_TIMEOUT - 60))
+    grep -Eq "^\[agent-vm\] (bm-agent: )?ready" "$dir/serial.log" ||
         fail "no 'bm-agent: ready' from agent-vm within $((BOOT_TIMEOUT - 60)) s (last line: $(tail -n1 "$dir/serial.log"))"
     echo "agent ready $((SECONDS - t0)) s after the emulator started" >"$dir/figures.txt"
     local nk
