@@ -25,9 +25,12 @@ use crate::client::{Client, ClientError};
 /// an answer always fits a message.
 pub const POLL_BYTES: u32 = 60 * 1024;
 
-/// Polling pauses while a stream is idle: 5 ms, doubling up to 50 ms.
-const IDLE_FIRST: Duration = Duration::from_millis(5);
-const IDLE_MAX: Duration = Duration::from_millis(50);
+/// Polling pauses while a stream is idle: 1 ms, doubling up to 32 ms.
+const IDLE_FIRST: Duration = Duration::from_millis(1);
+const IDLE_MAX: Duration = Duration::from_millis(32);
+
+/// Polls in flight while a stream's events flow.
+const POLL_PIPELINE: usize = 3;
 
 /// Pause before resending input the node refused as backpressure.
 const BACKPRESSURE_PAUSE: Duration = Duration::from_millis(10);
@@ -171,13 +174,32 @@ impl Agent {
     }
 
     /// Polls until the stream ends, handing every event to `each`; returns
-    /// the terminal event. An `Error` event fails with exit 5.
+    /// the terminal event. An `Error` event fails with exit 5. While events
+    /// flow, [`POLL_PIPELINE`] polls are in flight, so a bulk stream (a file
+    /// copied out) is not held to one round trip per reply; idle, one.
     pub fn drain(&mut self, stream: u32, mut each: impl FnMut(&Event) -> anyhow::Result<()>) -> anyhow::Result<Event> {
         let mut idle = Idle::new();
         let mut last = None;
+        let (mut inflight, mut finished, mut busy) = (0usize, false, true);
         loop {
-            let (events, finished) = self.poll(stream)?;
-            idle.step(!events.is_empty() || finished);
+            let want = if busy { POLL_PIPELINE } else { 1 };
+            while !finished && inflight < want {
+                self.client.send(Request::AgentPoll { vm: self.vm, stream, max_bytes: POLL_BYTES })?;
+                inflight += 1;
+            }
+            let reply = self.client.reply();
+            inflight -= 1;
+            let events = match reply {
+                Ok(Response::AgentEvents { events, finished: f }) => {
+                    finished |= f;
+                    events
+                }
+                // Polls sent before the end was seen find the stream gone.
+                Err(ClientError::Node(e)) if finished && e.code == ErrorCode::NotFound => Vec::new(),
+                Ok(r) => return Err(unexpected(r).into()),
+                Err(e) => return Err(e.into()),
+            };
+            busy = !events.is_empty();
             for e in events {
                 each(&e)?;
                 if let Event::Error(m) = &e {
@@ -187,9 +209,12 @@ impl Agent {
                     last = Some(e);
                 }
             }
-            if finished {
+            if finished && inflight == 0 {
                 return last
                     .ok_or_else(|| ClientError::Unexpected("the agent stream ended without a result".into()).into());
+            }
+            if inflight == 0 {
+                idle.step(busy);
             }
         }
     }
@@ -212,8 +237,8 @@ impl Agent {
     }
 }
 
-/// The adaptive polling pause: none while events come, then 5 ms doubling
-/// up to 50 ms.
+/// The adaptive polling pause: none while events come, then 1 ms doubling
+/// up to 32 ms.
 pub struct Idle {
     next: Duration,
 }

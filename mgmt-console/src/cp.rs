@@ -30,7 +30,7 @@ use crate::client::ClientError;
 /// backpressure refusal only one: with several in flight a later input can
 /// be taken after an earlier one was refused (the agent drained the queue
 /// in between), which would reorder the file.
-const WINDOW: usize = 4;
+const WINDOW: usize = 8;
 /// Whole-file restarts after the node took input out of order.
 const RESTARTS: u32 = 3;
 
