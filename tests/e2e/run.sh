@@ -912,6 +912,13 @@ run_agent_qemu() {
     [[ $(echo "$out" | tr -d ' ') == 2 ]] || fail "exec -i: stdin did not reach the command (wc -l said '$out')"
     out=$(bm -p ta tenant exec "$v1" --env BMX=42 --cwd /srv -- sh -c 'echo "$BMX $(pwd)"' 2>&1)
     [[ $out == "42 /srv" ]] || fail "exec --env/--cwd: got '$out', expected '42 /srv'"
+    # A process without I/O permission (no ioperm) is refused every
+    # privileged hypercall, exit included: the VM must keep running.
+    bm -p ta tenant exec "$v1" -- /usr/sbin/bm-agent --probe-unprivileged >"$dir/probe.txt" 2>&1 ||
+        fail "unprivileged hypercalls were not all refused: $(tr '\n' ';' <"$dir/probe.txt")"
+    grep -q "probe: unprivileged calls refused" "$dir/probe.txt" || fail "probe: no verdict ($(tail -1 "$dir/probe.txt"))"
+    out=$(bm -p ta tenant exec "$v1" -- echo still-up 2>&1)
+    [[ $out == still-up ]] || fail "the VM did not survive the unprivileged probe: '$out'"
 
     # 3. Copies: 64 MiB in and out, same SHA-256; VM exits per MiB; and a
     # 16 MiB landlord image upload in the same run for comparison.
