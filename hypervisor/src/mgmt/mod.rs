@@ -507,7 +507,10 @@ impl Mgmt {
                     .images
                     .get(name)
                     .ok_or_else(|| {
-                        ErrorReply::new(ErrorCode::NotFound, format!("initrd: no image named {name:?} (upload it again)"))
+                        ErrorReply::new(
+                            ErrorCode::NotFound,
+                            format!("initrd: no image named {name:?} (upload it again)"),
+                        )
                     })?
                     .size
             }

@@ -36,7 +36,12 @@ struct Region<'a> {
 
 impl Region<'_> {
     /// Walks each piece of [off, off + len) page by page.
-    fn each(&self, off: u32, len: usize, mut f: impl FnMut(u64, usize, usize) -> Result<(), RingFault>) -> Result<(), RingFault> {
+    fn each(
+        &self,
+        off: u32,
+        len: usize,
+        mut f: impl FnMut(u64, usize, usize) -> Result<(), RingFault>,
+    ) -> Result<(), RingFault> {
         let mut done = 0usize;
         while done < len {
             let at = off as usize + done;

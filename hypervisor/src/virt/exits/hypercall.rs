@@ -5,9 +5,7 @@
 
 use super::ExitContext;
 use crate::virt::{Flow, StopReason};
-use vmm_config::hypercall::{
-    decode, status, Hypercall, HypercallRegs, ABI_VERSION, AGENT_IO_PORT, CONSOLE_WRITE_MAX,
-};
+use vmm_config::hypercall::{decode, status, Hypercall, HypercallRegs, ABI_VERSION, AGENT_IO_PORT, CONSOLE_WRITE_MAX};
 
 pub fn handle(ctx: &mut ExitContext<'_>) -> Flow {
     let r = *ctx.vcpu.regs();

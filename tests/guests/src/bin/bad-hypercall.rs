@@ -44,7 +44,13 @@ fn hostile_agent(beyond: u64) -> u32 {
                 Some(r)
             }
             Some(r) => {
-                println!("FAIL: {} returned {} ({}), expected {}", what, r.status, status_name(r.status), status_name(expected));
+                println!(
+                    "FAIL: {} returned {} ({}), expected {}",
+                    what,
+                    r.status,
+                    status_name(r.status),
+                    status_name(expected)
+                );
                 failures += 1;
                 None
             }
