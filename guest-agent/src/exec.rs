@@ -68,6 +68,7 @@ impl Exec {
         let Some(prog) = spec.argv.first() else { return Err("cannot run: empty argv".into()) };
         let fail = |e: std::io::Error| format!("cannot run {prog}: {e}");
         let mut cmd = Command::new(prog);
+        crate::hypercall::no_io_permission(&mut cmd);
         cmd.args(spec.argv.iter().skip(1));
         cmd.env("PATH", search_path(&spec.env));
         cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));

@@ -80,3 +80,21 @@ pub fn request_io_permission() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Makes `cmd`'s process give up the agent's I/O permission before it
+/// runs: Linux passes ioperm permissions on through fork and execve, and
+/// a command the tenant runs (possibly as another user) must not be able
+/// to make privileged hypercalls or pose as the agent.
+pub fn no_io_permission(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // one system call (ioperm), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Failure means the kernel has no ioperm at all (then nothing
+            // was inherited either): not a reason to refuse the command.
+            let _ = libc::ioperm(libc::c_ulong::from(vmm_config::hypercall::AGENT_IO_PORT), 1, 0);
+            Ok(())
+        });
+    }
+}

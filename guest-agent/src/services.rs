@@ -153,6 +153,7 @@ impl Svc {
         let (r, w) = sys::pipe()?;
         sys::set_nonblocking(r.as_raw_fd())?;
         let mut cmd = Command::new(prog);
+        crate::hypercall::no_io_permission(&mut cmd);
         cmd.args(self.spec.argv.iter().skip(1))
             .env("PATH", exec::search_path(&self.spec.env))
             .envs(self.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
