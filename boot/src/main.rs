@@ -161,38 +161,71 @@ fn resolve(config_dir: &Path, path: &str) -> PathBuf {
     }
 }
 
-/// Assigns bundle entry names to the kernel/module files of `config`,
-/// rewriting its fields to those names. The same file (by canonical path)
-/// is stored once; different files sharing a file name get
-/// `vm<i>.<field>.<name>`.
+/// Assigns bundle entry names to the kernel/module files of `config`'s
+/// VMs and to its preloaded images, rewriting those fields to the names.
+/// The same file (by canonical path) is stored once; different files
+/// sharing a file name get `vm<i>.<field>.<name>` (`image<i>.file.<name>`).
 fn assign_entries(config: &mut NodeConfig, config_dir: &Path) -> Result<Vec<PlannedEntry>> {
     let mut entries: Vec<PlannedEntry> = Vec::new();
     let mut by_path: HashMap<PathBuf, String> = HashMap::new();
+    let mut assign = |prefix: String, label: String, field: &str, value: &mut String| -> Result<()> {
+        let path = resolve(config_dir, value);
+        let canonical =
+            fs::canonicalize(&path).with_context(|| format!("{label}.{field}: cannot open {}", path.display()))?;
+        if let Some(name) = by_path.get(&canonical) {
+            *value = name.clone();
+            return Ok(());
+        }
+        let file_name =
+            canonical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| field.to_string());
+        let taken = |n: &str| n == CONFIG_ENTRY || n == SEAL_SECRET_ENTRY || entries.iter().any(|e| e.name == n);
+        let candidates = [file_name.clone(), format!("{prefix}.{field}.{file_name}"), format!("{prefix}.{field}")];
+        let name = candidates
+            .into_iter()
+            .find(|n| !n.is_empty() && n.len() <= MAX_ENTRY_NAME_LEN && !taken(n))
+            .with_context(|| format!("{label}.{field}: cannot find a unique bundle entry name"))?;
+        by_path.insert(canonical.clone(), name.clone());
+        entries.push(PlannedEntry { name: name.clone(), path: canonical });
+        *value = name;
+        Ok(())
+    };
     for (i, vm) in config.vms.iter_mut().enumerate() {
+        let label = format!("vm[{i}] ({})", vm.name);
         let fields = [("kernel", Some(&mut vm.kernel)), ("module", vm.module.as_mut())];
         for (field, value) in fields {
             let Some(value) = value else { continue };
-            let path = resolve(config_dir, value);
-            let canonical = fs::canonicalize(&path)
-                .with_context(|| format!("vm[{i}] ({}).{field}: cannot open {}", vm.name, path.display()))?;
-            if let Some(name) = by_path.get(&canonical) {
-                *value = name.clone();
-                continue;
-            }
-            let file_name =
-                canonical.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| field.to_string());
-            let taken = |n: &str| n == CONFIG_ENTRY || entries.iter().any(|e| e.name == n);
-            let candidates = [file_name.clone(), format!("vm{i}.{field}.{file_name}"), format!("vm{i}.{field}")];
-            let name = candidates
-                .into_iter()
-                .find(|n| !n.is_empty() && n.len() <= MAX_ENTRY_NAME_LEN && !taken(n))
-                .with_context(|| format!("vm[{i}].{field}: cannot find a unique bundle entry name"))?;
-            by_path.insert(canonical.clone(), name.clone());
-            entries.push(PlannedEntry { name: name.clone(), path: canonical });
-            *value = name;
+            assign(format!("vm{i}"), label.clone(), field, value)?;
         }
     }
+    for (i, img) in config.images.iter_mut().enumerate() {
+        let label = format!("image[{i}] ({})", img.name);
+        assign(format!("image{i}"), label, "file", &mut img.file)?;
+    }
     Ok(entries)
+}
+
+/// Checks each preloaded image against what the node would accept from an
+/// upload: at most the per-image quota, and a kernel or an initramfs.
+fn check_images(config: &NodeConfig, original: &NodeConfig, data: &HashMap<String, Vec<u8>>) -> Result<()> {
+    let max = mgmt_proto::state::StateLimits::DEFAULT.max_image_bytes;
+    for (i, (img, host)) in config.images.iter().zip(&original.images).enumerate() {
+        let bytes = data.get(&img.file).map(Vec::as_slice).unwrap_or_default();
+        let size = bytes.len() as u64;
+        if size == 0 {
+            bail!("image[{i}].file: {} is empty", host.file);
+        }
+        if size > max {
+            bail!(
+                "image[{i}].file: {} is {size} bytes; the node stores images of at most {} MiB each (max_image_bytes)",
+                host.file,
+                max >> 20
+            );
+        }
+        if parse_kernel(bytes, Preference::Auto).is_err() && guest_loader::initramfs_format(bytes).is_none() {
+            bail!("image[{i}].file: {} is neither a kernel the node boots nor an initramfs", host.file);
+        }
+    }
+    Ok(())
 }
 
 /// Bundle entry holding the 32-byte provisioning secret.
@@ -235,6 +268,7 @@ fn build_bundle_with(config_path: &Path, secret_path: Option<&Path>) -> Result<V
         let bytes = fs::read(&e.path).with_context(|| format!("cannot read {}", e.path.display()))?;
         data.insert(e.name.clone(), bytes);
     }
+    check_images(&config, &original, &data)?;
     for (i, (vm, host)) in config.vms.iter().zip(&original.vms).enumerate() {
         let kernel = data.get(&vm.kernel).map(Vec::as_slice).unwrap_or_default();
         let image = parse_kernel(kernel, Preference::from(vm.boot)).with_context(|| {

@@ -166,6 +166,60 @@ fn bundle_end_to_end() {
 }
 
 #[test]
+fn preloaded_images_are_bundled_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("guest.elf"), pvh_kernel(3)).unwrap();
+    // A gzip'd initramfs as far as the format sniffing goes.
+    let initrd = [0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3];
+    fs::write(d.join("initrd.img"), initrd).unwrap();
+    let toml = "[[vm]]\nname = \"one\"\nmemory_mib = 16\nkernel = \"guest.elf\"\n\
+                [[image]]\nname = \"k\"\nfile = \"guest.elf\"\n\
+                [[image]]\nname = \"i\"\nfile = \"initrd.img\"\n";
+    fs::write(d.join("node.toml"), toml).unwrap();
+    let bytes = build_bundle_with(&d.join("node.toml"), None).unwrap();
+    let b = bundle::Bundle::parse(&bytes).unwrap();
+    let c = b.node_config().unwrap();
+    assert_eq!(c.images[0].file, "guest.elf", "the VM's kernel entry is shared");
+    assert_eq!(c.images[1].file, "initrd.img");
+    assert_eq!(b.get(&c.images[1].file), Some(&initrd[..]));
+    assert_eq!(b.entries().count(), 3);
+
+    // Neither a kernel nor an initramfs.
+    fs::write(d.join("junk.bin"), b"not an image").unwrap();
+    let toml = "[[vm]]\nname = \"one\"\nmemory_mib = 16\nkernel = \"guest.elf\"\n\
+                [[image]]\nname = \"junk\"\nfile = \"junk.bin\"\n";
+    fs::write(d.join("node.toml"), toml).unwrap();
+    let msg = format!("{:#}", build_bundle_with(&d.join("node.toml"), None).unwrap_err());
+    assert!(msg.contains("image[0].file") && msg.contains("junk.bin"), "{msg}");
+
+    // Above the per-image quota.
+    let mut big = initrd.to_vec();
+    big.resize((16 << 20) + 1, 0);
+    fs::write(d.join("big.img"), big).unwrap();
+    let toml = "[[vm]]\nname = \"one\"\nmemory_mib = 16\nkernel = \"guest.elf\"\n\
+                [[image]]\nname = \"big\"\nfile = \"big.img\"\n";
+    fs::write(d.join("node.toml"), toml).unwrap();
+    let msg = format!("{:#}", build_bundle_with(&d.join("node.toml"), None).unwrap_err());
+    assert!(msg.contains("image[0].file") && msg.contains("max_image_bytes"), "{msg}");
+
+    // A missing file and a bad name name the field.
+    let toml = "[[vm]]\nname = \"one\"\nmemory_mib = 16\nkernel = \"guest.elf\"\n\
+                [[image]]\nname = \"gone\"\nfile = \"gone.img\"\n";
+    fs::write(d.join("node.toml"), toml).unwrap();
+    let msg = format!("{:#}", build_bundle_with(&d.join("node.toml"), None).unwrap_err());
+    assert!(msg.contains("image[0] (gone).file") && msg.contains("gone.img"), "{msg}");
+    let toml = "[[vm]]\nname = \"one\"\nmemory_mib = 16\nkernel = \"guest.elf\"\n\
+                [[image]]\nname = \"a b\"\nfile = \"guest.elf\"\n";
+    fs::write(d.join("node.toml"), toml).unwrap();
+    let e = build_bundle_with(&d.join("node.toml"), None).unwrap_err();
+    assert!(
+        e.to_string().ends_with("node.toml: image[0].name: must be 1 to 32 characters of A-Z a-z 0-9 _ . -"),
+        "{e}"
+    );
+}
+
+#[test]
 fn unloadable_kernel_names_vm_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

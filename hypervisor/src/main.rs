@@ -113,8 +113,16 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
         nic_up: network.has_uplink(),
         disk: None,
     };
-    let mut management =
-        mgmt::Mgmt::provision(config.node.landlord_console_key.map(|k| k.0), facts, &config, storage.as_mut());
+    // The config's preloaded images: bundle entries (node_config checked they exist).
+    let preloads: Vec<(&str, &[u8])> =
+        config.images.iter().filter_map(|i| Some((i.name.as_str(), bundle.get(&i.file)?))).collect();
+    let mut management = mgmt::Mgmt::provision(
+        config.node.landlord_console_key.map(|k| k.0),
+        facts,
+        &config,
+        storage.as_mut(),
+        &preloads,
+    );
     let reachable = network.has_uplink() || management.as_ref().is_some_and(|m| m.has_serial());
     let stay_up = config.node.keep_running && reachable;
     if config.node.keep_running && !reachable {

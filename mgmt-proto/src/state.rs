@@ -574,6 +574,51 @@ impl NodeState {
         Some((state, dropped))
     }
 
+    /// Puts `bytes` into the image store as image `name`, as the node
+    /// config's `[[image]]` asks at boot: `Ok(false)` when an image of that
+    /// name with the same SHA-256 is already stored, `Ok(true)` when it was
+    /// stored (replacing one of the same name). It goes the way of a
+    /// landlord upload (begin, chunks, commit), so the same name rule,
+    /// quotas, store placement and bootable check apply; a refusal leaves
+    /// no partial upload behind.
+    pub fn preload_image(&mut self, name: &str, bytes: &[u8]) -> Result<bool, ErrorReply> {
+        check_name(name)?;
+        let digest: [u8; 32] = Sha256::digest(bytes).into();
+        if self.images.get(name).is_some_and(|i| i.sha256 == digest && i.size == bytes.len() as u64) {
+            return Ok(false);
+        }
+        let begin = Request::UploadImageBegin {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            sha256: Some(digest),
+            signature: None,
+            lease: None,
+        };
+        let Response::Upload { upload, offset } = self.handle(Role::Landlord, &begin)? else {
+            return Err(internal());
+        };
+        let result = self.preload_rest(upload, offset, bytes);
+        if result.is_err() && self.uploads.contains_key(&upload) {
+            let _ = self.handle(Role::Landlord, &Request::CancelUpload { name: name.to_string() });
+        }
+        result.map(|()| true)
+    }
+
+    fn preload_rest(&mut self, upload: UploadId, mut offset: u64, bytes: &[u8]) -> Result<(), ErrorReply> {
+        let start = usize::try_from(offset).map_err(|_| internal())?;
+        for chunk in bytes.get(start..).unwrap_or_default().chunks(MAX_CHUNK) {
+            let req = Request::UploadImageChunk { upload, offset, bytes: chunk.to_vec() };
+            let Response::Upload { offset: next, .. } = self.handle(Role::Landlord, &req)? else {
+                return Err(internal());
+            };
+            offset = next;
+        }
+        match self.handle(Role::Landlord, &Request::UploadImageCommit { upload })? {
+            Response::ImageStored { .. } => Ok(()),
+            _ => Err(internal()),
+        }
+    }
+
     /// Extents held by stored images and unfinished uploads.
     fn used_extents(&self) -> Vec<Extent> {
         self.images.values().map(|i| i.extent).chain(self.uploads.values().map(|u| u.extent)).collect()
@@ -1608,6 +1653,37 @@ mod upload_tests {
             offset = o;
         }
         n.handle(Role::Landlord, &Request::UploadImageCommit { upload: id })
+    }
+
+    #[test]
+    fn preloaded_images_go_through_the_upload_checks() {
+        let mut n = node(8 << 20, limits(2 << 20));
+        let a = image(300_000, 1);
+        assert_eq!(n.preload_image("kernel", &a), Ok(true));
+        assert_eq!(n.image_bytes("kernel").unwrap(), a);
+        // The same bytes again: nothing to do.
+        assert_eq!(n.preload_image("kernel", &a), Ok(false));
+        // Other bytes under the same name replace the image (its room too).
+        let b = image(200_000, 2);
+        assert_eq!(n.preload_image("kernel", &b), Ok(true));
+        assert_eq!(n.image_bytes("kernel").unwrap(), b);
+        assert_eq!(n.images.len(), 1);
+        assert_eq!(n.images_bytes(), 200_000);
+        // The upload refusals apply, and leave no upload behind.
+        let e = n.preload_image("junk", b"not a kernel").unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid);
+        assert!(e.message.contains("not a bootable kernel"), "{e}");
+        let e = n.preload_image("big", &image((1 << 20) + 1, 3)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Limit);
+        assert!(e.message.contains("max_image_bytes"), "{e}");
+        assert_eq!(n.preload_image("bad name", &a).unwrap_err().code, ErrorCode::Invalid);
+        assert_eq!(n.preload_image("empty", b"").unwrap_err().code, ErrorCode::Invalid);
+        assert_eq!(n.preload_image("second", &image(1 << 20, 4)), Ok(true));
+        let e = n.preload_image("third", &image(1 << 20, 5)).unwrap_err();
+        assert!(e.message.contains("max_images_bytes"), "{e}");
+        assert!(n.uploads.is_empty());
+        let names: Vec<&str> = n.images.keys().map(String::as_str).collect();
+        assert_eq!(names, ["kernel", "second"]);
     }
 
     fn limits(total: u64) -> StateLimits {

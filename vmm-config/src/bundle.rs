@@ -207,6 +207,11 @@ impl<'a> Bundle<'a> {
                 }
             }
         }
+        for (i, img) in config.images.iter().enumerate() {
+            if img.file == CONFIG_ENTRY || self.get(&img.file).is_none() {
+                return Err(BundleError::MissingEntry { field: format!("image[{i}].file"), name: img.file.clone() });
+            }
+        }
         Ok(config)
     }
 }
@@ -339,6 +344,12 @@ mod tests {
         let cfg = config(CONFIG_ENTRY, None);
         let e = Bundle::parse(&bundle_with(&cfg)).unwrap().node_config().unwrap_err();
         assert!(matches!(e, BundleError::MissingEntry { .. }));
+        let mut cfg = config("k.elf", None);
+        cfg.images.push(crate::config::ImageConfig { name: "initrd".into(), file: "initrd".into() });
+        assert_eq!(Bundle::parse(&bundle_with(&cfg)).unwrap().node_config().unwrap(), cfg);
+        cfg.images[0].file = "gone".into();
+        let e = Bundle::parse(&bundle_with(&cfg)).unwrap().node_config().unwrap_err();
+        assert_eq!(e.to_string(), "image[0].file: bundle has no entry named \"gone\"");
     }
 
     proptest! {

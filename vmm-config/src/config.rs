@@ -45,6 +45,23 @@ pub struct NodeConfig {
     /// Node disk key management (`[storage]`).
     #[serde(default)]
     pub storage: StorageConfig,
+    /// Images put into the node's image store at boot (`[[image]]`), so
+    /// consoles can create VMs from them without uploading.
+    #[serde(default, rename = "image")]
+    pub images: Vec<ImageConfig>,
+}
+
+/// Most images a node config may preload.
+pub const MAX_IMAGES: usize = 8;
+
+/// An image preloaded into the node's image store at boot (`[[image]]`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Image name in the store, 1 to [`MAX_NAME_LEN`] characters of `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// On the host: path to the file (relative to the config); inside a bundle: the entry name.
+    pub file: String,
 }
 
 /// Key management for the node's encrypted disks, until the consoles can
@@ -187,7 +204,35 @@ impl NodeConfig {
                 ));
             }
         }
+        self.validate_images()?;
         self.validate_network()
+    }
+
+    fn validate_images(&self) -> Result<(), ConfigError> {
+        if self.images.len() > MAX_IMAGES {
+            return Err(ConfigError::new(
+                "image",
+                format!("at most {MAX_IMAGES} images are allowed, found {}", self.images.len()),
+            ));
+        }
+        for (i, img) in self.images.iter().enumerate() {
+            if !valid_name(&img.name) {
+                return Err(ConfigError::new(
+                    format!("image[{i}].name"),
+                    format!("must be 1 to {MAX_NAME_LEN} characters of A-Z a-z 0-9 _ . -"),
+                ));
+            }
+            if let Some(first) = self.images.iter().take(i).position(|o| o.name == img.name) {
+                return Err(ConfigError::new(
+                    format!("image[{i}].name"),
+                    format!("\"{}\" is already the name of image[{first}]", img.name),
+                ));
+            }
+            if img.file.is_empty() {
+                return Err(ConfigError::new(format!("image[{i}].file"), "must not be empty"));
+            }
+        }
+        Ok(())
     }
 
     fn validate_network(&self) -> Result<(), ConfigError> {
@@ -447,6 +492,35 @@ mod tests {
         assert_eq!(v.validate(0), err("vm[0].cpu_time_limit_ms", "must be at least 1"));
         v.cpu_time_limit_ms = Some(1);
         assert_eq!(v.validate(0), Ok(()));
+    }
+
+    fn image(name: &str) -> ImageConfig {
+        ImageConfig { name: name.into(), file: "vmlinuz".into() }
+    }
+
+    #[test]
+    fn preloaded_images_are_checked() {
+        let mut c =
+            NodeConfig { vms: vec![vm("a")], images: vec![image("k"), image("initrd.img")], ..Default::default() };
+        assert_eq!(c.validate(), Ok(()));
+        c.images[1].name = "bad name".into();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "image[1].name: must be 1 to 32 characters of A-Z a-z 0-9 _ . -"
+        );
+        c.images[1].name = "k".into();
+        let e = c.validate().unwrap_err();
+        assert_eq!(e.field, "image[1].name");
+        assert!(e.reason.contains("image[0]"), "{e}");
+        c.images[1].name = "i".into();
+        c.images[1].file.clear();
+        assert_eq!(c.validate(), err("image[1].file", "must not be empty"));
+        c.images = (0..=MAX_IMAGES).map(|i| image(&format!("i{i}"))).collect();
+        assert_eq!(c.validate().unwrap_err().field, "image");
+        c.images.pop();
+        assert_eq!(c.validate(), Ok(()));
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<NodeConfig>(&bytes).unwrap(), c);
     }
 
     #[test]

@@ -28,9 +28,14 @@ pub fn bootable(image: &[u8]) -> Result<(), String> {
     }
 }
 
-/// A store in memory (nodes without a disk).
-pub fn memory() -> Box<dyn ImageStore> {
-    Box::new(MemImageStore::new(MEMORY_BUDGET, bootable))
+/// Most the memory budget grows to so the node config's preloaded images
+/// (`[[image]]`, `preload_bytes` in all) fit besides it: half the heap.
+pub const MEMORY_PRELOAD_MAX: u64 = 32 << 20;
+
+/// A store in memory (nodes without a disk): [`MEMORY_BUDGET`], or room
+/// for the preloaded images when they need more (up to [`MEMORY_PRELOAD_MAX`]).
+pub fn memory(preload_bytes: u64) -> Box<dyn ImageStore> {
+    Box::new(MemImageStore::new(MEMORY_BUDGET.max(preload_bytes.min(MEMORY_PRELOAD_MAX)), bootable))
 }
 
 /// Images in an encrypted volume of the node disk.

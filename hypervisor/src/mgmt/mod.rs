@@ -111,11 +111,14 @@ impl Mgmt {
     /// Provisions the plane: generates the landlord key pair (U_L, R_L) and
     /// registers the landlord console's key. `None` when no console key is
     /// configured or there is no random source (said in the log).
+    /// `preloads` are the node config's `[[image]]`s (name, bundle bytes),
+    /// put into the image store once the state is ready.
     pub fn provision(
         console_key: Option<[u8; 32]>,
         facts: NodeFacts,
         config: &vmm_config::config::NodeConfig,
         storage: Option<&mut crate::storage::Storage>,
+        preloads: &[(&str, &[u8])],
     ) -> Option<Mgmt> {
         let storage_summary = storage.as_deref().map(crate::storage::Storage::summary);
         let mut storage = storage;
@@ -128,16 +131,20 @@ impl Mgmt {
             return None;
         }
         // Images go to their own volume on a physical disk; in memory (a
-        // fixed budget) otherwise.
+        // fixed budget, or room for the preloaded images) otherwise.
+        let preload_bytes: u64 = preloads
+            .iter()
+            .map(|(_, b)| mgmt_proto::images::blocks_for(b.len() as u64) * mgmt_proto::images::BLOCK)
+            .sum();
         let images: Box<dyn mgmt_proto::images::ImageStore> = match storage.as_deref_mut() {
             Some(s) if s.is_physical() => match s.image_volume() {
                 Ok(v) => Box::new(image_store::VolumeImageStore::new(v)),
                 Err(e) => {
                     crate::log!("mgmt: images kept in memory: {e}");
-                    image_store::memory()
+                    image_store::memory(preload_bytes)
                 }
             },
-            _ => image_store::memory(),
+            _ => image_store::memory(preload_bytes),
         };
         let mut store = storage.and_then(|s| match s.state_volume() {
             Ok(v) => Some(v),
@@ -185,16 +192,18 @@ impl Mgmt {
                 }
                 Ok(state)
             }
-            None => NodeState::provision(Box::new(Rdrand), PublicKey(key))
-                .map(|s| s.with_image_store(images.take().unwrap_or_else(image_store::memory), limits)),
+            None => NodeState::provision(Box::new(Rdrand), PublicKey(key)).map(|s| {
+                s.with_image_store(images.take().unwrap_or_else(|| image_store::memory(preload_bytes)), limits)
+            }),
         };
         if store.is_none() {
             crate::log!("mgmt: no node disk: management state lives in memory only");
         }
         let facts = NodeFacts { disk: storage_summary, ..facts };
         match state {
-            Ok(state) => {
+            Ok(mut state) => {
                 crate::log!("mgmt: landlord node key {}", state.landlord_key.to_hex());
+                let preloaded = preload_images(&mut state, preloads);
                 let serial = crate::arch::x86_64::com2::Com2::probe();
                 if serial.is_some() {
                     crate::log!("mgmt: serving the management protocol on COM2 as well");
@@ -214,7 +223,7 @@ impl Mgmt {
                     disk_effects: Vec::new(),
                     console_nics: BTreeMap::new(),
                     store,
-                    dirty: fresh,
+                    dirty: fresh || preloaded,
                     lazy: false,
                     saved_at: 0,
                 })
@@ -582,6 +591,32 @@ impl Mgmt {
 
 /// A VM's counters as the consoles read them: its exits by reason and CPU
 /// time from the current (latest) run, and how often it was started.
+/// Stores the node config's `[[image]]`s the image store does not hold
+/// yet (by name and SHA-256), as a landlord upload would: logged and
+/// audited one by one. Whether any was stored (the state changed).
+fn preload_images(state: &mut NodeState, preloads: &[(&str, &[u8])]) -> bool {
+    let mut stored = false;
+    for (name, bytes) in preloads {
+        let outcome = match state.preload_image(name, bytes) {
+            Ok(true) => {
+                stored = true;
+                crate::log!("mgmt: image {} preloaded from the boot bundle ({} bytes)", escape(name), bytes.len());
+                format!("{name}: stored ({} bytes)", bytes.len())
+            }
+            Ok(false) => {
+                crate::log!("mgmt: image {} already stored", escape(name));
+                format!("{name}: already stored")
+            }
+            Err(e) => {
+                crate::log!("mgmt: image {} not preloaded: {}", escape(name), escape(&format!("{e}")));
+                format!("{name}: refused: {e}")
+            }
+        };
+        state.log(None, "preload-image", outcome);
+    }
+    stored
+}
+
 fn counters(starts: u64, vm: Option<&crate::vm::Vm>) -> Vec<Counter> {
     let c = |name: &str, value: u64| Counter { name: String::from(name), value };
     let mut out = vec![c("starts", starts)];
