@@ -24,6 +24,8 @@ const RESERVE: i64 = 64;
 const MAX_CONTROL_QUEUED: usize = 1000;
 /// How often children are reaped while any run.
 const REAP_EVERY: Duration = Duration::from_millis(20);
+/// How soon to look for the exit status once a command's output has ended.
+const REAP_SOON: Duration = Duration::from_millis(1);
 
 fn window() -> i64 {
     RelayLimits::default().stream_window as i64
@@ -338,6 +340,10 @@ impl Engine {
                         add(fd, ev, Tag::Exec(*id, pipe));
                     }
                     reap = true;
+                    if e.output_done() {
+                        // Only the exit status is missing: look again soon.
+                        deadline = deadline.min(now + REAP_SOON);
+                    }
                     if let Some(d) = e.next_deadline() {
                         deadline = deadline.min(d);
                     }

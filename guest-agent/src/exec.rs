@@ -122,6 +122,12 @@ impl Exec {
         })
     }
 
+    /// Whether its output pipes reached end of file, so only the exit
+    /// status is awaited (which follows within moments).
+    pub fn output_done(&self) -> bool {
+        self.out.is_none() && self.err.is_none()
+    }
+
     /// Descriptors to poll: outputs only when `may_read` (stream credit),
     /// stdin when input waits.
     pub fn poll_fds(&self, may_read: bool) -> Vec<(RawFd, i16, Pipe)> {
