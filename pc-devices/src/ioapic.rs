@@ -152,6 +152,20 @@ impl IoApic {
         }
     }
 
+    /// Clears remote IRR of the level pins with `vector` *without*
+    /// re-delivering: for a message no local APIC took. A line still
+    /// asserted is delivered again at its next `set_irq` (the next sample
+    /// of the device lines), not in the same pass, so a pin routed to
+    /// nobody cannot keep the router busy.
+    pub fn release(&mut self, vector: u8) {
+        for pin in 0..PINS {
+            let e = self.entry(pin);
+            if e & REMOTE_IRR != 0 && (e & 0xFF) as u8 == vector {
+                self.set_entry(pin, e & !REMOTE_IRR);
+            }
+        }
+    }
+
     /// The next interrupt message, lowest pin first.
     pub fn take_delivery(&mut self) -> Option<Delivery> {
         self.queued.iter_mut().find_map(|q| q.take())
