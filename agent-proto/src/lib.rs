@@ -35,3 +35,8 @@ pub const MAX_RECORD: usize = 40 * 1024;
 /// The most data bytes one `Data`/`Stdout`/`Stderr` message carries, so a
 /// record always fits [`MAX_RECORD`].
 pub const MAX_DATA: usize = 32 * 1024;
+
+/// The most data one console input (`Input::Data` in an `AgentSend`)
+/// carries: the relay splits it into records of [`MAX_DATA`], so a copy
+/// into the guest costs fewer console round trips.
+pub const MAX_CONSOLE_DATA: usize = 56 * 1024;

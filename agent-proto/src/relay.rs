@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::msg::{decode, encode, Event, FromAgent, GuestLoad, Input, Op, StreamId, ToAgent};
 use crate::ring::{Layout, RingFault, RingMem, FLAG_MORE};
-use crate::{MAX_DATA, MAX_RECORD};
+use crate::{MAX_CONSOLE_DATA, MAX_DATA, MAX_RECORD};
 
 /// The relay's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,12 +354,14 @@ impl Relay {
         Ok(stream)
     }
 
-    /// Console input for an open stream.
+    /// Console input for an open stream. Data of up to
+    /// [`MAX_CONSOLE_DATA`] bytes is queued as records of at most
+    /// [`MAX_DATA`], all or none.
     pub fn send(&mut self, stream: StreamId, input: Input, now_ms: u64) -> Result<(), RelayError> {
         self.require_agent()?;
         if let Input::Data(d) = &input {
-            if d.len() > MAX_DATA {
-                return Err(RelayError::TooLarge(MAX_DATA));
+            if d.len() > MAX_CONSOLE_DATA {
+                return Err(RelayError::TooLarge(MAX_CONSOLE_DATA));
             }
         }
         let s = self.streams.get(&stream).ok_or(RelayError::NoStream)?;
@@ -367,7 +369,27 @@ impl Relay {
             return Err(RelayError::Closed);
         }
         let done = matches!(input, Input::End | Input::Cancel);
-        self.queue(&ToAgent::Input { stream, input })?;
+        match input {
+            Input::Data(d) if d.len() > MAX_DATA => {
+                let mut records = Vec::new();
+                for part in d.chunks(MAX_DATA) {
+                    let msg = ToAgent::Input { stream, input: Input::Data(part.to_vec()) };
+                    records.push(encode(&msg, MAX_RECORD).map_err(|_| RelayError::TooLarge(MAX_RECORD))?);
+                }
+                let total: usize = records.iter().map(Vec::len).sum();
+                if total > self.limits.input_bytes {
+                    // Could never fit: not worth a retry.
+                    return Err(RelayError::TooLarge(self.limits.input_bytes));
+                }
+                if self.to_agent_bytes + total > self.limits.input_bytes {
+                    return Err(RelayError::InputFull(self.limits.input_bytes));
+                }
+                self.to_agent_bytes += total;
+                self.to_agent.extend(records);
+                self.doorbell_rung = false;
+            }
+            input => self.queue(&ToAgent::Input { stream, input })?,
+        }
         if let Some(s) = self.streams.get_mut(&stream) {
             s.last_poll_ms = now_ms;
             s.input_done |= done;
@@ -749,7 +771,27 @@ mod tests {
         }
         let e = refused.unwrap();
         assert!(e.to_string().contains("input_bytes"));
-        assert_eq!(r.send(s, Input::Data(vec![0; MAX_DATA + 1]), 0), Err(RelayError::TooLarge(MAX_DATA)));
+        assert_eq!(
+            r.send(s, Input::Data(vec![0; MAX_CONSOLE_DATA + 1]), 0),
+            Err(RelayError::TooLarge(MAX_CONSOLE_DATA))
+        );
+    }
+
+    #[test]
+    fn large_console_input_is_split_in_order() {
+        let (mut r, mut a) = attached();
+        let s = r.open(exec(), 0).unwrap();
+        let data: Vec<u8> = (0..MAX_CONSOLE_DATA).map(|i| (i % 251) as u8).collect();
+        r.send(s, Input::Data(data.clone()), 0).unwrap();
+        r.kick(&mut a.mem[..], 0).unwrap();
+        let mut got = Vec::new();
+        for m in a.recv() {
+            if let ToAgent::Input { input: Input::Data(d), .. } = m {
+                assert!(d.len() <= MAX_DATA);
+                got.extend(d);
+            }
+        }
+        assert_eq!(got, data);
     }
 
     #[test]

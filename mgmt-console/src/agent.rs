@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use agent_proto::msg::{ExecSpec, Inventory, ProcessInfo, ServiceOp, ServiceStatus, WinSize};
 use agent_proto::relay::LogEntry;
-use agent_proto::{AgentStatus, Event, Input, Op, MAX_DATA};
+use agent_proto::{AgentStatus, Event, Input, Op, MAX_CONSOLE_DATA};
 use mgmt_proto::{ErrorCode, ErrorReply, Request, Response, VmId};
 use vmm_config::text::escape_control;
 
@@ -331,11 +331,11 @@ pub enum Local {
     End,
 }
 
-/// Reads `r` in chunks of at most [`MAX_DATA`] into a channel, then `End`.
+/// Reads `r` in chunks of at most [`MAX_CONSOLE_DATA`] into a channel, then `End`.
 pub fn spawn_reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Local> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut buf = vec![0u8; MAX_DATA];
+        let mut buf = vec![0u8; MAX_CONSOLE_DATA];
         loop {
             match r.read(&mut buf) {
                 Ok(0) | Err(_) => {

@@ -14,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agent_proto::msg::{FileStat, TreeEntry};
-use agent_proto::{Event, Input, Op, MAX_DATA};
+use agent_proto::{Event, Input, Op, MAX_CONSOLE_DATA};
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 use mgmt_proto::crypto::to_hex;
@@ -320,7 +320,7 @@ fn send_file(agent: &mut Agent, job: &WriteJob<'_>, opts: &CpOptions) -> Result<
     let mut window = if restarted { 1 } else { WINDOW };
     loop {
         while in_flight.len() < window && next < size {
-            let n = (size - next).min(MAX_DATA as u64);
+            let n = (size - next).min(MAX_CONSOLE_DATA as u64);
             let data = read_chunk(&mut f, next, n as usize).with_context(|| format!("reading {}", local.display()))?;
             if let Err(e) = agent.client().send(Request::AgentSend { vm, stream, input: Input::Data(data) }) {
                 return Err(agent.explain(stream, e));
