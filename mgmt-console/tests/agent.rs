@@ -859,7 +859,7 @@ fn cp_resumes_after_a_cut_both_ways() {
 fn cp_waits_out_backpressure() {
     // Room for one data input at a time, and a slow agent.
     let s = setup_with(RelayLimits { input_bytes: 60 * 1024, ..RelayLimits::default() });
-    s.node.knobs.agent_pause_us.store(2000, Ordering::SeqCst);
+    s.node.knobs.agent_pause_us.store(50_000, Ordering::SeqCst);
     let d = s.cfg();
     let content = data(1_500_000, 5);
     let src = d.join("bp.bin");
