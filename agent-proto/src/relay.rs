@@ -314,11 +314,18 @@ impl Relay {
 
     fn queue(&mut self, msg: &ToAgent) -> Result<(), RelayError> {
         let b = encode(msg, MAX_RECORD).map_err(|_| RelayError::TooLarge(MAX_RECORD))?;
-        if self.to_agent_bytes + b.len() > self.limits.input_bytes {
+        self.queue_records(alloc::vec![b])
+    }
+
+    /// Queues encoded records for the agent, all or none, within the
+    /// input budget.
+    fn queue_records(&mut self, records: Vec<Vec<u8>>) -> Result<(), RelayError> {
+        let total: usize = records.iter().map(Vec::len).sum();
+        if self.to_agent_bytes + total > self.limits.input_bytes {
             return Err(RelayError::InputFull(self.limits.input_bytes));
         }
-        self.to_agent_bytes += b.len();
-        self.to_agent.push_back(b);
+        self.to_agent_bytes += total;
+        self.to_agent.extend(records);
         self.doorbell_rung = false;
         Ok(())
     }
@@ -381,12 +388,7 @@ impl Relay {
                     // Could never fit: not worth a retry.
                     return Err(RelayError::TooLarge(self.limits.input_bytes));
                 }
-                if self.to_agent_bytes + total > self.limits.input_bytes {
-                    return Err(RelayError::InputFull(self.limits.input_bytes));
-                }
-                self.to_agent_bytes += total;
-                self.to_agent.extend(records);
-                self.doorbell_rung = false;
+                self.queue_records(records)?;
             }
             input => self.queue(&ToAgent::Input { stream, input })?,
         }

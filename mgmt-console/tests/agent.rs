@@ -405,16 +405,6 @@ impl Drop for Node {
     }
 }
 
-fn refusal(e: RelayError) -> ErrorReply {
-    let code = match e {
-        RelayError::NoAgent(_) | RelayError::Closed => ErrorCode::Conflict,
-        RelayError::NoStream => ErrorCode::NotFound,
-        RelayError::TooManyStreams(_) | RelayError::InputFull(_) => ErrorCode::Limit,
-        RelayError::TooLarge(_) | RelayError::Invalid(_) => ErrorCode::Invalid,
-    };
-    ErrorReply::new(code, format!("{e}"))
-}
-
 /// Serves an agent request as the node does (hypervisor/src/mgmt/agent.rs).
 fn agent_request(node: &NodeCtx, req: &Request) -> Result<Response, ErrorReply> {
     let now = now_ms(node.t0);
@@ -432,21 +422,24 @@ fn agent_request(node: &NodeCtx, req: &Request) -> Result<Response, ErrorReply> 
     }
     let relay = node.relays.lock().unwrap().get(&vm).cloned();
     let Some(relay) = relay else {
-        return Err(refusal(RelayError::NoAgent(None)));
+        return Err(ErrorReply::from(RelayError::NoAgent(None)));
     };
     let mut r = relay.lock().unwrap();
     Ok(match req {
-        Request::AgentOpen { op, .. } => Response::AgentStream { stream: r.open(op.clone(), now).map_err(refusal)? },
+        Request::AgentOpen { op, .. } => {
+            Response::AgentStream { stream: r.open(op.clone(), now).map_err(ErrorReply::from)? }
+        }
         Request::AgentSend { stream, input, .. } => {
             let res = r.send(*stream, input.clone(), now);
             if matches!(res, Err(RelayError::InputFull(_))) {
                 node.knobs.input_full.fetch_add(1, Ordering::SeqCst);
             }
-            res.map_err(refusal)?;
+            res.map_err(ErrorReply::from)?;
             Response::Done
         }
         Request::AgentPoll { stream, max_bytes, .. } => {
-            let (events, finished) = r.poll(*stream, (*max_bytes as usize).min(48 * 1024), now).map_err(refusal)?;
+            let (events, finished) =
+                r.poll(*stream, (*max_bytes as usize).min(48 * 1024), now).map_err(ErrorReply::from)?;
             Response::AgentEvents { events, finished }
         }
         Request::AgentStatus { .. } => Response::Agent(r.status(now)),
@@ -455,7 +448,7 @@ fn agent_request(node: &NodeCtx, req: &Request) -> Result<Response, ErrorReply> 
             Response::AgentLog { entries, next }
         }
         Request::AgentHeartbeat { period_ms, timeout_ms, .. } => {
-            r.set_heartbeat(*period_ms, *timeout_ms).map_err(refusal)?;
+            r.set_heartbeat(*period_ms, *timeout_ms).map_err(ErrorReply::from)?;
             Response::Done
         }
         _ => unreachable!(),

@@ -172,6 +172,21 @@ impl ErrorCode {
     }
 }
 
+impl From<agent_proto::RelayError> for ErrorReply {
+    /// How the node answers a console when a VM's agent relay refuses: the
+    /// node and the tests' simulated node share this one mapping.
+    fn from(e: agent_proto::RelayError) -> Self {
+        use agent_proto::RelayError as R;
+        let code = match e {
+            R::NoAgent(_) | R::Closed => ErrorCode::Conflict,
+            R::NoStream => ErrorCode::NotFound,
+            R::TooManyStreams(_) | R::InputFull(_) => ErrorCode::Limit,
+            R::TooLarge(_) | R::Invalid(_) => ErrorCode::Invalid,
+        };
+        ErrorReply::new(code, alloc::format!("{e}"))
+    }
+}
+
 /// An Ed25519 public key used to verify tenant image signatures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageVerifyKey(pub [u8; 32]);

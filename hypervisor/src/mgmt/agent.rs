@@ -5,7 +5,6 @@
 use alloc::format;
 use alloc::string::String;
 
-use agent_proto::relay::RelayError;
 use agent_proto::Op;
 use mgmt_proto::msg::{ErrorCode, ErrorReply, Request, Response, VmId};
 
@@ -17,16 +16,6 @@ const LOG_PAGE: usize = 64;
 fn now_ms() -> u64 {
     use crate::arch::x86_64::time;
     time::tsc_to_ns(time::rdtsc()) / 1_000_000
-}
-
-fn refusal(e: RelayError) -> ErrorReply {
-    let code = match e {
-        RelayError::NoAgent(_) | RelayError::Closed => ErrorCode::Conflict,
-        RelayError::NoStream => ErrorCode::NotFound,
-        RelayError::TooManyStreams(_) | RelayError::InputFull(_) => ErrorCode::Limit,
-        RelayError::TooLarge(_) | RelayError::Invalid(_) => ErrorCode::Invalid,
-    };
-    ErrorReply::new(code, format!("{e}"))
 }
 
 /// Whether a request is an agent request this module answers.
@@ -100,20 +89,20 @@ pub fn handle(
     let reply = match req {
         Request::AgentOpen { vm, op } => {
             let real = running(state, vms, *vm)?;
-            let stream = real.devices.agent.relay.open(op.clone(), now).map_err(refusal)?;
+            let stream = real.devices.agent.relay.open(op.clone(), now).map_err(ErrorReply::from)?;
             real.devices.ring_agent();
             Response::AgentStream { stream }
         }
         Request::AgentSend { vm, stream, input } => {
             let real = running(state, vms, *vm)?;
-            real.devices.agent.relay.send(*stream, input.clone(), now).map_err(refusal)?;
+            real.devices.agent.relay.send(*stream, input.clone(), now).map_err(ErrorReply::from)?;
             real.devices.ring_agent();
             Response::Done
         }
         Request::AgentPoll { vm, stream, max_bytes } => {
             let real = running(state, vms, *vm)?;
             let max = (*max_bytes as usize).min(MAX_POLL_BYTES);
-            let (events, finished) = real.devices.agent.relay.poll(*stream, max, now).map_err(refusal)?;
+            let (events, finished) = real.devices.agent.relay.poll(*stream, max, now).map_err(ErrorReply::from)?;
             real.devices.ring_agent();
             Response::AgentEvents { events, finished }
         }
@@ -128,7 +117,7 @@ pub fn handle(
         }
         Request::AgentHeartbeat { vm, period_ms, timeout_ms } => {
             let real = running(state, vms, *vm)?;
-            real.devices.agent.relay.set_heartbeat(*period_ms, *timeout_ms).map_err(refusal)?;
+            real.devices.agent.relay.set_heartbeat(*period_ms, *timeout_ms).map_err(ErrorReply::from)?;
             real.devices.ring_agent();
             Response::Done
         }
