@@ -55,8 +55,20 @@ fn serve_conn(mut s: TcpStream, state: Arc<Mutex<NodeState>>, cut: Arc<AtomicBoo
         let mut st = state.lock().unwrap();
         // (By index: the log may be trimmed meanwhile.)
         let before = st.audit_base + st.audit.len() as u64;
-        let r = st.serve(&mut session, &buf[..n]);
-        chunks += st.audit.iter().filter(|e| e.index >= before && e.action == "upload-chunk").count();
+        // When cutting, feed the read in pieces smaller than one chunk's
+        // frame, so the cut falls after exactly the third chunk even when
+        // several pipelined chunks arrived in one read.
+        let piece = if cut_here { 1024 } else { n.max(1) };
+        let mut r = Ok(());
+        let mut here = 0;
+        for part in buf[..n].chunks(piece) {
+            r = st.serve(&mut session, part);
+            here = st.audit.iter().filter(|e| e.index >= before && e.action == "upload-chunk").count();
+            if r.is_err() || (cut_here && chunks + here >= 3) {
+                break;
+            }
+        }
+        chunks += here;
         drop(st);
         if cut_here && chunks >= 3 {
             // Simulate a broken link: the chunk was stored, its reply is lost.
