@@ -12,6 +12,7 @@
 //!   (initiator) and [`NodeSession`] (responder), fed with bytes and giving
 //!   bytes and decoded messages back.
 //! - [`authz`]: which role may send which request ([`authorize`]).
+//! - [`monitor`]: health pushes, events and corrective-action policies.
 //! - [`sig`]: Ed25519 signatures over VM images ([`verify_image`]).
 //! - `sim` (feature `sim`): an in-memory node for console tests.
 //!
@@ -32,6 +33,7 @@ pub mod authz;
 pub mod crypto;
 pub mod frame;
 pub mod images;
+pub mod monitor;
 pub mod msg;
 pub mod session;
 pub mod sig;

@@ -632,6 +632,36 @@ pub enum Request {
         /// Hung after this long without one (at least twice the period).
         timeout_ms: u64,
     },
+    // ---- monitoring (both roles; appended without renumbering) ----
+    /// Subscribe this session to health pushes every `interval_ms` and to
+    /// the events the role may see, from sequence number `since` (a
+    /// reconnecting console resumes where it stopped; `None`: only new
+    /// events). Pushes arrive as replies numbered
+    /// [`crate::monitor::PUSH_SEQ`] until the session ends. Subscribing
+    /// again replaces the subscription.
+    Subscribe {
+        /// First event wanted.
+        since: Option<u64>,
+        /// Health push period, [`crate::monitor::MIN_INTERVAL_MS`]..=[`crate::monitor::MAX_INTERVAL_MS`].
+        interval_ms: u32,
+    },
+    /// Replace the caller's corrective-action policy for a cluster (a
+    /// tenant: its lease's cluster only). With `expect_version`, refused
+    /// as a conflict unless the stored policy has that version (0: none
+    /// stored yet), so two operators cannot overwrite each other blindly.
+    SetPolicy {
+        /// The cluster.
+        cluster: ClusterId,
+        /// The version the caller last read.
+        expect_version: Option<u32>,
+        /// The new policy (an empty one removes the caller's policy).
+        policy: crate::monitor::Policy,
+    },
+    /// The caller's policy for a cluster.
+    GetPolicy {
+        /// The cluster.
+        cluster: ClusterId,
+    },
 }
 
 impl Request {
@@ -674,6 +704,9 @@ impl Request {
             Request::AgentStatus { .. } => "agent-status",
             Request::AgentLog { .. } => "agent-log",
             Request::AgentHeartbeat { .. } => "agent-heartbeat",
+            Request::Subscribe { .. } => "subscribe",
+            Request::SetPolicy { .. } => "set-policy",
+            Request::GetPolicy { .. } => "get-policy",
         }
     }
 }
@@ -808,6 +841,25 @@ pub enum Response {
         /// The index to ask for next.
         next: u64,
     },
+    /// The subscription is in place.
+    Subscribed {
+        /// The sequence number the first pushed event will have (or more,
+        /// when `since` was older than the log keeps: the push says how
+        /// many were lost).
+        next_seq: u64,
+        /// The health push period granted.
+        interval_ms: u32,
+    },
+    /// A node-initiated message of a subscription (sequence number
+    /// [`crate::monitor::PUSH_SEQ`]).
+    Push(crate::monitor::Push),
+    /// A policy was stored.
+    PolicySet {
+        /// Its new version.
+        version: u32,
+    },
+    /// The caller's policy for the cluster, if one is stored.
+    Policy(Option<crate::monitor::VersionedPolicy>),
 }
 
 /// Why a message failed to decode or encode.

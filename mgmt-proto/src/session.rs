@@ -373,7 +373,8 @@ impl NodeSession {
                         return Err((0, e.into()));
                     }
                 };
-                if env.seq <= last_seq {
+                // PUSH_SEQ numbers the node's pushes; a request may not use it.
+                if env.seq <= last_seq || env.seq == crate::monitor::PUSH_SEQ {
                     self.state = established(transport);
                     return Err((env.seq, SessionError::Replay { seq: env.seq, last: last_seq }));
                 }
@@ -480,6 +481,25 @@ impl NodeSession {
         self.out.extend_from_slice(&f);
         Ok(())
     }
+
+    /// Queues a subscription push (a reply numbered
+    /// [`crate::monitor::PUSH_SEQ`]). A push too large for one message
+    /// fails with `Codec`; the caller sends fewer events.
+    pub fn push(&mut self, push: crate::monitor::Push) -> Result<(), SessionError> {
+        let NodeState::Established { transport, .. } = &mut self.state else {
+            return Err(if self.is_closed() { SessionError::Closed } else { SessionError::NotEstablished });
+        };
+        let plain = encode(&Reply { seq: crate::monitor::PUSH_SEQ, body: Ok(Response::Push(push)) }, MAX_MESSAGE)?;
+        let f = encrypt(transport, &plain)?;
+        self.out.extend_from_slice(&f);
+        Ok(())
+    }
+
+    /// Bytes queued for the console and not yet taken: a session whose
+    /// console reads slowly stops getting pushes past a limit.
+    pub fn output_len(&self) -> usize {
+        self.out.len()
+    }
 }
 
 fn seq_none() -> u64 {
@@ -493,6 +513,8 @@ pub enum ConsoleEvent {
     Established,
     /// The reply to an outstanding request.
     Reply(Reply),
+    /// A subscription push from the node (not a reply to any request).
+    Push(crate::monitor::Push),
 }
 
 enum ConsoleState {
@@ -616,6 +638,12 @@ impl ConsoleSession {
             ConsoleState::Established(mut t) => {
                 let plain = decrypt(&mut t, frame)?;
                 let reply: Reply = decode(&plain, MAX_MESSAGE)?;
+                if reply.seq == crate::monitor::PUSH_SEQ {
+                    if let Ok(Response::Push(p)) = reply.body {
+                        self.state = ConsoleState::Established(t);
+                        return Ok(ConsoleEvent::Push(p));
+                    }
+                }
                 // Protocol refusals (the node has closed the session) carry
                 // seq 0 or one of the protocol codes; handlers never use them.
                 if let Err(e) = &reply.body {

@@ -1157,6 +1157,13 @@ impl NodeState {
                 ErrorCode::Unsupported,
                 "agent requests are served by the node's relay, not by the state",
             )),
+            Request::Subscribe { .. } => Err(ErrorReply::new(
+                ErrorCode::Unsupported,
+                "subscriptions are served by the node's session loop, not by the state",
+            )),
+            Request::SetPolicy { .. } | Request::GetPolicy { .. } => {
+                Err(ErrorReply::new(ErrorCode::Unsupported, "policies are not kept by this state yet"))
+            }
             Request::ConsoleRead { vm, from_offset } => {
                 let v = self.vms.get(vm).ok_or_else(|| not_found("VM"))?;
                 let start = usize::try_from(*from_offset).unwrap_or(usize::MAX).min(v.console.len());
