@@ -202,6 +202,7 @@ boot_engine() {
         timeout "$secs" qemu-system-x86_64 -machine q35 "${nd_accel[@]}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -netdev "user,id=uplink,hostfwd=tcp:127.0.0.1:${BM_MGMT_PORT:-7700}-:7700${BM_DISCARD_PORT:+,hostfwd=tcp:127.0.0.1:$BM_DISCARD_PORT-:9}" -device virtio-net-pci,netdev=uplink \
+            ${BM_QEMU_MONITOR:+-monitor unix:$BM_QEMU_MONITOR,server,nowait} \
             -drive "file=${BM_DISK_IMAGE:?BM_DISK_IMAGE names the node disk image},format=raw,if=none,id=nodedisk,cache=writeback" \
             -device virtio-blk-pci,drive=nodedisk \
             -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?

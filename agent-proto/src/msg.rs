@@ -410,7 +410,9 @@ pub enum FromAgent {
         load: GuestLoad,
     },
     /// Something happened to a supervised service (started, exited,
-    /// restarted, failed): a line for the VM's agent log.
+    /// restarted, failed): a line for the VM's agent log. The texts a
+    /// failure starts with are [`SERVICE_FAILURE_PREFIXES`]; an exit the
+    /// tenant asked for ends with [`STOP_REQUESTED`] (see [`is_service_failure`]).
     ServiceEvent {
         /// Service name.
         name: String,
@@ -495,5 +497,43 @@ mod tests {
         assert!(!Event::Data(vec![1]).is_terminal());
         assert!(Event::Ok.is_terminal());
         assert!(Event::Exited { code: Some(0), signal: None, timed_out: false }.is_terminal());
+    }
+}
+
+/// Service-event texts that report the process ending or not starting.
+pub const SERVICE_FAILURE_PREFIXES: [&str; 3] = ["exited with status ", "killed by signal ", "cannot start"];
+
+/// Suffix of a service-event text whose exit the tenant asked for (a stop,
+/// restart or removal): not a failure.
+pub const STOP_REQUESTED: &str = " (stop requested)";
+
+/// Whether a service event's text reports a failure: the process ended
+/// with a non-zero status or a signal, or could not start, without a
+/// tenant's stop. Monitoring counts these for `service-failing` policies.
+pub fn is_service_failure(what: &str) -> bool {
+    if what.ends_with(STOP_REQUESTED) {
+        return false;
+    }
+    if let Some(code) = what.strip_prefix("exited with status ") {
+        return code.trim().parse::<i64>() != Ok(0);
+    }
+    SERVICE_FAILURE_PREFIXES.iter().skip(1).any(|p| what.starts_with(p))
+}
+
+#[cfg(test)]
+mod service_failure_tests {
+    use super::is_service_failure;
+
+    #[test]
+    fn classifies_agent_texts() {
+        assert!(is_service_failure("exited with status 1"));
+        assert!(is_service_failure("killed by signal 9"));
+        assert!(is_service_failure("cannot start: No such file or directory (os error 2)"));
+        assert!(!is_service_failure("exited with status 0"));
+        assert!(!is_service_failure("killed by signal 15 (stop requested)"));
+        assert!(!is_service_failure("started pid 12"));
+        assert!(!is_service_failure("restarting in 20 ms (restart 1)"));
+        assert!(!is_service_failure("failed: 3 restarts in 60 s (max_restarts)"));
+        assert!(is_service_failure("exited with status garbage"));
     }
 }

@@ -200,6 +200,24 @@ pub struct Relay {
     last_fault: Option<String>,
     doorbell_rung: bool,
     scratch: Vec<u8>,
+    /// Service events not yet taken by the node's monitor (bounded).
+    service_events: VecDeque<ServiceNote>,
+    /// Service events dropped because the monitor did not take them.
+    service_events_dropped: u64,
+}
+
+/// Service events kept for the node's monitor between two takes.
+pub const MAX_SERVICE_NOTES: usize = 64;
+
+/// A service event as the agent reported it, for the node's monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceNote {
+    /// Node time, milliseconds.
+    pub time_ms: u64,
+    /// Service name (at most 64 characters).
+    pub name: String,
+    /// What happened (at most 200 characters).
+    pub what: String,
 }
 
 impl Relay {
@@ -230,7 +248,16 @@ impl Relay {
             last_fault: None,
             doorbell_rung: false,
             scratch: Vec::new(),
+            service_events: VecDeque::new(),
+            service_events_dropped: 0,
         }
+    }
+
+    /// Service events since the last take (oldest first), and how many
+    /// were dropped for want of room ([`MAX_SERVICE_NOTES`]) meanwhile.
+    pub fn take_service_events(&mut self) -> (Vec<ServiceNote>, u64) {
+        let dropped = core::mem::take(&mut self.service_events_dropped);
+        (self.service_events.drain(..).collect(), dropped)
     }
 
     /// The registered region's geometry, when attached.
@@ -602,6 +629,11 @@ impl Relay {
                 let name: String = name.chars().take(64).collect();
                 let what: String = what.chars().take(200).collect();
                 self.note(now_ms, format!("service {name}: {what}"));
+                if self.service_events.len() >= MAX_SERVICE_NOTES {
+                    self.service_events.pop_front();
+                    self.service_events_dropped += 1;
+                }
+                self.service_events.push_back(ServiceNote { time_ms: now_ms, name, what });
             }
             FromAgent::Event { stream, event } => {
                 let window = self.limits.stream_window;

@@ -282,7 +282,7 @@ impl Svc {
                 Ok(Some(st)) => {
                     self.read_output();
                     let (what, last) = describe(st);
-                    ev.push(what);
+                    ev.push(format!("{what}{}", agent_proto::msg::STOP_REQUESTED));
                     self.last_exit = Some(last);
                     match then {
                         Then::Stop => ev.push("stopped".into()),

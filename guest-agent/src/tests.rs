@@ -404,7 +404,7 @@ fn service_stop_start_remove() {
         e.run_once(None, Duration::from_millis(10));
         drain(&mut e, true, &mut all);
     }
-    assert!(service_events(&all, "sleeper").contains(&"killed by signal 15".to_string()));
+    assert!(service_events(&all, "sleeper").contains(&"killed by signal 15 (stop requested)".to_string()));
     let st = open(&mut e, 3, Op::Service(ServiceOp::Status { name: Some("sleeper".into()) }));
     assert!(matches!(&st[..], [Event::Services(v)] if v[0].state == "stopped" && v[0].restarts == 0), "{st:?}");
     assert_eq!(open(&mut e, 4, Op::Service(ServiceOp::Start { name: "sleeper".into() })), vec![Event::Ok]);

@@ -118,6 +118,7 @@ impl Node<'_> {
             self.storage.as_deref_mut(),
             &mut self.network.switchboard,
         );
+        m.monitor_round(vms, self.network, self.storage.as_deref_mut());
         m.apply_disk_effects(self.storage.as_deref_mut());
         m.persist();
         if let Some(policy) = m.new_policy.take() {

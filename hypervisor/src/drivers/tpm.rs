@@ -265,3 +265,17 @@ pub fn node_seal_key(provisioning: &[u8; 32]) -> Result<Option<[u8; 32]>, String
     crate::log!("tpm: TPM 2.0 at {BASE:#x} ({who}); node seal key bound to it");
     Ok(Some(key))
 }
+
+/// The TPM health probe: asks the TPM for 8 random bytes. `Ok(None)` when
+/// the node has no TPM, `Ok(Some(what))` when it answered, `Err(why)` when
+/// a TPM is there and does not answer properly.
+pub fn health() -> Result<Option<String>, String> {
+    let Some(mut tis) = probe().map_err(|why| format!("TPM at {BASE:#x}: {why}"))? else {
+        return Ok(None);
+    };
+    let cmd = tpm2_lite::cmd::get_random(8).map_err(|e| format!("{e}"))?;
+    let mut resp = [0u8; 64];
+    let n = tis.transact(&cmd, &mut resp).map_err(|e| format!("TPM ({}): {e}", tis.describe()))?;
+    let bytes = tpm2_lite::cmd::parse_get_random(resp.get(..n).unwrap_or(&[])).map_err(|e| format!("{e}"))?;
+    Ok(Some(format!("{} answered GetRandom ({} bytes)", tis.describe(), bytes.len())))
+}

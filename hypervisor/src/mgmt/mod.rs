@@ -9,6 +9,7 @@
 
 mod agent;
 mod image_store;
+mod monitor;
 mod persist;
 mod ports;
 mod reconcile;
@@ -95,6 +96,13 @@ pub struct Mgmt {
     lazy: bool,
     /// When the state was last saved (TSC).
     saved_at: u64,
+    /// Probes, events, policies in action.
+    monitor: monitor::Monitor,
+    /// A subscription the request being served asked for, for the
+    /// connection it came on.
+    subscribe: Option<ports::Subscription>,
+    /// The request being served came on COM2 (no subscriptions there).
+    serving_serial: bool,
 }
 
 /// Node facts the status reply reports.
@@ -226,6 +234,9 @@ impl Mgmt {
                     dirty: fresh || preloaded,
                     lazy: false,
                     saved_at: 0,
+                    monitor: monitor::Monitor::default(),
+                    subscribe: None,
+                    serving_serial: false,
                 })
             }
             Err(_) => {
@@ -245,6 +256,13 @@ impl Mgmt {
         if input.is_empty() {
             return Actions::default();
         }
+        self.serving_serial = true;
+        let actions = self.serve_serial_input(&input, vms);
+        self.serving_serial = false;
+        actions
+    }
+
+    fn serve_serial_input(&mut self, input: &[u8], vms: &mut [crate::vm::Vm]) -> Actions {
         let mut session = self.serial_session.take().unwrap_or_else(|| NodeSession::new(Box::new(Rdrand)));
         let failed_before = session.is_closed();
         if failed_before {
@@ -254,7 +272,7 @@ impl Mgmt {
             // An established session either continues, or a new console
             // has started talking: then its hello does not decrypt.
             let mut probe = session;
-            match probe.receive(&input, &self.state.keys) {
+            match probe.receive(input, &self.state.keys) {
                 Ok(events) => {
                     session = probe;
                     self.handle_events(&mut session, events, vms);
@@ -262,11 +280,11 @@ impl Mgmt {
                 Err(_) => {
                     crate::log!("mgmt: new console on COM2; previous session ended");
                     session = NodeSession::new(Box::new(Rdrand));
-                    self.feed(&mut session, &input, vms);
+                    self.feed(&mut session, input, vms);
                 }
             }
         } else {
-            self.feed(&mut session, &input, vms);
+            self.feed(&mut session, input, vms);
         }
         let out = session.take_output();
         if let Some(line) = self.serial.as_mut() {
@@ -391,6 +409,8 @@ impl Mgmt {
                             | Request::ReadAudit { .. }
                             | Request::ReadCounters { .. }
                             | Request::ConsoleRead { .. }
+                            | Request::Subscribe { .. }
+                            | Request::GetPolicy { .. }
                     ) || result.is_err();
                     self.changed(minor);
                     self.state.log(Some(role), env.body.name(), outcome);
@@ -408,6 +428,29 @@ impl Mgmt {
         }
         match req {
             Request::NodeStatus => Ok(Response::Status(self.status(vms))),
+            Request::Subscribe { since, interval_ms } => {
+                if self.serving_serial {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Unsupported,
+                        "subscriptions are served on the management port, not on COM2",
+                    ));
+                }
+                let (sub, reply) = ports::Subscription::new(role, *since, *interval_ms, &self.monitor.events)?;
+                self.subscribe = Some(sub);
+                Ok(reply)
+            }
+            Request::SetPolicy { cluster, .. } => {
+                let reply = self.state.handle(role, req)?;
+                if let Response::PolicySet { version } = &reply {
+                    let owner = mgmt_proto::monitor::Owner::of(role);
+                    self.monitor.record(
+                        monitor::policy_scope(role),
+                        mgmt_proto::monitor::EventKind::PolicySet { owner, cluster: *cluster, version: *version },
+                        &format!("{} policy of cluster {} is now version {version}", role_name(role), cluster.0),
+                    );
+                }
+                Ok(reply)
+            }
             Request::Shutdown => {
                 self.pending.shutdown = true;
                 Ok(Response::Done)
@@ -584,6 +627,9 @@ impl Mgmt {
                     value: self.facts.disk.map_or(0, |(_, _, v)| v),
                 },
                 Counter { name: String::from("audit.entries"), value: self.state.audit.len() as u64 },
+                Counter { name: String::from("monitor.events"), value: self.monitor.events.next_seq() - 1 },
+                Counter { name: String::from("monitor.pushes"), value: self.monitor.pushes },
+                Counter { name: String::from("monitor.push_bytes"), value: self.monitor.push_bytes },
             ],
         }
     }

@@ -34,12 +34,55 @@ const DETAILED_PER_WINDOW: u32 = 4;
 /// The length of a report window.
 const REPORT_WINDOW_MS: u64 = 10_000;
 
+/// Pushes are skipped (and the events wait in the log) while this much of
+/// a subscriber's earlier output is still unsent.
+const PUSH_BACKLOG: usize = 64 * 1024;
+/// Events are pushed at most this often (health on the subscription's own
+/// interval).
+const EVENT_PUSH_MS: u64 = 100;
+
 /// One connection slot's protocol side.
 #[derive(Default)]
 pub struct Conn {
     session: Option<NodeSession>,
     outbox: Vec<u8>,
     close_when_sent: bool,
+    sub: Option<Subscription>,
+}
+
+/// A session's monitoring subscription.
+pub struct Subscription {
+    role: mgmt_proto::Role,
+    interval_ms: u32,
+    /// The next event this subscriber gets.
+    cursor: u64,
+    /// Health reports sent (the node's heartbeat to this console).
+    beat: u64,
+    next_health_ms: u64,
+    last_push_ms: u64,
+    /// Events the log dropped before this subscriber got them, not yet told.
+    lost: u64,
+}
+
+impl Subscription {
+    /// Checks a subscribe request; the subscription and its reply.
+    pub fn new(
+        role: mgmt_proto::Role,
+        since: Option<u64>,
+        interval_ms: u32,
+        events: &mgmt_proto::monitor::events::EventLog,
+    ) -> Result<(Subscription, mgmt_proto::Response), mgmt_proto::ErrorReply> {
+        use mgmt_proto::monitor::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
+        if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&interval_ms) {
+            return Err(mgmt_proto::ErrorReply::new(
+                mgmt_proto::ErrorCode::Invalid,
+                format!("interval_ms: {interval_ms} is out of range {MIN_INTERVAL_MS}..={MAX_INTERVAL_MS}"),
+            ));
+        }
+        let cursor = since.unwrap_or(events.next_seq()).clamp(1, events.next_seq());
+        let sub = Subscription { role, interval_ms, cursor, beat: 0, next_health_ms: 0, last_push_ms: 0, lost: 0 };
+        Ok((sub, mgmt_proto::Response::Subscribed { next_seq: cursor, interval_ms }))
+    }
 }
 
 /// Connection failures counted over one report window.
@@ -120,6 +163,7 @@ impl Mgmt {
                 c.close_when_sent = true;
             }
         }
+        self.push_subscriptions(now, vms);
         // Connections already held go first, so one whose first handshake
         // message has arrived becomes a session before a newcomer can evict
         // it; then the newcomers (slots the table has listening).
@@ -234,7 +278,11 @@ impl Mgmt {
             let Some(input) = buf.get(..n) else { return };
             let Some(mut session) = conn.session.take() else { return };
             let was_established = session.is_established();
+            self.subscribe = None;
             self.feed(&mut session, input, vms);
+            if let (Some(sub), Some(conn)) = (self.subscribe.take(), self.conns.get_mut(i)) {
+                conn.sub = Some(sub);
+            }
             if !was_established && session.is_established() {
                 if let Some(role) = session.role() {
                     if let Verdict::Busy(why) = self.admission.establish(i, role, now) {
@@ -271,10 +319,63 @@ impl Mgmt {
                 conn.outbox.drain(..n.min(conn.outbox.len()));
             }
         }
+        // A subscriber only listens: while it takes (acknowledges) what is
+        // pushed, its session is in use; one that stops reading goes idle.
+        if conn.sub.is_some() && conn.outbox.is_empty() && sock.send_queue() == 0 {
+            self.admission.active(i, now);
+        }
         if conn.outbox.is_empty() && conn.close_when_sent && sock.may_send() {
             conn.close_when_sent = false;
             sock.close();
             self.admission.closing(i, now);
+        }
+    }
+
+    /// Queues the pushes that are due: health on each subscription's
+    /// interval, new events as they come (at most every [`EVENT_PUSH_MS`]).
+    /// A subscriber with [`PUSH_BACKLOG`] unsent is skipped; its events
+    /// wait in the log (and are counted lost if the log drops them).
+    fn push_subscriptions(&mut self, now: u64, vms: &[crate::vm::Vm]) {
+        use mgmt_proto::monitor::{Push, MAX_EVENTS_PER_PUSH};
+        let mut report: Option<mgmt_proto::monitor::HealthReport> = None;
+        for i in 0..self.conns.len() {
+            let Some(conn) = self.conns.get_mut(i) else { continue };
+            let (Some(sub), Some(session)) = (conn.sub.as_mut(), conn.session.as_mut()) else { continue };
+            if !session.is_established() || conn.outbox.len() + session.output_len() >= PUSH_BACKLOG {
+                continue;
+            }
+            let health_due = now >= sub.next_health_ms;
+            let read = self.monitor.events.read(sub.cursor, sub.role, MAX_EVENTS_PER_PUSH);
+            sub.lost = sub.lost.saturating_add(read.lost);
+            let events_due = !read.events.is_empty() && now.saturating_sub(sub.last_push_ms) >= EVENT_PUSH_MS;
+            if !health_due && !events_due {
+                // Invisible events were passed over: move on without a push.
+                sub.cursor = read.next_seq;
+                continue;
+            }
+            let health = if health_due {
+                sub.next_health_ms = now + u64::from(sub.interval_ms);
+                sub.beat += 1;
+                let full = report.get_or_insert_with(|| self.monitor.health(0, vms, &self.state));
+                let mut mine = full.for_role(sub.role);
+                mine.beat = sub.beat;
+                Some(mine)
+            } else {
+                None
+            };
+            let push =
+                Push { health, events: read.events, lost: core::mem::take(&mut sub.lost), next_seq: read.next_seq };
+            match session.push(push) {
+                Ok(()) => {
+                    sub.cursor = read.next_seq;
+                    sub.last_push_ms = now;
+                }
+                Err(e) => crate::log!("mgmt: push not sent: {e}"),
+            }
+            let out = session.take_output();
+            self.monitor.push_bytes = self.monitor.push_bytes.saturating_add(out.len() as u64);
+            self.monitor.pushes = self.monitor.pushes.saturating_add(1);
+            conn.outbox.extend_from_slice(&out);
         }
     }
 

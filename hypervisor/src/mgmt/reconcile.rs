@@ -190,8 +190,9 @@ pub fn reconcile(
             continue;
         }
         w.console = vm.devices.console.lock().history_bytes();
-        if !vm.is_running() {
-            w.state = VmState::Stopped;
+        if !vm.is_running() && w.state == VmState::Running {
+            w.state =
+                if vm.stopped.as_ref().is_some_and(|r| r.is_abnormal()) { VmState::Faulted } else { VmState::Stopped };
         }
     }
 }

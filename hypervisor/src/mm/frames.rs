@@ -138,3 +138,38 @@ pub fn free(pa: u64) {
 pub fn free_count() -> usize {
     FRAMES.lock().free
 }
+
+/// Pattern-tests `count` free frames (taken from where the allocator's
+/// cursor is, so successive runs walk through free memory) and gives them
+/// back zeroed: the node's memory probe. The first frame that does not
+/// read back what was written is the error.
+pub fn test_free(count: usize) -> Result<usize, u64> {
+    const WORDS: usize = (PAGE_SIZE / 8) as usize;
+    let mut tested = 0;
+    for _ in 0..count {
+        let Some(pa) = alloc() else { break };
+        let mut ok = true;
+        for pattern in [0x5555_5555_5555_5555u64, 0xAAAA_AAAA_AAAA_AAAA, pa] {
+            let base = pa as *mut u64;
+            for i in 0..WORDS {
+                let v = pattern ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) & (pattern | 0xFF);
+                // SAFETY: the frame was just allocated to us and is identity
+                // mapped; `i` stays inside its 4 KiB.
+                unsafe { core::ptr::write_volatile(base.add(i), v) };
+            }
+            for i in 0..WORDS {
+                let v = pattern ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) & (pattern | 0xFF);
+                // SAFETY: as above.
+                if unsafe { core::ptr::read_volatile(base.add(i)) } != v {
+                    ok = false;
+                }
+            }
+        }
+        free(pa);
+        if !ok {
+            return Err(pa);
+        }
+        tested += 1;
+    }
+    Ok(tested)
+}

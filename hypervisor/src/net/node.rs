@@ -38,7 +38,9 @@ fn start_uplink(ecam: Option<Ecam>, mode: AddressMode, discard_port: Option<u16>
             return None;
         }
     };
-    let nic = match PhysNic::new(transport) {
+    // A second handle only reads the link status from config space.
+    let config = crate::drivers::pci::find_virtio(ecam, DeviceType::Network).ok();
+    let nic = match PhysNic::new(transport, config) {
         Ok(n) => n,
         Err(why) => {
             crate::log!("net: no uplink ({why})");
@@ -139,6 +141,12 @@ impl Network {
                 }
             }
         }
+    }
+
+    /// The uplink's link state: `None` without an uplink or when its
+    /// device does not report one.
+    pub fn link_up(&self) -> Option<bool> {
+        self.uplink.as_ref().and_then(|u| u.nic.link_up())
     }
 
     /// Logs switch totals and the frames each rule matched.

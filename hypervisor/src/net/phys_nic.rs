@@ -4,6 +4,7 @@ use crate::drivers::pci::PciTransportHandle;
 use crate::drivers::virtio_hal::BmHal;
 use alloc::vec::Vec;
 use virtio_drivers::device::net::VirtIONet;
+use virtio_drivers::transport::Transport;
 
 const QUEUE_SIZE: usize = 64;
 /// Receive buffer size: a full Ethernet frame plus the virtio-net header.
@@ -16,13 +17,35 @@ pub struct PhysNic {
     pub tx_frames: u64,
     pub rx_frames: u64,
     pub tx_errors: u64,
+    /// A second handle on the same device, only to read its config space
+    /// (link status), which the driver does not expose; `None` when the
+    /// device does not offer VIRTIO_NET_F_STATUS.
+    status: Option<PciTransportHandle>,
 }
+
+/// VIRTIO_NET_F_STATUS: the config space's `status` field is valid.
+const F_STATUS: u64 = 1 << 16;
+/// Offset of `status` in virtio-net config space (after the MAC).
+const STATUS_OFFSET: usize = 6;
+/// VIRTIO_NET_S_LINK_UP.
+const S_LINK_UP: u16 = 1;
 
 impl PhysNic {
     /// Brings up the device on `transport`.
-    pub fn new(transport: PciTransportHandle) -> Result<PhysNic, &'static str> {
+    /// `config` is a second transport on the same device for reading the
+    /// link status, if one could be made.
+    pub fn new(transport: PciTransportHandle, config: Option<PciTransportHandle>) -> Result<PhysNic, &'static str> {
         let dev = VirtIONet::new(transport, RX_BUF_LEN).map_err(|_| "virtio-net initialisation failed")?;
-        Ok(PhysNic { dev, tx_frames: 0, rx_frames: 0, tx_errors: 0 })
+        let status = config.and_then(|mut t| (t.read_device_features() & F_STATUS != 0).then_some(t));
+        Ok(PhysNic { dev, tx_frames: 0, rx_frames: 0, tx_errors: 0, status })
+    }
+
+    /// Whether the link is up, as the device reports it; `None` when the
+    /// device does not report link status.
+    pub fn link_up(&self) -> Option<bool> {
+        let t = self.status.as_ref()?;
+        let status: u16 = t.read_config_space(STATUS_OFFSET).ok()?;
+        Some(status & S_LINK_UP != 0)
     }
 
     /// The NIC's MAC address (the management stack uses it).

@@ -186,6 +186,28 @@ impl Storage {
         (mib(blocks), mib(free), self.disk.list().len() as u64)
     }
 
+    /// The disk health probe: reads the block holding the node header in
+    /// use and checks it decodes to the header the node works with.
+    pub fn check_header(&mut self) -> Result<String, String> {
+        let header = *self.disk.header();
+        let block = header.generation & 1;
+        let mut buf = alloc::boxed::Box::new([0u8; BLOCK_SIZE]);
+        self.disk
+            .device()
+            .borrow_mut()
+            .read_block(block, &mut buf)
+            .map_err(|e| format!("reading header block {block}: {e:?}"))?;
+        let read = nodedisk::NodeHeader::decode(&buf[..]).map_err(|e| format!("header block {block}: {e:?}"))?;
+        if read != header {
+            return Err(format!(
+                "header block {block} differs from the header in use (generation {} on disk, {} in use)",
+                read.generation, header.generation
+            ));
+        }
+        let kind = if self.is_physical() { "virtio-blk" } else { "in-memory" };
+        Ok(format!("{kind} header block {block} (generation {}) reads back", header.generation))
+    }
+
     /// A new landlord key pair discards K_L: every volume on the node is
     /// crypto-erased (re-initialised empty under a fresh K_L).
     pub fn rotate_landlord_key(&mut self) -> Result<(), String> {

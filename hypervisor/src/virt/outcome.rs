@@ -39,6 +39,17 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// Whether the VM stopped without anyone asking: a fault, a failed
+    /// entry, a guest-reported failure (non-zero exit). A power-off, a
+    /// guest reset and a console's stop are normal.
+    pub fn is_abnormal(&self) -> bool {
+        match self {
+            StopReason::Exited(c) | StopReason::DebugExit(c) => *c != 0,
+            StopReason::PowerOff | StopReason::Reset | StopReason::Console(_) => false,
+            _ => true,
+        }
+    }
+
     /// Exit code for the stop line: the guest's own, 0 for power-off, -1
     /// for every abnormal stop.
     pub fn exit_code(&self) -> i64 {
