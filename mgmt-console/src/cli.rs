@@ -76,12 +76,97 @@ pub enum Command {
     /// Tenant operations (your own VMs).
     #[command(subcommand)]
     Tenant(TenantCmd),
+    /// Watch nodes: print their events, serve metrics and a dashboard.
+    ///
+    /// Subscribes to each profile's node (landlord or tenant: each sees what
+    /// its role may), prints one line per event (`TIME NODE SCOPE KIND
+    /// TEXT`; --json: JSON lines), and reconnects with backoff (0.5 s
+    /// doubling to 10 s), resuming from the last event seen; a node that
+    /// restarted is followed from its first event. Lost events are counted
+    /// and reported on stderr. With --listen (default 127.0.0.1:9464) it
+    /// serves /metrics (Prometheus), /api/state (JSON) and / (a live
+    /// dashboard). SIGINT/SIGTERM or --for end it with exit 0.
+    #[command(after_help = WATCH_HELP)]
+    Watch(WatchArgs),
     /// Print shell completions.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
 }
+
+/// Shown under `bmctl watch --help`.
+pub const WATCH_HELP: &str = "\
+--notify CMD runs `sh -c CMD` for every Notify event of a policy, with the
+event as one JSON line on stdin and in $BM_EVENT; at most 4 run at once,
+each is killed after 30 s; failures are reported on stderr, never fatal.
+Examples:
+  bmctl watch ll ta --listen 0.0.0.0:9464
+  bmctl watch --json --notify 'mail -s bmonitor ops@example.org' ll";
+
+/// `bmctl watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Profiles to watch (default: --profile, or the only profile there is).
+    #[arg(value_name = "PROFILE")]
+    pub profiles: Vec<String>,
+    /// Health push period asked of the nodes.
+    #[arg(long, value_name = "MS", default_value = "1000", value_parser = crate::watch::parse_interval)]
+    pub interval_ms: u32,
+    /// Run `sh -c CMD` for each Notify event (JSON on stdin and in $BM_EVENT).
+    #[arg(long, value_name = "CMD")]
+    pub notify: Option<String>,
+    /// Serve /metrics, /api/state and the dashboard here.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464", conflicts_with = "no_listen")]
+    pub listen: String,
+    /// No HTTP server.
+    #[arg(long)]
+    pub no_listen: bool,
+    /// Stop after this many seconds (exit 0).
+    #[arg(long = "for", value_name = "SECS")]
+    pub run_for: Option<u64>,
+}
+
+/// `bmctl landlord policy` and `bmctl tenant policy`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Store a policy from a TOML file (`-`: standard input), replacing yours for the cluster.
+    #[command(after_help = POLICY_HELP)]
+    Set {
+        /// The policy file.
+        file: PathBuf,
+        /// The cluster (a tenant's default: the cluster its VMs are in).
+        #[arg(long)]
+        cluster: Option<u32>,
+        /// Refuse unless the stored policy has this version (0: none yet), so
+        /// two operators do not overwrite each other.
+        #[arg(long, value_name = "V")]
+        expect_version: Option<u32>,
+    },
+    /// Print your policy for the cluster in the file format, with its version.
+    Get {
+        /// The cluster (a tenant's default: the cluster its VMs are in).
+        #[arg(long)]
+        cluster: Option<u32>,
+    },
+}
+
+/// Shown under `policy set --help`: the file format.
+pub const POLICY_HELP: &str = "\
+The file holds [[rule]] tables; unknown keys are refused:
+  [[rule]]
+  name = \"restart-hung\"                        # unique in the policy
+  when = { heartbeat-missed = { secs = 10 } }
+      # or { probe-failing = { probe = \"disk\", count = 3 } }          (landlord)
+      # or { service-failing = { service = \"web\", count = 2, window-secs = 60 } }  (tenant)
+      # or { vm-stopped-abnormally = {} }
+  action = \"restart-vm\"  # notify | restart-service | restart-vm | reload-image | reboot-node
+  notify = true          # also notify `bmctl watch --notify` (default false)
+  backoff-secs = 5       # doubled per repeat (default 10)
+  max-repeats = 3        # per target per window (default 3)
+  window-secs = 300      # (default 300)
+  vm = 12                # only this VM (default: all of yours in the cluster)
+An empty file removes your policy. `policy get` prints the same format.";
 
 /// Profile commands.
 #[derive(Debug, Subcommand)]
@@ -147,6 +232,9 @@ pub enum LandlordCmd {
     Keys(LandlordKeysCmd),
     /// Read the audit log (all of it, page by page, unless --limit).
     Audit(AuditArgs),
+    /// Corrective-action policies of a cluster.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
 }
 
 /// Which part of the audit log to read.
@@ -335,6 +423,9 @@ pub enum TenantCmd {
     },
     /// Read your part of the audit log (all of it, page by page, unless --limit).
     Audit(AuditArgs),
+    /// Your corrective-action policies (for your VMs and their services).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Sign an image with an Ed25519 signing key (offline; writes FILE.sig).
     SignImage {
         /// The image file.
@@ -735,6 +826,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Profile(p) => profile_cmd(&ctx, p)?,
         Command::Landlord(l) => landlord_cmd(&ctx, l)?,
         Command::Tenant(t) => tenant_cmd(&ctx, t)?,
+        Command::Watch(a) => watch_cmd(&ctx, a)?,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bmctl", &mut std::io::stdout());
         }
@@ -1082,6 +1174,7 @@ fn landlord_cmd(ctx: &Ctx, cmd: LandlordCmd) -> Result<()> {
             }
         }
         LandlordCmd::Audit(a) => audit(ctx, true, &a)?,
+        LandlordCmd::Policy(p) => policy_cmd(ctx, true, p)?,
     }
     Ok(())
 }
@@ -1275,6 +1368,7 @@ fn tenant_cmd(ctx: &Ctx, cmd: TenantCmd) -> Result<()> {
             r => return Err(unexpected(r)),
         },
         TenantCmd::Audit(a) => audit(ctx, false, &a)?,
+        TenantCmd::Policy(p) => policy_cmd(ctx, false, p)?,
         TenantCmd::SignImage { file, key, out } => {
             let seed = ctx.cfg.load_signing(&key)?;
             let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
@@ -1312,6 +1406,125 @@ fn tenant_cmd(ctx: &Ctx, cmd: TenantCmd) -> Result<()> {
             crate::agent_cmd::agent_status(ctx, vm, wait, heartbeat_ms.zip(timeout_ms))?
         }
         TenantCmd::AgentLog { vm, from, follow } => crate::agent_cmd::agent_log(ctx, vm, from, follow)?,
+    }
+    Ok(())
+}
+
+/// `bmctl watch`: resolves the profiles and keys, then runs
+/// [`crate::watch::watch`] until a signal or --for.
+fn watch_cmd(ctx: &Ctx, a: WatchArgs) -> Result<()> {
+    let names: Vec<String> = if !a.profiles.is_empty() {
+        a.profiles.clone()
+    } else if let Some(p) = &ctx.profile {
+        vec![p.clone()]
+    } else {
+        let all = ctx.cfg.list_profiles()?;
+        match all.as_slice() {
+            [one] => vec![one.name.clone()],
+            [] => bail!("no profile; create one with `bmctl profile add`"),
+            _ => {
+                return Err(
+                    UsageError("several profiles: name the ones to watch (bmctl watch PROFILE...)".into()).into()
+                )
+            }
+        }
+    };
+    let mut targets = Vec::new();
+    for n in &names {
+        if targets.iter().any(|t: &crate::watch::Target| &t.name == n) {
+            return Err(UsageError(format!("profile {n:?} named twice")).into());
+        }
+        let profile = ctx.cfg.load_profile(n)?;
+        profile.role()?;
+        profile.node_key()?;
+        profile.addr()?;
+        let secret = ctx.cfg.load_key(&profile.key)?.secret;
+        targets.push(crate::watch::Target { name: n.clone(), profile, secret });
+    }
+    let opts = crate::watch::Options {
+        interval_ms: a.interval_ms,
+        json: ctx.json,
+        notify: a.notify,
+        listen: if a.no_listen { None } else { Some(a.listen) },
+        run_for: a.run_for.map(Duration::from_secs),
+        timeout: ctx.timeout,
+    };
+    crate::watch::handle_stop_signals();
+    let stop = Arc::new(AtomicBool::new(false));
+    crate::watch::watch(targets, opts, stop, |addr| {
+        eprintln!(
+            "bmctl watch: dashboard on http://{addr}/ (metrics: http://{addr}/metrics, state: http://{addr}/api/state)"
+        );
+    })
+}
+
+/// The cluster a policy command is about: --cluster, or for a tenant the
+/// one cluster its VMs are in.
+fn policy_cluster(ctx: &Ctx, landlord: bool, cluster: Option<u32>) -> Result<ClusterId> {
+    if let Some(c) = cluster {
+        return Ok(ClusterId(c));
+    }
+    if landlord {
+        return Err(UsageError("give --cluster N".into()).into());
+    }
+    let Response::Vms(v) = ctx.call(false, Request::ListVms)?.1 else { bail!("unexpected answer to list-vms") };
+    let mut clusters: Vec<u32> = v.iter().map(|i| i.spec.cluster.0).collect();
+    clusters.sort_unstable();
+    clusters.dedup();
+    match clusters.as_slice() {
+        [one] => Ok(ClusterId(*one)),
+        [] => Err(UsageError("you have no VMs to take the cluster from: give --cluster N".into()).into()),
+        _ => Err(UsageError(format!("your VMs are in clusters {clusters:?}: give --cluster N")).into()),
+    }
+}
+
+fn policy_cmd(ctx: &Ctx, landlord: bool, cmd: PolicyCmd) -> Result<()> {
+    match cmd {
+        PolicyCmd::Set { file, cluster, expect_version } => {
+            let text = if file.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)
+                    .context("reading the policy from stdin")?;
+                t
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let policy = crate::policy_file::parse_policy(&text)
+                .map_err(|e| UsageError(format!("{}: {e:#}", file.display())))?;
+            let cluster = policy_cluster(ctx, landlord, cluster)?;
+            let rules = policy.rules.len();
+            match ctx.call(landlord, Request::SetPolicy { cluster, expect_version, policy })?.1 {
+                Response::PolicySet { version } => ctx
+                    .out(json!({"cluster": cluster.0, "version": version, "rules": rules}), || {
+                        format!("policy for cluster {} stored: version {version}, {rules} rule(s)", cluster.0)
+                    }),
+                r => return Err(unexpected(r)),
+            }
+        }
+        PolicyCmd::Get { cluster } => {
+            let cluster = policy_cluster(ctx, landlord, cluster)?;
+            match ctx.call(landlord, Request::GetPolicy { cluster })? {
+                (p, Response::Policy(v)) => {
+                    let version = v.as_ref().map_or(0, |v| v.version);
+                    let toml = v.as_ref().map(|v| crate::policy_file::format_policy(&v.policy)).unwrap_or_default();
+                    ctx.out(
+                        json!({"cluster": cluster.0, "version": version, "policy": v.as_ref().map(|v| &v.policy), "toml": toml}),
+                        || match &v {
+                            None => format!("# no policy of {} stored for cluster {} (version 0)", p.role, cluster.0),
+                            Some(v) => format!(
+                                "# policy of {} for cluster {}, version {} (set it back with --expect-version {})\n{}",
+                                p.role,
+                                cluster.0,
+                                v.version,
+                                v.version,
+                                toml.trim_end()
+                            ),
+                        },
+                    );
+                }
+                (_, r) => return Err(unexpected(r)),
+            }
+        }
     }
     Ok(())
 }

@@ -5,12 +5,17 @@
 //! silent node ends in an error naming it instead of a hang, and a node with
 //! no free console slot ([`ErrorCode::Busy`]) is retried with backoff before
 //! giving up with its own exit code.
+//!
+//! A subscribed session also carries node-initiated pushes; replies are
+//! matched to requests as before while pushes wait in a bounded queue
+//! ([`MAX_QUEUED_PUSHES`]) for [`Client::next_push`].
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use mgmt_proto::monitor::Push;
 use mgmt_proto::session::ConsoleEvent;
 use mgmt_proto::{ConsoleSession, ErrorCode, ErrorReply, PublicKey, Request, Response, Role, SecretKey, SessionError};
 use vmm_config::text::escape_control;
@@ -34,6 +39,12 @@ pub const BUSY_BACKOFF: [Duration; 7] = [
     Duration::from_millis(1600),
     Duration::from_millis(3200),
 ];
+
+/// Most subscription pushes kept while the caller waits for a reply or is
+/// slow to ask for them; past it the oldest is dropped (and counted, see
+/// [`Client::dropped_pushes`]) so a chatty node cannot grow the console's
+/// memory.
+pub const MAX_QUEUED_PUSHES: usize = 256;
 
 /// What can go wrong talking to a node; each maps to its own exit code.
 ///
@@ -178,6 +189,13 @@ pub struct Client {
     /// Replies read but not yet asked for (several arrive at once when
     /// requests are pipelined).
     replies: VecDeque<Result<Response, ErrorReply>>,
+    /// Pushes read but not yet asked for, at most [`MAX_QUEUED_PUSHES`].
+    pushes: VecDeque<Push>,
+    /// Pushes dropped from a full queue, and the events they carried.
+    dropped: (u64, u64),
+    /// The TCP socket again (a clone), so [`Client::next_push`] can shorten
+    /// its read timeout; `None` for serial lines and test streams.
+    tcp: Option<TcpStream>,
 }
 
 /// Resets and broken pipes: what a node that refused us without reading
@@ -207,13 +225,29 @@ impl Client {
         let node_key = profile.node_key().map_err(local)?;
         let addr = profile.addr().map_err(local)?;
         let link = Link { node: profile.node.clone(), timeout };
-        retry_busy(timeout, || {
-            let stream: Box<dyn Stream> = match &addr {
-                NodeAddr::Tcp(a) => Box::new(tcp(a, &link)?),
-                NodeAddr::Serial(p) => Box::new(std::fs::OpenOptions::new().read(true).write(true).open(p)?),
-            };
-            Client::handshake(stream, link.clone(), role, secret, &node_key)
+        retry_busy(timeout, || match &addr {
+            NodeAddr::Tcp(a) => Client::handshake_tcp(tcp(a, &link)?, link.clone(), role, secret, &node_key),
+            NodeAddr::Serial(p) => {
+                let stream = Box::new(std::fs::OpenOptions::new().read(true).write(true).open(p)?);
+                Client::handshake(stream, link.clone(), role, secret, &node_key)
+            }
         })
+    }
+
+    /// Runs the handshake on a TCP connection, keeping a handle on the
+    /// socket so [`Self::next_push`] can wait for less than the link's
+    /// timeout.
+    pub fn handshake_tcp(
+        stream: TcpStream,
+        link: Link,
+        role: Role,
+        secret: &SecretKey,
+        node_key: &PublicKey,
+    ) -> Result<Client, ClientError> {
+        let control = stream.try_clone()?;
+        let mut c = Client::handshake(Box::new(stream), link, role, secret, node_key)?;
+        c.tcp = Some(control);
+        Ok(c)
     }
 
     /// Runs the handshake on an open stream. A Busy refusal, or a connection
@@ -227,7 +261,16 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let session = ConsoleSession::new(role, secret, node_key, Box::new(OsEntropy))?;
         let deadline = Instant::now() + link.timeout;
-        let mut c = Client { stream, session, buf: vec![0u8; 65536], link, replies: VecDeque::new() };
+        let mut c = Client {
+            stream,
+            session,
+            buf: vec![0u8; 65536],
+            link,
+            replies: VecDeque::new(),
+            pushes: VecDeque::new(),
+            dropped: (0, 0),
+            tcp: None,
+        };
         match c.flush() {
             // A full node writes its Busy refusal and closes without reading
             // our hello: the write may meet a reset while the refusal still
@@ -330,10 +373,68 @@ impl Client {
             if let Some(r) = self.replies.pop_front() {
                 return r.map_err(ClientError::Node);
             }
-            for ev in self.read_some()? {
-                if let ConsoleEvent::Reply(r) = ev {
-                    self.replies.push_back(r.body);
-                }
+            let events = self.read_some()?;
+            self.absorb(events);
+        }
+    }
+
+    /// Files replies and pushes where [`Self::wait`] and
+    /// [`Self::next_push`] look for them.
+    fn absorb(&mut self, events: Vec<ConsoleEvent>) {
+        for ev in events {
+            match ev {
+                ConsoleEvent::Reply(r) => self.replies.push_back(r.body),
+                ConsoleEvent::Push(p) => self.queue_push(p),
+                ConsoleEvent::Established => {}
+            }
+        }
+    }
+
+    fn queue_push(&mut self, p: Push) {
+        if self.pushes.len() >= MAX_QUEUED_PUSHES {
+            if let Some(old) = self.pushes.pop_front() {
+                self.dropped.0 += 1;
+                self.dropped.1 += old.events.len() as u64;
+            }
+        }
+        self.pushes.push_back(p);
+    }
+
+    /// Pushes dropped because the queue was full, and how many events they
+    /// carried: the watch counts those events as lost.
+    pub fn dropped_pushes(&self) -> (u64, u64) {
+        self.dropped
+    }
+
+    /// The next subscription push, waiting at most `timeout` for one.
+    /// `Ok(None)` when none came in time: the session stays open. Replies
+    /// that arrive meanwhile are kept for [`Self::reply`].
+    ///
+    /// On TCP each read is cut to the time left; on other streams a read
+    /// may block for the stream's own timeout.
+    pub fn next_push(&mut self, timeout: Duration) -> Result<Option<Push>, ClientError> {
+        self.flush()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.pushes.pop_front() {
+                return Ok(Some(p));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            if let Some(t) = &self.tcp {
+                // Zero would mean "no timeout": at least a millisecond.
+                t.set_read_timeout(Some(left.min(self.link.timeout).max(Duration::from_millis(1))))?;
+            }
+            let got = self.read_some();
+            if let Some(t) = &self.tcp {
+                t.set_read_timeout(Some(self.link.timeout))?;
+            }
+            match got {
+                Ok(events) => self.absorb(events),
+                Err(ClientError::Timeout { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -411,6 +512,9 @@ mod tests {
             buf: Vec::new(),
             link,
             replies: VecDeque::new(),
+            pushes: VecDeque::new(),
+            dropped: (0, 0),
+            tcp: None,
         };
         let busy = ErrorReply::new(ErrorCode::Busy, "no free slot");
         for e in [SessionError::Refused(busy.clone()), SessionError::Remote(busy)] {
@@ -421,6 +525,36 @@ mod tests {
         }
         let other = c.session_error(SessionError::Remote(ErrorReply::new(ErrorCode::Replay, "replay")));
         assert_eq!(other.exit_code(), 6);
+    }
+
+    #[test]
+    fn the_push_queue_is_bounded_and_counts_what_it_drops() {
+        let kp = mgmt_proto::KeyPair::generate(&mut OsEntropy).unwrap();
+        let session = ConsoleSession::new(Role::Landlord, &kp.secret, &kp.public, Box::new(OsEntropy)).unwrap();
+        let mut c = Client {
+            stream: Box::new(std::io::Cursor::new(Vec::new())),
+            session,
+            buf: Vec::new(),
+            link: Link { node: "n:1".into(), timeout: DEFAULT_TIMEOUT },
+            replies: VecDeque::new(),
+            pushes: VecDeque::new(),
+            dropped: (0, 0),
+            tcp: None,
+        };
+        let ev = mgmt_proto::monitor::MonitorEvent {
+            seq: 1,
+            time_ms: 0,
+            scope: mgmt_proto::monitor::Scope::Node,
+            kind: mgmt_proto::monitor::EventKind::VmStarted,
+            text: String::new(),
+        };
+        for i in 0..(MAX_QUEUED_PUSHES as u64 + 10) {
+            c.queue_push(Push { health: None, events: vec![ev.clone(); 2], lost: 0, next_seq: i });
+        }
+        assert_eq!(c.pushes.len(), MAX_QUEUED_PUSHES);
+        assert_eq!(c.dropped_pushes(), (10, 20));
+        // The oldest went first; the rest come out in order.
+        assert_eq!(c.next_push(Duration::from_millis(1)).unwrap().unwrap().next_seq, 10);
     }
 
     #[test]

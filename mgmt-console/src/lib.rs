@@ -8,6 +8,9 @@
 //! - [`rules`]: the command-line syntax of boundary rules.
 //! - [`agent`], [`cp`] (and the private `agent_cmd`): tenant commands through the VM's
 //!   guest agent (exec, shell, cp, ps, kill, services, inventory).
+//! - [`view`], [`watch`], [`http`]: `bmctl watch` (subscriptions, the
+//!   state pushes build, Prometheus metrics, the dashboard).
+//! - [`policy_file`]: the TOML format of corrective-action policies.
 //! - [`cli`]: the clap command tree and its execution.
 
 pub mod agent;
@@ -15,6 +18,10 @@ mod agent_cmd;
 pub mod cli;
 pub mod client;
 pub mod cp;
+pub mod http;
+pub mod policy_file;
 pub mod profile;
 pub mod rules;
 pub mod upload;
+pub mod view;
+pub mod watch;
