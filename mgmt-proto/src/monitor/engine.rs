@@ -10,8 +10,8 @@
 //! another lease's policy; a rule naming a VM (`rule.vm`) watches that VM
 //! only. Probe-failing rules of a landlord policy watch the node
 //! ([`Target::Node`]), once per policy. Rules beyond an owner's powers
-//! ([`powers_refusal`](super::policy::powers_refusal)), rules past [`MAX_RULES`](super::policy::MAX_RULES) in a policy,
-//! policies past [`MAX_POLICIES`](super::policy::MAX_POLICIES) and second rules of the same name are
+//! ([`powers_refusal`]), rules past [`MAX_RULES`] in a policy,
+//! policies past [`MAX_POLICIES`] and second rules of the same name are
 //! skipped, so an unvalidated policy can neither act beyond its owner's
 //! powers nor make the engine remember more. Numeric fields are clamped to
 //! the ranges validation enforces.
@@ -32,7 +32,7 @@
 //!   rule, VM and service; when `count` of them fall within `window_secs`
 //!   the rule triggers and forgets them (the next trigger needs `count` new
 //!   failures). At most `count` times are kept per service. Failures of
-//!   invalid service names ([`valid_service_name`](super::policy::valid_service_name)) are ignored,
+//!   invalid service names ([`valid_service_name`]) are ignored,
 //!   and at most [`MAX_SERVICES_PER_VM`] service names are tracked per VM
 //!   (failures of further names are ignored until one is forgotten).
 //!   Target: the service.
