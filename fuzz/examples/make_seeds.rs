@@ -38,6 +38,7 @@ fn main() {
         ("tpm_response", tpm_response()),
         ("agent_ring", agent_ring()),
         ("agent_message", agent_message()),
+        ("monitor_policy", monitor_policy()),
     ] {
         total += write(&root.join(target), seeds);
     }
@@ -999,4 +1000,75 @@ fn agent_ring() -> Vec<(&'static str, Vec<u8>)> {
         ("hostile-head", hostile),
         ("garbage-record", garbage),
     ]
+}
+
+// ---- monitor_policy: u16 LE policy length, a postcard Policy, then rounds
+// (u16 LE time step in 100 ms, control byte, probe byte, per VM 1..=3 a
+// flags byte, the heartbeat age when bit 2 is set, one name byte per
+// service failure in bits 5-7).
+
+fn monitor_policy() -> Vec<(&'static str, Vec<u8>)> {
+    use mgmt_proto::monitor::{Condition, Policy, PolicyAction, PolicyRule, Probe};
+    let rule = |name: &str, vm: Option<u32>, when: Condition, action: PolicyAction| PolicyRule {
+        name: name.into(),
+        vm: vm.map(VmId),
+        when,
+        action,
+        notify: true,
+        backoff_secs: 2,
+        max_repeats: 3,
+        window_secs: 60,
+    };
+    let seed = |rules: Vec<PolicyRule>, rounds: &[&[u8]]| {
+        let policy = postcard::to_allocvec(&Policy { rules }).expect("policy");
+        let mut out = le16(policy.len() as u16).to_vec();
+        out.extend_from_slice(&policy);
+        for r in rounds {
+            out.extend_from_slice(r);
+        }
+        out
+    };
+    // Every VM running with an agent 40 s quiet; VM 2 stops abnormally;
+    // the disk probe fails 3 (3 << 3 | 3) times in a row.
+    let hung: &[u8] = &[10, 0, 0, 3 << 3 | 3, 0b0_0111, 40, 0b0_1111, 40, 0b0_0111, 40];
+    let calm: &[u8] = &[10, 0, 0, 0, 0b0_0111, 0, 0b0_0011, 0b0_0111, 0];
+    let restarted: &[u8] = &[30, 0, 1, 3 << 3 | 3, 0b1_0111, 40, 0b0_0011, 0b1_0111, 40];
+    let landlord = seed(
+        vec![
+            rule("hb", None, Condition::HeartbeatMissed { secs: 30 }, PolicyAction::RestartVm),
+            rule("disk", None, Condition::ProbeFailing { probe: Probe::Disk, count: 3 }, PolicyAction::RebootNode),
+            rule("crash", Some(2), Condition::VmStoppedAbnormally, PolicyAction::Notify),
+        ],
+        &[hung, hung, calm, hung, restarted, hung],
+    );
+    // Services failing: web twice and db on VM 1, s200 on VM 3.
+    let failing: &[u8] = &[5, 0, 0, 0, 0b0100_0011, 0, 0, 0b0010_0011, 1, 0b0010_0011, 200];
+    let tenant = seed(
+        vec![
+            rule(
+                "web",
+                None,
+                Condition::ServiceFailing { service: "web".into(), count: 2, window_secs: 60 },
+                PolicyAction::RestartService,
+            ),
+            rule(
+                "any",
+                Some(1),
+                Condition::ServiceFailing { service: "*".into(), count: 1, window_secs: 10 },
+                PolicyAction::ReloadImage,
+            ),
+            rule("crash", None, Condition::VmStoppedAbnormally, PolicyAction::RestartVm),
+        ],
+        &[failing, failing, hung, failing, &[0, 1, 2, 0, 0, 0, 0]],
+    );
+    // Beyond everyone's powers: only validation and the engine's own checks stop it.
+    let hostile = seed(
+        vec![
+            rule("boom", None, Condition::HeartbeatMissed { secs: 1 }, PolicyAction::RebootNode),
+            rule("svc", None, Condition::HeartbeatMissed { secs: 1 }, PolicyAction::RestartService),
+            rule("boom", Some(3), Condition::VmStoppedAbnormally, PolicyAction::ReloadImage),
+        ],
+        &[hung, &[0, 0, 4 | 1 << 3, 0, 0b0_1111, 50, 0b0_1111, 50, 0b0_1111, 50], hung],
+    );
+    vec![("landlord-hb-probe-crash", landlord), ("tenant-services", tenant), ("beyond-powers", hostile)]
 }

@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 use crate::authz::{authorize, Ownership};
 use crate::crypto::{Entropy, KeyPair, PublicKey, SecretKey};
 use crate::images::{blocks_for, place, Extent, ImageStore, MemImageStore, BLOCK};
+use crate::monitor::policy::{validate, Policies, PolicyContext, MAX_POLICIES};
+use crate::monitor::{Owner, VersionedPolicy};
 use crate::msg::*;
 use crate::session::{KeyTable, NodeEvent, NodeSession, SessionError};
 use crate::sig::verify_image_digest;
@@ -171,8 +173,8 @@ pub struct VmSnapshot {
 
 /// The snapshot format this build writes (3: images live in the image
 /// store, the snapshot keeps their extents; 4: VM definitions carry an
-/// initrd).
-pub const SNAPSHOT_VERSION: u16 = 4;
+/// initrd; 5: corrective-action policies).
+pub const SNAPSHOT_VERSION: u16 = 5;
 
 /// Everything the node keeps across reboots: keys, leases, VM definitions,
 /// images, boundaries, rules, audit log. The hypervisor stores it on its
@@ -204,6 +206,8 @@ pub struct Snapshot {
     pub next_id: u32,
     /// Last audit time.
     pub clock: u64,
+    /// Corrective-action policies, by cluster and owner (version 5).
+    pub policies: Vec<((ClusterId, Owner), VersionedPolicy)>,
     /// Images of a version 1 or 2 snapshot, which carried their bytes:
     /// [`NodeState::restore_with`] moves them into the image store.
     #[serde(skip)]
@@ -289,6 +293,46 @@ impl SnapshotV3 {
             audit_anchor: self.audit_anchor,
             next_id: self.next_id,
             clock: self.clock,
+            policies: Vec::new(),
+            legacy_images: Vec::new(),
+        }
+    }
+}
+
+/// The version 4 layout (no policies).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotV4 {
+    version: u16,
+    landlord_secret: [u8; 32],
+    landlord_console: PublicKey,
+    leases: Vec<LeaseSnapshot>,
+    vms: Vec<VmSnapshot>,
+    images: Vec<(String, Image)>,
+    boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
+    sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
+    audit: Vec<AuditEntry>,
+    audit_anchor: [u8; 32],
+    next_id: u32,
+    clock: u64,
+}
+
+impl SnapshotV4 {
+    /// The current layout, with no policies.
+    fn upgrade(self) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            landlord_secret: self.landlord_secret,
+            landlord_console: self.landlord_console,
+            leases: self.leases,
+            vms: self.vms,
+            images: self.images,
+            boundaries: self.boundaries,
+            sub_rules: self.sub_rules,
+            audit: self.audit,
+            audit_anchor: self.audit_anchor,
+            next_id: self.next_id,
+            clock: self.clock,
+            policies: Vec::new(),
             legacy_images: Vec::new(),
         }
     }
@@ -356,6 +400,7 @@ impl SnapshotV2 {
             audit_anchor: [0; 32],
             next_id: self.next_id,
             clock: self.clock,
+            policies: Vec::new(),
             legacy_images: self.images,
         }
     }
@@ -387,6 +432,11 @@ impl Snapshot {
                 return Err(format!("snapshot version {} is newer than this build reads", s.version))
             }
             _ => {}
+        }
+        if let Ok(v4) = postcard::from_bytes::<SnapshotV4>(bytes) {
+            if v4.version == 4 {
+                return Ok(v4.upgrade());
+            }
         }
         if let Ok(v3) = postcard::from_bytes::<SnapshotV3>(bytes) {
             if v3.version == 3 {
@@ -452,6 +502,11 @@ pub struct NodeState {
     pub sub_rules: BTreeMap<RuleId, (LeaseId, BoundaryRule)>,
     /// The audit log (the newest [`StateLimits::max_audit`] entries).
     pub audit: Vec<AuditEntry>,
+    /// Corrective-action policies by cluster and owner (at most
+    /// [`MAX_POLICIES`]). Rules naming a VM that is later destroyed stay
+    /// in place and simply never match again; ending a lease removes its
+    /// policies.
+    pub policies: Policies,
     /// Set by `Reboot`.
     pub reboot_requested: bool,
     /// Set by `Shutdown`.
@@ -486,6 +541,7 @@ impl NodeState {
             boundaries: BTreeMap::new(),
             sub_rules: BTreeMap::new(),
             audit: Vec::new(),
+            policies: Policies::new(),
             reboot_requested: false,
             shutdown_requested: false,
             suspended: false,
@@ -529,8 +585,16 @@ impl NodeState {
             audit_anchor: self.audit_anchor,
             next_id: self.next_id,
             clock: self.clock,
+            policies: self.policies.iter().map(|(k, p)| (*k, p.clone())).collect(),
             legacy_images: Vec::new(),
         }
+    }
+
+    /// What policy validation needs to know about this node's VMs and
+    /// leases, so the node validates policies by the same rules as
+    /// `SetPolicy` does.
+    pub fn policy_context(&self) -> impl PolicyContext + '_ {
+        StatePolicyContext { state: self }
     }
 
     /// Uses `store` for image bytes (and `limits`); call before serving.
@@ -697,7 +761,8 @@ impl NodeState {
 
     /// Rebuilds the state a [`Snapshot`] holds. VMs a console had started
     /// come back wanted running (one more start); the rest stopped.
-    /// `None` if a stored key is not a valid X25519 secret.
+    /// `None` if a stored key is not a valid X25519 secret. Policies past
+    /// [`MAX_POLICIES`] are dropped (they were validated when set).
     pub fn restore(rng: Box<dyn Entropy>, snap: Snapshot) -> Option<NodeState> {
         let landlord = KeyPair::from_secret(SecretKey(snap.landlord_secret))?;
         let mut keys =
@@ -707,6 +772,12 @@ impl NodeState {
             let pair = KeyPair::from_secret(SecretKey(l.secret))?;
             keys.tenants.insert(l.lease, (pair.secret.clone(), l.console));
             leases.insert(l.lease, Lease { cluster: l.cluster, node_key: pair.public, signing_key: l.signing_key });
+        }
+        let mut policies = Policies::new();
+        for (key, p) in snap.policies {
+            if policies.len() < MAX_POLICIES || policies.contains_key(&key) {
+                policies.insert(key, p);
+            }
         }
         Some(NodeState {
             rng,
@@ -734,6 +805,7 @@ impl NodeState {
             boundaries: snap.boundaries.into_iter().collect(),
             sub_rules: snap.sub_rules.into_iter().map(|(id, l, r)| (id, (l, r))).collect(),
             audit: snap.audit,
+            policies,
             reboot_requested: false,
             shutdown_requested: false,
             suspended: false,
@@ -871,6 +943,7 @@ impl NodeState {
                 self.keys.tenants.remove(lease);
                 self.vms.retain(|_, v| v.spec.lease != *lease);
                 self.sub_rules.retain(|_, (l, _)| l != lease);
+                self.policies.retain(|(_, owner), _| *owner != Owner::Tenant(*lease));
                 Ok(Response::Done)
             }
             Request::SetClusterBoundary { cluster, rules } => {
@@ -1073,6 +1146,7 @@ impl NodeState {
                 Ok(Response::VmCreated { vm })
             }
             Request::DestroyVm { vm } => {
+                // Policy rules naming the VM stay; they never match again.
                 self.vms.remove(vm).ok_or_else(|| not_found("VM"))?;
                 Ok(Response::Done)
             }
@@ -1161,8 +1235,41 @@ impl NodeState {
                 ErrorCode::Unsupported,
                 "subscriptions are served by the node's session loop, not by the state",
             )),
-            Request::SetPolicy { .. } | Request::GetPolicy { .. } => {
-                Err(ErrorReply::new(ErrorCode::Unsupported, "policies are not kept by this state yet"))
+            Request::SetPolicy { cluster, expect_version, policy } => {
+                let owner = Owner::of(role);
+                let key = (*cluster, owner);
+                validate(owner, *cluster, policy, &self.policy_context())?;
+                let stored = self.policies.get(&key).map_or(0, |p| p.version);
+                if let Some(expected) = expect_version {
+                    if *expected != stored {
+                        return Err(ErrorReply::new(
+                            ErrorCode::Conflict,
+                            format!("expect_version: the stored policy is version {stored}, not {expected}"),
+                        ));
+                    }
+                }
+                let version = stored.saturating_add(1);
+                if policy.rules.is_empty() {
+                    self.policies.remove(&key);
+                    return Ok(Response::PolicySet { version });
+                }
+                if !self.policies.contains_key(&key) && self.policies.len() >= MAX_POLICIES {
+                    return Err(limit(format!("the node keeps at most {MAX_POLICIES} policies (MAX_POLICIES)")));
+                }
+                self.policies.insert(key, VersionedPolicy { version, policy: policy.clone() });
+                Ok(Response::PolicySet { version })
+            }
+            Request::GetPolicy { cluster } => {
+                let owner = Owner::of(role);
+                if let Owner::Tenant(lease) = owner {
+                    if self.leases.get(&lease).map(|l| l.cluster) != Some(*cluster) {
+                        return Err(ErrorReply::new(
+                            ErrorCode::Invalid,
+                            format!("cluster: {} is not the cluster of lease {}", cluster.0, lease.0),
+                        ));
+                    }
+                }
+                Ok(Response::Policy(self.policies.get(&(*cluster, owner)).cloned()))
             }
             Request::ConsoleRead { vm, from_offset } => {
                 let v = self.vms.get(vm).ok_or_else(|| not_found("VM"))?;
@@ -1258,6 +1365,21 @@ fn covers(b: &BoundaryRule, r: &BoundaryRule) -> bool {
             (Some(_), None) => false,
             (Some(bp), Some(rp)) => bp.lo <= rp.lo && rp.hi <= bp.hi,
         }
+}
+
+/// [`NodeState::policy_context`]: VMs and leases as the state holds them.
+struct StatePolicyContext<'a> {
+    state: &'a NodeState,
+}
+
+impl PolicyContext for StatePolicyContext<'_> {
+    fn vm(&self, vm: VmId) -> Option<(LeaseId, ClusterId)> {
+        self.state.vms.get(&vm).map(|v| (v.spec.lease, v.spec.cluster))
+    }
+
+    fn lease_cluster(&self, lease: LeaseId) -> Option<ClusterId> {
+        self.state.leases.get(&lease).map(|l| l.cluster)
+    }
 }
 
 impl Ownership for NodeState {
@@ -1547,7 +1669,7 @@ mod snapshot_tests {
         assert_eq!(back.images, snap.images);
         assert_eq!(back.audit.len(), snap.audit.len());
         assert_eq!(back.next_id, snap.next_id);
-        // A version 4 snapshot keeps the initrd.
+        // A current snapshot keeps the initrd.
         let mut snap4 = snap.clone();
         snap4.vms[0].spec.initrd = Some(String::from("img"));
         let back4 = Snapshot::decode(&postcard::to_allocvec(&snap4).unwrap()).unwrap();
@@ -1826,5 +1948,196 @@ mod upload_tests {
         let snap = n.snapshot();
         let back = Snapshot::decode(&postcard::to_allocvec(&snap).unwrap()).unwrap();
         assert_eq!(back.audit_anchor, n.audit_anchor);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod policy_tests {
+    use super::*;
+    use crate::crypto::HashDrbg;
+    use crate::monitor::{Condition, Policy, PolicyAction, PolicyRule};
+
+    /// Lease A in cluster 1 with VM `a`, lease B in cluster 1 with VM `b`.
+    fn node() -> (NodeState, [LeaseId; 2], [VmId; 2]) {
+        let mut n = NodeState::provision(Box::new(HashDrbg::new([3; 32])), PublicKey([7; 32])).unwrap();
+        n.images
+            .insert(String::from("img"), Image { extent: Extent { start: 0, blocks: 1 }, size: 16, sha256: [0; 32] });
+        let mut leases = Vec::new();
+        let mut vms = Vec::new();
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            let r = n.handle(
+                Role::Landlord,
+                &Request::CreateLease { tenant_console_key: PublicKey([9 + i as u8; 32]), cluster: ClusterId(1) },
+            );
+            let Ok(Response::LeaseCreated { lease, .. }) = r else { panic!("{r:?}") };
+            let spec = VmSpec {
+                name: name.to_string(),
+                lease,
+                cluster: ClusterId(1),
+                memory_mib: 16,
+                image: String::from("img"),
+                cmdline: String::new(),
+                disk_mib: 0,
+                vcpus: 1,
+                ip: None,
+                initrd: None,
+            };
+            let r = n.handle(Role::Landlord, &Request::CreateVm { spec });
+            let Ok(Response::VmCreated { vm }) = r else { panic!("{r:?}") };
+            leases.push(lease);
+            vms.push(vm);
+        }
+        (n, [leases[0], leases[1]], [vms[0], vms[1]])
+    }
+
+    fn policy(vm: Option<VmId>, action: PolicyAction) -> Policy {
+        Policy {
+            rules: alloc::vec![PolicyRule {
+                name: String::from("hb"),
+                vm,
+                when: Condition::HeartbeatMissed { secs: 30 },
+                action,
+                notify: true,
+                backoff_secs: 10,
+                max_repeats: 3,
+                window_secs: 600,
+            }],
+        }
+    }
+
+    fn set(
+        n: &mut NodeState,
+        role: Role,
+        cluster: u32,
+        expect: Option<u32>,
+        p: &Policy,
+    ) -> Result<Response, ErrorReply> {
+        n.handle(role, &Request::SetPolicy { cluster: ClusterId(cluster), expect_version: expect, policy: p.clone() })
+    }
+
+    fn get(n: &mut NodeState, role: Role, cluster: u32) -> Result<Response, ErrorReply> {
+        n.handle(role, &Request::GetPolicy { cluster: ClusterId(cluster) })
+    }
+
+    #[test]
+    fn policies_are_set_versioned_read_and_removed() {
+        let (mut n, [la, _], [va, _]) = node();
+        let ta = Role::Tenant(la);
+        let p = policy(Some(va), PolicyAction::RestartVm);
+        assert_eq!(get(&mut n, ta, 1), Ok(Response::Policy(None)));
+        assert_eq!(set(&mut n, ta, 1, Some(0), &p), Ok(Response::PolicySet { version: 1 }));
+        assert_eq!(set(&mut n, ta, 1, None, &p), Ok(Response::PolicySet { version: 2 }));
+        let e = set(&mut n, ta, 1, Some(1), &p).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Conflict);
+        assert_eq!(e.message, "expect_version: the stored policy is version 2, not 1");
+        assert_eq!(get(&mut n, ta, 1), Ok(Response::Policy(Some(VersionedPolicy { version: 2, policy: p.clone() }))));
+        // The landlord's policy for the cluster is its own.
+        assert_eq!(get(&mut n, Role::Landlord, 1), Ok(Response::Policy(None)));
+        let lp = policy(None, PolicyAction::Notify);
+        assert_eq!(set(&mut n, Role::Landlord, 1, Some(0), &lp), Ok(Response::PolicySet { version: 1 }));
+        assert_eq!(n.policies.len(), 2);
+        // An empty policy removes it, answering the version it would have had.
+        assert_eq!(set(&mut n, ta, 1, Some(2), &Policy::default()), Ok(Response::PolicySet { version: 3 }));
+        assert_eq!(get(&mut n, ta, 1), Ok(Response::Policy(None)));
+        assert_eq!(n.policies.len(), 1);
+    }
+
+    #[test]
+    fn refused_policies_change_nothing() {
+        let (mut n, [la, lb], [va, vb]) = node();
+        let ta = Role::Tenant(la);
+        assert!(set(&mut n, ta, 1, None, &policy(Some(va), PolicyAction::RestartVm)).is_ok());
+        let before = n.policies.clone();
+        // Another lease's VM reads like a missing one.
+        let e1 = set(&mut n, ta, 1, None, &policy(Some(vb), PolicyAction::RestartVm)).unwrap_err();
+        let e2 = set(&mut n, ta, 1, None, &policy(Some(VmId(9999)), PolicyAction::RestartVm)).unwrap_err();
+        assert_eq!((e1.code, e2.code), (ErrorCode::NotFound, ErrorCode::NotFound));
+        assert_eq!(e1.message.replace(&vb.0.to_string(), "9999"), e2.message);
+        // Beyond the owner's powers.
+        let e = set(&mut n, ta, 1, None, &policy(None, PolicyAction::RebootNode)).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Invalid);
+        // Another cluster than the lease's, to set or to read.
+        let e = set(&mut n, ta, 2, None, &policy(None, PolicyAction::RestartVm)).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::Invalid, &*format!("cluster: 2 is not the cluster of lease {}", la.0))
+        );
+        assert_eq!(get(&mut n, ta, 2).unwrap_err().code, ErrorCode::Invalid);
+        // A stale version.
+        assert_eq!(set(&mut n, ta, 1, Some(0), &Policy::default()).unwrap_err().code, ErrorCode::Conflict);
+        assert_eq!(n.policies, before);
+        // Lease B's tenant has no policy; ending lease A removes A's.
+        assert_eq!(get(&mut n, Role::Tenant(lb), 1), Ok(Response::Policy(None)));
+        assert!(set(&mut n, Role::Landlord, 1, None, &policy(None, PolicyAction::Notify)).is_ok());
+        assert!(n.handle(Role::Landlord, &Request::EndLease { lease: la }).is_ok());
+        assert_eq!(n.policies.keys().copied().collect::<Vec<_>>(), [(ClusterId(1), Owner::Landlord)]);
+    }
+
+    #[test]
+    fn the_number_of_policies_is_limited() {
+        let (mut n, _, _) = node();
+        let p = policy(None, PolicyAction::Notify);
+        for c in 0..MAX_POLICIES as u32 {
+            assert!(set(&mut n, Role::Landlord, 100 + c, None, &p).is_ok());
+        }
+        let e = set(&mut n, Role::Landlord, 1, None, &p).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::Limit, "the node keeps at most 256 policies (MAX_POLICIES)")
+        );
+        assert_eq!(n.policies.len(), MAX_POLICIES);
+        // Replacing or removing one still works.
+        assert_eq!(set(&mut n, Role::Landlord, 100, None, &p), Ok(Response::PolicySet { version: 2 }));
+        assert!(set(&mut n, Role::Landlord, 101, None, &Policy::default()).is_ok());
+        assert!(set(&mut n, Role::Landlord, 1, None, &p).is_ok());
+        // A snapshot holding more (hand-made) is cut to the limit on restore.
+        let mut snap = n.snapshot();
+        snap.policies.push(((ClusterId(99_999), Owner::Landlord), VersionedPolicy { version: 1, policy: p.clone() }));
+        let back = NodeState::restore(Box::new(HashDrbg::new([4; 32])), snap).unwrap();
+        assert_eq!(back.policies.len(), MAX_POLICIES);
+    }
+
+    #[test]
+    fn policies_survive_a_snapshot_and_version_4_snapshots_still_load() {
+        let (mut n, [la, _], [va, _]) = node();
+        let p = policy(Some(va), PolicyAction::ReloadImage);
+        assert!(set(&mut n, Role::Tenant(la), 1, None, &p).is_ok());
+        assert!(set(&mut n, Role::Tenant(la), 1, None, &p).is_ok());
+        let bytes = postcard::to_allocvec(&n.snapshot()).unwrap();
+        let snap = Snapshot::decode(&bytes).unwrap();
+        assert_eq!(snap.version, 5);
+        let back = NodeState::restore(Box::new(HashDrbg::new([4; 32])), snap).unwrap();
+        assert_eq!(back.policies, n.policies);
+        assert_eq!(back.policies[&(ClusterId(1), Owner::Tenant(la))].version, 2);
+        // Version 4: the same without policies.
+        let s = n.snapshot();
+        let v4 = SnapshotV4 {
+            version: 4,
+            landlord_secret: s.landlord_secret,
+            landlord_console: s.landlord_console,
+            leases: s.leases.clone(),
+            vms: s.vms.clone(),
+            images: s.images.clone(),
+            boundaries: s.boundaries.clone(),
+            sub_rules: s.sub_rules.clone(),
+            audit: s.audit.clone(),
+            audit_anchor: s.audit_anchor,
+            next_id: s.next_id,
+            clock: s.clock,
+        };
+        let old = Snapshot::decode(&postcard::to_allocvec(&v4).unwrap()).unwrap();
+        assert_eq!(old.version, SNAPSHOT_VERSION);
+        assert!(old.policies.is_empty());
+        assert_eq!(old.vms.len(), 2);
+        assert_eq!(old.leases.len(), 2);
+        let back = NodeState::restore(Box::new(HashDrbg::new([5; 32])), old).unwrap();
+        assert!(back.policies.is_empty());
+        assert_eq!(back.vms.len(), 2);
+        // The context the node validates with sees the same VMs and leases.
+        let ctx = back.policy_context();
+        assert_eq!(ctx.vm(va), Some((la, ClusterId(1))));
+        assert_eq!(ctx.lease_cluster(la), Some(ClusterId(1)));
+        assert_eq!(ctx.vm(VmId(9999)), None);
     }
 }
