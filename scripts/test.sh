@@ -52,7 +52,8 @@ else
 fi
 
 if [[ -z $host_only ]]; then
-    ensure_cmds qemu-system-x86_64 bochs grub-mkrescue swtpm
+    # chromium: the monitor scenarios load the bmctl watch dashboard headless.
+    ensure_cmds qemu-system-x86_64 bochs grub-mkrescue swtpm chromium
     build_all
     say "Linux guest: Debian's cloud kernel and a busybox initramfs (scripts/linux-guest.sh)"
     "$ROOT/scripts/linux-guest.sh" || die "could not build the Linux guest (scripts/linux-guest.sh)"

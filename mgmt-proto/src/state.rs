@@ -1093,8 +1093,21 @@ impl NodeState {
                 Ok(Response::ImageStored { name, size, sha256: digest })
             }
             Request::CreateVm { spec } => {
-                if !self.leases.contains_key(&spec.lease) {
+                let Some(lease_cluster) = self.leases.get(&spec.lease).map(|l| l.cluster) else {
                     return Err(not_found("lease"));
+                };
+                // A lease's VMs join its cluster (0: "the lease's").
+                let mut spec = spec.clone();
+                if spec.cluster.0 == 0 {
+                    spec.cluster = lease_cluster;
+                } else if spec.cluster != lease_cluster {
+                    return Err(ErrorReply::new(
+                        ErrorCode::Invalid,
+                        format!(
+                            "cluster: lease {}'s VMs join its cluster {}, not {}",
+                            spec.lease.0, lease_cluster.0, spec.cluster.0
+                        ),
+                    ));
                 }
                 check_name(&spec.name)?;
                 if !(2..=vmm_config::config::MAX_VM_MEMORY_MIB).contains(&spec.memory_mib) {
@@ -1133,16 +1146,8 @@ impl NodeState {
                     return Err(ErrorReply::new(ErrorCode::Conflict, "name: already used in this lease"));
                 }
                 let vm = VmId(self.id());
-                self.vms.insert(
-                    vm,
-                    Vm {
-                        spec: spec.clone(),
-                        state: VmState::Stopped,
-                        console: Vec::new(),
-                        starts: 0,
-                        autostart: false,
-                    },
-                );
+                self.vms
+                    .insert(vm, Vm { spec, state: VmState::Stopped, console: Vec::new(), starts: 0, autostart: false });
                 Ok(Response::VmCreated { vm })
             }
             Request::DestroyVm { vm } => {
@@ -1536,6 +1541,25 @@ mod snapshot_tests {
             ids.push(vm);
         }
         (n, ids)
+    }
+
+    #[test]
+    fn vms_join_their_lease_cluster() {
+        let (mut n, ids) = node_with_vms(&["a"]);
+        let lease = n.vms[&ids[0]].spec.lease;
+        let spec = |name: &str, cluster: u32| VmSpec {
+            name: name.into(),
+            cluster: ClusterId(cluster),
+            ..n.vms[&ids[0]].spec.clone()
+        };
+        let (default, other) = (spec("b", 0), spec("c", 2));
+        let r = n.handle(Role::Landlord, &Request::CreateVm { spec: default });
+        let Ok(Response::VmCreated { vm }) = r else { panic!("{r:?}") };
+        assert_eq!(n.vms[&vm].spec.cluster, n.leases[&lease].cluster);
+        let before = n.vms.len();
+        let r = n.handle(Role::Landlord, &Request::CreateVm { spec: other });
+        assert!(matches!(&r, Err(e) if e.code == ErrorCode::Invalid && e.message.contains("cluster")), "{r:?}");
+        assert_eq!(n.vms.len(), before);
     }
 
     #[test]

@@ -1153,6 +1153,8 @@ check_agent_bochs() {
     want "^node: shutdown requested by the landlord"
 }
 
+source "$ROOT/tests/e2e/monitor.sh"
+
 # --- scenarios: NAME ENGINE CONFIG CHECK -----------------------------------
 scenarios=()
 for engine in $engines; do
@@ -1176,6 +1178,8 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("mgmt-rules-qemu qemu-tcg-net NONE check_mgmt_rules")
     scenarios+=("mgmt-hostile-qemu qemu-tcg-net NONE check_mgmt_hostile")
     scenarios+=("agent-qemu qemu-tcg-net-disk NONE check_agent_qemu")
+    scenarios+=("monitor-guest-qemu qemu-tcg-net-disk NONE check_monitor_guest")
+    scenarios+=("monitor-node-qemu qemu-tcg-net-disk NONE check_monitor_node")
     scenarios+=("uplink-boundary-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-boundary.toml check_uplink_boundary")
     scenarios+=("uplink-dhcp-qemu qemu-tcg-net $ROOT/tests/e2e/uplink.toml check_uplink")
     scenarios+=("uplink-static-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-static.toml check_uplink")
@@ -1205,12 +1209,13 @@ run_scenario() {
     linux-qemu) BOOT_TIMEOUT=${LINUX_QEMU_TIMEOUT:-240} ;;
     agent-bochs) BOOT_TIMEOUT=${AGENT_BOCHS_TIMEOUT:-480} ;;
     agent-qemu) BOOT_TIMEOUT=${AGENT_QEMU_TIMEOUT:-900} ;;
+    monitor-*) BOOT_TIMEOUT=${MONITOR_QEMU_TIMEOUT:-900} ;;
     esac
     case $name in
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs ]]; then
+    if [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* ]]; then
         log=$dir/serial.log result=$dir/result
         : >"$log"
         : >"$result"
@@ -1223,6 +1228,8 @@ run_scenario() {
         mgmt-hostile-qemu) run_mgmt_hostile ;;
         agent-qemu) run_agent_qemu ;;
         agent-bochs) run_agent_bochs ;;
+        monitor-guest-qemu) run_monitor_guest ;;
+        monitor-node-qemu) run_monitor_node ;;
         *) run_mgmt ;;
         esac
     elif [[ $name == uplink-dhcp* || $name == uplink-static* ]]; then
@@ -1231,7 +1238,7 @@ run_scenario() {
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs ]] || : >"$result"
+    [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi

@@ -157,7 +157,7 @@ fn service_state(what: &str) -> Option<&'static str> {
 impl Monitor {
     /// Records an event and logs it on the serial line.
     pub fn record(&mut self, scope: Scope, kind: EventKind, text: &str) {
-        crate::log!("monitor: {:?} {}", kind_name(&kind), super::escape(text));
+        crate::log!("monitor: {} {}", kind_name(&kind), super::escape(text));
         self.events.record(now_ms(), scope, kind, text);
     }
 
@@ -236,7 +236,8 @@ impl Monitor {
             let running = inst.is_running();
             let mut notes: Vec<(Scope, EventKind, String)> = Vec::new();
             let watch = self.vms.entry(id.0).or_default();
-            if generation != watch.generation && running {
+            // A new run, even one that already ended between two looks.
+            if generation != watch.generation {
                 *watch = VmWatch { generation, running: true, started: true, ..VmWatch::default() };
                 notes.push((
                     vm_scope(id.0, lease, false),
@@ -438,7 +439,7 @@ impl Mgmt {
         self.monitor.next_observe_ms = now + OBSERVE_MS;
         self.monitor.observe(now, vms, &self.state);
         let facts = self.monitor.facts(now, &self.state);
-        let decisions = self.monitor.engine.step(&mgmt_proto::monitor::policy::Policies::new(), &facts);
+        let decisions = self.monitor.engine.step(&self.state.policies, &facts);
         for d in decisions {
             self.carry_out(d, vms, now);
         }
