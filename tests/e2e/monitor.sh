@@ -115,8 +115,8 @@ run_monitor_guest() {
     vm=$(mon_jget "$out" vm)
     cat >"$dir/policy-a.toml" <<EOF
 [[rule]]
-name = "web-down"
-when = { service-failing = { service = "web", count = 1, window-secs = 60 } }
+name = "ticker-down"
+when = { service-failing = { service = "ticker", count = 1, window-secs = 60 } }
 action = "restart-service"
 notify = true
 backoff-secs = 0
@@ -150,13 +150,17 @@ EOF
     mon_wait_event "$dir/watch-a.jsonl" 20 'e["kind"] == "agent-attached"' >/dev/null || fail "tenant a's watch did not see the agent attach"
 
     # 1. A service killed inside the guest is restarted by the tenant's policy.
-    mon_bm -p ta tenant service "$vm" define web --restart never -- sh -c 'while true; do sleep 1; done' >"$dir/svc.txt" 2>&1 ||
+    mon_bm -p ta tenant service "$vm" define ticker --restart never -- sh -c 'while true; do sleep 1; done' >"$dir/svc.txt" 2>&1 ||
         fail "service define failed: $(tail -1 "$dir/svc.txt")"
-    mon_wait_event "$dir/watch-a.jsonl" 20 'e["kind"] == "service" and "web: started pid" in e["text"]' >/dev/null ||
+    mon_wait_event "$dir/watch-a.jsonl" 20 'e["kind"] == "service" and "ticker: started pid" in e["text"]' >/dev/null ||
         fail "the watch did not see the service start"
-    mon_bm -p ta tenant exec "$vm" -- sh -c 'kill -9 $(cat /proc/[0-9]*/stat 2>/dev/null | awk "\$2 == \"(sh)\" {print \$1}" | head -0); pkill -9 -f "while true; do sleep 1" || kill -9 $(pgrep -f "while true")' >"$dir/kill.txt" 2>&1
+    local spid
+    spid=$(mon_bm -p ta --json tenant service "$vm" status ticker | python3 -c 'import sys, json; print(json.load(sys.stdin)[0]["pid"])' 2>/dev/null)
+    [[ $spid =~ ^[0-9]+$ ]] || fail "service ticker has no pid: $(mon_bm -p ta tenant service "$vm" status ticker 2>&1 | tail -2)"
+    mon_bm -p ta tenant exec "$vm" -- kill -9 "$spid" >"$dir/kill.txt" 2>&1 ||
+        fail "kill -9 of the service in the guest failed: $(tail -2 "$dir/kill.txt")"
     local kill_ev act_ev
-    kill_ev=$(mon_wait_event "$dir/watch-a.jsonl" 30 'e["kind"] == "service" and "web: killed by signal 9" in e["text"]') ||
+    kill_ev=$(mon_wait_event "$dir/watch-a.jsonl" 30 'e["kind"] == "service" and "ticker: killed by signal 9" in e["text"]') ||
         fail "the watch did not see the service killed: $(tail -3 "$dir/watch-a.jsonl")"
     act_ev=$(mon_wait_event "$dir/watch-a.jsonl" 30 'e["kind"] == "action" and e["event"]["kind"]["Action"]["action"] == "RestartService" and e["event"]["kind"]["Action"]["ok"]') ||
         fail "the tenant's policy did not restart the service: $(grep -E '"(action|suppressed)"' "$dir/watch-a.jsonl" | tail -2)"
@@ -167,8 +171,8 @@ k, a = (json.loads(x) for x in sys.argv[1:3])
 print(f"service failure to restart-service done: {a['node_time_ms'] - k['node_time_ms']} ms (node clock; bound: agent report + 500 ms, backoff 0)")
 EOF
     fi
-    mon_bm -p ta tenant service "$vm" status web >"$dir/svc-status.txt" 2>&1
-    grep -q "running" "$dir/svc-status.txt" || fail "service web is not running again: $(cat "$dir/svc-status.txt")"
+    mon_bm -p ta tenant service "$vm" status ticker >"$dir/svc-status.txt" 2>&1
+    grep -q "running" "$dir/svc-status.txt" || fail "service ticker is not running again: $(cat "$dir/svc-status.txt")"
     [[ -s $dir/notify-a.jsonl ]] && grep -q '"notify"' "$dir/notify-a.jsonl" || fail "the notify command did not receive the rule's notification"
 
     # 2. The dashboard (headless Chromium) shows the VM, then the agent hung
@@ -213,7 +217,7 @@ EOF
     echo "$m_b" >"$dir/metrics-b.txt"
     grep -q "mon-a1" <<<"$m_b" && fail "tenant b's metrics name tenant a's VM"
     st_b=$(mon_get "http://127.0.0.1:$hp_b/api/state") || fail "tenant b's /api/state failed"
-    grep -q "mon-a1\|web" <<<"$st_b" && fail "tenant b's /api/state shows tenant a's VM or service"
+    grep -q "mon-a1\|ticker" <<<"$st_b" && fail "tenant b's /api/state shows tenant a's VM or service"
     grep -q "\"vm\": *$vm\b\|mon-a1" "$dir/watch-b.jsonl" && fail "tenant b's watch received an event about tenant a's VM"
     m_l=$(mon_metrics "http://127.0.0.1:$hp_l/metrics") || fail "scraping the landlord's metrics failed"
     echo "$m_l" >"$dir/metrics-l.txt"

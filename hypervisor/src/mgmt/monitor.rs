@@ -40,6 +40,13 @@ const MAX_SERVICES_PER_VM: usize = 64;
 const MAX_POLICY_STREAMS: usize = 32;
 /// A policy's restart-service stream is given up after this long.
 const POLICY_STREAM_MS: u64 = 30_000;
+/// Events a guest's software (its agent, its services) may put in the
+/// node's event log: a burst of this many, then one per
+/// [`GUEST_EVENT_REFILL_MS`]; the rest are counted and summarized, so one
+/// guest cannot flush other tenants' events out of the log or flood the
+/// serial line.
+const GUEST_EVENT_BURST: u32 = 30;
+const GUEST_EVENT_REFILL_MS: u64 = 500;
 
 fn now_ms() -> u64 {
     time::tsc_to_ms(time::rdtsc())
@@ -65,6 +72,27 @@ struct VmWatch {
     /// Exits at the last rate sample, and the rate.
     exits_sampled: u64,
     exits_per_sec: u64,
+    /// Guest-event budget: tokens left, when they were last refilled, and
+    /// events not recorded since the last summary.
+    tokens: u32,
+    refilled_ms: u64,
+    unrecorded: u64,
+}
+
+impl VmWatch {
+    /// Whether one more guest-caused event may be recorded now.
+    fn take_token(&mut self, now: u64) -> bool {
+        let refill = now.saturating_sub(self.refilled_ms) / GUEST_EVENT_REFILL_MS;
+        if refill > 0 {
+            self.tokens = self.tokens.saturating_add(u32::try_from(refill).unwrap_or(u32::MAX)).min(GUEST_EVENT_BURST);
+            self.refilled_ms = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 /// A restart-service operation a policy started, drained until it ends.
@@ -238,7 +266,14 @@ impl Monitor {
             let watch = self.vms.entry(id.0).or_default();
             // A new run, even one that already ended between two looks.
             if generation != watch.generation {
-                *watch = VmWatch { generation, running: true, started: true, ..VmWatch::default() };
+                *watch = VmWatch {
+                    generation,
+                    running: true,
+                    started: true,
+                    tokens: GUEST_EVENT_BURST,
+                    refilled_ms: now,
+                    ..VmWatch::default()
+                };
                 notes.push((
                     vm_scope(id.0, lease, false),
                     EventKind::VmStarted,
@@ -259,12 +294,11 @@ impl Monitor {
                 let st = inst.devices.agent.relay.status(now);
                 if st.attached && !watch.attached {
                     watch.seen_agent = true;
-                    let version = st.agent_version.clone().unwrap_or_default();
-                    notes.push((
-                        vm_scope(id.0, lease, true),
-                        EventKind::AgentAttached,
-                        format!("bm-agent {version} attached"),
-                    ));
+                    let text = match &st.agent_version {
+                        Some(v) => format!("bm-agent {v} attached"),
+                        None => String::from("agent attached"),
+                    };
+                    notes.push((vm_scope(id.0, lease, true), EventKind::AgentAttached, text));
                 } else if !st.attached && watch.attached {
                     let why = st.last_fault.clone().unwrap_or_else(|| String::from("detached"));
                     notes.push((vm_scope(id.0, lease, true), EventKind::AgentDetached, why));
@@ -333,7 +367,24 @@ impl Monitor {
                     watch.exits_sampled = exits;
                 }
             }
+            // Guest-caused events spend the VM's budget; lifecycle ones do not.
+            let mut kept = Vec::new();
             for (scope, kind, text) in notes {
+                if matches!(scope, Scope::Guest { .. }) && !watch.take_token(now) {
+                    watch.unrecorded += 1;
+                    continue;
+                }
+                kept.push((scope, kind, text));
+            }
+            if watch.unrecorded > 0 && watch.take_token(now) {
+                let n = core::mem::take(&mut watch.unrecorded);
+                kept.push((
+                    vm_scope(id.0, lease, true),
+                    EventKind::Service { name: String::from("*") },
+                    format!("{n} agent/service events not recorded (more than {GUEST_EVENT_BURST} at once, then one per {GUEST_EVENT_REFILL_MS} ms)"),
+                ));
+            }
+            for (scope, kind, text) in kept {
                 self.record(scope, kind, &text);
             }
         }
