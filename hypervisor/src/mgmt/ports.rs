@@ -37,6 +37,8 @@ const REPORT_WINDOW_MS: u64 = 10_000;
 /// Pushes are skipped (and the events wait in the log) while this much of
 /// a subscriber's earlier output is still unsent.
 const PUSH_BACKLOG: usize = 64 * 1024;
+/// Events in a push retried smaller after a push did not fit one message.
+const PUSH_EVENTS_SMALL: usize = 8;
 /// Events are pushed at most this often (health on the subscription's own
 /// interval).
 const EVENT_PUSH_MS: u64 = 100;
@@ -345,10 +347,13 @@ impl Mgmt {
                 continue;
             }
             let health_due = now >= sub.next_health_ms;
+            let events_waiting = self.monitor.events.next_seq() > sub.cursor;
+            if !health_due && !(events_waiting && now.saturating_sub(sub.last_push_ms) >= EVENT_PUSH_MS) {
+                continue;
+            }
             let read = self.monitor.events.read(sub.cursor, sub.role, MAX_EVENTS_PER_PUSH);
             sub.lost = sub.lost.saturating_add(read.lost);
-            let events_due = !read.events.is_empty() && now.saturating_sub(sub.last_push_ms) >= EVENT_PUSH_MS;
-            if !health_due && !events_due {
+            if !health_due && read.events.is_empty() {
                 // Invisible events were passed over: move on without a push.
                 sub.cursor = read.next_seq;
                 continue;
@@ -363,14 +368,35 @@ impl Mgmt {
             } else {
                 None
             };
-            let push =
+            let mut push =
                 Push { health, events: read.events, lost: core::mem::take(&mut sub.lost), next_seq: read.next_seq };
-            match session.push(push) {
+            let mut sent = session.push(push.clone());
+            if sent.is_err() {
+                // Too large for one message (many VMs with many services):
+                // fewer events, and services only counted in the health.
+                push.events.truncate(PUSH_EVENTS_SMALL);
+                if let Some(last) = push.events.last() {
+                    push.next_seq = last.seq + 1;
+                }
+                if let Some(h) = push.health.as_mut() {
+                    for v in h.vms.iter_mut() {
+                        if let Some(a) = v.agent.as_mut() {
+                            a.services.clear();
+                        }
+                    }
+                }
+                sent = session.push(push.clone());
+            }
+            match sent {
                 Ok(()) => {
-                    sub.cursor = read.next_seq;
+                    sub.cursor = push.next_seq;
                     sub.last_push_ms = now;
                 }
-                Err(e) => crate::log!("mgmt: push not sent: {e}"),
+                Err(e) => {
+                    sub.lost = push.lost;
+                    sub.last_push_ms = now;
+                    crate::log!("mgmt: push not sent: {e}");
+                }
             }
             let out = session.take_output();
             self.monitor.push_bytes = self.monitor.push_bytes.saturating_add(out.len() as u64);
