@@ -347,8 +347,9 @@ impl Mgmt {
                 continue;
             }
             let health_due = now >= sub.next_health_ms;
-            let events_waiting = self.monitor.events.next_seq() > sub.cursor;
-            if !health_due && !(events_waiting && now.saturating_sub(sub.last_push_ms) >= EVENT_PUSH_MS) {
+            let events_due =
+                self.monitor.events.next_seq() > sub.cursor && now.saturating_sub(sub.last_push_ms) >= EVENT_PUSH_MS;
+            if !(health_due || events_due) {
                 continue;
             }
             let read = self.monitor.events.read(sub.cursor, sub.role, MAX_EVENTS_PER_PUSH);
