@@ -42,8 +42,11 @@ pub struct NodeView {
     pub lost_total: u64,
     /// Connections after the first.
     pub reconnects_total: u64,
-    /// Times the node was seen restarting (its sequence went back).
+    /// Times the node was seen restarting (another boot id, or its
+    /// sequence went back).
     pub restarts_seen: u64,
+    /// The node's boot id at the last subscription.
+    pub boot: Option<u64>,
     /// Whether any connection was made yet.
     connected_once: bool,
 }
@@ -233,10 +236,10 @@ impl View {
     }
 
     /// A session is up and subscribed; the node says its next event is
-    /// `their_next`. Counts reconnects and spots restarts (the node's
-    /// sequence behind ours), after which we start over from its first
-    /// event.
-    pub fn subscribed(&mut self, node: &str, their_next: u64) -> Resume {
+    /// `their_next` and its boot is `boot`. Counts reconnects and spots
+    /// restarts (another boot id, or the node's sequence behind ours),
+    /// after which we start over from its first event.
+    pub fn subscribed(&mut self, node: &str, their_next: u64, boot: u64) -> Resume {
         let n = self.node(node);
         if n.connected_once {
             n.reconnects_total += 1;
@@ -244,8 +247,10 @@ impl View {
         n.connected_once = true;
         n.connected = true;
         n.last_error = None;
+        let rebooted = n.boot.is_some_and(|b| b != boot);
+        n.boot = Some(boot);
         match n.next_seq {
-            Some(ours) if their_next < ours => {
+            Some(ours) if their_next < ours || rebooted => {
                 n.restarts_seen += 1;
                 n.next_seq = Some(1);
                 Resume::Restarted { ours, theirs: their_next }
@@ -651,7 +656,7 @@ mod tests {
         let mut v = View::default();
         v.add_node("n1", "127.0.0.1:7700", "landlord");
         assert_eq!(v.since("n1"), None);
-        assert_eq!(v.subscribed("n1", 1), Resume::Continue);
+        assert_eq!(v.subscribed("n1", 1, 7), Resume::Continue);
         let vm = Scope::Vm { vm: VmId(3), lease: LeaseId(1) };
         let got = v.apply_push(
             "n1",
@@ -707,7 +712,7 @@ mod tests {
     fn a_tenant_sees_agents_and_services_but_no_node_facts() {
         let mut v = View::default();
         v.add_node("t", "h:1", "tenant:1");
-        v.subscribed("t", 1);
+        v.subscribed("t", 1, 7);
         v.apply_push("t", &push(Some(health(VmState::Running).for_role(Role::Tenant(LeaseId(1)))), vec![], 0, 1), 5);
         let m = v.metrics();
         assert!(!m.contains("memory_free") && !m.contains("bmonitor_probe"), "{m}");
@@ -731,28 +736,33 @@ mod tests {
     fn resumes_skip_repeats_and_restarts_start_over() {
         let mut v = View::default();
         v.add_node("n", "h:1", "landlord");
-        v.subscribed("n", 1);
+        v.subscribed("n", 1, 7);
         let e = |s| ev(s, Scope::Node, EventKind::ProbeFailed(Probe::Disk), "x");
         assert_eq!(v.apply_push("n", &push(None, vec![e(1), e(2)], 0, 3), 1).len(), 2);
         // Reconnected: the node repeats 2 (we asked from 3, but be safe).
         v.disconnected("n", "closed");
-        assert_eq!(v.subscribed("n", 3), Resume::Continue);
+        assert_eq!(v.subscribed("n", 3, 7), Resume::Continue);
         assert_eq!(v.nodes["n"].reconnects_total, 1);
         let got = v.apply_push("n", &push(None, vec![e(2), e(3)], 0, 4), 2);
         assert_eq!(got.iter().map(|r| r.event.seq).collect::<Vec<_>>(), vec![3]);
         // The node restarted: its sequence is behind ours.
         v.disconnected("n", "closed");
-        assert_eq!(v.subscribed("n", 1), Resume::Restarted { ours: 4, theirs: 1 });
+        assert_eq!(v.subscribed("n", 1, 7), Resume::Restarted { ours: 4, theirs: 1 });
         assert_eq!(v.since("n"), Some(1));
         assert_eq!(v.apply_push("n", &push(None, vec![e(1)], 0, 2), 3).len(), 1);
         assert_eq!(v.nodes["n"].restarts_seen, 1);
         assert_eq!(v.events[&("n".to_string(), "probe-failed".to_string())], 4);
+        // Restarted again and already past our number: the boot id tells.
+        v.disconnected("n", "closed");
+        assert_eq!(v.subscribed("n", 9, 8), Resume::Restarted { ours: 2, theirs: 9 });
+        assert_eq!(v.since("n"), Some(1));
+        assert_eq!(v.nodes["n"].restarts_seen, 2);
     }
 
     #[test]
     fn recent_events_are_bounded() {
         let mut v = View::default();
-        v.subscribed("n", 1);
+        v.subscribed("n", 1, 7);
         let evs: Vec<MonitorEvent> = (1..=300).map(|s| ev(s, Scope::Node, EventKind::VmStarted, "")).collect();
         for chunk in evs.chunks(50) {
             let next = chunk.last().unwrap().seq + 1;

@@ -234,9 +234,9 @@ fn node_loop(t: &Target, sh: &Shared) {
     }
 }
 
-fn subscribe(c: &mut Client, since: Option<u64>, interval_ms: u32) -> Result<(u64, u32), String> {
+fn subscribe(c: &mut Client, since: Option<u64>, interval_ms: u32) -> Result<(u64, u32, u64), String> {
     match c.call(Request::Subscribe { since, interval_ms }) {
-        Ok(Response::Subscribed { next_seq, interval_ms }) => Ok((next_seq, interval_ms)),
+        Ok(Response::Subscribed { next_seq, interval_ms, boot }) => Ok((next_seq, interval_ms, boot)),
         Ok(r) => Err(ClientError::Unexpected(format!("{r:?}")).to_string()),
         Err(e) => Err(format!("subscribe failed: {e}")),
     }
@@ -253,8 +253,8 @@ fn session(t: &Target, sh: &Shared) -> Result<(), String> {
         }
     })?;
     let since = sh.view().since(&t.name);
-    let (next, mut granted) = subscribe(&mut c, since, sh.opts.interval_ms)?;
-    let resume = sh.view().subscribed(&t.name, next);
+    let (next, mut granted, boot) = subscribe(&mut c, since, sh.opts.interval_ms)?;
+    let resume = sh.view().subscribed(&t.name, next, boot);
     match resume {
         Resume::Restarted { ours, theirs } => {
             sh.say(

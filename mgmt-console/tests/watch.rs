@@ -136,11 +136,13 @@ fn serve_conn(mut s: TcpStream, keys: Arc<KeyTable>, script: Arc<Script>) {
                                         1 => 5,
                                         _ => 1,
                                     };
+                                    // The third connection is to the node after a restart.
+                                    let boot = if conn >= 2 { 8 } else { 7 };
                                     if conn >= 2 && subs_here == 1 {
                                         // A push of the first subscription overtakes the
                                         // answer to the second: the client must queue it.
                                         session
-                                            .reply(env.seq, Ok(Response::Subscribed { next_seq, interval_ms }))
+                                            .reply(env.seq, Ok(Response::Subscribed { next_seq, interval_ms, boot }))
                                             .unwrap();
                                         session.push(push(r, VmState::Stopped, 0, vec![], 0, 1)).unwrap();
                                         continue;
@@ -148,7 +150,7 @@ fn serve_conn(mut s: TcpStream, keys: Arc<KeyTable>, script: Arc<Script>) {
                                     if conn < 2 || subs_here >= 2 {
                                         subscribed = Some(Instant::now());
                                     }
-                                    Ok(Response::Subscribed { next_seq, interval_ms })
+                                    Ok(Response::Subscribed { next_seq, interval_ms, boot })
                                 }
                                 Request::SetPolicy { cluster, expect_version, policy } => {
                                     let mut p = script.policies.lock().unwrap();

@@ -849,6 +849,10 @@ pub enum Response {
         next_seq: u64,
         /// The health push period granted.
         interval_ms: u32,
+        /// Random per node boot: a console that sees another value than on
+        /// its last connection knows the node restarted and its event
+        /// numbers began again, whatever they are now.
+        boot: u64,
     },
     /// A node-initiated message of a subscription (sequence number
     /// [`crate::monitor::PUSH_SEQ`]).

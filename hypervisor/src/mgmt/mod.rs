@@ -103,6 +103,9 @@ pub struct Mgmt {
     subscribe: Option<ports::Subscription>,
     /// The request being served came on COM2 (no subscriptions there).
     serving_serial: bool,
+    /// Random per boot, so consoles tell a restarted node (its event
+    /// numbers began again) from a reconnect.
+    boot_id: u64,
 }
 
 /// Node facts the status reply reports.
@@ -237,6 +240,13 @@ impl Mgmt {
                     monitor: monitor::Monitor::default(),
                     subscribe: None,
                     serving_serial: false,
+                    boot_id: {
+                        let mut b = [0u8; 8];
+                        // No random source means no management plane at all
+                        // (checked above), so this does not fail here.
+                        let _ = rng::fill(&mut b);
+                        u64::from_le_bytes(b)
+                    },
                 })
             }
             Err(_) => {
@@ -435,7 +445,8 @@ impl Mgmt {
                         "subscriptions are served on the management port, not on COM2",
                     ));
                 }
-                let (sub, reply) = ports::Subscription::new(role, *since, *interval_ms, &self.monitor.events)?;
+                let (sub, reply) =
+                    ports::Subscription::new(role, *since, *interval_ms, &self.monitor.events, self.boot_id)?;
                 self.subscribe = Some(sub);
                 Ok(reply)
             }

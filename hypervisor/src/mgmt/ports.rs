@@ -73,6 +73,7 @@ impl Subscription {
         since: Option<u64>,
         interval_ms: u32,
         events: &mgmt_proto::monitor::events::EventLog,
+        boot: u64,
     ) -> Result<(Subscription, mgmt_proto::Response), mgmt_proto::ErrorReply> {
         use mgmt_proto::monitor::{MAX_INTERVAL_MS, MIN_INTERVAL_MS};
         if !(MIN_INTERVAL_MS..=MAX_INTERVAL_MS).contains(&interval_ms) {
@@ -83,7 +84,7 @@ impl Subscription {
         }
         let cursor = since.unwrap_or(events.next_seq()).clamp(1, events.next_seq());
         let sub = Subscription { role, interval_ms, cursor, beat: 0, next_health_ms: 0, last_push_ms: 0, lost: 0 };
-        Ok((sub, mgmt_proto::Response::Subscribed { next_seq: cursor, interval_ms }))
+        Ok((sub, mgmt_proto::Response::Subscribed { next_seq: cursor, interval_ms, boot }))
     }
 }
 
