@@ -4,7 +4,8 @@
 # TCG) with an uplink and a disk; the landlord leases a VM to tenant-a and
 # uploads the agent Linux image; the tenant starts the VM, waits for its
 # guest agent, runs a command in it, copies a file in and back out, restarts
-# a service; the landlord shuts the node down. Exit 0 only if every step
+# a service, and sets a policy that restarts it when it fails (seen with
+# bmctl watch); the landlord shuts the node down. Exit 0 only if every step
 # worked.
 #
 # With --demo (or --config, or --engine bochs): the earlier demo, BMonitor
@@ -226,6 +227,31 @@ run_bm svc2.txt -p tenant-a tenant service "$VM" status web
 run_bm wget.txt -p tenant-a tenant exec "$VM" -- wget -q -O - http://127.0.0.1:8080/index.html
 grep -q "hello from a BMonitor tenant VM" "$WORK/wget.txt" || die "the web service does not answer after its restart"
 run_bm agent-log.txt -p tenant-a tenant agent-log "$VM"
+
+step "tenant-a: a corrective-action policy (restart web when it fails) and bmctl watch on its events"
+cat >"$WORK/policy.toml" <<'EOF2'
+[[rule]]
+name = "web-down"
+when = { service-failing = { service = "web", count = 1, window-secs = 60 } }
+action = "restart-service"
+notify = true
+backoff-secs = 0
+EOF2
+run_bm policy.txt -p tenant-a tenant policy set "$WORK/policy.toml"
+BMCTL_TIMEOUT=10 timeout 60 "$BMCTL" -p tenant-a watch --no-listen --for 40 >"$WORK/watch.txt" 2>"$WORK/watch.err" &
+WATCH_PID=$!
+sleep 2
+WEB_PID=$(bm -p tenant-a --json tenant service "$VM" status web | python3 -c 'import sys, json; print(json.load(sys.stdin)[0]["pid"])')
+echo "    killing web (pid $WEB_PID) with SIGKILL inside the VM"
+run_bm kill.txt -p tenant-a tenant exec "$VM" -- kill -9 "$WEB_PID"
+for _ in $(seq 1 30); do
+    grep -q "restarted by the agent" "$WORK/watch.txt" && break
+    sleep 1
+done
+kill -TERM "$WATCH_PID" 2>/dev/null
+wait "$WATCH_PID" 2>/dev/null
+sed 's/^/    /' "$WORK/watch.txt"
+grep -q "restarted by the agent" "$WORK/watch.txt" || die "the policy did not restart web within 30 s (watch: $WORK/watch.txt)"
 
 step "landlord: shutting the node down"
 run_bm shutdown.txt -p landlord landlord shutdown
