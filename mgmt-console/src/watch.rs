@@ -131,6 +131,36 @@ impl Shared {
         eprintln!("bmctl watch: node {}: {msg}", escape_control(node));
     }
 
+    /// A console-side event about a node as a whole (`node-down`: it
+    /// cannot be reached or stopped pushing; `node-up`: it is back): one
+    /// output line, and the notify command, like a policy notification.
+    fn node_event(&self, node: &str, kind: &str, text: &str) {
+        let at = now_ms();
+        let json = serde_json::json!({
+            "time": crate::view::utc(at),
+            "unix_ms": at,
+            "node": node,
+            "scope": "node",
+            "kind": kind,
+            "detail": kind,
+            "text": text,
+        });
+        {
+            let _out = self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let line = if self.opts.json {
+                json.to_string()
+            } else {
+                format!("{} {} node {kind} {}", crate::view::utc(at), escape_control(node), escape_control(text))
+            };
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{line}");
+            let _ = stdout.flush();
+        }
+        if let Some(n) = &self.notifier {
+            n.submit(json.to_string(), 0);
+        }
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst) || SIGNALLED.load(Ordering::SeqCst)
     }
@@ -213,14 +243,20 @@ pub fn watch(
 /// Connects, watches, and reconnects with [`Backoff`] until stopped.
 fn node_loop(t: &Target, sh: &Shared) {
     let mut backoff = Backoff::default();
+    // Since when (and why) the node is unreachable or silent.
+    let mut down: Option<(Instant, String)> = None;
     while !sh.stopping() {
         let started = Instant::now();
-        let why = match session(t, sh) {
+        let why = match session(t, sh, &mut down) {
             Ok(()) => return,
             Err(e) => e,
         };
         if sh.stopping() {
             return;
+        }
+        if down.is_none() {
+            sh.node_event(&t.name, "node-down", &why);
+            down = Some((Instant::now(), why.clone()));
         }
         sh.view().disconnected(&t.name, &why);
         if started.elapsed() >= HEALTHY {
@@ -244,7 +280,7 @@ fn subscribe(c: &mut Client, since: Option<u64>, interval_ms: u32) -> Result<(u6
 
 /// One connection: subscribe, then handle pushes until it breaks (`Err`,
 /// with why) or the watch stops (`Ok`).
-fn session(t: &Target, sh: &Shared) -> Result<(), String> {
+fn session(t: &Target, sh: &Shared, down: &mut Option<(Instant, String)>) -> Result<(), String> {
     let mut c = Client::connect_profile(&t.profile, &t.secret, sh.opts.timeout).map_err(|e| {
         if e.names_node() {
             e.to_string()
@@ -272,6 +308,10 @@ fn session(t: &Target, sh: &Shared) -> Result<(), String> {
                 None => format!("subscribed (health every {granted} ms)"),
             },
         ),
+    }
+    if let Some((since, why)) = down.take() {
+        let text = format!("back after {:.1} s (down: {why})", since.elapsed().as_secs_f64());
+        sh.node_event(&t.name, "node-up", &text);
     }
     // A node that stops pushing is as good as gone.
     let stale = (Duration::from_millis(u64::from(granted.max(MIN_INTERVAL_MS))) * 3).max(sh.opts.timeout);

@@ -427,7 +427,13 @@ fn watch_metrics_state_notify_reconnect_and_restart() {
     assert!(errs.contains("node ll: the node restarted"), "{errs}");
     assert!(errs.contains("2 event(s) lost"), "{errs}");
     assert!(errs.contains("reconnecting in 0.5 s"), "{errs}");
-    let ll: Vec<&str> = out.lines().filter(|l| l.split(' ').nth(1) == Some("ll")).collect();
+    // Each drop is a node-down line, each reconnect a node-up line.
+    let node_lines = |kind: &str| {
+        out.lines().filter(|l| l.split(' ').nth(1) == Some("ll") && l.split(' ').nth(3) == Some(kind)).count()
+    };
+    assert_eq!((node_lines("node-down"), node_lines("node-up")), (2, 2), "{out}");
+    let ll: Vec<&str> =
+        out.lines().filter(|l| l.split(' ').nth(1) == Some("ll") && l.split(' ').nth(2) != Some("node")).collect();
     assert_eq!(ll.len(), 6, "{out}");
     assert!(ll[1].ends_with(" ll vm:1 vm-faulted triple fault"), "{out}");
     assert!(ll[2].contains(" ll vm:1 action:landlord:restart-crashed:restart-vm:ok restarted"), "{out}");
