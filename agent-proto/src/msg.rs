@@ -520,9 +520,39 @@ pub fn is_service_failure(what: &str) -> bool {
     SERVICE_FAILURE_PREFIXES.iter().skip(1).any(|p| what.starts_with(p))
 }
 
+/// The state a service event's text leaves the service in, as monitoring
+/// shows it (`running`, `restarting`, `failed`, `stopped`, `exited`);
+/// `None` for texts that do not change it.
+pub fn service_state_after(what: &str) -> Option<&'static str> {
+    if what.starts_with("started pid") {
+        Some("running")
+    } else if what.starts_with("restarting") {
+        Some("restarting")
+    } else if what.starts_with("failed") {
+        Some("failed")
+    } else if what == "stopped" {
+        Some("stopped")
+    } else if is_service_failure(what) {
+        Some("exited")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod service_failure_tests {
-    use super::is_service_failure;
+    use super::{is_service_failure, service_state_after};
+
+    #[test]
+    fn states_follow_the_agent_texts() {
+        assert_eq!(service_state_after("started pid 7"), Some("running"));
+        assert_eq!(service_state_after("restarting in 20 ms (restart 1)"), Some("restarting"));
+        assert_eq!(service_state_after("failed: 3 restarts in 60 s (max_restarts)"), Some("failed"));
+        assert_eq!(service_state_after("stopped"), Some("stopped"));
+        assert_eq!(service_state_after("killed by signal 9"), Some("exited"));
+        assert_eq!(service_state_after("killed by signal 15 (stop requested)"), None);
+        assert_eq!(service_state_after("removed"), None);
+    }
 
     #[test]
     fn classifies_agent_texts() {

@@ -339,6 +339,13 @@ EOF
     fi
     mon_wait_event "$dir/notify-l.jsonl" 5 'e["kind"] == "notify" and e["event"]["kind"]["Notify"]["rule"] == "link"' >/dev/null ||
         fail "the link rule did not notify"
+    # The probes' results are in the landlord's status too.
+    mon_bm -p ll landlord status >"$dir/status.txt" 2>&1 || fail "landlord status failed: $(tail -1 "$dir/status.txt")"
+    local pr
+    for pr in memory nic-link disk; do
+        grep -Eq "^ +probe\.$pr +1$" "$dir/status.txt" || fail "landlord status does not show probe $pr passing: $(grep probe "$dir/status.txt" | tr '\n' ' ')"
+    done
+    grep -q "nic up" "$dir/status.txt" || fail "landlord status does not show the NIC up after the link came back"
     grep -q "nic-link" "$dir/watch-a.jsonl" && fail "tenant a saw a hardware probe event"
     mon_end
 }

@@ -627,7 +627,8 @@ impl Mgmt {
                 ],
                 None => Vec::new(),
             },
-            nic_up: self.facts.nic_up,
+            // The link as the probe last saw it.
+            nic_up: self.facts.nic_up && self.monitor.probe_ok(mgmt_proto::monitor::Probe::NicLink) != Some(false),
             leases: self.state.leases.len() as u32,
             vms_total: vms.len() as u32,
             vms_running: vms.iter().filter(|v| v.is_running()).count() as u32,
@@ -641,7 +642,10 @@ impl Mgmt {
                 Counter { name: String::from("monitor.events"), value: self.monitor.events.next_seq() - 1 },
                 Counter { name: String::from("monitor.pushes"), value: self.monitor.pushes },
                 Counter { name: String::from("monitor.push_bytes"), value: self.monitor.push_bytes },
-            ],
+            ]
+            .into_iter()
+            .chain(self.monitor.probe_counters())
+            .collect(),
         }
     }
 }

@@ -165,28 +165,30 @@ fn vm_scope(vm: u32, lease: LeaseId, software: bool) -> Scope {
     }
 }
 
-/// The service state an agent's event text leaves a service in.
-fn service_state(what: &str) -> Option<&'static str> {
-    if what.starts_with("started pid") {
-        Some("running")
-    } else if what.starts_with("restarting") {
-        Some("restarting")
-    } else if what.starts_with("failed") {
-        Some("failed")
-    } else if what == "stopped" {
-        Some("stopped")
-    } else if agent_proto::msg::is_service_failure(what) {
-        Some("exited")
-    } else {
-        None
-    }
-}
-
 impl Monitor {
     /// Records an event and logs it on the serial line.
     pub fn record(&mut self, scope: Scope, kind: EventKind, text: &str) {
         crate::log!("monitor: {} {}", kind_name(&kind), super::escape(text));
         self.events.record(now_ms(), scope, kind, text);
+    }
+
+    /// The probes' latest results as status counters: `probe.NAME` is 1
+    /// when passing, 0 when failing (absent with nothing to check), and
+    /// `probe.NAME.failures` the failures in a row.
+    pub fn probe_counters(&self) -> Vec<mgmt_proto::msg::Counter> {
+        let mut out = Vec::new();
+        for p in self.probes.values() {
+            let Some(ok) = p.ok else { continue };
+            let name = p.probe.name();
+            out.push(mgmt_proto::msg::Counter { name: format!("probe.{name}"), value: u64::from(ok) });
+            out.push(mgmt_proto::msg::Counter { name: format!("probe.{name}.failures"), value: u64::from(p.failures) });
+        }
+        out
+    }
+
+    /// A probe's latest result (`None`: not run, or nothing to check).
+    pub fn probe_ok(&self, probe: Probe) -> Option<bool> {
+        self.probes.get(&probe).and_then(|p| p.ok)
     }
 
     /// Runs the probes that are due.
@@ -344,7 +346,7 @@ impl Monitor {
                             state: String::from("running"),
                             failures: 0,
                         });
-                        if let Some(state) = service_state(&n.what) {
+                        if let Some(state) = agent_proto::msg::service_state_after(&n.what) {
                             s.state = String::from(state);
                         }
                         if failure {
