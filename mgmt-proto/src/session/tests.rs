@@ -246,6 +246,33 @@ fn zero_seq_refused() {
 }
 
 #[test]
+fn push_seq_is_not_a_request_number() {
+    let n = net();
+    let (mut c, mut s) = connect(&n, Role::Landlord);
+    c.send_with_seq(crate::monitor::PUSH_SEQ, Request::NodeStatus).unwrap();
+    let (e, _) = expect_node_refusal(&mut c, &mut s, &n.keys);
+    assert_eq!(e, SessionError::Replay { seq: crate::monitor::PUSH_SEQ, last: 0 });
+}
+
+#[test]
+fn pushes_arrive_between_replies() {
+    let n = net();
+    let (mut c, mut s) = connect(&n, Role::Tenant(LeaseId(1)));
+    c.send(Request::Subscribe { since: None, interval_ms: 1000 }).unwrap();
+    s.receive(&c.take_output(), &n.keys).unwrap();
+    let push = crate::monitor::Push { health: None, events: alloc::vec![], lost: 3, next_seq: 9 };
+    s.push(push.clone()).unwrap();
+    s.reply(1, Ok(Response::Subscribed { next_seq: 9, interval_ms: 1000, boot: 1 })).unwrap();
+    s.push(push.clone()).unwrap();
+    let ev = c.receive(&s.take_output()).unwrap();
+    assert_eq!(ev.len(), 3);
+    assert_eq!(ev[0], ConsoleEvent::Push(push.clone()));
+    assert!(matches!(&ev[1], ConsoleEvent::Reply(r) if r.seq == 1));
+    assert_eq!(ev[2], ConsoleEvent::Push(push));
+    assert_eq!(c.outstanding(), 0);
+}
+
+#[test]
 fn replayed_ciphertext_refused() {
     let n = net();
     let (mut c, mut s) = connect(&n, Role::Landlord);
