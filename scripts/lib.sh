@@ -180,7 +180,7 @@ boot_engine() {
         ensure_cmds qemu-system-x86_64
         local accel=(-accel tcg -cpu qemu64,+svm,+npt,+rdrand)
         [[ $engine == qemu-kvm ]] && accel=(-accel kvm -cpu host)
-        timeout "$secs" qemu-system-x86_64 "${accel[@]}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 "${accel[@]}" -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?
         ;;
@@ -243,7 +243,7 @@ boot_engine() {
     qemu-tcg-iso)
         ensure_cmds qemu-system-x86_64
         make_iso "$bundle" "$work/node.iso"
-        timeout "$secs" qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -cdrom "$work/node.iso" -boot d </dev/null >"$work/qemu.out" 2>&1 || rc=$?
         ;;
@@ -252,7 +252,7 @@ boot_engine() {
         make_iso "$bundle" "$work/node.iso"
         cat >"$work/bochsrc" <<BOCHSRC
 megs: 512
-cpu: model=corei7_haswell_4770, count=1, ips=50000000, reset_on_triple_fault=0
+cpu: model=corei7_haswell_4770, count=${BM_BOCHS_CPUS:-1}, ips=50000000, reset_on_triple_fault=0
 romimage: file=/usr/share/bochs/BIOS-bochs-latest
 vgaromimage: file=/usr/share/vgabios/vgabios.bin
 ata0-master: type=cdrom, path=$work/node.iso, status=inserted

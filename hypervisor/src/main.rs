@@ -73,6 +73,7 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
     log!("time: TSC {} MHz", time::tsc_per_ms() / 1000);
     let backend = virt::enable_backend()?;
     log!("backend: {}", backend.name());
+    start_application_processors(&bi, &platform, backend);
 
     let module = bi.modules().first().ok_or("no boot module: expected the node bundle")?;
     let bytes = bootinfo::module_bytes(module).ok_or("boot module outside memory")?;
@@ -161,4 +162,71 @@ fn log_cpu() {
 fn panic(info: &core::panic::PanicInfo) -> ! {
     serial::write_fmt_unlocked(format_args!("\nHYPERVISOR PANIC: {}\n", info));
     power::fail_stop()
+}
+
+/// The backend the boot CPU enabled, for the application processors.
+static AP_BACKEND: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+/// Why an application processor could not enable the backend, by index.
+static AP_ERRORS: spin::Mutex<[Option<&'static str>; arch::x86_64::percpu::MAX_CPUS]> =
+    spin::Mutex::new([None; arch::x86_64::percpu::MAX_CPUS]);
+
+/// Runs on each application processor once it is in long mode: enables
+/// the boot CPU's backend there, says how it went, and returns to be
+/// parked (VMs run on the boot CPU until per-CPU scheduling exists).
+fn ap_main(index: usize) {
+    use arch::x86_64::percpu;
+    use core::sync::atomic::Ordering;
+    let Some(cpu) = percpu::get(index) else { return };
+    let backend = if AP_BACKEND.load(Ordering::SeqCst) == 1 { virt::Backend::Vmx } else { virt::Backend::Svm };
+    match virt::enable_ap(backend, cpu) {
+        Ok(()) => cpu.state.store(percpu::STATE_UP, Ordering::SeqCst),
+        Err(why) => {
+            if let Some(slot) = AP_ERRORS.lock().get_mut(index) {
+                *slot = Some(why);
+            }
+            cpu.state.store(percpu::STATE_FAILED, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Starts the other CPUs the MADT lists and enables virtualization on
+/// each; they are parked afterwards. Logs one line per CPU that failed and
+/// a summary.
+fn start_application_processors(bi: &bootinfo::BootInfo, platform: &acpi::Platform, backend: virt::Backend) {
+    use arch::x86_64::{percpu, smp};
+    use core::sync::atomic::Ordering;
+    if platform.apic_ids.as_slice().len() <= 1 {
+        return;
+    }
+    AP_BACKEND.store(if backend == virt::Backend::Vmx { 1 } else { 2 }, Ordering::SeqCst);
+    let outcomes = match smp::start_aps(bi, platform.apic_ids.as_slice(), ap_main, mm::frames::alloc_contiguous) {
+        Ok(o) => o,
+        Err(why) => {
+            log!("smp: application processors not started: {}", why);
+            return;
+        }
+    };
+    let mut up = alloc::vec::Vec::new();
+    for o in outcomes.iter() {
+        match o.state {
+            percpu::STATE_UP => up.push(o.apic_id),
+            percpu::STATE_FAILED => {
+                let why = AP_ERRORS.lock().get(o.index).copied().flatten().unwrap_or("unknown");
+                log!("smp: CPU {} (APIC {}) started but cannot run VMs: {}", o.index, o.apic_id, why);
+            }
+            s => log!(
+                "smp: CPU {} (APIC {}) did not come up (state {}); the rest are not started",
+                o.index,
+                o.apic_id,
+                s
+            ),
+        }
+    }
+    let ids: alloc::vec::Vec<alloc::string::String> = up.iter().map(|i| alloc::format!("{i}")).collect();
+    log!(
+        "smp: {} application processor(s) up (APIC {}), {} enabled on each; parked (VMs run on the boot CPU)",
+        up.len(),
+        if ids.is_empty() { alloc::string::String::from("none") } else { ids.join(", ") },
+        backend.name()
+    );
 }

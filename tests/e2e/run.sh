@@ -49,6 +49,15 @@ no_hypervisor_fault() { refuse "HYPERVISOR (FAULT|PANIC)|BMonitor: fatal"; }
 
 backend_for() { case $1 in bochs) echo vmx ;; *) echo svm ;; esac; }
 
+# The demo with two CPUs (smp-*): the second is started, enables the
+# backend and is parked; the VMs run as with one.
+check_smp() {
+    check_demo
+    want "^acpi: 2 CPU\(s\)"
+    want "^smp: 1 application processor\(s\) up \(APIC 1\), $(backend_for "$engine") enabled on each; parked"
+    refuse "^smp: .*(did not come up|cannot run VMs|not started)"
+}
+
 check_demo() {
     no_hypervisor_fault
     want "^backend: $(backend_for "$engine")$"
@@ -1162,6 +1171,7 @@ for engine in $engines; do
     scenarios+=("containment-$engine $engine $ROOT/tests/e2e/containment.toml check_containment")
     scenarios+=("irq-hostile-$engine $engine $ROOT/tests/e2e/irq-hostile.toml check_irq_hostile")
     scenarios+=("network-$engine $engine $ROOT/tests/e2e/network.toml check_network")
+    scenarios+=("smp-$engine $engine $ROOT/boot/configs/demo.toml check_smp")
     [[ $engine == bochs ]] && scenarios+=("disk-mem-bochs bochs $ROOT/tests/e2e/disk-mem.toml check_disk_mem")
     [[ $engine == bochs ]] && scenarios+=("mgmt-serial-bochs bochs NONE check_mgmt_serial")
     [[ $engine == bochs ]] && scenarios+=("linux-bochs bochs $ROOT/tests/e2e/linux-bochs.toml check_linux_bochs")
@@ -1210,6 +1220,10 @@ run_scenario() {
     agent-bochs) BOOT_TIMEOUT=${AGENT_BOCHS_TIMEOUT:-480} ;;
     agent-qemu) BOOT_TIMEOUT=${AGENT_QEMU_TIMEOUT:-900} ;;
     monitor-*) BOOT_TIMEOUT=${MONITOR_QEMU_TIMEOUT:-900} ;;
+    esac
+    # Two CPUs for the smp-* scenarios (the emulator helpers read these).
+    case $name in
+    smp-*) export BM_QEMU_SMP=2 BM_BOCHS_CPUS=2 ;;
     esac
     case $name in
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;

@@ -263,6 +263,14 @@ pub fn enable_backend() -> Result<Backend, &'static str> {
     }
 }
 
+/// Enables the backend the boot CPU uses on an application processor.
+pub fn enable_ap(backend: Backend, cpu: &crate::arch::x86_64::percpu::PerCpu) -> Result<(), &'static str> {
+    match backend {
+        Backend::Vmx => vmx::enable_ap(cpu),
+        Backend::Svm => svm::enable_ap(cpu),
+    }
+}
+
 /// Creates a vCPU for a VM on the enabled backend.
 pub fn create_vcpu(
     backend: Backend,

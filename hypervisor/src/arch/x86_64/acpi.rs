@@ -28,10 +28,40 @@ impl AcpiHandler for IdentityHandler {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Platform {
     pub cpus: usize,
+    /// Local APIC IDs of the enabled CPUs, in MADT order (the first
+    /// `cpus`, at most `percpu::MAX_CPUS`).
+    pub apic_ids: ApicIds,
     pub io_apics: usize,
     pub local_apic_address: u32,
     /// PCI Express memory-mapped configuration space (segment 0), if any.
     pub ecam: Option<Ecam>,
+}
+
+/// The enabled CPUs' local APIC IDs.
+#[derive(Clone, Copy, Debug)]
+pub struct ApicIds {
+    ids: [u32; super::percpu::MAX_CPUS],
+    len: usize,
+}
+
+impl Default for ApicIds {
+    fn default() -> Self {
+        ApicIds { ids: [0; super::percpu::MAX_CPUS], len: 0 }
+    }
+}
+
+impl ApicIds {
+    fn push(&mut self, id: u32) {
+        if let Some(slot) = self.ids.get_mut(self.len) {
+            *slot = id;
+            self.len += 1;
+        }
+    }
+
+    /// The IDs, in MADT order.
+    pub fn as_slice(&self) -> &[u32] {
+        self.ids.get(..self.len).unwrap_or(&[])
+    }
 }
 
 /// One ECAM window from the MCFG.
@@ -58,8 +88,14 @@ pub fn discover(rsdp: Option<u64>) -> Result<Platform, &'static str> {
     let mut p = Platform { local_apic_address: madt.local_apic_address, ..Platform::default() };
     for entry in madt.entries() {
         match entry {
-            MadtEntry::LocalApic(e) if e.flags & 1 != 0 => p.cpus += 1,
-            MadtEntry::LocalX2Apic(e) if e.flags & 1 != 0 => p.cpus += 1,
+            MadtEntry::LocalApic(e) if e.flags & 1 != 0 => {
+                p.cpus += 1;
+                p.apic_ids.push(u32::from(e.apic_id));
+            }
+            MadtEntry::LocalX2Apic(e) if e.flags & 1 != 0 => {
+                p.cpus += 1;
+                p.apic_ids.push(e.x2apic_id);
+            }
             MadtEntry::IoApic(_) => p.io_apics += 1,
             _ => {}
         }

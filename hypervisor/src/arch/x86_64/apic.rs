@@ -11,6 +11,10 @@ const REG_LVT_TIMER: u64 = 0x320;
 const REG_TIMER_INIT: u64 = 0x380;
 const REG_TIMER_CURRENT: u64 = 0x390;
 const REG_TIMER_DIVIDE: u64 = 0x3E0;
+const REG_ICR_LOW: u64 = 0x300;
+const REG_ICR_HIGH: u64 = 0x310;
+/// ICR delivery status: the previous IPI is still being sent.
+const ICR_PENDING: u32 = 1 << 12;
 
 static BASE: AtomicU64 = AtomicU64::new(0);
 
@@ -76,4 +80,32 @@ pub fn eoi() {
 pub fn arm_oneshot(ticks: u32) {
     write(REG_LVT_TIMER, u32::from(super::idt::TIMER_VECTOR));
     write(REG_TIMER_INIT, ticks.max(1));
+}
+
+/// Waits (at most ~1 ms) until the APIC has sent the previous IPI.
+fn wait_icr_idle() {
+    for _ in 0..100_000 {
+        if read(REG_ICR_LOW) & ICR_PENDING == 0 {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+}
+
+fn send_ipi(apic_id: u32, low: u32) {
+    wait_icr_idle();
+    write(REG_ICR_HIGH, apic_id << 24);
+    write(REG_ICR_LOW, low);
+    wait_icr_idle();
+}
+
+/// INIT IPI (assert, level-triggered) to one CPU: the first step of
+/// starting an application processor.
+pub fn send_init(apic_id: u32) {
+    send_ipi(apic_id, 0x0000_4500);
+}
+
+/// Start-up IPI: the CPU begins in real mode at `vector` × 4 KiB.
+pub fn send_startup(apic_id: u32, vector: u8) {
+    send_ipi(apic_id, 0x0000_4600 | u32::from(vector));
 }

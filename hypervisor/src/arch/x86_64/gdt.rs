@@ -94,3 +94,29 @@ pub fn init() {
         );
     }
 }
+
+/// Loads the boot CPU's GDT on an application processor and reloads its
+/// segments, without a task register (one TSS cannot be busy on two CPUs;
+/// an AP gets its own when it starts running VMs).
+pub fn load_shared() {
+    let ptr = DescriptorPointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: gdt_base() };
+    // SAFETY: the GDT was built by `init` on the boot CPU and never changes
+    // afterwards; its code and data selectors are valid in long mode.
+    unsafe {
+        core::arch::asm!(
+            "lgdt [{ptr}]",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov ds, {ds:x}",
+            "mov es, {ds:x}",
+            "mov ss, {ds:x}",
+            ptr = in(reg) &ptr,
+            cs = in(reg) KERNEL_CS as u64,
+            tmp = out(reg) _,
+            ds = in(reg) KERNEL_DS as u64,
+        );
+    }
+}

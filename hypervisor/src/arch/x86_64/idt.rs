@@ -181,9 +181,16 @@ pub fn init() {
         if let Some(g) = idt.get_mut(SPURIOUS_VECTOR as usize) {
             *g = Gate::interrupt(spurious_stub as *const () as u64, 0);
         }
-        let ptr = IdtPointer { limit: (size_of::<[Gate; 256]>() - 1) as u16, base: idt_base() };
-        core::arch::asm!("lidt [{}]", in(reg) &ptr);
     }
+    load();
+}
+
+/// Loads the (already filled) IDT on this CPU: application processors
+/// share the boot CPU's.
+pub fn load() {
+    let ptr = IdtPointer { limit: (size_of::<[Gate; 256]>() - 1) as u16, base: idt_base() };
+    // SAFETY: the IDT is a static filled by `init` before any AP starts.
+    unsafe { core::arch::asm!("lidt [{}]", in(reg) &ptr) };
 }
 
 const EXCEPTION_NAMES: [&str; 32] = [

@@ -13,4 +13,5 @@ pub mod percpu;
 pub mod power;
 pub mod rng;
 pub mod serial;
+pub mod smp;
 pub mod time;

@@ -68,3 +68,11 @@ pub fn calibrate() {
         APIC_TICKS_PER_MS.store(10_000, Ordering::Relaxed);
     }
 }
+
+/// Busy-waits `us` microseconds (TSC-based; `calibrate` must have run).
+pub fn delay_us(us: u64) {
+    let end = rdtsc() + us.saturating_mul(tsc_per_ms()) / 1000;
+    while rdtsc() < end {
+        core::hint::spin_loop();
+    }
+}

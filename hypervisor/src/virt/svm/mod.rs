@@ -32,6 +32,25 @@ static STATE: spin::Once<SvmState> = spin::Once::new();
 const PASSTHROUGH_MSRS: [u32; 10] =
     [0x174, 0x175, 0x176, 0xC000_0081, 0xC000_0082, 0xC000_0083, 0xC000_0084, 0xC000_0100, 0xC000_0101, 0xC000_0102];
 
+/// Turns on SVM on an application processor: EFER.SVME and its own host
+/// save areas (the intercept maps are the boot CPU's).
+pub fn enable_ap(cpu: &percpu::PerCpu) -> Result<(), &'static str> {
+    // SAFETY: the boot CPU found SVM; an AP of the same node has the same
+    // MSRs. The frames live as long as the node.
+    unsafe {
+        if x86::msr::rdmsr(VM_CR_MSR) & (1 << 4) != 0 {
+            return Err("SVM disabled by firmware on this CPU (VM_CR.SVMDIS)");
+        }
+        x86::msr::wrmsr(EFER_MSR, x86::msr::rdmsr(EFER_MSR) | EFER_SVME);
+        let hsave = frames::alloc().ok_or("no memory for host save area")?;
+        x86::msr::wrmsr(HSAVE_PA_MSR, hsave);
+        cpu.svm_hsave.store(hsave, Ordering::Relaxed);
+        let host_save = frames::alloc().ok_or("no memory for host VMSAVE area")?;
+        cpu.svm_host_save.store(host_save, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// Turns on SVM (EFER.SVME) and allocates the shared intercept maps.
 pub fn enable() -> Result<(), &'static str> {
     let cpuid = raw_cpuid::CpuId::new();

@@ -123,6 +123,35 @@ fn adjust(msr_no: u32, want: u32) -> (u32, bool) {
     (value, value & want == want)
 }
 
+/// Enters VMX operation on an application processor, with the boot
+/// CPU's capabilities (`enable` ran there first): its own VMXON region.
+pub fn enable_ap(cpu: &crate::arch::x86_64::percpu::PerCpu) -> Result<(), &'static str> {
+    let caps = CTLS.get().ok_or("VMX is not enabled on the boot CPU")?;
+    // SAFETY: the boot CPU found VMX; an AP of the same node has the same
+    // MSRs. The VMXON frame stays allocated for the node's lifetime.
+    unsafe {
+        let fc = rdmsr(msr::IA32_FEATURE_CONTROL);
+        if fc & 1 == 0 {
+            wrmsr(msr::IA32_FEATURE_CONTROL, fc | 1 | 4);
+        } else if fc & 4 == 0 {
+            return Err("VMX disabled by firmware on this CPU (IA32_FEATURE_CONTROL locked)");
+        }
+        let cr0: u64;
+        let cr4: u64;
+        core::arch::asm!("mov {}, cr0", out(reg) cr0);
+        core::arch::asm!("mov {}, cr4", out(reg) cr4);
+        let cr0 = (cr0 | caps.cr0_fixed0) & caps.cr0_fixed1;
+        let cr4 = ((cr4 | CR4_VMXE) | caps.cr4_fixed0) & caps.cr4_fixed1;
+        core::arch::asm!("mov cr0, {}", in(reg) cr0);
+        core::arch::asm!("mov cr4, {}", in(reg) cr4);
+        let vmxon = frames::alloc().ok_or("no memory for VMXON region")?;
+        core::ptr::write_volatile(vmxon as *mut u32, caps.revision);
+        x86::bits64::vmx::vmxon(vmxon).map_err(|_| "VMXON failed")?;
+        cpu.vmxon_region.store(vmxon, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
 /// Enters VMX operation on this CPU.
 pub fn enable() -> Result<(), &'static str> {
     // SAFETY: CPUID reported VMX; these MSRs and CR4.VMXE exist. VMXON gets a
