@@ -95,14 +95,46 @@ pub fn init() {
     }
 }
 
-/// Loads the boot CPU's GDT on an application processor and reloads its
-/// segments, without a task register (one TSS cannot be busy on two CPUs;
-/// an AP gets its own when it starts running VMs).
-pub fn load_shared() {
-    let ptr = DescriptorPointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: gdt_base() };
-    // SAFETY: the GDT was built by `init` on the boot CPU and never changes
-    // afterwards; its code and data selectors are valid in long mode.
+/// Frames an application processor's descriptor area takes: its GDT and
+/// TSS in the first, its double-fault (IST1) stack in the other two.
+pub const AP_AREA_FRAMES: usize = 3;
+
+/// Builds and loads an application processor's own GDT and TSS in `area`
+/// ([`AP_AREA_FRAMES`] zeroed, identity-mapped frames only this CPU uses):
+/// the same selectors as the boot CPU's, with a TSS of its own (a TSS is
+/// busy on one CPU at a time) whose IST1 is its own double-fault stack.
+pub fn init_ap(area: u64) {
+    const GDT_OFF: u64 = 0;
+    const TSS_OFF: u64 = 64;
+    let tss_addr = area + TSS_OFF;
+    let limit = (size_of::<Tss>() - 1) as u64;
+    let low = (limit & 0xFFFF)
+        | ((tss_addr & 0xFF_FFFF) << 16)
+        | (0x89 << 40)
+        | (((limit >> 16) & 0xF) << 48)
+        | (((tss_addr >> 24) & 0xFF) << 56);
+    let gdt: [u64; 5] = [0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, low, tss_addr >> 32];
+    let ptr = DescriptorPointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: area + GDT_OFF };
+    // SAFETY: `area` is this CPU's own zeroed, identity-mapped frames (the
+    // caller allocated them for it); the GDT and TSS written there are
+    // never moved or freed, and the selectors match the boot CPU's.
     unsafe {
+        for (i, d) in gdt.iter().enumerate() {
+            core::ptr::write_volatile((area + GDT_OFF + 8 * i as u64) as *mut u64, *d);
+        }
+        let tss = tss_addr as *mut Tss;
+        core::ptr::write_unaligned(
+            tss,
+            Tss {
+                reserved0: 0,
+                rsp: [0; 3],
+                reserved1: 0,
+                ist: [area + AP_AREA_FRAMES as u64 * 4096, 0, 0, 0, 0, 0, 0],
+                reserved2: 0,
+                reserved3: 0,
+                iomap_base: size_of::<Tss>() as u16,
+            },
+        );
         core::arch::asm!(
             "lgdt [{ptr}]",
             "push {cs}",
@@ -113,10 +145,12 @@ pub fn load_shared() {
             "mov ds, {ds:x}",
             "mov es, {ds:x}",
             "mov ss, {ds:x}",
+            "ltr {tr:x}",
             ptr = in(reg) &ptr,
             cs = in(reg) KERNEL_CS as u64,
             tmp = out(reg) _,
             ds = in(reg) KERNEL_DS as u64,
+            tr = in(reg) TSS_SEL as u64,
         );
     }
 }

@@ -1,7 +1,7 @@
 //! Starting the application processors (APs) the MADT lists: a real-mode
 //! trampoline copied to a free page below 1 MiB takes each AP from the
 //! INIT-SIPI-SIPI sequence to long mode on the boot CPU's page tables,
-//! with its own stack, and calls the entry the caller registered (which
+//! with its own stack, GDT and TSS, and calls the entry the caller registered (which
 //! enables VMX or SVM on that CPU and parks it until it has work).
 
 use super::bootinfo::BootInfo;
@@ -11,6 +11,9 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Stack each AP gets (frames, identity mapped).
 const AP_STACK_FRAMES: usize = 4;
+/// Each AP's own GDT, TSS and double-fault stack (`gdt::AP_AREA_FRAMES`),
+/// right above its stack in the same allocation.
+const AP_FRAMES: usize = AP_STACK_FRAMES + super::gdt::AP_AREA_FRAMES;
 /// How long an AP has to report after its SIPIs.
 const AP_START_MS: u64 = 200;
 
@@ -22,6 +25,7 @@ const D_CR3: usize = 0x118;
 const D_STACK: usize = 0x120;
 const D_INDEX: usize = 0x128;
 const D_ENTRY: usize = 0x130;
+const D_AREA: usize = 0x138;
 const D_GDT: usize = 0x140; // 4 descriptors
 
 core::arch::global_asm!(
@@ -74,6 +78,7 @@ ap_tramp_lm:
     mov %ax, %ss
     mov 0x120(%rbx), %rsp
     mov 0x128(%rbx), %rdi
+    mov 0x138(%rbx), %rsi
     mov 0x130(%rbx), %rax
     call *%rax
 1:
@@ -111,9 +116,10 @@ fn trampoline_page(bi: &BootInfo) -> Option<u64> {
     })
 }
 
-/// The AP's first Rust code: shared GDT and IDT, then the caller's entry.
-extern "C" fn ap_entry(index: u64) -> ! {
-    super::gdt::load_shared();
+/// The AP's first Rust code: its own GDT and TSS, the shared IDT, then
+/// the caller's entry.
+extern "C" fn ap_entry(index: u64, area: u64) -> ! {
+    super::gdt::init_ap(area);
     super::idt::load();
     let index = usize::try_from(index).unwrap_or(usize::MAX);
     if let Some(cpu) = percpu::get(index) {
@@ -146,8 +152,9 @@ pub struct ApOutcome {
 /// a time, and waits for each to run `main` (or fail, or time out). The
 /// outcome per AP, in order; empty when there is nothing to start or no
 /// place for the trampoline.
-/// `alloc_stack(frames)` gives physically contiguous, identity-mapped
-/// frames for each AP's stack (the frame allocator lives above this layer).
+/// `alloc_stack(frames)` gives physically contiguous, zeroed,
+/// identity-mapped frames for each AP's stack, GDT and TSS (the frame
+/// allocator lives above this layer).
 pub fn start_aps(
     bi: &BootInfo,
     apic_ids: &[u32],
@@ -204,7 +211,7 @@ pub fn start_aps(
         let Some(cpu) = percpu::get(index) else { break };
         cpu.apic_id.store(id, Ordering::SeqCst);
         cpu.state.store(percpu::STATE_STARTING, Ordering::SeqCst);
-        let Some(stack) = alloc_stack(AP_STACK_FRAMES) else {
+        let Some(stack) = alloc_stack(AP_FRAMES) else {
             cpu.state.store(percpu::STATE_FAILED, Ordering::SeqCst);
             out.push(ApOutcome { apic_id: id, index, state: percpu::STATE_FAILED });
             break;
@@ -216,6 +223,7 @@ pub fn start_aps(
             let dst = page as *mut u8;
             core::ptr::copy_nonoverlapping(top.to_le_bytes().as_ptr(), dst.add(D_STACK), 8);
             core::ptr::copy_nonoverlapping((index as u64).to_le_bytes().as_ptr(), dst.add(D_INDEX), 8);
+            core::ptr::copy_nonoverlapping(top.to_le_bytes().as_ptr(), dst.add(D_AREA), 8);
             core::arch::asm!("mfence");
         }
         apic::send_init(id);
