@@ -155,7 +155,11 @@ fuzz_target!(|data: &[u8]| {
             let (frame, expect) = match tag & 3 {
                 0 | 1 => {
                     let plain = if tag & 3 == 0 { envelope(s.last_seq, payload) } else { payload.to_vec() };
-                    let env = decode::<Envelope>(&plain, MAX_MESSAGE).ok().filter(|e| e.seq > s.last_seq);
+                    // The node takes a request numbered above the last one,
+                    // except PUSH_SEQ (reserved for its own pushes).
+                    let env = decode::<Envelope>(&plain, MAX_MESSAGE)
+                        .ok()
+                        .filter(|e| e.seq > s.last_seq && e.seq != mgmt_proto::monitor::PUSH_SEQ);
                     if env.is_none() && !hostile_ok {
                         continue;
                     }
