@@ -8,7 +8,7 @@
 # creates leases A (cluster 1) and B (cluster 2) and the profiles ll, ta, tb.
 mon_setup() {
     B="$TARGET_DIR/release/bmctl"
-    port=$((20000 + RANDOM % 20000))
+    port=$(mon_free_port)
     export BMCTL_CONFIG_DIR=$dir/bmctl
     local kl ka kb la lb nk
     kl=$(mon_key landlord) && ka=$(mon_key tenant-a) && kb=$(mon_key tenant-b) || { fail "bmctl keygen failed"; return 1; }
@@ -31,6 +31,23 @@ mon_setup() {
     : >"$dir/figures.txt"
 }
 mon_bm() { BMCTL_TIMEOUT=30 timeout 200 "$B" "$@"; }
+# A TCP port on 127.0.0.1 nobody listens on, below Linux's ephemeral range
+# (so no outgoing connection holds it either).
+mon_free_port() {
+    python3 -c '
+import random, socket
+for _ in range(200):
+    p = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break'
+}
 mon_key() { mon_bm --json keygen "$1" | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])'; }
 mon_jget() { python3 -c 'import sys, json; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2" 2>/dev/null; }
 # mon_watch NAME PROFILE HTTP_PORT [ARGS...]: a watch in the background,
@@ -106,7 +123,8 @@ run_monitor_guest() {
     local K=$ROOT/target/linux/agent
     [[ -s $K/vmlinuz && -s $K/initrd.img ]] || { fail "no agent image in $K: scripts/linux-guest.sh did not build it"; return; }
     mon_setup "$ROOT/tests/e2e/agent.toml" || return
-    local hp_a=$((20000 + RANDOM % 20000)) hp_b=$((20000 + RANDOM % 20000)) hp_l=$((20000 + RANDOM % 20000))
+    local hp_a hp_b hp_l
+    hp_a=$(mon_free_port) hp_b=$(mon_free_port) hp_l=$(mon_free_port)
     mon_bm -p ll landlord image upload "$K/vmlinuz" --name agent-kernel >"$dir/up.txt" 2>&1 || fail "kernel upload failed: $(tail -1 "$dir/up.txt")"
     mon_bm -p ll landlord image upload "$K/initrd.img" --name agent-initrd >>"$dir/up.txt" 2>&1 || fail "initrd upload failed: $(tail -1 "$dir/up.txt")"
     local out vm
@@ -257,7 +275,8 @@ check_monitor_guest() {
 run_monitor_node() {
     local B port boot lease_a lease_b watch_pids=()
     mon_setup "$ROOT/tests/e2e/agent.toml" || return
-    local hp_l=$((20000 + RANDOM % 20000)) hp_a=$((20000 + RANDOM % 20000))
+    local hp_l hp_a
+    hp_l=$(mon_free_port) hp_a=$(mon_free_port)
     cat >"$dir/policy-l.toml" <<EOF
 [[rule]]
 name = "faulting-vm"
