@@ -91,26 +91,6 @@ pub enum Resume {
     },
 }
 
-/// A short name of an event kind, for metrics labels and event lines.
-pub fn kind_name(k: &EventKind) -> &'static str {
-    match k {
-        EventKind::ProbeFailed(_) => "probe-failed",
-        EventKind::ProbeRecovered(_) => "probe-recovered",
-        EventKind::VmStarted => "vm-started",
-        EventKind::VmStopped => "vm-stopped",
-        EventKind::VmFaulted => "vm-faulted",
-        EventKind::AgentAttached => "agent-attached",
-        EventKind::AgentHung => "agent-hung",
-        EventKind::AgentRecovered => "agent-recovered",
-        EventKind::AgentDetached => "agent-detached",
-        EventKind::Service { .. } => "service",
-        EventKind::Action { .. } => "action",
-        EventKind::Suppressed { .. } => "suppressed",
-        EventKind::Notify { .. } => "notify",
-        EventKind::PolicySet { .. } => "policy-set",
-    }
-}
-
 fn owner_name(o: &Owner) -> String {
     match o {
         Owner::Landlord => "landlord".into(),
@@ -120,7 +100,7 @@ fn owner_name(o: &Owner) -> String {
 
 /// The kind with its details, one word: `action:restart-hung:restart-vm:ok`.
 pub fn kind_detail(k: &EventKind) -> String {
-    let base = kind_name(k);
+    let base = k.name();
     match k {
         EventKind::ProbeFailed(p) | EventKind::ProbeRecovered(p) => format!("{base}:{}", p.name()),
         EventKind::Service { name } => format!("{base}:{}", escape_control(name)),
@@ -194,7 +174,7 @@ pub fn event_json(r: &Received) -> Value {
         "seq": e.seq,
         "node_time_ms": e.time_ms,
         "scope": scope_name(&e.scope),
-        "kind": kind_name(&e.kind),
+        "kind": e.kind.name(),
         "detail": kind_detail(&e.kind),
         "text": e.text,
         "event": serde_json::to_value(e).unwrap_or(Value::Null),
@@ -290,7 +270,7 @@ impl View {
             .map(|e| Received { node: node.to_string(), at_ms: now_ms, event: e.clone() })
             .collect();
         for r in &fresh {
-            bump(&mut self.events, (node.to_string(), kind_name(&r.event.kind).to_string()));
+            bump(&mut self.events, (node.to_string(), r.event.kind.name().to_string()));
             if let EventKind::Action { rule, action, ok, .. } = &r.event.kind {
                 bump(&mut self.actions, (node.to_string(), rule.clone(), action.name().to_string(), *ok));
             }

@@ -168,7 +168,7 @@ fn vm_scope(vm: u32, lease: LeaseId, software: bool) -> Scope {
 impl Monitor {
     /// Records an event and logs it on the serial line.
     pub fn record(&mut self, scope: Scope, kind: EventKind, text: &str) {
-        crate::log!("monitor: {} {}", kind_name(&kind), super::escape(text));
+        crate::log!("monitor: {} {}", kind.name(), super::escape(text));
         self.events.record(now_ms(), scope, kind, text);
     }
 
@@ -457,25 +457,6 @@ impl Monitor {
             probes: self.probes.values().cloned().collect(),
             vms: out,
         }
-    }
-}
-
-fn kind_name(k: &EventKind) -> &'static str {
-    match k {
-        EventKind::ProbeFailed(_) => "probe-failed",
-        EventKind::ProbeRecovered(_) => "probe-recovered",
-        EventKind::VmStarted => "vm-started",
-        EventKind::VmStopped => "vm-stopped",
-        EventKind::VmFaulted => "vm-faulted",
-        EventKind::AgentAttached => "agent-attached",
-        EventKind::AgentHung => "agent-hung",
-        EventKind::AgentRecovered => "agent-recovered",
-        EventKind::AgentDetached => "agent-detached",
-        EventKind::Service { .. } => "service",
-        EventKind::Action { .. } => "action",
-        EventKind::Suppressed { .. } => "suppressed",
-        EventKind::Notify { .. } => "notify",
-        EventKind::PolicySet { .. } => "policy-set",
     }
 }
 

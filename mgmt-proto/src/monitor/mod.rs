@@ -383,6 +383,29 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// The kind's short name, as the node's log, event lines and metrics
+    /// labels show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::ProbeFailed(_) => "probe-failed",
+            EventKind::ProbeRecovered(_) => "probe-recovered",
+            EventKind::VmStarted => "vm-started",
+            EventKind::VmStopped => "vm-stopped",
+            EventKind::VmFaulted => "vm-faulted",
+            EventKind::AgentAttached => "agent-attached",
+            EventKind::AgentHung => "agent-hung",
+            EventKind::AgentRecovered => "agent-recovered",
+            EventKind::AgentDetached => "agent-detached",
+            EventKind::Service { .. } => "service",
+            EventKind::Action { .. } => "action",
+            EventKind::Suppressed { .. } => "suppressed",
+            EventKind::Notify { .. } => "notify",
+            EventKind::PolicySet { .. } => "policy-set",
+        }
+    }
+}
+
 /// Whom an event is about, which decides who may see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scope {

@@ -75,6 +75,19 @@ pub fn init() {
         gdt[3] = low;
         gdt[4] = high;
         let ptr = DescriptorPointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: gdt_base() };
+        load(&ptr);
+    }
+}
+
+/// Loads a GDT laid out like the boot CPU's, reloads the segment
+/// registers from it and loads its TSS into TR.
+///
+/// # Safety
+/// `ptr` must describe a GDT with [`KERNEL_CS`], [`KERNEL_DS`] and an
+/// available TSS at [`TSS_SEL`], which stays in place for good.
+unsafe fn load(ptr: &DescriptorPointer) {
+    // SAFETY: the caller vouches for the table; the far return reloads CS.
+    unsafe {
         core::arch::asm!(
             "lgdt [{ptr}]",
             "push {cs}",
@@ -86,7 +99,7 @@ pub fn init() {
             "mov es, {ds:x}",
             "mov ss, {ds:x}",
             "ltr {tr:x}",
-            ptr = in(reg) &ptr,
+            ptr = in(reg) ptr,
             cs = in(reg) KERNEL_CS as u64,
             tmp = out(reg) _,
             ds = in(reg) KERNEL_DS as u64,
@@ -135,22 +148,6 @@ pub fn init_ap(area: u64) {
                 iomap_base: size_of::<Tss>() as u16,
             },
         );
-        core::arch::asm!(
-            "lgdt [{ptr}]",
-            "push {cs}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "mov ds, {ds:x}",
-            "mov es, {ds:x}",
-            "mov ss, {ds:x}",
-            "ltr {tr:x}",
-            ptr = in(reg) &ptr,
-            cs = in(reg) KERNEL_CS as u64,
-            tmp = out(reg) _,
-            ds = in(reg) KERNEL_DS as u64,
-            tr = in(reg) TSS_SEL as u64,
-        );
+        load(&ptr);
     }
 }

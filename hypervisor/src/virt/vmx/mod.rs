@@ -127,15 +127,41 @@ fn adjust(msr_no: u32, want: u32) -> (u32, bool) {
 /// CPU's capabilities (`enable` ran there first): its own VMXON region.
 pub fn enable_ap(cpu: &crate::arch::x86_64::percpu::PerCpu) -> Result<(), &'static str> {
     let caps = CTLS.get().ok_or("VMX is not enabled on the boot CPU")?;
-    // SAFETY: the boot CPU found VMX; an AP of the same node has the same
-    // MSRs. The VMXON frame stays allocated for the node's lifetime.
+    // SAFETY: the boot CPU found VMX; an AP of the same node has the same MSRs.
+    unsafe {
+        unlock_feature_control()?;
+        vmxon(caps, cpu)
+    }
+}
+
+/// Sets IA32_FEATURE_CONTROL's lock and VMX-outside-SMX bits if firmware
+/// left it unlocked; an error if it is locked with VMX off.
+///
+/// # Safety
+/// The CPU must support VMX (the MSR exists).
+unsafe fn unlock_feature_control() -> Result<(), &'static str> {
+    // SAFETY: the caller checked VMX support.
     unsafe {
         let fc = rdmsr(msr::IA32_FEATURE_CONTROL);
         if fc & 1 == 0 {
             wrmsr(msr::IA32_FEATURE_CONTROL, fc | 1 | 4);
         } else if fc & 4 == 0 {
-            return Err("VMX disabled by firmware on this CPU (IA32_FEATURE_CONTROL locked)");
+            return Err("VMX disabled by firmware (IA32_FEATURE_CONTROL locked)");
         }
+    }
+    Ok(())
+}
+
+/// Makes CR0/CR4 satisfy VMX's fixed bits and executes VMXON on this CPU
+/// with a fresh region, which stays allocated for the node's lifetime and
+/// is recorded in `cpu`.
+///
+/// # Safety
+/// The CPU must support VMX with `caps`' fixed bits and revision, and the
+/// feature-control MSR must allow VMXON.
+unsafe fn vmxon(caps: &Caps, cpu: &crate::arch::x86_64::percpu::PerCpu) -> Result<(), &'static str> {
+    // SAFETY: as the caller vouches; the frame is ours alone.
+    unsafe {
         let cr0: u64;
         let cr4: u64;
         core::arch::asm!("mov {}, cr0", out(reg) cr0);
@@ -144,10 +170,10 @@ pub fn enable_ap(cpu: &crate::arch::x86_64::percpu::PerCpu) -> Result<(), &'stat
         let cr4 = ((cr4 | CR4_VMXE) | caps.cr4_fixed0) & caps.cr4_fixed1;
         core::arch::asm!("mov cr0, {}", in(reg) cr0);
         core::arch::asm!("mov cr4, {}", in(reg) cr4);
-        let vmxon = frames::alloc().ok_or("no memory for VMXON region")?;
-        core::ptr::write_volatile(vmxon as *mut u32, caps.revision);
-        x86::bits64::vmx::vmxon(vmxon).map_err(|_| "VMXON failed")?;
-        cpu.vmxon_region.store(vmxon, Ordering::Relaxed);
+        let region = frames::alloc().ok_or("no memory for VMXON region")?;
+        core::ptr::write_volatile(region as *mut u32, caps.revision);
+        x86::bits64::vmx::vmxon(region).map_err(|_| "VMXON failed")?;
+        cpu.vmxon_region.store(region, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -157,12 +183,7 @@ pub fn enable() -> Result<(), &'static str> {
     // SAFETY: CPUID reported VMX; these MSRs and CR4.VMXE exist. VMXON gets a
     // fresh zeroed frame that stays allocated for the node's lifetime.
     unsafe {
-        let fc = rdmsr(msr::IA32_FEATURE_CONTROL);
-        if fc & 1 == 0 {
-            wrmsr(msr::IA32_FEATURE_CONTROL, fc | 1 | 4);
-        } else if fc & 4 == 0 {
-            return Err("VMX disabled by firmware (IA32_FEATURE_CONTROL locked)");
-        }
+        unlock_feature_control()?;
         let basic = rdmsr(msr::IA32_VMX_BASIC);
         let true_ctls = basic & (1 << 55) != 0;
         let (pin_msr, proc_msr, exit_msr, entry_msr) = if true_ctls {
@@ -226,18 +247,7 @@ pub fn enable() -> Result<(), &'static str> {
             ept_vpid_cap: rdmsr(msr::IA32_VMX_EPT_VPID_CAP),
         };
         // Host CR0/CR4 must satisfy the fixed bits in VMX operation.
-        let cr0: u64;
-        let cr4: u64;
-        core::arch::asm!("mov {}, cr0", out(reg) cr0);
-        core::arch::asm!("mov {}, cr4", out(reg) cr4);
-        let cr0 = (cr0 | caps.cr0_fixed0) & caps.cr0_fixed1;
-        let cr4 = ((cr4 | CR4_VMXE) | caps.cr4_fixed0) & caps.cr4_fixed1;
-        core::arch::asm!("mov cr0, {}", in(reg) cr0);
-        core::arch::asm!("mov cr4, {}", in(reg) cr4);
-        let vmxon = frames::alloc().ok_or("no memory for VMXON region")?;
-        core::ptr::write_volatile(vmxon as *mut u32, caps.revision);
-        x86::bits64::vmx::vmxon(vmxon).map_err(|_| "VMXON failed")?;
-        crate::arch::x86_64::percpu::current().vmxon_region.store(vmxon, Ordering::Relaxed);
+        vmxon(&caps, crate::arch::x86_64::percpu::current())?;
         REVISION.store(u64::from(caps.revision), Ordering::Relaxed);
         CTLS.call_once(|| caps);
 
