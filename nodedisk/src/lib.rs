@@ -21,9 +21,33 @@
 //! bounds-checked and every structure is MACed under a key derived from the
 //! seal key; a bad structure is an error value, never a panic.
 //!
-//! Single-threaded: the device is shared between the node and its open
-//! volumes through `Rc<RefCell<D>>`, so none of these types is `Send`. The
-//! hypervisor drives the disk from one CPU (or behind its own lock).
+//! # Several CPUs and the lock order
+//!
+//! The device is shared between the node and its open volumes through
+//! `Arc<spin::Mutex<D>>`, and each open volume through an
+//! `Arc<spin::Mutex<..>>` slot held by its [`VolumeHandle`] (the node keeps
+//! a `Weak` to it). So with `D: Send`, [`NodeDisk`] is `Send` and
+//! [`VolumeHandle`] and [`SharedDevice`] are `Send + Sync`: a VM's handle
+//! does its I/O on the CPU running the VM while the boot CPU uses the node
+//! (`&mut NodeDisk` itself is one CPU at a time). There are two kinds of
+//! lock, always taken in this order:
+//!
+//! 1. a **volume slot** (one per open volume): held by each
+//!    [`VolumeHandle`] call for its duration, and by [`NodeDisk`] while it
+//!    deletes, re-keys or re-initialises that open volume;
+//! 2. the **device**: held by [`SharedDevice`] for one device call
+//!    (read/write of blocks, flush, barrier) and nothing else.
+//!
+//! No code holds the device lock while taking a slot lock, or holds two
+//! slot locks at once; the node's own structures (header, key store,
+//! table) take the device lock alone. Spin locks do not detect
+//! re-entry (a `RefCell` would have panicked; a spin lock taken twice on
+//! one CPU spins forever), so callers must keep to the order too: do not
+//! lock [`NodeDisk::device`] around a call into this crate, and do not use
+//! these types from an interrupt handler that may have interrupted a
+//! holder on the same CPU. A handle's call waits while the node re-keys or
+//! rebuilds its volume; the node's delete/re-key waits for a handle's call
+//! in progress.
 #![no_std]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 

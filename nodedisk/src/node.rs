@@ -24,14 +24,14 @@
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
-use alloc::rc::{Rc, Weak};
 use alloc::string::String;
+use alloc::sync::{Arc, Weak};
 use alloc::vec;
 use alloc::vec::Vec;
 use blockcrypt::keys::SecretKey;
 use blockcrypt::{DiskKey, IntegrityError, LandlordKey, RekeyReport, TenantKey, Volume, VolumeError, VolumeId};
-use core::cell::RefCell;
 use core::fmt;
+use spin::Mutex;
 use zeroize::Zeroize;
 
 use crate::crypto::{mac, mac_ok, unwrap, wrap, Entropy, SealKey, RANDOM_LEN};
@@ -48,7 +48,11 @@ const TABLE_BLOCKS: u32 = 8;
 const SECTORS_PER_BLOCK: u64 = (BLOCK_SIZE / SECTOR_SIZE) as u64;
 
 type Vol<D> = Volume<SharedDevice<D>>;
-type Slot<D> = Rc<RefCell<Option<Vol<D>>>>;
+/// An open volume, shared by its [`VolumeHandle`] (strong) and the node's
+/// open-volume map (weak). `None` once the volume is deleted. Its lock is
+/// the outer one: it may be held while the device is locked, never the
+/// other way round (see the crate documentation).
+type Slot<D> = Arc<Mutex<Option<Vol<D>>>>;
 
 /// Whether `dev` carries a node header (either copy has the magic). Only a
 /// disk for which this is `false` may be formatted: a damaged or foreign
@@ -96,7 +100,7 @@ pub struct NodeDisk<D: BlockDevice> {
     landlord: LandlordKey,
     tenants: BTreeMap<LeaseId, TenantKey>,
     table: VolumeTable,
-    open: BTreeMap<String, Weak<RefCell<Option<Vol<D>>>>>,
+    open: BTreeMap<String, Weak<Mutex<Option<Vol<D>>>>>,
 }
 
 impl<D: BlockDevice> fmt::Debug for NodeDisk<D> {
@@ -254,7 +258,7 @@ impl<D: BlockDevice> NodeDisk<D> {
         if is_formatted(&mut dev)? {
             return Err(DiskError::AlreadyFormatted);
         }
-        let root = SharedDevice::whole(Rc::new(RefCell::new(dev)));
+        let root = SharedDevice::whole(Arc::new(Mutex::new(dev)));
         let e = Entropy::new(random);
         let node_id = NodeId(e.id(b"node id")?);
         let mut header = NodeHeader::layout(node_id, root.block_count(), KEYSTORE_BLOCKS, TABLE_BLOCKS)?;
@@ -300,7 +304,7 @@ impl<D: BlockDevice> NodeDisk<D> {
     /// (another node's disk, or another seal key), [`DiskError::Corrupt`]
     /// (both copies of a structure bad), or device errors.
     pub fn open(dev: D, seal_key: SealKey, random: &[u8; RANDOM_LEN]) -> Result<Self, DiskError> {
-        let mut root = SharedDevice::whole(Rc::new(RefCell::new(dev)));
+        let mut root = SharedDevice::whole(Arc::new(Mutex::new(dev)));
         let header = read_header(&mut root, &seal_key)?;
         if root.block_count() < header.disk_blocks {
             return Err(DiskError::DiskTooSmall { blocks: root.block_count() });
@@ -361,14 +365,16 @@ impl<D: BlockDevice> NodeDisk<D> {
     /// [`DiskError::Busy`] while a [`VolumeHandle`] is alive.
     pub fn into_device(self) -> Result<D, DiskError> {
         let Self { root, .. } = self;
-        let rc = Rc::clone(root.shared());
+        let arc = Arc::clone(root.shared());
         drop(root);
-        Rc::try_unwrap(rc).map(RefCell::into_inner).map_err(|_| DiskError::Busy)
+        Arc::try_unwrap(arc).map(Mutex::into_inner).map_err(|_| DiskError::Busy)
     }
 
     /// The shared device (e.g. to flush it, or for tests to tamper with it).
+    /// Its lock is the innermost one (see the crate documentation): hold it
+    /// only for device calls, and call nothing of this crate meanwhile.
     #[must_use]
-    pub fn device(&self) -> &Rc<RefCell<D>> {
+    pub fn device(&self) -> &Arc<Mutex<D>> {
         self.root.shared()
     }
 
@@ -494,24 +500,24 @@ impl<D: BlockDevice> NodeDisk<D> {
         if vol.sector_count() != entry.crypt_sectors() || vol.volume_id() != entry.id {
             return Err(DiskError::Corrupt { what: "volume header" });
         }
-        let slot = Rc::new(RefCell::new(Some(vol)));
-        self.open.insert(String::from(name), Rc::downgrade(&slot));
+        let slot = Arc::new(Mutex::new(Some(vol)));
+        self.open.insert(String::from(name), Arc::downgrade(&slot));
         Ok(VolumeHandle { name: String::from(name), sectors: entry.sectors, slot, bounce: Box::new([0; BLOCK_SIZE]) })
     }
 
     /// Deletes a volume: removes it from the table, then wipes its header
     /// blocks (its wrapped volume key), so its data is unreadable even with
     /// `K_L`. An open handle to it is revoked (its I/O fails with
-    /// [`DiskError::NoSuchVolume`]).
+    /// [`DiskError::NoSuchVolume`]); a call of that handle in progress on
+    /// another CPU is waited for.
     ///
     /// # Errors
-    /// [`DiskError::NoSuchVolume`], [`DiskError::Busy`] (its handle is in
-    /// the middle of a call), or device errors.
+    /// [`DiskError::NoSuchVolume`], or device errors.
     pub fn delete_volume(&mut self, name: &str) -> Result<(), DiskError> {
         let entry = self.table.find(name).ok_or(DiskError::NoSuchVolume)?.clone();
         if let Some(slot) = self.live(name) {
-            let mut s = slot.try_borrow_mut().map_err(|_| DiskError::Busy)?;
-            *s = None;
+            // Slot lock only (dropping the volume does no I/O).
+            *slot.lock() = None;
         }
         self.open.remove(name);
         let mut table = self.table.clone();
@@ -601,11 +607,12 @@ impl<D: BlockDevice> NodeDisk<D> {
     /// Re-keys one volume keeping its data: every written sector is
     /// re-encrypted under a fresh volume key (from `random`), wrapped under
     /// the volume's current disk key. Crash-safe (blockcrypt records the
-    /// progress; the next open finishes it). Works on an open volume too.
+    /// progress; the next open finishes it). Works on an open volume too:
+    /// a call of its handle in progress on another CPU is waited for, and
+    /// the handle's calls wait while the re-key runs.
     ///
     /// # Errors
-    /// [`DiskError::NoSuchVolume`], [`DiskError::Busy`] (its handle is in
-    /// the middle of a call), [`DiskError::Corrupt`], or device errors.
+    /// [`DiskError::NoSuchVolume`], [`DiskError::Corrupt`], or device errors.
     pub fn rekey_volume(&mut self, name: &str, random: &[u8; RANDOM_LEN]) -> Result<RekeyReport, DiskError> {
         let entry = self.table.find(name).ok_or(DiskError::NoSuchVolume)?.clone();
         if self.is_stale(&entry) {
@@ -614,7 +621,8 @@ impl<D: BlockDevice> NodeDisk<D> {
         let key = self.disk_key(&entry)?;
         let seed = Entropy::new(random).seed(entry.id)?;
         if let Some(slot) = self.live(name) {
-            let mut s = slot.try_borrow_mut().map_err(|_| DiskError::Busy)?;
+            // Slot lock, then (inside `rekey`, one call at a time) the device lock.
+            let mut s = slot.lock();
             let vol = s.as_mut().ok_or(DiskError::NoSuchVolume)?;
             return vol.rekey(key, &seed).map_err(|e| volume_error(name, e));
         }
@@ -657,18 +665,20 @@ impl<D: BlockDevice> NodeDisk<D> {
             let key = self.disk_key(entry)?;
             let seed = e.seed(entry.id)?;
             let live = self.live(&entry.name);
-            if let Some(slot) = &live {
+            // An open volume's slot stays locked while it is rebuilt (slot
+            // lock, then the device lock inside `create`), so its handle
+            // waits and then sees the new volume, never a missing one.
+            let mut held = live.as_ref().map(|slot| slot.lock());
+            if let Some(s) = held.as_mut() {
                 // Drop the old volume (and its keys) before rebuilding it.
-                let mut s = slot.try_borrow_mut().map_err(|_| DiskError::Busy)?;
-                *s = None;
+                **s = None;
             }
             let dev =
                 self.root.sub(entry.start_block, entry.blocks).ok_or(DiskError::Corrupt { what: "volume table" })?;
             let vol =
                 Volume::create(dev, key, entry.crypt_sectors(), &seed).map_err(|err| volume_error(&entry.name, err))?;
-            if let Some(slot) = live {
-                let mut s = slot.try_borrow_mut().map_err(|_| DiskError::Busy)?;
-                *s = Some(vol);
+            if let Some(s) = held.as_mut() {
+                **s = Some(vol);
             }
             changed = true;
         }
@@ -750,6 +760,11 @@ fn block_chunks(mut pos: u64, end: u64) -> impl Iterator<Item = BlockChunk> {
 /// and addresses are in 512-byte sectors; unaligned requests are
 /// read-modify-write of the underlying 4 KiB encrypted blocks (each of
 /// which is old or new after a crash). Dropping it closes the volume.
+///
+/// `Send + Sync` when `D: Send`: a VM's handle may be used on the CPU
+/// running that VM while the node uses [`NodeDisk`] on another. Each call
+/// holds the volume's lock for its duration and the device lock for one
+/// device call at a time (slot, then device; see the crate documentation).
 pub struct VolumeHandle<D: BlockDevice> {
     name: String,
     sectors: u64,
@@ -797,7 +812,7 @@ impl<D: BlockDevice> VolumeHandle<D> {
     /// [`DiskError::NoSuchVolume`] (deleted), or device errors.
     pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), DiskError> {
         let (pos, end) = self.range(sector, buf.len())?;
-        let mut slot = self.slot.try_borrow_mut().map_err(|_| DiskError::Busy)?;
+        let mut slot = self.slot.lock();
         let vol = slot.as_mut().ok_or(DiskError::NoSuchVolume)?;
         let err = |e| volume_error(&self.name, e);
         let mut bounced = false;
@@ -827,7 +842,7 @@ impl<D: BlockDevice> VolumeHandle<D> {
     /// [`DiskError::BadLength`], [`DiskError::NoSuchVolume`], or device errors.
     pub fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), DiskError> {
         let (pos, end) = self.range(sector, data.len())?;
-        let mut slot = self.slot.try_borrow_mut().map_err(|_| DiskError::Busy)?;
+        let mut slot = self.slot.lock();
         let vol = slot.as_mut().ok_or(DiskError::NoSuchVolume)?;
         let err = |e| volume_error(&self.name, e);
         let mut bounced = false;
@@ -856,7 +871,7 @@ impl<D: BlockDevice> VolumeHandle<D> {
     /// # Errors
     /// [`DiskError::NoSuchVolume`] (deleted), or device errors.
     pub fn flush(&mut self) -> Result<(), DiskError> {
-        let mut slot = self.slot.try_borrow_mut().map_err(|_| DiskError::Busy)?;
+        let mut slot = self.slot.lock();
         let vol = slot.as_mut().ok_or(DiskError::NoSuchVolume)?;
         vol.flush().map_err(|e| volume_error(&self.name, e))
     }

@@ -2,19 +2,22 @@
 //! `blockcrypt::Volume` that wants to own its device) and the node's own
 //! structures can live on one disk at the same time.
 
-use alloc::rc::Rc;
-use core::cell::RefCell;
+use alloc::sync::Arc;
+use spin::Mutex;
 
 use crate::{BlockDevice, DeviceError, BLOCK_SIZE};
 
 /// Blocks `[start, start + blocks)` of a device shared through
-/// `Rc<RefCell<D>>`, seen as blocks `0..blocks`. Single-threaded (not
-/// `Send`): the hypervisor drives the disk from one CPU. A re-entrant
-/// access (which the crate never makes) is reported as [`DeviceError::Io`]
-/// rather than a panic.
+/// `Arc<spin::Mutex<D>>`, seen as blocks `0..blocks`. `Send` and `Sync`
+/// when `D: Send`: views on several CPUs take turns on the device. The
+/// device lock is held for one device call ([`BlockDevice::read_block`],
+/// [`BlockDevice::write_blocks`], ...) and never while anything else is
+/// locked by this crate, so it is the innermost lock (see the crate
+/// documentation). It is a spin lock: a caller that already holds it (a
+/// re-entrant access, which the crate never makes) spins forever.
 #[derive(Debug)]
 pub struct SharedDevice<D> {
-    dev: Rc<RefCell<D>>,
+    dev: Arc<Mutex<D>>,
     start: u64,
     blocks: u64,
 }
@@ -22,8 +25,8 @@ pub struct SharedDevice<D> {
 impl<D: BlockDevice> SharedDevice<D> {
     /// The whole device.
     #[must_use]
-    pub fn whole(dev: Rc<RefCell<D>>) -> Self {
-        let blocks = dev.try_borrow().map(|d| d.block_count()).unwrap_or(0);
+    pub fn whole(dev: Arc<Mutex<D>>) -> Self {
+        let blocks = dev.lock().block_count();
         Self { dev, start: 0, blocks }
     }
 
@@ -35,12 +38,12 @@ impl<D: BlockDevice> SharedDevice<D> {
         if end > self.blocks {
             return None;
         }
-        Some(Self { dev: Rc::clone(&self.dev), start: self.start.checked_add(start)?, blocks })
+        Some(Self { dev: Arc::clone(&self.dev), start: self.start.checked_add(start)?, blocks })
     }
 
     /// The shared device.
     #[must_use]
-    pub fn shared(&self) -> &Rc<RefCell<D>> {
+    pub fn shared(&self) -> &Arc<Mutex<D>> {
         &self.dev
     }
 
@@ -51,9 +54,9 @@ impl<D: BlockDevice> SharedDevice<D> {
         self.start.checked_add(index).ok_or(DeviceError::OutOfRange { block: index })
     }
 
+    /// Runs one device call under the device lock (the innermost lock).
     fn with<R>(&self, f: impl FnOnce(&mut D) -> Result<R, DeviceError>) -> Result<R, DeviceError> {
-        let mut d = self.dev.try_borrow_mut().map_err(|_| DeviceError::Io)?;
-        f(&mut d)
+        f(&mut self.dev.lock())
     }
 }
 
@@ -97,8 +100,8 @@ mod tests {
 
     #[test]
     fn windows_are_bounded_and_offset() {
-        let dev = Rc::new(RefCell::new(MemDevice::new(10).unwrap()));
-        let whole = SharedDevice::whole(Rc::clone(&dev));
+        let dev = Arc::new(Mutex::new(MemDevice::new(10).unwrap()));
+        let whole = SharedDevice::whole(Arc::clone(&dev));
         assert_eq!(whole.block_count(), 10);
         assert!(whole.sub(8, 3).is_none());
         assert!(whole.sub(u64::MAX, 2).is_none());
@@ -107,14 +110,14 @@ mod tests {
         a.write_block(0, &[1; BLOCK_SIZE]).unwrap();
         b.write_block(1, &[2; BLOCK_SIZE]).unwrap();
         assert_eq!(a.write_block(3, &[3; BLOCK_SIZE]), Err(DeviceError::OutOfRange { block: 3 }));
-        let img = dev.borrow().image().to_vec();
+        let img = dev.lock().image().to_vec();
         assert!(img[2 * BLOCK_SIZE..3 * BLOCK_SIZE].iter().all(|&x| x == 1));
         assert!(img[4 * BLOCK_SIZE..5 * BLOCK_SIZE].iter().all(|&x| x == 2));
         let mut r = [0; BLOCK_SIZE];
         b.read_block(1, &mut r).unwrap();
         assert_eq!(r, [2; BLOCK_SIZE]);
-        // A re-entrant borrow is an error, not a panic.
-        let _held = dev.borrow_mut();
-        assert_eq!(a.read_block(0, &mut r), Err(DeviceError::Io));
+        // Every access takes the lock and lets it go again.
+        assert!(!dev.is_locked());
+        assert!(dev.try_lock().is_some());
     }
 }

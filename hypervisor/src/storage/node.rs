@@ -194,7 +194,7 @@ impl Storage {
         let mut buf = alloc::boxed::Box::new([0u8; BLOCK_SIZE]);
         self.disk
             .device()
-            .borrow_mut()
+            .lock()
             .read_block(block, &mut buf)
             .map_err(|e| format!("reading header block {block}: {e:?}"))?;
         let read = nodedisk::NodeHeader::decode(&buf[..]).map_err(|e| format!("header block {block}: {e:?}"))?;
@@ -246,7 +246,7 @@ impl Storage {
 
     /// Whether volumes live on a physical disk (not in memory).
     pub fn is_physical(&self) -> bool {
-        matches!(&*self.disk.device().borrow(), AnyDisk::Phys(_))
+        matches!(&*self.disk.device().lock(), AnyDisk::Phys(_))
     }
 
     /// The volume holding uploaded images (landlord-owned, under K_L),

@@ -409,9 +409,9 @@ fn crash_everywhere(base: &MemDevice, op: &dyn Fn(&mut Node) -> Result<(), DiskE
     let mut n = NodeDisk::open(base.clone(), seal(), &rnd()).unwrap();
     let old = state(&mut n);
     let old_kl = n.store.landlord.to_bytes();
-    let start = n.device().borrow().writes();
+    let start = n.device().lock().writes();
     op(&mut n).unwrap();
-    let total = n.device().borrow().writes() - start;
+    let total = n.device().lock().writes() - start;
     let new = state(&mut n);
     assert_ne!(old, new);
     let new_kl = n.store.landlord.to_bytes();
@@ -419,7 +419,7 @@ fn crash_everywhere(base: &MemDevice, op: &dyn Fn(&mut Node) -> Result<(), DiskE
     for k in 0..total {
         for torn in [0, 512, 2048, 3584, 4096] {
             let mut n = NodeDisk::open(base.clone(), seal(), &rnd()).unwrap();
-            n.device().borrow_mut().crash_after(k, torn);
+            n.device().lock().crash_after(k, torn);
             assert!(op(&mut n).is_err(), "crash point {k} not hit");
             let mut dev = n.into_device().unwrap();
             dev.power_on();
@@ -469,12 +469,12 @@ fn crash_during_rekey_keeps_data() {
     let base = base();
     let mut n = NodeDisk::open(base.clone(), seal(), &rnd()).unwrap();
     let old = state(&mut n);
-    let start = n.device().borrow().writes();
+    let start = n.device().lock().writes();
     n.rekey_volume("b", &rnd()).unwrap();
-    let total = n.device().borrow().writes() - start;
+    let total = n.device().lock().writes() - start;
     for k in 0..total {
         let mut n = NodeDisk::open(base.clone(), seal(), &rnd()).unwrap();
-        n.device().borrow_mut().crash_after(k, 1024);
+        n.device().lock().crash_after(k, 1024);
         assert!(n.rekey_volume("b", &rnd()).is_err());
         let mut dev = n.into_device().unwrap();
         dev.power_on();
