@@ -178,7 +178,10 @@ boot_engine() {
     case $engine in
     qemu-tcg | qemu-kvm)
         ensure_cmds qemu-system-x86_64
-        local accel=(-accel tcg -cpu qemu64,+svm,+npt,+rdrand)
+        # With several CPUs, one host thread each (multi-threaded TCG).
+        local tcg=tcg
+        [[ ${BM_QEMU_SMP:-1} -gt 1 ]] && tcg=tcg,thread=multi
+        local accel=(-accel "$tcg" -cpu qemu64,+svm,+npt,+rdrand)
         [[ $engine == qemu-kvm ]] && accel=(-accel kvm -cpu host)
         timeout "$secs" qemu-system-x86_64 "${accel[@]}" -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \

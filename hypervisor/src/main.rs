@@ -171,15 +171,18 @@ static AP_ERRORS: spin::Mutex<[Option<&'static str>; arch::x86_64::percpu::MAX_C
     spin::Mutex::new([None; arch::x86_64::percpu::MAX_CPUS]);
 
 /// Runs on each application processor once it is in long mode: enables
-/// the boot CPU's backend there, says how it went, and returns to be
-/// parked (VMs run on the boot CPU until per-CPU scheduling exists).
+/// the boot CPU's backend there, says how it went, and then runs the vCPUs
+/// placed on it for good (or returns to be parked when it cannot).
 fn ap_main(index: usize) {
     use arch::x86_64::percpu;
     use core::sync::atomic::Ordering;
     let Some(cpu) = percpu::get(index) else { return };
     let backend = if AP_BACKEND.load(Ordering::SeqCst) == 1 { virt::Backend::Vmx } else { virt::Backend::Svm };
     match virt::enable_ap(backend, cpu) {
-        Ok(()) => cpu.state.store(percpu::STATE_UP, Ordering::SeqCst),
+        Ok(()) => {
+            cpu.state.store(percpu::STATE_UP, Ordering::SeqCst);
+            vm::scheduler::ap_loop(index)
+        }
         Err(why) => {
             if let Some(slot) = AP_ERRORS.lock().get_mut(index) {
                 *slot = Some(why);
@@ -224,7 +227,7 @@ fn start_application_processors(bi: &bootinfo::BootInfo, platform: &acpi::Platfo
     }
     let ids: alloc::vec::Vec<alloc::string::String> = up.iter().map(|i| alloc::format!("{i}")).collect();
     log!(
-        "smp: {} application processor(s) up (APIC {}), {} enabled on each; parked (VMs run on the boot CPU)",
+        "smp: {} application processor(s) up (APIC {}), {} enabled on each; each runs the vCPUs placed on it",
         up.len(),
         if ids.is_empty() { alloc::string::String::from("none") } else { ids.join(", ") },
         backend.name()

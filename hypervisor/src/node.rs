@@ -7,7 +7,8 @@ use crate::mgmt::Mgmt;
 use crate::net::node::Network;
 use crate::virt::{Backend, StopReason};
 use crate::vm::build::{build_vm, ImageSource, NodeResources};
-use crate::vm::scheduler::{run_slice, SLICE_MS};
+use crate::vm::runq;
+use crate::vm::scheduler::{self, run_slot, SLICE_MS};
 use crate::vm::Vm;
 use alloc::vec::Vec;
 use vmm_config::config::NodeConfig;
@@ -134,40 +135,37 @@ impl Node<'_> {
 }
 
 /// Runs VMs until every one has stopped (and, with `stay_up`, keeps serving
-/// the network and management plane), or the landlord ends it.
+/// the network and management plane), or the landlord ends it. The boot
+/// CPU runs the slices of the vCPUs placed on it with a node round after
+/// each; the other CPUs run theirs on their own (`scheduler::ap_loop`).
 pub fn run_node(vms: &mut Vec<Vm>, node: &mut Node<'_>, stay_up: bool) -> End {
     let slice = SLICE_MS * time::tsc_per_ms();
     let mut announced = false;
     let mut was_suspended = false;
     loop {
-        // A landlord suspend pauses every VM in place; the node keeps
-        // serving the network and the management plane.
+        // A landlord suspend pauses every VM in place, on every CPU; the
+        // node keeps serving the network and the management plane.
         let suspended = node.mgmt.as_ref().is_some_and(|m| m.state.suspended);
         if suspended != was_suspended {
             crate::log!("node: {}", if suspended { "suspended by the landlord (VMs paused)" } else { "resumed" });
             was_suspended = suspended;
+            scheduler::set_paused(suspended);
         }
-        if suspended {
-            if let Some(end) = node.round(vms) {
-                return stop_all(vms, end);
+        let mut i = 0;
+        while let Some(slot) = runq::get(0, i) {
+            i += 1;
+            if run_slot(&slot, slice) {
+                if let Some(end) = node.round(vms) {
+                    return stop_all(vms, end);
+                }
             }
-            core::hint::spin_loop();
-            continue;
         }
-        let mut any = false;
         for i in 0..vms.len() {
-            let Some(vm) = vms.get_mut(i) else { continue };
-            if !vm.is_running() {
-                continue;
-            }
-            any = true;
-            run_slice(vm, slice);
-            node.restart_after_reset(vms, i);
-            if let Some(end) = node.round(vms) {
-                return stop_all(vms, end);
+            if vms.get_mut(i).is_some_and(|v| v.sync()) {
+                node.restart_after_reset(vms, i);
             }
         }
-        if !any {
+        if !vms.iter().any(|v| v.is_running()) {
             if !stay_up {
                 return End::Idle;
             }
@@ -175,13 +173,13 @@ pub fn run_node(vms: &mut Vec<Vm>, node: &mut Node<'_>, stay_up: bool) -> End {
                 crate::log!("node: all VMs stopped; staying up for the management plane (keep_running)");
                 announced = true;
             }
-            if let Some(end) = node.round(vms) {
-                return stop_all(vms, end);
-            }
-            core::hint::spin_loop();
         } else {
             announced = false;
         }
+        if let Some(end) = node.round(vms) {
+            return stop_all(vms, end);
+        }
+        core::hint::spin_loop();
     }
 }
 

@@ -44,8 +44,9 @@ pub struct Env<'a> {
     pub irq: &'a mut IrqLatch,
 }
 
-/// A device on a bus.
-pub trait BusDevice {
+/// A device on a bus; `Send` because the CPU running a vCPU reaches its
+/// VM's buses while the node (another CPU) holds them too.
+pub trait BusDevice: Send {
     /// A read of `data.len()` bytes at `offset` from the device's base.
     fn read(&mut self, offset: u64, data: &mut [u8], env: &mut Env<'_>);
     /// A write of `data` at `offset` from the device's base.

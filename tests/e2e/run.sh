@@ -50,12 +50,36 @@ no_hypervisor_fault() { refuse "HYPERVISOR (FAULT|PANIC)|BMonitor: fatal"; }
 backend_for() { case $1 in bochs) echo vmx ;; *) echo svm ;; esac; }
 
 # The demo with two CPUs (smp-*): the second is started, enables the
-# backend and is parked; the VMs run as with one.
+# backend and runs its share of the VMs; every VM does what it does on one.
 check_smp() {
     check_demo
     want "^acpi: 2 CPU\(s\)"
-    want "^smp: 1 application processor\(s\) up \(APIC 1\), $(backend_for "$engine") enabled on each; parked"
+    want "^smp: 1 application processor\(s\) up \(APIC 1\), $(backend_for "$engine") enabled on each; each runs the vCPUs placed on it"
     refuse "^smp: .*(did not come up|cannot run VMs|not started)"
+    want "^vm web-1: placed on CPU 0$"
+    want "^vm web-2: placed on CPU 1$"
+}
+
+# cpu_ms NAME: the CPU time a stopped VM's summary line reports.
+cpu_ms() { grep -Eo "^vm $1 stopped: .* cpu-time=[0-9]+ms" "$log" | grep -Eo "cpu-time=[0-9]+" | cut -d= -f2; }
+
+# Two CPU-bound VMs on a 2-CPU node (smp-pair-*): placed on different CPUs,
+# they run at the same time, so each gets (nearly) its whole 1.5 s run as
+# CPU time; on one CPU they would get about half each.
+check_smp_pair() {
+    no_hypervisor_fault
+    want "^smp: 1 application processor\(s\) up"
+    want "^vm work-a: placed on CPU 0$"
+    want "^vm work-b: placed on CPU 1$"
+    stopped work-a 0 "exit hypercall \(0\)"
+    stopped work-b 0 "exit hypercall \(0\)"
+    want "^\[work-a\] cpuwork done: work=[0-9]+ Mturns"
+    want "^\[work-b\] cpuwork done: work=[0-9]+ Mturns"
+    local a b
+    a=$(cpu_ms work-a) b=$(cpu_ms work-b)
+    [[ -n $a && -n $b ]] || fail "no cpu-time for work-a/work-b"
+    # Each ran 1500 ms of node time; sharing one CPU would give ~750 each.
+    ((a >= 1200 && b >= 1200)) || fail "work-a got ${a} ms and work-b ${b} ms of CPU in 1500 ms each: not run in parallel"
 }
 
 check_demo() {
@@ -1172,6 +1196,7 @@ for engine in $engines; do
     scenarios+=("irq-hostile-$engine $engine $ROOT/tests/e2e/irq-hostile.toml check_irq_hostile")
     scenarios+=("network-$engine $engine $ROOT/tests/e2e/network.toml check_network")
     scenarios+=("smp-$engine $engine $ROOT/boot/configs/demo.toml check_smp")
+    scenarios+=("smp-pair-$engine $engine $ROOT/tests/e2e/smp-pair.toml check_smp_pair")
     [[ $engine == bochs ]] && scenarios+=("disk-mem-bochs bochs $ROOT/tests/e2e/disk-mem.toml check_disk_mem")
     [[ $engine == bochs ]] && scenarios+=("mgmt-serial-bochs bochs NONE check_mgmt_serial")
     [[ $engine == bochs ]] && scenarios+=("linux-bochs bochs $ROOT/tests/e2e/linux-bochs.toml check_linux_bochs")

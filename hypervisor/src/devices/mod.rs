@@ -14,6 +14,7 @@ pub mod virtio;
 
 use alloc::boxed::Box;
 use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
 use pc_devices::bus::{Access, Bus, BusDevice, BusError, Effect, Env, Memory};
 use pc_devices::chipset::{Chipset, PORT_RANGES};
 use pc_devices::irq::IrqLatch;
@@ -95,12 +96,16 @@ impl BusDevice for ChipWindow {
     }
 }
 
-/// Everything a VM's guest can reach besides its RAM.
+/// Everything a VM's guest can reach besides its RAM. Cloning gives
+/// another handle to the same devices: the CPU running the vCPU and the
+/// node (network, management) each hold one; every device sits behind its
+/// own lock, held only for one access, never across a VM entry.
+#[derive(Clone)]
 pub struct VmDevices {
     /// The port space.
-    pub pio: Bus,
+    pub pio: Shared<Bus>,
     /// The MMIO space outside RAM.
-    pub mmio: Bus,
+    pub mmio: Shared<Bus>,
     /// Interrupt controllers and timers.
     pub chip: Shared<Chipset>,
     /// COM1.
@@ -110,12 +115,18 @@ pub struct VmDevices {
     /// The disk, when the VM has one.
     pub disk: Option<Shared<virtio::DiskSlot>>,
     /// The guest agent's relay and the address space that registered it.
-    pub agent: agent::AgentChannel,
+    pub agent: Shared<agent::AgentChannel>,
     /// COM2, the agent's doorbell.
     pub doorbell: Shared<agent::Doorbell>,
-    /// Accesses no device claimed (ports, MMIO).
-    pub unclaimed_pio: u64,
-    pub unclaimed_mmio: u64,
+    /// Accesses no device claimed.
+    pub unclaimed: Arc<Unclaimed>,
+}
+
+/// Guest accesses no device answered, for the stop report and tests.
+#[derive(Default)]
+pub struct Unclaimed {
+    pub pio: AtomicU64,
+    pub mmio: AtomicU64,
 }
 
 /// What a bus access came to.
@@ -160,46 +171,45 @@ impl VmDevices {
             pio.insert(port, 2, None, Box::new(legacy::FirmwareSleepPort))?;
         }
         Ok(VmDevices {
-            pio,
-            mmio,
+            pio: Arc::new(Mutex::new(pio)),
+            mmio: Arc::new(Mutex::new(mmio)),
             chip,
             console,
             nic: None,
             disk: None,
-            agent: agent::AgentChannel::new(),
+            agent: Arc::new(Mutex::new(agent::AgentChannel::new())),
             doorbell,
-            unclaimed_pio: 0,
-            unclaimed_mmio: 0,
+            unclaimed: Arc::new(Unclaimed::default()),
         })
     }
 
     /// Devices of a VM that never ran: a console and a chipset, no buses.
     pub fn bare(name: &str, chip: Chipset) -> VmDevices {
         VmDevices {
-            pio: Bus::default(),
-            mmio: Bus::default(),
+            pio: Arc::new(Mutex::new(Bus::default())),
+            mmio: Arc::new(Mutex::new(Bus::default())),
             chip: Arc::new(Mutex::new(chip)),
             console: Arc::new(Mutex::new(console::Console::new(name))),
             nic: None,
             disk: None,
-            agent: agent::AgentChannel::new(),
+            agent: Arc::new(Mutex::new(agent::AgentChannel::new())),
             doorbell: Arc::new(Mutex::new(agent::Doorbell::new())),
-            unclaimed_pio: 0,
-            unclaimed_mmio: 0,
+            unclaimed: Arc::new(Unclaimed::default()),
         }
     }
 
     /// Rings the agent's doorbell if the relay has news for it.
-    pub fn ring_agent(&mut self) {
+    pub fn ring_agent(&self) {
+        let mut agent = self.agent.lock();
         let mut bell = self.doorbell.lock();
-        self.agent.ring_if_needed(&mut bell);
+        agent.ring_if_needed(&mut bell);
     }
 
     /// Gives the VM a virtio-net NIC; returns its base address.
     pub fn attach_nic(&mut self, mac: [u8; 6], port: vswitch::policy::PortId) -> Result<u64, BusError> {
         let (base, gsi) = virtio::slot(virtio::NIC_SLOT);
         let nic = Arc::new(Mutex::new(virtio::NetSlot::new(mac, port)));
-        self.mmio.insert(base, virtio::SLOT_SIZE, Some(gsi), Box::new(Handle(nic.clone())))?;
+        self.mmio.lock().insert(base, virtio::SLOT_SIZE, Some(gsi), Box::new(Handle(nic.clone())))?;
         self.nic = Some(nic);
         Ok(base)
     }
@@ -208,40 +218,52 @@ impl VmDevices {
     pub fn attach_disk(&mut self, disk: crate::storage::GuestDisk) -> Result<u64, BusError> {
         let (base, gsi) = virtio::slot(virtio::DISK_SLOT);
         let slot = virtio::DiskSlot { dev: virtio_dev::MmioDevice::new(virtio_dev::VirtioBlk::new(disk)) };
-        // The volume handle is not Send (it shares the node disk through an
-        // Rc): fine while the node runs on one CPU; SMP must change it.
-        #[allow(clippy::arc_with_non_send_sync)]
         let slot = Arc::new(Mutex::new(slot));
-        self.mmio.insert(base, virtio::SLOT_SIZE, Some(gsi), Box::new(Handle(slot.clone())))?;
+        self.mmio.lock().insert(base, virtio::SLOT_SIZE, Some(gsi), Box::new(Handle(slot.clone())))?;
         self.disk = Some(slot);
         Ok(base)
     }
 
     /// The virtio devices as the firmware tables announce them.
     pub fn virtio_devices(&self) -> alloc::vec::Vec<(u64, u64, u32)> {
-        self.mmio.devices().filter(|d| d.0 >= virtio::WINDOW_BASE).filter_map(|(b, l, g, _)| Some((b, l, g?))).collect()
+        self.mmio
+            .lock()
+            .devices()
+            .filter(|d| d.0 >= virtio::WINDOW_BASE)
+            .filter_map(|(b, l, g, _)| Some((b, l, g?)))
+            .collect()
     }
 
     /// Takes every device off the buses (the VM stopped) and releases the
     /// disk's volume; the NIC handle stays until the network has logged
     /// its counters (it receives nothing: the VM is not running).
+    /// Every handle holding the disk must detach for its volume to close.
     pub fn detach_all(&mut self) {
-        self.pio = Bus::default();
-        self.mmio = Bus::default();
+        *self.pio.lock() = Bus::default();
+        *self.mmio.lock() = Bus::default();
         self.disk = None;
     }
 
-    /// Copies the level-triggered devices' lines into the chipset.
-    pub fn sample_lines(&mut self) {
-        let mut chip = self.chip.lock();
+    /// Copies the level-triggered devices' lines into the chipset. Lock
+    /// order: a bus, then the chipset (never the other way round).
+    pub fn sample_lines(&self) {
+        let mut levels = [(0u32, false); 16];
+        let mut n = 0;
         for bus in [&self.pio, &self.mmio] {
-            for (gsi, level) in bus.irq_levels() {
-                chip.set_gsi(gsi, level);
+            for (gsi, level) in bus.lock().irq_levels() {
+                if let Some(slot) = levels.get_mut(n) {
+                    *slot = (gsi, level);
+                    n += 1;
+                }
             }
+        }
+        let mut chip = self.chip.lock();
+        for &(gsi, level) in levels.iter().take(n) {
+            chip.set_gsi(gsi, level);
         }
     }
 
-    fn finish(&mut self, latch: &mut IrqLatch) {
+    fn finish(&self, latch: &mut IrqLatch) {
         if !latch.is_empty() {
             let mut chip = self.chip.lock();
             for (gsi, level) in latch.drain() {
@@ -252,24 +274,26 @@ impl VmDevices {
     }
 
     /// A port read (all ones where nothing answers, as on a PC).
-    pub fn port_read(&mut self, port: u16, data: &mut [u8], mem: &dyn Memory, now: u64) {
+    pub fn port_read(&self, port: u16, data: &mut [u8], mem: &dyn Memory, now: u64) {
         let mut latch = IrqLatch::default();
         let mut env = Env { now, mem, irq: &mut latch };
-        if self.pio.read(u64::from(port), data, &mut env) == Access::Unclaimed {
-            self.unclaimed_pio += 1;
+        let r = self.pio.lock().read(u64::from(port), data, &mut env);
+        if r == Access::Unclaimed {
+            self.unclaimed.pio.fetch_add(1, Ordering::Relaxed);
             data.fill(0xFF);
         }
         self.finish(&mut latch);
     }
 
     /// A port write.
-    pub fn port_write(&mut self, port: u16, data: &[u8], mem: &dyn Memory, now: u64) -> Effect {
+    pub fn port_write(&self, port: u16, data: &[u8], mem: &dyn Memory, now: u64) -> Effect {
         let mut latch = IrqLatch::default();
         let mut env = Env { now, mem, irq: &mut latch };
-        let effect = match self.pio.write(u64::from(port), data, &mut env) {
+        let r = self.pio.lock().write(u64::from(port), data, &mut env);
+        let effect = match r {
             Access::Device(e) => e,
             Access::Unclaimed => {
-                self.unclaimed_pio += 1;
+                self.unclaimed.pio.fetch_add(1, Ordering::Relaxed);
                 Effect::None
             }
         };
@@ -280,11 +304,11 @@ impl VmDevices {
     /// Whether `gpa` is an emulated MMIO address (the vCPU's local APIC
     /// page, or a device on the bus).
     pub fn claims_mmio(&self, gpa: u64) -> bool {
-        self.chip.lock().lapic_claims(gpa) || self.mmio.contains(gpa) || virtio::in_window(gpa)
+        self.chip.lock().lapic_claims(gpa) || self.mmio.lock().contains(gpa) || virtio::in_window(gpa)
     }
 
     /// An MMIO read; `Outcome::Unclaimed` where nothing is mapped.
-    pub fn mmio_read(&mut self, gpa: u64, data: &mut [u8], mem: &dyn Memory, now: u64) -> Outcome {
+    pub fn mmio_read(&self, gpa: u64, data: &mut [u8], mem: &dyn Memory, now: u64) -> Outcome {
         {
             let mut chip = self.chip.lock();
             if chip.lapic_claims(gpa) {
@@ -297,25 +321,25 @@ impl VmDevices {
         }
         let mut latch = IrqLatch::default();
         let mut env = Env { now, mem, irq: &mut latch };
-        let r = self.mmio.read(gpa, data, &mut env);
+        let r = self.mmio.lock().read(gpa, data, &mut env);
         self.finish(&mut latch);
         match r {
             Access::Device(e) => Outcome::Done(e),
             // An empty virtio slot reads as no device (magic 0).
             Access::Unclaimed if virtio::in_window(gpa) => {
-                self.unclaimed_mmio += 1;
+                self.unclaimed.mmio.fetch_add(1, Ordering::Relaxed);
                 data.fill(0);
                 Outcome::Done(Effect::None)
             }
             Access::Unclaimed => {
-                self.unclaimed_mmio += 1;
+                self.unclaimed.mmio.fetch_add(1, Ordering::Relaxed);
                 Outcome::Unclaimed
             }
         }
     }
 
     /// An MMIO write.
-    pub fn mmio_write(&mut self, gpa: u64, data: &[u8], mem: &dyn Memory, now: u64) -> Outcome {
+    pub fn mmio_write(&self, gpa: u64, data: &[u8], mem: &dyn Memory, now: u64) -> Outcome {
         {
             let mut chip = self.chip.lock();
             if chip.lapic_claims(gpa) {
@@ -325,16 +349,16 @@ impl VmDevices {
         }
         let mut latch = IrqLatch::default();
         let mut env = Env { now, mem, irq: &mut latch };
-        let r = self.mmio.write(gpa, data, &mut env);
+        let r = self.mmio.lock().write(gpa, data, &mut env);
         self.finish(&mut latch);
         match r {
             Access::Device(e) => Outcome::Done(e),
             Access::Unclaimed if virtio::in_window(gpa) => {
-                self.unclaimed_mmio += 1;
+                self.unclaimed.mmio.fetch_add(1, Ordering::Relaxed);
                 Outcome::Done(Effect::None)
             }
             Access::Unclaimed => {
-                self.unclaimed_mmio += 1;
+                self.unclaimed.mmio.fetch_add(1, Ordering::Relaxed);
                 Outcome::Unclaimed
             }
         }

@@ -89,35 +89,36 @@ pub fn handle(
     let reply = match req {
         Request::AgentOpen { vm, op } => {
             let real = running(state, vms, *vm)?;
-            let stream = real.devices.agent.relay.open(op.clone(), now).map_err(ErrorReply::from)?;
+            let stream = real.devices.agent.lock().relay.open(op.clone(), now).map_err(ErrorReply::from)?;
             real.devices.ring_agent();
             Response::AgentStream { stream }
         }
         Request::AgentSend { vm, stream, input } => {
             let real = running(state, vms, *vm)?;
-            real.devices.agent.relay.send(*stream, input.clone(), now).map_err(ErrorReply::from)?;
+            real.devices.agent.lock().relay.send(*stream, input.clone(), now).map_err(ErrorReply::from)?;
             real.devices.ring_agent();
             Response::Done
         }
         Request::AgentPoll { vm, stream, max_bytes } => {
             let real = running(state, vms, *vm)?;
             let max = (*max_bytes as usize).min(MAX_POLL_BYTES);
-            let (events, finished) = real.devices.agent.relay.poll(*stream, max, now).map_err(ErrorReply::from)?;
+            let (events, finished) =
+                real.devices.agent.lock().relay.poll(*stream, max, now).map_err(ErrorReply::from)?;
             real.devices.ring_agent();
             Response::AgentEvents { events, finished }
         }
         Request::AgentStatus { vm } => {
             let real = running(state, vms, *vm)?;
-            Response::Agent(real.devices.agent.relay.status(now))
+            Response::Agent(real.devices.agent.lock().relay.status(now))
         }
         Request::AgentLog { vm, from } => {
             let real = running(state, vms, *vm)?;
-            let (entries, next) = real.devices.agent.relay.log_since(*from, LOG_PAGE);
+            let (entries, next) = real.devices.agent.lock().relay.log_since(*from, LOG_PAGE);
             Response::AgentLog { entries, next }
         }
         Request::AgentHeartbeat { vm, period_ms, timeout_ms } => {
             let real = running(state, vms, *vm)?;
-            real.devices.agent.relay.set_heartbeat(*period_ms, *timeout_ms).map_err(ErrorReply::from)?;
+            real.devices.agent.lock().relay.set_heartbeat(*period_ms, *timeout_ms).map_err(ErrorReply::from)?;
             real.devices.ring_agent();
             Response::Done
         }
@@ -131,7 +132,7 @@ pub fn handle(
 pub fn tick(vms: &mut [crate::vm::Vm]) {
     let now = now_ms();
     for vm in vms.iter_mut().filter(|v| v.is_running()) {
-        vm.devices.agent.relay.tick(now);
+        vm.devices.agent.lock().relay.tick(now);
         vm.devices.ring_agent();
     }
 }

@@ -293,7 +293,7 @@ impl Monitor {
                 notes.push((vm_scope(id.0, lease, false), kind, format!("{} stopped: {why}", w.spec.name)));
             }
             if running {
-                let st = inst.devices.agent.relay.status(now);
+                let st = inst.devices.agent.lock().relay.status(now);
                 if st.attached && !watch.attached {
                     watch.seen_agent = true;
                     let text = match &st.agent_version {
@@ -325,7 +325,7 @@ impl Monitor {
                     notes.push((vm_scope(id.0, lease, true), kind, text));
                     watch.hung = st.hung;
                 }
-                let (service_notes, dropped) = inst.devices.agent.relay.take_service_events();
+                let (service_notes, dropped) = inst.devices.agent.lock().relay.take_service_events();
                 if dropped > 0 {
                     notes.push((
                         vm_scope(id.0, lease, true),
@@ -427,7 +427,7 @@ impl Monitor {
             let inst = vms.iter().rev().find(|v| v.managed == Some((id.0, w.starts)));
             let watch = self.vms.get(&id.0);
             let agent = inst.filter(|v| v.is_running()).map(|v| {
-                let st = v.devices.agent.relay.status(now);
+                let st = v.devices.agent.lock().relay.status(now);
                 AgentHealth {
                     attached: st.attached,
                     hung: st.hung,
@@ -595,7 +595,7 @@ impl Mgmt {
             .find(|v| v.managed == Some((vm.0, generation)) && v.is_running())
             .ok_or_else(|| String::from("VM is not running"))?;
         let op = agent_proto::Op::Service(agent_proto::msg::ServiceOp::Restart { name: name.clone() });
-        let stream = inst.devices.agent.relay.open(op, now).map_err(|e| format!("{e}"))?;
+        let stream = inst.devices.agent.lock().relay.open(op, now).map_err(|e| format!("{e}"))?;
         inst.devices.ring_agent();
         self.monitor.streams.push(PolicyStream {
             vm: vm.0,
@@ -619,7 +619,7 @@ impl Mgmt {
                 ended.push((i, Err(String::from("the VM stopped"))));
                 continue;
             };
-            match inst.devices.agent.relay.poll(s.stream, 16 * 1024, now) {
+            match inst.devices.agent.lock().relay.poll(s.stream, 16 * 1024, now) {
                 Ok((events, finished)) => {
                     let error = events.iter().find_map(|e| match e {
                         agent_proto::Event::Error(m) => Some(m.clone()),

@@ -116,6 +116,9 @@ impl GuestMemory {
 
 impl Drop for GuestMemory {
     fn drop(&mut self) {
+        // Every CPU that ran this VM drops its cached translations before
+        // its next VM entry (see `percpu::TLB_GENERATION`).
+        crate::arch::x86_64::percpu::guest_memory_released();
         for &hpa in &self.pages {
             frames::free(hpa);
         }

@@ -69,8 +69,8 @@ impl Network {
         for vm in vms.iter_mut() {
             let (Some(run), Some(nic)) = (vm.running.as_ref(), vm.devices.nic.as_ref()) else { continue };
             let mut nic = nic.lock();
-            let _ = nic.dev.poll(&run.mem);
-            nic.flush_pending(&run.mem);
+            let _ = nic.dev.poll(&*run.mem);
+            nic.flush_pending(&*run.mem);
             let frames = nic.dev.backend_mut().take_tx_frames();
             for f in frames.iter().take(FRAMES_PER_ROUND) {
                 out.extend(self.switchboard.switch(nic.port, f, now));
@@ -122,6 +122,9 @@ impl Network {
     }
 
     fn route(&mut self, vms: &mut [Vm], deliveries: Vec<Delivery>) {
+        // CPUs running a VM that just received frames: kicked once each, so
+        // the guest sees its interrupt now rather than at its next exit.
+        let mut kick: u64 = 0;
         for d in deliveries {
             if d.port == UPLINK_PORT {
                 if let Some(up) = self.uplink.as_mut() {
@@ -137,9 +140,14 @@ impl Network {
             let target = vms.iter_mut().find(|v| v.devices.nic.as_ref().is_some_and(|n| n.lock().port == d.port));
             if let Some(vm) = target {
                 if let (Some(run), Some(nic)) = (vm.running.as_ref(), vm.devices.nic.as_ref()) {
-                    nic.lock().deliver(&run.mem, d.frame);
+                    nic.lock().deliver(&*run.mem, d.frame);
+                    kick |=
+                        1u64.checked_shl(run.slot.home.load(core::sync::atomic::Ordering::Relaxed) as u32).unwrap_or(0);
                 }
             }
+        }
+        for cpu in (0..64).filter(|c| kick & (1 << c) != 0) {
+            crate::vm::runq::kick(cpu);
         }
     }
 

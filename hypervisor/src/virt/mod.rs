@@ -92,7 +92,7 @@ pub enum Exit {
 }
 
 /// One virtual CPU, whichever the backend.
-pub trait Vcpu {
+pub trait Vcpu: Send {
     /// Enters the guest for at most `slice_tsc` TSC ticks of guest time.
     fn run(&mut self, slice_tsc: u64) -> Exit;
     /// The saved general-purpose registers.

@@ -3,7 +3,7 @@
 //! the vCPU. A VM that cannot be built is stopped with the reason; the
 //! others still run.
 
-use super::{Running, Vm};
+use super::{runq, Running, VcpuCore, VcpuSlot, Vm};
 use crate::arch::x86_64::time;
 use crate::devices::VmDevices;
 use crate::mm::guest::GuestMemory;
@@ -12,6 +12,8 @@ use crate::virt::StopReason;
 use crate::virt::{self, Backend, EntryState};
 use alloc::format;
 use alloc::string::{String, ToString};
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, AtomicUsize};
 use cpu_policy::cpuid::VcpuIdentity;
 use cpu_policy::msr::MsrFile;
 use guest_loader::{GuestWriteData, ModuleRef, Preference};
@@ -83,27 +85,22 @@ pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: 
         boot_tsc: time::rdtsc(),
         boot_unix,
     };
-    let devices = VmDevices::new(&cfg.name, chip);
+    let devices = match VmDevices::new(&cfg.name, chip) {
+        Ok(d) => d,
+        // The fixed platform always fits its bus; a failure is a bug, but
+        // the VM alone pays for it.
+        Err(e) => {
+            crate::log!("vm {}: platform devices: {e}", cfg.name);
+            return stopped_shell(id, cfg, format!("platform devices: {e}"));
+        }
+    };
     let mut vm = Vm {
         id,
         name: cfg.name.clone(),
         running: None,
-        devices: match devices {
-            Ok(d) => d,
-            // The fixed platform always fits its bus; a failure is a bug,
-            // but the VM alone pays for it.
-            Err(e) => {
-                crate::log!("vm {}: platform devices: {e}", cfg.name);
-                return stopped_shell(id, cfg, identity, amd, format!("platform devices: {e}"));
-            }
-        },
-        msrs: MsrFile::new(amd),
-        identity,
-        halted: false,
+        devices,
         counters: Default::default(),
         cpu_tsc: 0,
-        cpu_limit_ms: cfg.cpu_time_limit_ms,
-        debug_hypercalls: cfg.debug_hypercalls,
         stopped: None,
         managed: None,
         resets: (0, 0),
@@ -161,8 +158,43 @@ pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: 
             .map(|(base, len, gsi)| guest_loader::VirtioMmio { base, len, gsi })
             .collect(),
     };
-    match load(id, cfg, images, backend, &firmware) {
-        Ok(running) => vm.running = Some(running),
+    let (mem, vcpu) = match load(id, cfg, images, backend, &firmware) {
+        Ok(parts) => parts,
+        Err(why) => {
+            vm.stop(StopReason::LoadFailed(why));
+            return vm;
+        }
+    };
+    let core = VcpuCore {
+        vcpu: Some(vcpu),
+        mem: Some(mem.clone()),
+        devices: vm.devices.clone(),
+        msrs: MsrFile::new(amd),
+        identity,
+        halted: false,
+        counters: Default::default(),
+        cpu_tsc: 0,
+        cpu_limit_ms: cfg.cpu_time_limit_ms,
+        debug_hypercalls: cfg.debug_hypercalls,
+        name: cfg.name.clone(),
+        id,
+    };
+    let slot = Arc::new(VcpuSlot {
+        core: spin::Mutex::new(core),
+        stop_requested: AtomicBool::new(false),
+        ended: spin::Mutex::new(None),
+        report: spin::Mutex::new(Default::default()),
+        home: AtomicUsize::new(0),
+    });
+    match runq::place(&slot, &cfg.cpus) {
+        Ok(p) => {
+            if p.pin_unmet {
+                crate::log!("vm {}: none of cpus {:?} is online; placed on CPU {}", cfg.name, cfg.cpus, p.cpu);
+            } else {
+                crate::log!("vm {}: placed on CPU {}", cfg.name, p.cpu);
+            }
+            vm.running = Some(Running { mem, slot });
+        }
         Err(why) => vm.stop(StopReason::LoadFailed(why)),
     }
     vm
@@ -179,7 +211,7 @@ fn hv_signature() -> [u32; 3] {
 
 /// A VM that could not get its platform: stopped at once, with a console
 /// that only holds the reason.
-fn stopped_shell(id: u16, cfg: &VmConfig, identity: VcpuIdentity, amd: bool, why: String) -> Vm {
+fn stopped_shell(id: u16, cfg: &VmConfig, why: String) -> Vm {
     let rate = TscRate::new(1);
     let devices = VmDevices::bare(&cfg.name, Chipset::new(rate, 0, 0, 0, 0));
     let mut vm = Vm {
@@ -187,13 +219,8 @@ fn stopped_shell(id: u16, cfg: &VmConfig, identity: VcpuIdentity, amd: bool, why
         name: cfg.name.clone(),
         running: None,
         devices,
-        msrs: MsrFile::new(amd),
-        identity,
-        halted: false,
         counters: Default::default(),
         cpu_tsc: 0,
-        cpu_limit_ms: None,
-        debug_hypercalls: false,
         stopped: None,
         managed: None,
         resets: (0, 0),
@@ -208,7 +235,7 @@ fn load(
     images: &dyn ImageSource,
     backend: Backend,
     firmware: &guest_loader::Firmware,
-) -> Result<Running, String> {
+) -> Result<(Arc<GuestMemory>, alloc::boxed::Box<dyn virt::Vcpu>), String> {
     let image = images.image(&cfg.kernel).ok_or_else(|| format!("kernel {} missing", cfg.kernel))?;
     let pref = match cfg.boot {
         BootProtocol::Auto => Preference::Auto,
@@ -248,5 +275,5 @@ fn load(
         plan.entry,
         cfg.memory_mib
     );
-    Ok(Running { mem, vcpu })
+    Ok((Arc::new(mem), vcpu))
 }

@@ -1,8 +1,14 @@
 //! VM lifecycle: a VM is built from its config, runs until it stops, and
 //! gives back (zeroed) every frame it held.
+//!
+//! A VM has two halves. The node's half ([`Vm`]) lives on the boot CPU with
+//! the network and the management plane. The vCPU's half ([`VcpuCore`])
+//! sits in a [`VcpuSlot`] that the physical CPU the VM is placed on runs;
+//! the two share the guest RAM and the devices (each behind its own lock).
 
 pub mod build;
 pub mod counters;
+pub mod runq;
 pub mod scheduler;
 
 use crate::devices::VmDevices;
@@ -10,25 +16,21 @@ use crate::mm::guest::GuestMemory;
 use crate::virt::{StopReason, Vcpu};
 use alloc::boxed::Box;
 use alloc::string::String;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use counters::ExitCounters;
+use spin::Mutex;
 
 /// The switch port of VM number `id`'s NIC (port 0 is the uplink).
 pub fn nic_port(id: u16) -> vswitch::policy::PortId {
     vswitch::policy::PortId(u32::from(id) + 1)
 }
 
-/// Resources that exist only while the VM can run.
-pub struct Running {
-    pub mem: GuestMemory,
-    pub vcpu: Box<dyn Vcpu>,
-}
-
-/// One tenant VM.
-pub struct Vm {
-    pub id: u16,
-    pub name: String,
-    pub running: Option<Running>,
-    /// Buses, chipset, console, NIC and disk.
+/// What the CPU running a vCPU owns while it runs it.
+pub struct VcpuCore {
+    /// `None` once the node took it back to free it.
+    pub vcpu: Option<Box<dyn Vcpu>>,
+    pub mem: Option<Arc<GuestMemory>>,
     pub devices: VmDevices,
     /// MSRs with no hardware behind them.
     pub msrs: cpu_policy::msr::MsrFile,
@@ -40,6 +42,50 @@ pub struct Vm {
     pub cpu_tsc: u64,
     pub cpu_limit_ms: Option<u64>,
     pub debug_hypercalls: bool,
+    pub name: String,
+    pub id: u16,
+}
+
+/// What the runner tells the node after each slice.
+#[derive(Clone, Copy, Default)]
+pub struct SliceReport {
+    pub counters: ExitCounters,
+    pub cpu_tsc: u64,
+}
+
+/// One vCPU as the run queues see it. The core's lock is an ownership
+/// token: the CPU running the vCPU holds it for a slice and everyone else
+/// only ever `try_lock`s it, except [`Vm::stop`], which first asks the
+/// runner to let go (`stop_requested` and a kick) and so waits at most one
+/// exit.
+pub struct VcpuSlot {
+    pub core: Mutex<VcpuCore>,
+    /// The node wants the vCPU back (stop, restart).
+    pub stop_requested: AtomicBool,
+    /// Why the guest stopped itself (set once by the runner).
+    pub ended: Mutex<Option<StopReason>>,
+    /// Counters as of the last slice, for the node.
+    pub report: Mutex<SliceReport>,
+    /// The physical CPU (per-CPU index) whose run queue holds it.
+    pub home: AtomicUsize,
+}
+
+/// Resources that exist only while the VM can run.
+pub struct Running {
+    pub mem: Arc<GuestMemory>,
+    pub slot: Arc<VcpuSlot>,
+}
+
+/// One tenant VM, as the node keeps it.
+pub struct Vm {
+    pub id: u16,
+    pub name: String,
+    pub running: Option<Running>,
+    /// Buses, chipset, console, NIC and disk (the node's handles).
+    pub devices: VmDevices,
+    /// As of the last slice (final once stopped).
+    pub counters: ExitCounters,
+    pub cpu_tsc: u64,
     pub stopped: Option<StopReason>,
     /// For VMs the consoles created: (management VM id, start generation).
     pub managed: Option<(u32, u64)>,
@@ -48,9 +94,21 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Stops the VM: frees (and thereby zeroes) its memory and vCPU, and
-    /// prints the one-line summary scripts read.
+    /// Stops the VM: takes its vCPU back from the CPU running it, frees
+    /// (and thereby zeroes) its memory and vCPU, and prints the one-line
+    /// summary scripts read.
     pub fn stop(&mut self, reason: StopReason) {
+        if let Some(run) = self.running.take() {
+            run.slot.stop_requested.store(true, Ordering::SeqCst);
+            runq::remove(&run.slot);
+            runq::kick(run.slot.home.load(Ordering::Relaxed));
+            let mut core = run.slot.core.lock();
+            self.counters = core.counters;
+            self.cpu_tsc = core.cpu_tsc;
+            core.vcpu = None;
+            core.mem = None;
+            core.devices.detach_all();
+        }
         self.devices.console.lock().flush();
         if let Some(disk) = self.devices.disk.take() {
             let disk = disk.lock();
@@ -68,7 +126,6 @@ impl Vm {
             );
         }
         self.devices.detach_all();
-        self.running = None;
         let ms = crate::arch::x86_64::time::tsc_to_ms(self.cpu_tsc);
         crate::log!(
             "vm {} stopped: exit-code={} {} cpu-time={}ms console-bytes={} reason=\"{}\"",
@@ -85,5 +142,23 @@ impl Vm {
     /// Whether the VM still runs.
     pub fn is_running(&self) -> bool {
         self.stopped.is_none() && self.running.is_some()
+    }
+
+    /// Brings the node's copy of the counters up to date and, when the
+    /// guest stopped itself on its CPU, finishes the stop here. Returns
+    /// whether it stopped.
+    pub fn sync(&mut self) -> bool {
+        let Some(run) = self.running.as_ref() else { return false };
+        let report = *run.slot.report.lock();
+        self.counters = report.counters;
+        self.cpu_tsc = report.cpu_tsc;
+        let ended = run.slot.ended.lock().take();
+        match ended {
+            Some(reason) => {
+                self.stop(reason);
+                true
+            }
+            None => false,
+        }
     }
 }

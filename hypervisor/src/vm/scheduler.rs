@@ -1,40 +1,127 @@
-//! Round-robin time slicing on one physical CPU. A slice ends at the
-//! preemption timer (VMX) or host tick (SVM), or when the guest yields, so a
-//! guest spinning with interrupts off cannot starve the others.
+//! Round-robin time slicing, one run queue per physical CPU. A slice ends
+//! at the preemption timer (VMX) or the host APIC timer (SVM), when the
+//! guest yields, or at a kick from another CPU, so a guest spinning with
+//! interrupts off cannot starve the others on its CPU, and the node can
+//! always take a vCPU back.
 
-use super::Vm;
-use crate::arch::x86_64::time;
+use super::{runq, SliceReport, VcpuCore, VcpuSlot};
+use crate::arch::x86_64::{apic, percpu, time};
 use crate::virt::exits::{self, ExitContext};
 use crate::virt::Exit;
 use crate::virt::{Flow, StopReason};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Length of one time slice.
 pub const SLICE_MS: u64 = 10;
 
-/// Runs one slice of `vm`: enters it until the slice ends, it yields, it
-/// halts or it stops. Before every entry the chipset is brought up to the
-/// time, a pending interrupt is injected (or an interrupt window asked
-/// for), and the entry is bounded by the vCPU's next timer deadline, so a
-/// timer armed in the future costs no exits until it fires. A halted vCPU
-/// is not entered at all until an interrupt is pending.
-pub fn run_slice(vm: &mut Vm, slice: u64) {
-    let Vm { id, name, running, devices, msrs, identity, halted, counters, debug_hypercalls, .. } = vm;
-    let Some(run) = running.as_mut() else { return };
+/// Longest an idle CPU sleeps before it looks at its halted vCPUs' timers
+/// again (a kick wakes it sooner).
+const IDLE_MAX_MS: u64 = 5;
+
+/// Every vCPU on every CPU is held (a landlord suspend).
+static PAUSED: AtomicBool = AtomicBool::new(false);
+
+/// Pauses or resumes every vCPU; CPUs running one leave it at once.
+pub fn set_paused(paused: bool) {
+    PAUSED.store(paused, Ordering::SeqCst);
+    for cpu in percpu::online() {
+        runq::kick(cpu);
+    }
+}
+
+/// Runs one slice of the vCPU in `slot` on this CPU, unless another CPU
+/// holds it, the node wants it back, it already ended, or the node is
+/// suspended. Returns whether the guest ran.
+pub fn run_slot(slot: &VcpuSlot, slice: u64) -> bool {
+    if PAUSED.load(Ordering::SeqCst) || slot.stop_requested.load(Ordering::SeqCst) || slot.ended.lock().is_some() {
+        return false;
+    }
+    let Some(mut core) = slot.core.try_lock() else { return false };
+    let ran = run_slice(&mut core, slot, slice);
+    *slot.report.lock() = SliceReport { counters: core.counters, cpu_tsc: core.cpu_tsc };
+    ran
+}
+
+/// The earliest timer deadline (TSC) of a halted vCPU in `slot`.
+fn halted_deadline(slot: &VcpuSlot, now: u64) -> Option<u64> {
+    let core = slot.core.try_lock()?;
+    if !core.halted {
+        return Some(now);
+    }
+    let d = core.devices.chip.lock().next_deadline(now);
+    d
+}
+
+/// An application processor's life once virtualization is on: run the
+/// vCPUs of its queue in turn; with nothing runnable, sleep in HLT until a
+/// kick or the earliest timer of its halted vCPUs.
+pub fn ap_loop(cpu: usize) -> ! {
+    let slice = SLICE_MS * time::tsc_per_ms();
+    let this = percpu::current();
+    loop {
+        let mut ran = false;
+        let mut i = 0;
+        while let Some(slot) = runq::get(cpu, i) {
+            ran |= run_slot(&slot, slice);
+            i += 1;
+        }
+        if ran {
+            continue;
+        }
+        let now = time::rdtsc();
+        let mut wake = now + IDLE_MAX_MS * time::tsc_per_ms();
+        let mut i = 0;
+        while let Some(slot) = runq::get(cpu, i) {
+            if let Some(d) = halted_deadline(&slot, now) {
+                wake = wake.min(d);
+            }
+            i += 1;
+        }
+        if wake <= now {
+            continue;
+        }
+        let ticks =
+            u128::from(wake - now) * u128::from(time::apic_ticks_per_ms()) / u128::from(time::tsc_per_ms().max(1));
+        this.idle.store(true, Ordering::SeqCst);
+        apic::arm_oneshot(u32::try_from(ticks).unwrap_or(u32::MAX).max(1));
+        // SAFETY: STI's one-instruction shadow makes STI; HLT atomic, so a
+        // kick that arrived since the queue was scanned (pending with
+        // interrupts off) ends the HLT at once; its handler only EOIs.
+        unsafe { core::arch::asm!("sti", "hlt", "cli") };
+        this.idle.store(false, Ordering::SeqCst);
+        apic::disarm();
+    }
+}
+
+/// Runs one slice of the vCPU in `core`: enters it until the slice ends,
+/// it yields, it halts or it stops. Before every entry the chipset is
+/// brought up to the time, a pending interrupt is injected (or an
+/// interrupt window asked for), and the entry is bounded by the vCPU's next
+/// timer deadline, so a timer armed in the future costs no exits until it
+/// fires. A halted vCPU is not entered at all until an interrupt is
+/// pending. A guest that stops itself is recorded in `slot.ended` for the
+/// node to finish. Returns whether the guest was entered.
+fn run_slice(core: &mut VcpuCore, slot: &VcpuSlot, slice: u64) -> bool {
+    let VcpuCore { vcpu, mem, devices, msrs, identity, halted, counters, debug_hypercalls, name, id, .. } = core;
+    let (Some(vcpu), Some(mem)) = (vcpu.as_mut(), mem.as_deref()) else { return false };
     let start = time::rdtsc();
     if *halted {
         devices.sample_lines();
         let mut chip = devices.chip.lock();
         chip.advance(start);
         if !chip.interrupt_pending() {
-            return;
+            return false;
         }
         *halted = false;
     }
-    run.vcpu.switch_in();
+    vcpu.switch_in();
     let flow = loop {
         let now = time::rdtsc();
         let used = now.wrapping_sub(start);
         if used >= slice {
+            break Flow::Yield;
+        }
+        if slot.stop_requested.load(Ordering::Relaxed) || PAUSED.load(Ordering::Relaxed) {
             break Flow::Yield;
         }
         devices.sample_lines();
@@ -42,13 +129,13 @@ pub fn run_slice(vm: &mut Vm, slice: u64) {
             let mut chip = devices.chip.lock();
             chip.advance(now);
             if chip.interrupt_pending() {
-                if run.vcpu.can_inject_interrupt() {
+                if vcpu.can_inject_interrupt() {
                     if let Some(vector) = chip.acknowledge() {
-                        run.vcpu.inject_interrupt(vector);
+                        vcpu.inject_interrupt(vector);
                         counters.injected += 1;
                     }
                 } else {
-                    run.vcpu.request_interrupt_window(true);
+                    vcpu.request_interrupt_window(true);
                 }
             }
             chip.next_deadline(now)
@@ -57,15 +144,15 @@ pub fn run_slice(vm: &mut Vm, slice: u64) {
         if let Some(d) = deadline {
             budget = budget.min(d.saturating_sub(now).max(1));
         }
-        let exit = run.vcpu.run(budget);
+        let exit = vcpu.run(budget);
         counters.count(&exit);
-        // A timer deadline or the slice end: the top of the loop decides.
+        // A timer deadline, the slice end or a kick: the top of the loop decides.
         if exit == Exit::Preempted {
             continue;
         }
         let mut ctx = ExitContext {
-            vcpu: run.vcpu.as_mut(),
-            mem: &run.mem,
+            vcpu: vcpu.as_mut(),
+            mem,
             devices,
             msrs,
             identity,
@@ -79,22 +166,23 @@ pub fn run_slice(vm: &mut Vm, slice: u64) {
             other => break other,
         }
     };
-    run.vcpu.switch_out();
+    vcpu.switch_out();
     if let Some(disk) = devices.disk.as_ref() {
-        disk.lock().poll(&run.mem);
+        disk.lock().poll(mem);
     }
-    vm.cpu_tsc += time::rdtsc().wrapping_sub(start);
+    core.cpu_tsc += time::rdtsc().wrapping_sub(start);
     match flow {
         Flow::Stop(reason) => {
-            vm.stop(reason);
-            return;
+            *slot.ended.lock() = Some(reason);
+            return true;
         }
-        Flow::Halt => vm.halted = true,
+        Flow::Halt => core.halted = true,
         _ => {}
     }
-    if let Some(limit) = vm.cpu_limit_ms {
-        if time::tsc_to_ms(vm.cpu_tsc) >= limit {
-            vm.stop(StopReason::CpuTimeLimit(limit));
+    if let Some(limit) = core.cpu_limit_ms {
+        if time::tsc_to_ms(core.cpu_tsc) >= limit {
+            *slot.ended.lock() = Some(StopReason::CpuTimeLimit(limit));
         }
     }
+    true
 }

@@ -51,6 +51,25 @@ pub fn init() {
     write(REG_LVT_TIMER, 1 << 16); // masked
 }
 
+/// Enables an application processor's own local APIC (same MMIO address,
+/// its own registers) for kicks and the one-shot slice timer.
+pub fn init_ap() {
+    write(REG_SVR, 0x100 | u32::from(super::idt::SPURIOUS_VECTOR));
+    write(REG_TIMER_DIVIDE, 0x3);
+    write(REG_LVT_TIMER, 1 << 16);
+}
+
+/// Fixed IPI with the kick vector: the target leaves its guest (or its
+/// HLT) and looks at its run queue again.
+pub fn send_kick(apic_id: u32) {
+    send_ipi(apic_id, u32::from(super::idt::KICK_VECTOR));
+}
+
+/// Stops the one-shot timer (an idle CPU that was woken early).
+pub fn disarm() {
+    write(REG_TIMER_INIT, 0);
+}
+
 /// Starts a masked one-shot count from the maximum, for calibration.
 pub fn start_calibration() {
     write(REG_TIMER_DIVIDE, 0x3);

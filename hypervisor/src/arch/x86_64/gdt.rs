@@ -46,19 +46,30 @@ struct DescriptorPointer {
     base: u64,
 }
 
-/// Base address of the TSS, for the VMCS host-state area.
-pub fn tss_base() -> u64 {
-    addr_of!(TSS) as u64
+/// Base address of the running CPU's GDT (SGDT), for the VMCS host-state
+/// area: each CPU has its own.
+pub fn gdt_base() -> u64 {
+    let mut ptr = DescriptorPointer { limit: 0, base: 0 };
+    // SAFETY: SGDT only stores the GDTR into `ptr`.
+    unsafe { core::arch::asm!("sgdt [{}]", in(reg) core::ptr::addr_of_mut!(ptr)) };
+    ptr.base
 }
 
-/// Base address of the GDT, for the VMCS host-state area.
-pub fn gdt_base() -> u64 {
-    addr_of!(GDT) as u64
+/// Base address of the running CPU's TSS, decoded from its descriptor at
+/// [`TSS_SEL`] in its GDT, for the VMCS host-state area.
+pub fn tss_base() -> u64 {
+    let gdt = gdt_base();
+    let at = gdt + u64::from(TSS_SEL);
+    // SAFETY: every CPU's GDT (the boot CPU's static or an AP's own frame)
+    // holds a 16-byte TSS descriptor at TSS_SEL, loaded before any VM runs.
+    let (low, high) =
+        unsafe { (core::ptr::read_volatile(at as *const u64), core::ptr::read_volatile((at + 8) as *const u64)) };
+    ((low >> 16) & 0xFF_FFFF) | (((low >> 56) & 0xFF) << 24) | ((high & 0xFFFF_FFFF) << 32)
 }
 
 /// Loads the GDT and TSS; called once per CPU at boot.
 pub fn init() {
-    let tss_addr = tss_base();
+    let tss_addr = addr_of!(TSS) as u64;
     let limit = (size_of::<Tss>() - 1) as u64;
     let low = (limit & 0xFFFF)
         | ((tss_addr & 0xFF_FFFF) << 16)
@@ -74,7 +85,7 @@ pub fn init() {
         let gdt = &mut *core::ptr::addr_of_mut!(GDT);
         gdt[3] = low;
         gdt[4] = high;
-        let ptr = DescriptorPointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: gdt_base() };
+        let ptr = DescriptorPointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: addr_of!(GDT) as u64 };
         load(&ptr);
     }
 }

@@ -9,6 +9,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Vector of the local APIC timer tick.
 pub const TIMER_VECTOR: u8 = 0x20;
+/// Vector of the cross-CPU kick (an IPI from another physical CPU).
+pub const KICK_VECTOR: u8 = 0x21;
 /// Vector of APIC spurious interrupts.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 
@@ -74,6 +76,29 @@ timer_stub:
     pop %rax
     iretq
 
+    .global kick_stub
+kick_stub:
+    push %rax
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    call kick_interrupt
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rax
+    iretq
+
     .global spurious_stub
 spurious_stub:
     iretq
@@ -92,6 +117,7 @@ exc_stub_table:
 extern "C" {
     static exc_stub_table: [u64; 32];
     fn timer_stub();
+    fn kick_stub();
     fn spurious_stub();
 }
 
@@ -178,6 +204,9 @@ pub fn init() {
         if let Some(g) = idt.get_mut(TIMER_VECTOR as usize) {
             *g = Gate::interrupt(timer_stub as *const () as u64, 0);
         }
+        if let Some(g) = idt.get_mut(KICK_VECTOR as usize) {
+            *g = Gate::interrupt(kick_stub as *const () as u64, 0);
+        }
         if let Some(g) = idt.get_mut(SPURIOUS_VECTOR as usize) {
             *g = Gate::interrupt(spurious_stub as *const () as u64, 0);
         }
@@ -253,5 +282,13 @@ extern "C" fn exception_report(frame: &ExceptionFrame) -> ! {
 #[no_mangle]
 extern "C" fn timer_interrupt() {
     TIMER_TICKS.fetch_add(1, Ordering::Relaxed);
+    super::apic::eoi();
+}
+
+/// A kick: only its arrival matters (it ended a guest's run or an idle
+/// HLT); counted and acknowledged.
+#[no_mangle]
+extern "C" fn kick_interrupt() {
+    super::percpu::current().kicks.fetch_add(1, Ordering::Relaxed);
     super::apic::eoi();
 }

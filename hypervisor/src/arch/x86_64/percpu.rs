@@ -1,6 +1,8 @@
-//! Per-CPU state. Today only the boot CPU runs VMs, but everything that
-//! belongs to one physical CPU (its VMXON region, its SVM host save areas)
-//! lives here, so starting the other CPUs later changes no backend code.
+//! Per-CPU state: everything that belongs to one physical CPU (its VMXON
+//! region, its SVM host save areas, the TLB generation it has flushed to).
+//! A CPU finds its own entry through its GS base, which points at it (set
+//! once per CPU, restored by the CPU on every VM exit: the VMCS host GS
+//! base under VMX, VMLOAD of the host save area under SVM).
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -19,7 +21,10 @@ pub const STATE_UP: u32 = 3;
 pub const STATE_FAILED: u32 = 4;
 
 /// State owned by one physical CPU.
+#[repr(C)]
 pub struct PerCpu {
+    /// Its index in the per-CPU table (0: the boot CPU).
+    pub index: AtomicU64,
     /// Local APIC ID, from CPUID.
     pub apic_id: AtomicU32,
     /// How far it got (`STATE_*`); the boot CPU is up from the start.
@@ -30,27 +35,86 @@ pub struct PerCpu {
     pub svm_hsave: AtomicU64,
     /// VMSAVE/VMLOAD area for host state around VMRUN (SVM).
     pub svm_host_save: AtomicU64,
+    /// The [`TLB_GENERATION`] this CPU last flushed every guest
+    /// translation for.
+    pub flushed_generation: AtomicU64,
+    /// Waiting in HLT for a kick or its next deadline.
+    pub idle: core::sync::atomic::AtomicBool,
+    /// Kick IPIs this CPU received.
+    pub kicks: AtomicU64,
 }
 
 impl PerCpu {
     const fn new() -> PerCpu {
         PerCpu {
+            index: AtomicU64::new(0),
             apic_id: AtomicU32::new(0),
             state: AtomicU32::new(STATE_OFFLINE),
             vmxon_region: AtomicU64::new(0),
             svm_hsave: AtomicU64::new(0),
             svm_host_save: AtomicU64::new(0),
+            flushed_generation: AtomicU64::new(0),
+            idle: core::sync::atomic::AtomicBool::new(false),
+            kicks: AtomicU64::new(0),
         }
     }
 }
 
 static CPUS: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];
 
-/// Index of the CPU running this code. Only the boot CPU (0) runs for now;
-/// when application processors start, each will find its index from its
-/// APIC ID here.
+/// IA32_GS_BASE: points at the running CPU's [`PerCpu`].
+const GS_BASE_MSR: u32 = 0xC000_0101;
+
+/// Index of the CPU running this code, from its GS base (0 before the CPU
+/// has set it, i.e. on the boot CPU during early boot).
 pub fn current_index() -> usize {
-    0
+    // SAFETY: reading IA32_GS_BASE has no side effects.
+    let base = unsafe { x86::msr::rdmsr(GS_BASE_MSR) };
+    let first = CPUS.as_ptr() as u64;
+    let size = core::mem::size_of::<PerCpu>() as u64;
+    match base.checked_sub(first) {
+        Some(off) if off % size == 0 && off / size < MAX_CPUS as u64 => (off / size) as usize,
+        _ => 0,
+    }
+}
+
+/// The GS base this CPU keeps (its own entry), for the VMCS host state.
+pub fn gs_base() -> u64 {
+    // SAFETY: reading IA32_GS_BASE has no side effects.
+    unsafe { x86::msr::rdmsr(GS_BASE_MSR) }
+}
+
+/// Makes CPU `index`'s entry its own: called once on that CPU.
+pub fn claim(index: usize) {
+    let Some(cpu) = CPUS.get(index) else { return };
+    cpu.index.store(index as u64, Ordering::Relaxed);
+    // SAFETY: IA32_GS_BASE only affects GS-relative accesses; BMonitor
+    // makes none besides finding this entry.
+    unsafe { x86::msr::wrmsr(GS_BASE_MSR, cpu as *const PerCpu as u64) };
+}
+
+/// Bumped whenever guest memory is given back: every CPU drops every
+/// cached guest translation (INVEPT/INVVPID, or an SVM full TLB flush)
+/// before its next VM entry, so frames that served one VM can never be
+/// reached through a translation cached for it.
+pub static TLB_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Guest frames were (or are about to be) given back.
+pub fn guest_memory_released() {
+    TLB_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Whether this CPU must flush guest translations before entering a VM;
+/// records that it will.
+pub fn take_flush_due() -> bool {
+    let want = TLB_GENERATION.load(Ordering::SeqCst);
+    let cpu = current();
+    cpu.flushed_generation.swap(want, Ordering::SeqCst) != want
+}
+
+/// CPUs that came up and can run VMs (the boot CPU always can).
+pub fn online() -> impl Iterator<Item = usize> {
+    CPUS.iter().enumerate().filter(|(_, c)| c.state.load(Ordering::Relaxed) == STATE_UP).map(|(i, _)| i)
 }
 
 /// This CPU's state.
@@ -61,6 +125,7 @@ pub fn current() -> &'static PerCpu {
 
 /// Records the boot CPU's identity.
 pub fn init_boot_cpu() {
+    claim(0);
     let id = raw_cpuid::CpuId::new().get_feature_info().map_or(0, |f| u32::from(f.initial_local_apic_id()));
     current().apic_id.store(id, Ordering::Relaxed);
     current().state.store(STATE_UP, Ordering::Relaxed);

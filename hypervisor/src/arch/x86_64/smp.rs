@@ -9,8 +9,9 @@ use super::percpu::{self, MAX_CPUS};
 use super::{apic, time};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Stack each AP gets (frames, identity mapped).
-const AP_STACK_FRAMES: usize = 4;
+/// Stack each AP gets (frames, identity mapped): as deep as the boot
+/// CPU's, since it runs the same exit handlers.
+const AP_STACK_FRAMES: usize = 64;
 /// Each AP's own GDT, TSS and double-fault stack (`gdt::AP_AREA_FRAMES`),
 /// right above its stack in the same allocation.
 const AP_FRAMES: usize = AP_STACK_FRAMES + super::gdt::AP_AREA_FRAMES;
@@ -122,6 +123,8 @@ extern "C" fn ap_entry(index: u64, area: u64) -> ! {
     super::gdt::init_ap(area);
     super::idt::load();
     let index = usize::try_from(index).unwrap_or(usize::MAX);
+    percpu::claim(index);
+    apic::init_ap();
     if let Some(cpu) = percpu::get(index) {
         cpu.state.store(percpu::STATE_RUNNING, Ordering::SeqCst);
     }

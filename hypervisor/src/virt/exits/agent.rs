@@ -108,29 +108,33 @@ pub fn attach(ctx: &mut ExitContext<'_>, va: u64, data: u64) -> u64 {
         Err(RingFault::Memory) => return status::BAD_ADDRESS,
         Err(_) => return status::INVALID_ARGUMENT,
     }
-    let ch = &mut ctx.devices.agent;
+    let mut ch = ctx.devices.agent.lock();
     ch.relay.attach(layout, now_ms());
     ch.owner_cr3 = mode.cr3 & CR3_ROOT;
     ch.region_va = va;
+    drop(ch);
     crate::log!("[{}] agent attached (region {va:#x}, {} KiB per direction)", ctx.name, layout.data() / 1024);
     status::OK
 }
 
 /// `agent_kick`: returns (status, records taken, records given, more).
 pub fn kick(ctx: &mut ExitContext<'_>) -> (u64, u64, u64, u64) {
-    let Some(layout) = ctx.devices.agent.relay.layout() else { return (status::NOT_ATTACHED, 0, 0, 0) };
+    let agent = ctx.devices.agent.clone();
+    let mut ch = agent.lock();
+    let Some(layout) = ch.relay.layout() else { return (status::NOT_ATTACHED, 0, 0, 0) };
     let mode = ctx.vcpu.cpu_mode();
-    if mode.cr3 & CR3_ROOT != ctx.devices.agent.owner_cr3 {
+    if mode.cr3 & CR3_ROOT != ch.owner_cr3 {
         return (status::DENIED, 0, 0, 0);
     }
     let now = now_ms();
-    let va = ctx.devices.agent.region_va;
+    let va = ch.region_va;
     let Some(pages) = translate(ctx.mem, &mode, ctx.vcpu.cpl(), va, layout.total()) else {
-        ctx.devices.agent.relay.detach("the agent's region is no longer mapped", now);
+        ch.relay.detach("the agent's region is no longer mapped", now);
         return (status::RING_FAULT, 0, 0, 0);
     };
     let mut region = Region { mem: ctx.mem, pages };
-    let result = ctx.devices.agent.relay.kick(&mut region, now);
+    let result = ch.relay.kick(&mut region, now);
+    drop(ch);
     match result {
         Ok(o) => {
             // Whatever was pending went with this kick: the next news rings again.
@@ -145,10 +149,13 @@ pub fn kick(ctx: &mut ExitContext<'_>) -> (u64, u64, u64, u64) {
 
 /// `agent_detach`.
 pub fn detach(ctx: &mut ExitContext<'_>) -> u64 {
-    if !ctx.devices.agent.relay.attached() {
-        return status::NOT_ATTACHED;
+    {
+        let mut ch = ctx.devices.agent.lock();
+        if !ch.relay.attached() {
+            return status::NOT_ATTACHED;
+        }
+        ch.relay.detach("the agent detached", now_ms());
     }
-    ctx.devices.agent.relay.detach("the agent detached", now_ms());
     crate::log!("[{}] agent detached itself", ctx.name);
     status::OK
 }

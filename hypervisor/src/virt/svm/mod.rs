@@ -102,6 +102,8 @@ pub struct SvmVcpu {
     regs: GuestRegs,
     /// Length of the exiting instruction when the CPU gives no next-RIP.
     insn_len: u64,
+    /// The physical CPU it last ran on.
+    last_cpu: usize,
     fxsave: alloc::boxed::Box<super::FxArea>,
     debug_regs: super::DebugRegs,
 }
@@ -119,6 +121,7 @@ impl SvmVcpu {
             vmcb,
             regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, rsi: entry.rsi, ..GuestRegs::default() },
             insn_len: 0,
+            last_cpu: usize::MAX,
             fxsave: super::FxArea::new_default(),
             debug_regs: Default::default(),
         })
@@ -268,6 +271,11 @@ impl Vcpu for SvmVcpu {
     }
 
     fn switch_in(&mut self) {
+        let cpu = percpu::current_index();
+        if percpu::take_flush_due() || self.last_cpu != cpu {
+            self.vmcb.request_tlb_flush();
+        }
+        self.last_cpu = cpu;
         // SAFETY: restoring this VM's x87/SSE state from its own area.
         unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) self.fxsave.0.as_ptr()) };
         self.debug_regs.restore();

@@ -220,8 +220,15 @@ impl Vmcb {
         self.w64(RAX, v);
     }
 
-    /// After the first entry no full flush is needed: the ASID tags this
-    /// guest's translations.
+    /// The next VMRUN flushes the whole TLB (TLB_CONTROL 1, which every
+    /// SVM CPU has): at a VMCB's first run, after guest memory was given
+    /// back anywhere, and when the vCPU moved to another CPU.
+    pub fn request_tlb_flush(&self) {
+        self.w8(TLB_CONTROL, 1);
+    }
+
+    /// After a run no further flush is needed: the ASID tags this guest's
+    /// translations.
     pub fn stop_tlb_flush(&self) {
         self.w8(TLB_CONTROL, 0);
     }

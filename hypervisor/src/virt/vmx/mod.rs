@@ -283,6 +283,8 @@ pub struct VmxVcpu {
     vmcs: u64,
     regs: GuestRegs,
     launched: bool,
+    /// The physical CPU it last ran on.
+    last_cpu: usize,
     syscall_msrs: [u64; 5],
     fxsave: alloc::boxed::Box<FxArea>,
     debug_regs: DebugRegs,
@@ -304,6 +306,7 @@ impl VmxVcpu {
             vmcs,
             regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, rsi: entry.rsi, ..GuestRegs::default() },
             launched: false,
+            last_cpu: usize::MAX,
             syscall_msrs: [0; 5],
             fxsave: FxArea::new_default(),
             debug_regs: Default::default(),
@@ -378,6 +381,10 @@ impl VmxVcpu {
         vmwrite(guest::ACTIVITY_STATE, 0);
         vmwrite(guest::PENDING_DBG_EXCEPTIONS, 0);
         write_host_state();
+        // Not left active on this CPU: whichever CPU runs the vCPU loads it
+        // (VMPTRLD) in `switch_in` and clears it again in `switch_out`.
+        // SAFETY: the VMCS is this vCPU's own, current on this CPU.
+        unsafe { x86::bits64::vmx::vmclear(vmcs).map_err(|_| "VMCLEAR failed")? };
         Ok(vcpu)
     }
 
@@ -452,7 +459,14 @@ impl VmxVcpu {
         }
         let qual = vmread(ro::EXIT_QUALIFICATION);
         match reason & 0xFFFF {
-            0 | 1 => Exit::Preempted, // NMI or host interrupt: just a reschedule point
+            0 => Exit::Preempted, // NMI: just a reschedule point
+            1 => {
+                // A host interrupt (a kick), acknowledged on exit: it ends
+                // the run and needs only its EOI.
+                crate::arch::x86_64::percpu::current().kicks.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                crate::arch::x86_64::apic::eoi();
+                Exit::Preempted
+            }
             2 => Exit::TripleFault,
             7 => {
                 self.request_interrupt_window(false);
@@ -508,7 +522,8 @@ fn flush_cached_translations(cap: u64) {
     }
 }
 
-/// Host state: where a VM exit lands. Same for every VMCS on this CPU.
+/// Host state: where a VM exit lands. The same for every VMCS on one CPU,
+/// different per CPU (GDT, TSS, GS base), so written at every switch-in.
 fn write_host_state() {
     let (cr0, cr3, cr4): (u64, u64, u64);
     // SAFETY: reading control registers and MSRs has no side effects.
@@ -530,7 +545,7 @@ fn write_host_state() {
     vmwrite(host::GS_SELECTOR, 0);
     vmwrite(host::TR_SELECTOR, u64::from(gdt::TSS_SEL));
     vmwrite(host::FS_BASE, 0);
-    vmwrite(host::GS_BASE, 0);
+    vmwrite(host::GS_BASE, crate::arch::x86_64::percpu::gs_base());
     vmwrite(host::TR_BASE, gdt::tss_base());
     vmwrite(host::GDTR_BASE, gdt::gdt_base());
     vmwrite(host::IDTR_BASE, idt::idt_base());
@@ -630,10 +645,24 @@ impl Vcpu for VmxVcpu {
     }
 
     fn switch_in(&mut self) {
-        // SAFETY: this vCPU's VMCS frame was VMCLEARed at creation; loading it
-        // makes it current. The syscall MSRs and FXSAVE area are our own copies.
+        // SAFETY: this vCPU's VMCS is clear (at creation and at every
+        // switch-out), so it is active on no CPU; loading it makes it current
+        // here. The syscall MSRs and FXSAVE area are our own copies.
         unsafe {
             let _ = x86::bits64::vmx::vmptrld(self.vmcs);
+            self.launched = false;
+            write_host_state();
+            let cpu = crate::arch::x86_64::percpu::current_index();
+            let flush_all = crate::arch::x86_64::percpu::take_flush_due();
+            if flush_all || self.last_cpu != cpu {
+                // Guest memory was given back somewhere, or this vCPU's
+                // cached translations here may predate guest page-table
+                // changes it made on another CPU.
+                if let Some(caps) = CTLS.get() {
+                    flush_cached_translations(caps.ept_vpid_cap);
+                }
+            }
+            self.last_cpu = cpu;
             for (m, v) in SWITCHED_MSRS.iter().zip(self.syscall_msrs.iter()) {
                 wrmsr(*m, *v);
             }
@@ -649,7 +678,10 @@ impl Vcpu for VmxVcpu {
                 *v = rdmsr(*m);
             }
             core::arch::asm!("fxsave64 [{}]", in(reg) self.fxsave.0.as_mut_ptr());
+            // Written back to memory and inactive: any CPU may load it next.
+            let _ = x86::bits64::vmx::vmclear(self.vmcs);
         }
+        self.launched = false;
         self.debug_regs.save();
     }
 
