@@ -31,6 +31,7 @@ fn validation_error_names_file_and_field() {
 fn all_fields_parse() {
     let text = "[[vm]]\nname = \"a\"\nmemory_mib = 64\nkernel = \"k\"\ncmdline = \"x y\"\n\
                 module = \"m\"\nboot = \"multiboot1\"\ncpu_time_limit_ms = 500\ndebug_hypercalls = true\n\
+                vcpus = 4\ncpus = [1, 2]\n\
                 [[vm]]\nname = \"b\"\nmemory_mib = 8\nkernel = \"k\"\nboot = \"pvh\"\n";
     let c = parse_config(text, Path::new("n.toml")).unwrap();
     assert_eq!(c.vms[0].boot, BootProtocol::Multiboot1);
@@ -39,6 +40,13 @@ fn all_fields_parse() {
     assert!(c.vms[0].debug_hypercalls);
     assert_eq!(c.vms[1].boot, BootProtocol::Pvh);
     assert_eq!(c.vms[1].cmdline, "");
+    assert_eq!((c.vms[0].vcpus, c.vms[0].cpus.as_slice()), (4, &[1, 2][..]));
+    assert_eq!((c.vms[1].vcpus, c.vms[1].cpus.len()), (1, 0), "defaults: one vCPU, any CPU");
+    let too_many = "[[vm]]\nname = \"a\"\nmemory_mib = 64\nkernel = \"k\"\nvcpus = 9\n";
+    assert_eq!(
+        parse_config(too_many, Path::new("n.toml")).unwrap_err().to_string(),
+        "n.toml: vm[0].vcpus: must be between 1 and 8"
+    );
     let bad = "[[vm]]\nname = \"a\"\nmemory_mib = 64\nkernel = \"k\"\nboot = \"bios\"\n";
     assert!(parse_config(bad, Path::new("n.toml")).unwrap_err().to_string().contains("bios"));
     assert!(parse_config("", Path::new("n.toml")).is_err());

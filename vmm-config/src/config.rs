@@ -22,6 +22,17 @@ pub const MAX_VM_MEMORY_MIB: u32 = 2048;
 pub const MAX_NAME_LEN: usize = 32;
 /// Longest kernel command line in bytes; it must fit the guest's boot-info area.
 pub const MAX_CMDLINE_LEN: usize = 1024;
+/// Most virtual CPUs one VM may have: bounds the per-VM local APIC table and
+/// keeps a kick mask of all vCPUs in one machine word (the MADT also lists
+/// APIC ids 0..vcpus, all below the xAPIC broadcast id 0xFF).
+pub const MAX_VCPUS: u32 = 8;
+/// Most entries in a VM's `cpus` pinning list, so the list is bounded
+/// whatever the config says (one per physical CPU index below
+/// [`MAX_PHYS_CPUS`]).
+pub const MAX_CPUS_PINNED: usize = 64;
+/// Physical CPU indices a `cpus` entry may name are below this: the
+/// hypervisor keeps the set of CPUs a VM may run on in a 64-bit mask.
+pub const MAX_PHYS_CPUS: u32 = 64;
 
 /// Everything a node runs: the list of VMs, in boot order.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
@@ -127,7 +138,7 @@ pub enum BootProtocol {
 }
 
 /// One VM: its resources, its kernel and how to boot it.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Unique name, 1 to [`MAX_NAME_LEN`] characters of `[A-Za-z0-9_.-]`.
@@ -161,6 +172,41 @@ pub struct VmConfig {
     /// VM's cluster (its tenant), so a VM with a disk needs a cluster.
     #[serde(default)]
     pub disk: Option<DiskConfig>,
+    /// Number of virtual CPUs, 1 to [`MAX_VCPUS`]; 1 when omitted. vCPU 0
+    /// is the bootstrap processor, the others wait for INIT-SIPI-SIPI.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    /// Physical CPU indices (each below [`MAX_PHYS_CPUS`], no duplicates, at
+    /// most [`MAX_CPUS_PINNED`]) this VM's vCPUs may run on; empty means any.
+    /// It lets the landlord keep noisy tenants off each other's cores.
+    #[serde(default)]
+    pub cpus: Vec<u32>,
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+
+/// Written out because a VM has at least one vCPU: a derived default
+/// (`vcpus: 0`) would fail validation for every `..Default::default()`.
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            name: String::new(),
+            memory_mib: 0,
+            kernel: String::new(),
+            cmdline: String::new(),
+            module: None,
+            boot: BootProtocol::default(),
+            cpu_time_limit_ms: None,
+            debug_hypercalls: false,
+            cluster: None,
+            nic: None,
+            disk: None,
+            vcpus: default_vcpus(),
+            cpus: Vec::new(),
+        }
+    }
 }
 
 /// A config value that failed validation: which field, and why.
@@ -387,6 +433,34 @@ impl VmConfig {
         if self.cpu_time_limit_ms == Some(0) {
             return Err(ConfigError::new(field("cpu_time_limit_ms"), "must be at least 1"));
         }
+        if !(1..=MAX_VCPUS).contains(&self.vcpus) {
+            return Err(ConfigError::new(field("vcpus"), format!("must be between 1 and {MAX_VCPUS}")));
+        }
+        self.validate_cpus(index)
+    }
+
+    /// Checks the pinning list: bounded length, indices in range, no repeats.
+    fn validate_cpus(&self, index: usize) -> Result<(), ConfigError> {
+        if self.cpus.len() > MAX_CPUS_PINNED {
+            return Err(ConfigError::new(
+                format!("vm[{index}].cpus"),
+                format!("at most {MAX_CPUS_PINNED} CPUs may be listed, found {}", self.cpus.len()),
+            ));
+        }
+        let mut seen: u64 = 0;
+        for (j, &cpu) in self.cpus.iter().enumerate() {
+            if cpu >= MAX_PHYS_CPUS {
+                return Err(ConfigError::new(
+                    format!("vm[{index}].cpus[{j}]"),
+                    format!("CPU index {cpu} must be below {MAX_PHYS_CPUS}"),
+                ));
+            }
+            let bit = 1u64 << cpu;
+            if seen & bit != 0 {
+                return Err(ConfigError::new(format!("vm[{index}].cpus[{j}]"), format!("CPU {cpu} is listed twice")));
+            }
+            seen |= bit;
+        }
         Ok(())
     }
 }
@@ -494,6 +568,49 @@ mod tests {
         assert_eq!(v.validate(0), Ok(()));
     }
 
+    #[test]
+    fn vcpus_default_to_one_and_are_bounded() {
+        assert_eq!(VmConfig::default().vcpus, 1);
+        let mut v = vm("a");
+        assert_eq!(v.validate(0), Ok(()));
+        v.vcpus = 0;
+        assert_eq!(v.validate(3), err("vm[3].vcpus", "must be between 1 and 8"));
+        v.vcpus = MAX_VCPUS;
+        assert_eq!(v.validate(3), Ok(()));
+        v.vcpus = MAX_VCPUS + 1;
+        assert_eq!(v.validate(3).unwrap_err().to_string(), "vm[3].vcpus: must be between 1 and 8");
+        v.vcpus = u32::MAX;
+        assert_eq!(v.validate(3).unwrap_err().field, "vm[3].vcpus");
+    }
+
+    #[test]
+    fn cpu_pinning_is_checked() {
+        let mut v = vm("a");
+        assert!(v.cpus.is_empty());
+        v.cpus = vec![0, 3, MAX_PHYS_CPUS - 1];
+        assert_eq!(v.validate(0), Ok(()));
+        v.cpus = vec![0, MAX_PHYS_CPUS];
+        assert_eq!(v.validate(0), err("vm[0].cpus[1]", "CPU index 64 must be below 64"));
+        v.cpus = vec![5, 2, 5];
+        assert_eq!(v.validate(1), err("vm[1].cpus[2]", "CPU 5 is listed twice"));
+        v.cpus = (0..MAX_PHYS_CPUS).collect();
+        assert_eq!(v.cpus.len(), MAX_CPUS_PINNED);
+        assert_eq!(v.validate(0), Ok(()));
+        v.cpus.push(0);
+        assert_eq!(v.validate(0), err("vm[0].cpus", "at most 64 CPUs may be listed, found 65"));
+    }
+
+    #[test]
+    fn vcpus_and_pinning_round_trip_through_postcard() {
+        let mut a = vm("a");
+        a.vcpus = 4;
+        a.cpus = vec![2, 3];
+        let c = NodeConfig { vms: vec![a], ..Default::default() };
+        assert_eq!(c.validate(), Ok(()));
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<NodeConfig>(&bytes).unwrap(), c);
+    }
+
     fn image(name: &str) -> ImageConfig {
         ImageConfig { name: name.into(), file: "vmlinuz".into() }
     }
@@ -568,8 +685,10 @@ mod tests {
             ],
             proptest::option::of(0u64..u64::MAX),
             any::<bool>(),
+            prop_oneof![0u32..=MAX_VCPUS + 1, any::<u32>()],
+            proptest::collection::vec(prop_oneof![0u32..MAX_PHYS_CPUS + 2, any::<u32>()], 0..4),
         )
-            .prop_map(|(name, memory_mib, kernel, cmdline, module, boot, cpu, dbg)| VmConfig {
+            .prop_map(|(name, memory_mib, kernel, cmdline, module, boot, cpu, dbg, vcpus, cpus)| VmConfig {
                 name,
                 memory_mib,
                 kernel,
@@ -578,6 +697,8 @@ mod tests {
                 boot,
                 cpu_time_limit_ms: cpu,
                 debug_hypercalls: dbg,
+                vcpus,
+                cpus,
                 ..Default::default()
             })
     }
@@ -685,6 +806,26 @@ mod tests {
                 let bytes = postcard::to_allocvec(&c).unwrap();
                 prop_assert_eq!(postcard::from_bytes::<NodeConfig>(&bytes).unwrap(), c);
             }
+        }
+
+        /// Validation of hostile vCPU counts and pinning lists never panics,
+        /// and accepts exactly what the documented rules allow.
+        #[test]
+        fn vcpu_validation_never_panics(
+            vcpus in any::<u32>(),
+            cpus in proptest::collection::vec(prop_oneof![0u32..70, any::<u32>()], 0..80),
+        ) {
+            let mut v = vm("a");
+            v.vcpus = vcpus;
+            v.cpus = cpus.clone();
+            let mut sorted = cpus.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            let ok = (1..=MAX_VCPUS).contains(&vcpus)
+                && cpus.len() <= MAX_CPUS_PINNED
+                && cpus.iter().all(|&c| c < MAX_PHYS_CPUS)
+                && sorted.len() == cpus.len();
+            prop_assert_eq!(v.validate(0).is_ok(), ok);
         }
 
         #[test]
