@@ -14,6 +14,7 @@ pub mod bus;
 pub mod chipset;
 pub mod dest;
 pub mod ioapic;
+pub mod ipi;
 pub mod irq;
 pub mod lapic;
 pub mod pic;
