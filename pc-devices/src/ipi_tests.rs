@@ -25,6 +25,26 @@ fn enable(c: &mut Chipset, cpu: usize) {
     c.lapic_mmio_write(cpu, SVR, 0x1FF, 0);
 }
 
+/// A chip of `n` vCPUs, every APIC software-enabled, no kicks pending.
+fn enabled_chip(n: u32) -> Chipset {
+    let mut c = chip(n);
+    for cpu in 0..c.vcpus() {
+        enable(&mut c, cpu);
+    }
+    c.take_kicks();
+    c
+}
+
+/// [`enabled_chip`] with the flat logical model, vCPU `i` logical ID `1 << i`.
+fn flat_chip(n: u32) -> Chipset {
+    let mut c = enabled_chip(n);
+    for cpu in 0..c.vcpus() {
+        c.lapic_mmio_write(cpu, DFR, 0xFFFF_FFFF, 0);
+        c.lapic_mmio_write(cpu, LDR, 1 << (24 + cpu), 0);
+    }
+    c
+}
+
 /// An xAPIC ICR write as Linux does it: high dword, then low (which sends).
 fn icr(c: &mut Chipset, cpu: usize, dest: u8, low: u32) {
     c.lapic_mmio_write(cpu, ICR_HIGH, u32::from(dest) << 24, 0);
@@ -46,11 +66,7 @@ fn requested(c: &Chipset, cpu: usize, v: u8) -> bool {
 /// only, and kicks it.
 #[test]
 fn fixed_physical_ipi_reaches_the_named_vcpu() {
-    let mut c = chip(4);
-    for cpu in 0..4 {
-        enable(&mut c, cpu);
-    }
-    c.take_kicks();
+    let mut c = enabled_chip(4);
     icr(&mut c, 0, 2, 0x40);
     assert!(requested(&c, 2, 0x40));
     assert!(c.interrupt_pending_on(2));
@@ -74,11 +90,7 @@ fn fixed_ipi_to_a_disabled_apic_is_undelivered() {
 /// 11.6.1: the self shorthand is served by the sender's APIC alone.
 #[test]
 fn self_shorthand_stays_home() {
-    let mut c = chip(3);
-    for cpu in 0..3 {
-        enable(&mut c, cpu);
-    }
-    c.take_kicks();
+    let mut c = enabled_chip(3);
     icr(&mut c, 1, 0, 0x41 | 1 << 18);
     assert!(requested(&c, 1, 0x41));
     assert!(!requested(&c, 0, 0x41) && !requested(&c, 2, 0x41));
@@ -88,11 +100,7 @@ fn self_shorthand_stays_home() {
 /// 11.6.1: all-including-self and all-excluding-self.
 #[test]
 fn all_shorthands() {
-    let mut c = chip(3);
-    for cpu in 0..3 {
-        enable(&mut c, cpu);
-    }
-    c.take_kicks();
+    let mut c = enabled_chip(3);
     icr(&mut c, 1, 0, 0x42 | 2 << 18);
     assert!((0..3).all(|cpu| requested(&c, cpu, 0x42)));
     assert_eq!(c.take_kicks(), 0b101, "the sender is not kicked");
@@ -104,11 +112,7 @@ fn all_shorthands() {
 /// 11.6.2.1: physical destination 0xFF is a broadcast, the sender included.
 #[test]
 fn physical_broadcast() {
-    let mut c = chip(3);
-    for cpu in 0..3 {
-        enable(&mut c, cpu);
-    }
-    c.take_kicks();
+    let mut c = enabled_chip(3);
     icr(&mut c, 2, 0xFF, 0x44);
     assert!((0..3).all(|cpu| requested(&c, cpu, 0x44)));
     assert_eq!(c.take_kicks(), 0b011);
@@ -118,12 +122,7 @@ fn physical_broadcast() {
 /// and may include the sender.
 #[test]
 fn logical_flat_ipi() {
-    let mut c = chip(4);
-    for cpu in 0..4 {
-        enable(&mut c, cpu);
-        c.lapic_mmio_write(cpu, DFR, 0xFFFF_FFFF, 0);
-        c.lapic_mmio_write(cpu, LDR, 1 << (24 + cpu), 0);
-    }
+    let mut c = flat_chip(4);
     c.take_kicks();
     icr(&mut c, 0, 0b1001, 0x45 | 1 << 11);
     assert!(requested(&c, 0, 0x45) && requested(&c, 3, 0x45));
@@ -192,12 +191,7 @@ fn x2apic_cluster_ipi() {
 /// priority, ties to the lowest vCPU.
 #[test]
 fn lowest_priority_picks_one() {
-    let mut c = chip(3);
-    for cpu in 0..3 {
-        enable(&mut c, cpu);
-        c.lapic_mmio_write(cpu, DFR, 0xFFFF_FFFF, 0);
-        c.lapic_mmio_write(cpu, LDR, 1 << (24 + cpu), 0);
-    }
+    let mut c = flat_chip(3);
     icr(&mut c, 0, 0b110, 0x4C | 1 << 8 | 1 << 11);
     assert!(requested(&c, 1, 0x4C) && !requested(&c, 2, 0x4C));
     c.lapic_mmio_write(1, TPR, 0x80, 0);
@@ -311,11 +305,7 @@ fn ioapic_pin(c: &mut Chipset, pin: u32, low: u32, dest: u8) {
 /// whom the device interrupt kicks; its EOI clears the level pin's remote IRR.
 #[test]
 fn ioapic_routes_to_a_nonzero_apic_id() {
-    let mut c = chip(3);
-    for cpu in 0..3 {
-        enable(&mut c, cpu);
-    }
-    c.take_kicks();
+    let mut c = enabled_chip(3);
     ioapic_pin(&mut c, 5, 0x50, 2);
     c.set_gsi(5, true);
     assert!(requested(&c, 2, 0x50) && !requested(&c, 0, 0x50));
