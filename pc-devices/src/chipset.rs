@@ -1,16 +1,26 @@
 //! The interrupt and timer chips of one VM wired together as on a PC: ISA
 //! IRQs reach both the 8259 pair and the IOAPIC (IRQ 0 on IOAPIC pin 2, as
-//! the MADT's override says), IOAPIC messages reach the local APIC, the
-//! local APIC's EOIs of level-triggered vectors reach back to the IOAPIC,
-//! and the PIC's INTR reaches the CPU through LINT0 when the local APIC
-//! passes ExtINT. The hypervisor asks it which vector to inject and when
-//! the next timer fires; it never decides either itself.
+//! the MADT's override says), IOAPIC messages reach the local APICs they
+//! address, IPIs travel between the vCPUs' local APICs (both through
+//! [`crate::ipi::IpiRouter`]), the local APICs' EOIs of level-triggered
+//! vectors reach back to the IOAPIC, and the PIC's INTR reaches vCPU 0
+//! (the BSP) through LINT0 when its local APIC passes ExtINT. The
+//! hypervisor asks it which vector to inject on which vCPU, which vCPUs to
+//! start, stop or kick, and when the next timer fires; it never decides
+//! any of these itself.
+//!
+//! The methods without a vCPU argument are vCPU 0's, so a one-vCPU caller
+//! needs no other.
+
+use alloc::vec::Vec;
 
 use crate::acpi_pm::{AcpiPm, PmEffect};
 use crate::bus::Effect;
+use crate::dest::CpuMask;
 use crate::ioapic::IoApic;
+use crate::ipi::{IpiRouter, Message, RouterCounters, MAX_VCPUS};
 use crate::irq::{IrqLatch, IrqSink};
-use crate::lapic::{ApicFault, ApicMode, LocalApic};
+use crate::lapic::{ApicFault, ApicMode, DeliveryMode, LocalApic};
 use crate::pic::Pic;
 use crate::pit::Pit;
 use crate::rtc::Rtc;
@@ -43,19 +53,21 @@ const MASKED: u64 = 1 << 16;
 pub struct ChipCounters {
     /// PIT ticks dropped because the backlog was full.
     pub pit_dropped: u64,
-    /// IOAPIC messages the local APIC does not take (SMI, INIT, ExtINT, or
-    /// a destination that is not this vCPU).
+    /// IOAPIC messages no local APIC took (SMI, ExtINT, a destination
+    /// naming no vCPU, or APICs refusing them).
     pub messages_dropped: u64,
-    /// IPIs for other vCPUs (there are none yet).
+    /// IPIs dropped because the sender's queue was full
+    /// ([`crate::lapic::IPI_QUEUE_MAX`]); what the router did with the
+    /// others is in [`Chipset::router_counters`].
     pub ipis_dropped: u64,
-    /// NMIs raised (they are not injected yet).
+    /// NMIs raised by IOAPIC messages.
     pub nmis: u64,
 }
 
 /// One VM's interrupt controllers and timers.
 pub struct Chipset {
-    /// The vCPU's local APIC.
-    pub lapic: LocalApic,
+    /// The vCPUs' local APICs and the routing between them.
+    cpus: IpiRouter,
     /// The IOAPIC.
     pub ioapic: IoApic,
     /// The 8259 pair.
@@ -87,17 +99,38 @@ fn isa_pin(irq: u8) -> u32 {
 }
 
 impl Chipset {
-    /// The chips at power-on, with the local APIC in the virtual-wire state
+    /// The chips of a one-vCPU VM at power-on, its local APIC (ID
+    /// `apic_id`, IOAPIC ID `apic_id + 1`) in the virtual-wire state
     /// firmware leaves (LINT0 ExtINT, LINT1 NMI), the RTC at `unix_seconds`
     /// and the CMOS reporting `mem_bytes` of RAM.
     pub fn new(rate: TscRate, now: u64, unix_seconds: u64, mem_bytes: u64, apic_id: u32) -> Chipset {
-        let mut lapic = LocalApic::new(apic_id, true, rate.hz, rate);
-        lapic.enable_virtual_wire();
+        Chipset::build(rate, now, unix_seconds, mem_bytes, apic_id, 1)
+    }
+
+    /// The chips of a VM with `vcpus` vCPUs (clamped to 1..=[`MAX_VCPUS`]):
+    /// local APIC IDs `0..vcpus` as the MADT lists them, the IOAPIC's ID
+    /// `vcpus`. vCPU 0 is the BSP, running, its APIC in virtual-wire state;
+    /// the others wait for INIT-SIPI-SIPI with their APICs at power-on.
+    pub fn with_vcpus(rate: TscRate, now: u64, unix_seconds: u64, mem_bytes: u64, vcpus: u32) -> Chipset {
+        let n = vcpus.clamp(1, MAX_VCPUS as u32);
+        Chipset::build(rate, now, unix_seconds, mem_bytes, 0, n)
+    }
+
+    fn build(rate: TscRate, now: u64, unix_seconds: u64, mem_bytes: u64, first_id: u32, vcpus: u32) -> Chipset {
+        let apics: Vec<LocalApic> = (0..vcpus)
+            .map(|i| {
+                let mut lapic = LocalApic::new(first_id.saturating_add(i), i == 0, rate.hz, rate);
+                if i == 0 {
+                    lapic.enable_virtual_wire();
+                }
+                lapic
+            })
+            .collect();
         let mut rtc = Rtc::new(rate, now, unix_seconds);
         rtc.set_memory_size(mem_bytes);
         Chipset {
-            lapic,
-            ioapic: IoApic::new(u8::try_from(apic_id.saturating_add(1)).unwrap_or(1)),
+            cpus: IpiRouter::new(apics),
+            ioapic: IoApic::new(u8::try_from(first_id.saturating_add(vcpus)).unwrap_or(1)),
             pic: Pic::new(),
             pit: Pit::new(rate, now),
             rtc,
@@ -172,25 +205,105 @@ impl Chipset {
         Effect::None
     }
 
-    /// Where the guest's xAPIC page is, while it is in xAPIC mode.
-    fn lapic_window(&self) -> Option<u64> {
-        (self.lapic.mode() == ApicMode::XApic).then(|| self.lapic.apic_base() & 0x000F_FFFF_FFFF_F000)
+    /// Number of vCPUs.
+    pub fn vcpus(&self) -> usize {
+        self.cpus.vcpus()
     }
 
-    /// Whether `gpa` falls in the local APIC's page (where the guest put
-    /// it, while in xAPIC mode). The page is the CPU's own, so it is
-    /// checked before any bus.
+    /// vCPU `cpu`'s local APIC, for the debug log and tests.
+    pub fn lapic(&self, cpu: usize) -> Option<&LocalApic> {
+        self.cpus.apic(cpu)
+    }
+
+    /// vCPU `cpu`'s local APIC. What a direct access queues (IPIs, EOIs)
+    /// is routed at the next chipset call that settles.
+    pub fn lapic_mut(&mut self, cpu: usize) -> Option<&mut LocalApic> {
+        self.cpus.apic_mut(cpu)
+    }
+
+    /// The router's counters (IPIs routed, undelivered, ignored).
+    pub fn router_counters(&self) -> RouterCounters {
+        self.cpus.counters
+    }
+
+    /// vCPU `cpu`'s run state: the hypervisor runs it only while `Running`.
+    pub fn run_state(&self, cpu: usize) -> Option<crate::vcpu::VcpuRunState> {
+        self.cpus.run_state(cpu)
+    }
+
+    /// A start-up IPI's vector for `cpu`, once: reset the vCPU to real mode
+    /// at CS = vector << 8, IP = 0 and run it.
+    pub fn take_startup(&mut self, cpu: usize) -> Option<u8> {
+        self.cpus.take_startup(cpu)
+    }
+
+    /// Whether an INIT stopped the running vCPU `cpu` since the last call:
+    /// stop executing it until [`Chipset::take_startup`] says otherwise.
+    pub fn take_init(&mut self, cpu: usize) -> bool {
+        self.cpus.take_init(cpu)
+    }
+
+    /// The vCPUs something became pending on (from another vCPU or a
+    /// device) since the last call: interrupt the physical CPUs running
+    /// them. A caller ignores its own vCPU's bit.
+    pub fn take_kicks(&mut self) -> CpuMask {
+        self.cpus.take_kicks()
+    }
+
+    /// Takes vCPU `cpu`'s pending NMI, for injection.
+    pub fn take_nmi_on(&mut self, cpu: usize) -> bool {
+        self.cpus.apic_mut(cpu).is_some_and(LocalApic::take_nmi)
+    }
+
+    /// Where vCPU `cpu`'s xAPIC page is, while it is in xAPIC mode.
+    fn lapic_window(&self, cpu: usize) -> Option<u64> {
+        let apic = self.cpus.apic(cpu)?;
+        (apic.mode() == ApicMode::XApic).then(|| apic.apic_base() & 0x000F_FFFF_FFFF_F000)
+    }
+
+    /// [`Chipset::lapic_claims_on`] for vCPU 0.
     pub fn lapic_claims(&self, gpa: u64) -> bool {
-        self.lapic_window().is_some_and(|b| gpa >= b && gpa - b < crate::lapic::XAPIC_WINDOW)
+        self.lapic_claims_on(0, gpa)
     }
 
-    /// A guest MMIO read of `size` bytes; `None` when not ours. Registers
-    /// are 32-bit: narrower reads see part of the aligned dword, wider
-    /// ones its zero-extension.
+    /// Whether `gpa` falls in vCPU `cpu`'s local APIC page (where the guest
+    /// put it, while in xAPIC mode). The page is the CPU's own, so it is
+    /// checked before any bus.
+    pub fn lapic_claims_on(&self, cpu: usize, gpa: u64) -> bool {
+        self.lapic_window(cpu).is_some_and(|b| gpa >= b && gpa - b < crate::lapic::XAPIC_WINDOW)
+    }
+
+    /// A 32-bit read of vCPU `cpu`'s xAPIC page at `offset` (0 for a
+    /// missing vCPU, like an unimplemented register).
+    pub fn lapic_mmio_read(&mut self, cpu: usize, offset: u64, now: u64) -> u32 {
+        let v = self.cpus.apic_mut(cpu).map_or(0, |a| a.mmio_read(offset, now));
+        self.settle(now);
+        v
+    }
+
+    /// A 32-bit write to vCPU `cpu`'s xAPIC page at `offset`; what it
+    /// sends (IPIs, EOIs) is routed before this returns.
+    pub fn lapic_mmio_write(&mut self, cpu: usize, offset: u64, value: u32, now: u64) {
+        if let Some(a) = self.cpus.apic_mut(cpu) {
+            a.mmio_write(offset, value, now);
+        }
+        self.settle(now);
+    }
+
+    /// [`Chipset::mmio_read_on`] for vCPU 0.
     pub fn mmio_read(&mut self, gpa: u64, size: u8, now: u64) -> Option<u64> {
+        self.mmio_read_on(0, gpa, size, now)
+    }
+
+    /// A guest MMIO read of `size` bytes by vCPU `cpu` (its own local APIC
+    /// page, then the IOAPIC); `None` when not ours. Registers are 32-bit:
+    /// narrower reads see part of the aligned dword, wider ones its
+    /// zero-extension.
+    pub fn mmio_read_on(&mut self, cpu: usize, gpa: u64, size: u8, now: u64) -> Option<u64> {
         let aligned = gpa & !3;
-        let dword = if let Some(base) = self.lapic_window().filter(|b| gpa >= *b && gpa - b < 0x1000) {
-            self.lapic.mmio_read(aligned - base, now)
+        let window = self.lapic_window(cpu).filter(|b| gpa >= *b && gpa - b < 0x1000);
+        let dword = if let (Some(base), Some(apic)) = (window, self.cpus.apic_mut(cpu)) {
+            apic.mmio_read(aligned - base, now)
         } else if gpa >= crate::ioapic::IOAPIC_BASE && gpa - crate::ioapic::IOAPIC_BASE < crate::ioapic::IOAPIC_WINDOW {
             self.ioapic.mmio_read(aligned - crate::ioapic::IOAPIC_BASE)
         } else {
@@ -206,13 +319,20 @@ impl Chipset {
         })
     }
 
-    /// A guest MMIO write; false when not ours. A write narrower than a
-    /// dword or unaligned is dropped, as the chips ignore such cycles.
+    /// [`Chipset::mmio_write_on`] for vCPU 0.
     pub fn mmio_write(&mut self, gpa: u64, size: u8, value: u64, now: u64) -> bool {
+        self.mmio_write_on(0, gpa, size, value, now)
+    }
+
+    /// A guest MMIO write by vCPU `cpu`; false when not ours. A write
+    /// narrower than a dword or unaligned is dropped, as the chips ignore
+    /// such cycles.
+    pub fn mmio_write_on(&mut self, cpu: usize, gpa: u64, size: u8, value: u64, now: u64) -> bool {
         let value32 = value as u32;
-        if let Some(base) = self.lapic_window().filter(|b| gpa >= *b && gpa - b < 0x1000) {
+        let window = self.lapic_window(cpu).filter(|b| gpa >= *b && gpa - b < 0x1000);
+        if let (Some(base), Some(apic)) = (window, self.cpus.apic_mut(cpu)) {
             if size >= 4 && gpa & 3 == 0 {
-                self.lapic.mmio_write(gpa - base, value32, now);
+                apic.mmio_write(gpa - base, value32, now);
             }
         } else if gpa >= crate::ioapic::IOAPIC_BASE && gpa - crate::ioapic::IOAPIC_BASE < crate::ioapic::IOAPIC_WINDOW {
             if size >= 4 && gpa & 3 == 0 {
@@ -225,28 +345,46 @@ impl Chipset {
         true
     }
 
-    /// RDMSR of an APIC MSR (IA32_APIC_BASE, IA32_TSC_DEADLINE, x2APIC);
-    /// `None` when `msr` is not one.
+    /// [`Chipset::msr_read_on`] for vCPU 0.
     pub fn msr_read(&mut self, msr: u32, now: u64) -> Option<Result<u64, ApicFault>> {
-        let r = match msr {
-            0x1B => Ok(self.lapic.apic_base()),
-            0x6E0 => Ok(self.lapic.tsc_deadline()),
-            0x800..=0x8FF => self.lapic.msr_read(msr, now),
-            _ => return None,
-        };
-        Some(r)
+        self.msr_read_on(0, msr, now)
     }
 
-    /// WRMSR of an APIC MSR; `None` when `msr` is not one.
+    /// RDMSR by vCPU `cpu` of an APIC MSR (IA32_APIC_BASE,
+    /// IA32_TSC_DEADLINE, x2APIC); `None` when `msr` is not one (or there
+    /// is no such vCPU).
+    pub fn msr_read_on(&mut self, cpu: usize, msr: u32, now: u64) -> Option<Result<u64, ApicFault>> {
+        if !is_apic_msr(msr) {
+            return None;
+        }
+        let apic = self.cpus.apic_mut(cpu)?;
+        Some(match msr {
+            0x1B => Ok(apic.apic_base()),
+            0x6E0 => Ok(apic.tsc_deadline()),
+            _ => apic.msr_read(msr, now),
+        })
+    }
+
+    /// [`Chipset::msr_write_on`] for vCPU 0.
     pub fn msr_write(&mut self, msr: u32, value: u64, now: u64) -> Option<Result<(), ApicFault>> {
+        self.msr_write_on(0, msr, value, now)
+    }
+
+    /// WRMSR by vCPU `cpu` of an APIC MSR; `None` when `msr` is not one
+    /// (or there is no such vCPU). An ICR write is routed before this
+    /// returns.
+    pub fn msr_write_on(&mut self, cpu: usize, msr: u32, value: u64, now: u64) -> Option<Result<(), ApicFault>> {
+        if !is_apic_msr(msr) {
+            return None;
+        }
+        let apic = self.cpus.apic_mut(cpu)?;
         let r = match msr {
-            0x1B => self.lapic.set_apic_base(value),
+            0x1B => apic.set_apic_base(value),
             0x6E0 => {
-                self.lapic.set_tsc_deadline(value, now);
+                apic.set_tsc_deadline(value, now);
                 Ok(())
             }
-            0x800..=0x8FF => self.lapic.msr_write(msr, value, now),
-            _ => return None,
+            _ => apic.msr_write(msr, value, now),
         };
         self.settle(now);
         Some(r)
@@ -290,8 +428,9 @@ impl Chipset {
         }
     }
 
-    /// Moves messages between the chips: IOAPIC -> local APIC, local APIC
-    /// EOIs -> IOAPIC, IPIs (self-IPIs are the local APIC's own).
+    /// Moves messages between the chips: IOAPIC -> local APICs, local APIC
+    /// EOIs -> IOAPIC, IPIs between the local APICs (self-IPIs are each
+    /// local APIC's own).
     fn route(&mut self) {
         // Each pass can free a pin for another message; a pin holds at
         // most one, so this ends within a few rounds. The message budget
@@ -304,25 +443,28 @@ impl Chipset {
                 let Some(d) = self.ioapic.take_delivery() else { break };
                 budget -= 1;
                 moved = true;
-                let ours = if d.logical { true } else { u32::from(d.dest) == self.lapic.id() || d.dest == 0xFF };
-                match d.mode {
-                    0 | 1 if ours && self.lapic.accepts_fixed() => self.lapic.deliver(d.vector, d.level),
-                    4 if ours => {
-                        self.lapic.deliver_nmi();
+                let msg = Message::from_ioapic(d);
+                let took = msg.map_or(0, |m| self.cpus.deliver(None, m));
+                if took == 0 {
+                    self.counters.messages_dropped += 1;
+                    // A level message nobody takes would keep remote
+                    // IRR set for ever: release it (delivered again at
+                    // the next line sample, not in this pass).
+                    if d.level {
+                        self.ioapic.release(d.vector);
+                    }
+                } else {
+                    if msg.is_some_and(|m| m.mode == DeliveryMode::Nmi) {
                         self.counters.nmis += 1;
                     }
-                    _ => {
-                        self.counters.messages_dropped += 1;
-                        // A level message nobody takes would keep remote
-                        // IRR set for ever: release it (delivered again at
-                        // the next line sample, not in this pass).
-                        if d.level {
-                            self.ioapic.release(d.vector);
-                        }
+                    if d.level && !msg.is_some_and(|m| m.level) {
+                        // Taken, but not as a fixed interrupt (NMI, INIT):
+                        // no EOI will come back for it.
+                        self.ioapic.release(d.vector);
                     }
                 }
             }
-            while let Some(v) = self.lapic.take_eoi() {
+            while let Some(v) = self.cpus.take_eoi() {
                 moved = true;
                 self.ioapic.eoi(v);
             }
@@ -330,9 +472,8 @@ impl Chipset {
                 break;
             }
         }
-        while self.lapic.take_ipi().is_some() {
-            self.counters.ipis_dropped += 1;
-        }
+        self.cpus.route_ipis();
+        self.counters.ipis_dropped = self.cpus.ipis_dropped();
     }
 
     fn settle(&mut self, now: u64) {
@@ -341,10 +482,16 @@ impl Chipset {
         self.route();
     }
 
-    /// Brings every timer up to `now`: expired timers raise their
-    /// interrupts, and one PIT tick of the backlog is delivered (unless
-    /// one was less than [`PIT_MIN_GAP_NS`] ago).
+    /// [`Chipset::advance_on`] for vCPU 0.
     pub fn advance(&mut self, now: u64) {
+        self.advance_on(0, now);
+    }
+
+    /// Brings every timer up to `now`, on behalf of vCPU `cpu`: expired
+    /// timers raise their interrupts (a local APIC timer firing on
+    /// another vCPU kicks it), and one PIT tick of the backlog is delivered
+    /// (unless one was less than [`PIT_MIN_GAP_NS`] ago).
+    pub fn advance_on(&mut self, cpu: usize, now: u64) {
         let edges = self.pit.advance(now);
         let room = PIT_BACKLOG_MAX - self.pit_backlog.min(PIT_BACKLOG_MAX);
         self.counters.pit_dropped += edges.saturating_sub(room);
@@ -352,7 +499,7 @@ impl Chipset {
         let mut latch = IrqLatch::default();
         self.rtc.advance(now, &mut latch);
         self.apply(&mut latch);
-        self.lapic.advance(now);
+        self.advance_lapics(cpu, now);
         if self.pit_backlog > 0 && now >= self.pit_earliest() {
             self.pit_backlog -= 1;
             self.pit_last = Some(now);
@@ -362,12 +509,24 @@ impl Chipset {
         self.settle(now);
     }
 
+    /// Runs every local APIC's timer to `now`; a vCPU other than `caller`
+    /// that gains a pending vector is kicked.
+    fn advance_lapics(&mut self, caller: usize, now: u64) {
+        for cpu in 0..self.cpus.vcpus() {
+            let Some(apic) = self.cpus.apic_mut(cpu) else { continue };
+            let before = apic.pending_vector();
+            apic.advance(now);
+            if apic.pending_vector() != before {
+                self.cpus.kick(cpu, Some(caller));
+            }
+        }
+    }
+
     /// Whether the PIT's interrupt can reach the CPU at all (Linux masks it
     /// everywhere once the local APIC timer takes over; then its ticks need
     /// not wake a halted vCPU).
     fn pit_routed(&self) -> bool {
-        self.ioapic.redirection(PIT_IOAPIC_PIN) & MASKED == 0
-            || (self.pic.imr() & 1 == 0 && self.lapic.accepts_extint())
+        self.ioapic.redirection(PIT_IOAPIC_PIN) & MASKED == 0 || (self.pic.imr() & 1 == 0 && self.bsp_takes_extint())
     }
 
     /// The earliest TSC tick the next PIT tick may be delivered at.
@@ -375,12 +534,28 @@ impl Chipset {
         self.pit_last.map_or(0, |t| t.saturating_add(self.pit_gap))
     }
 
-    /// The TSC tick at which some timer next raises an interrupt (now, if
-    /// a PIT tick is waiting and may be delivered); the vCPU needs to run
-    /// no earlier unless a device raises one first. PIT ticks that reach
-    /// no one (masked everywhere) do not count, and PIT ticks are never
-    /// due closer together than [`PIT_MIN_GAP_NS`].
+    /// The TSC tick at which some timer of the VM (any vCPU's local APIC
+    /// or a chipset timer) next raises an interrupt: now, if a PIT tick is
+    /// waiting and may be delivered. With one vCPU, it needs to run no
+    /// earlier unless a device raises one first.
     pub fn next_deadline(&self, now: u64) -> Option<u64> {
+        let apics = self.cpus.apics().iter().filter_map(LocalApic::next_deadline).min();
+        [apics, self.device_deadline(now)].into_iter().flatten().min()
+    }
+
+    /// The TSC tick at which vCPU `cpu` must next run [`Chipset::advance_on`]:
+    /// its own local APIC timer, and for vCPU 0 also the chipset's timers
+    /// (the BSP drives them; what they raise for another vCPU kicks it).
+    pub fn next_deadline_on(&self, cpu: usize, now: u64) -> Option<u64> {
+        let own = self.cpus.apic(cpu).and_then(LocalApic::next_deadline);
+        let devices = if cpu == 0 { self.device_deadline(now) } else { None };
+        [own, devices].into_iter().flatten().min()
+    }
+
+    /// The chipset timers' next interrupt. PIT ticks that reach no one
+    /// (masked everywhere) do not count, and PIT ticks are never due
+    /// closer together than [`PIT_MIN_GAP_NS`].
+    fn device_deadline(&self, now: u64) -> Option<u64> {
         let pit = if !self.pit_routed() {
             None
         } else if self.pit_backlog > 0 {
@@ -389,29 +564,49 @@ impl Chipset {
             self.pit.next_irq0()
         };
         let pit = pit.map(|t| t.max(self.pit_earliest()));
-        [self.lapic.next_deadline(), pit, self.rtc.next_deadline(), self.pm.next_sci_deadline(now)]
-            .into_iter()
-            .flatten()
-            .min()
+        [pit, self.rtc.next_deadline(), self.pm.next_sci_deadline(now)].into_iter().flatten().min()
     }
 
-    /// Whether an interrupt waits for the CPU (a vector above the local
-    /// APIC's priority, or the PIC's INTR passed as ExtINT).
+    /// Whether the BSP's LINT0 passes the 8259's INTR (virtual wire). Only
+    /// vCPU 0 is wired to the PIC, as on a PC where firmware enables
+    /// ExtINT on the BSP alone (MP spec 3.6.2.2).
+    fn bsp_takes_extint(&self) -> bool {
+        self.cpus.apic(0).is_some_and(LocalApic::accepts_extint)
+    }
+
+    /// [`Chipset::interrupt_pending_on`] for vCPU 0.
     pub fn interrupt_pending(&self) -> bool {
-        self.lapic.pending_vector().is_some() || (self.lapic.accepts_extint() && self.pic.interrupt_pending())
+        self.interrupt_pending_on(0)
     }
 
-    /// The CPU takes the pending interrupt: its vector, moved to
-    /// in-service (local APIC) or acknowledged (PIC INTA).
+    /// Whether an interrupt waits for vCPU `cpu` (a vector above its local
+    /// APIC's priority, or for vCPU 0 the PIC's INTR passed as ExtINT).
+    pub fn interrupt_pending_on(&self, cpu: usize) -> bool {
+        self.cpus.apic(cpu).is_some_and(|a| a.pending_vector().is_some())
+            || (cpu == 0 && self.bsp_takes_extint() && self.pic.interrupt_pending())
+    }
+
+    /// [`Chipset::acknowledge_on`] for vCPU 0.
     pub fn acknowledge(&mut self) -> Option<u8> {
-        if let Some(v) = self.lapic.acknowledge() {
+        self.acknowledge_on(0)
+    }
+
+    /// vCPU `cpu` takes its pending interrupt: the vector, moved to
+    /// in-service (local APIC) or acknowledged (PIC INTA, vCPU 0 only).
+    pub fn acknowledge_on(&mut self, cpu: usize) -> Option<u8> {
+        if let Some(v) = self.cpus.apic_mut(cpu).and_then(LocalApic::acknowledge) {
             return Some(v);
         }
-        if self.lapic.accepts_extint() && self.pic.interrupt_pending() {
+        if cpu == 0 && self.bsp_takes_extint() && self.pic.interrupt_pending() {
             return Some(self.pic.acknowledge());
         }
         None
     }
+}
+
+/// IA32_APIC_BASE, IA32_TSC_DEADLINE and the x2APIC range.
+fn is_apic_msr(msr: u32) -> bool {
+    matches!(msr, 0x1B | 0x6E0 | 0x800..=0x8FF)
 }
 
 impl IrqSink for Chipset {
@@ -435,7 +630,7 @@ mod tests {
     /// in mode 2 with `count`.
     fn chip_with_pit(count: u16) -> Chipset {
         let mut c = Chipset::new(TscRate::new(HZ), 0, 0, 64 << 20, 0);
-        c.lapic.mmio_write(0xF0, 0x1FF, 0);
+        c.lapic_mut(0).unwrap().mmio_write(0xF0, 0x1FF, 0);
         c.ioapic.mmio_write(0x00, 0x10 + 2 * PIT_IOAPIC_PIN);
         c.ioapic.mmio_write(0x10, 0x30);
         c.port_write(0x43, 1, 0x34, 0);
@@ -455,7 +650,7 @@ mod tests {
             while let Some(v) = c.acknowledge() {
                 assert_eq!(v, 0x30);
                 got += 1;
-                c.lapic.mmio_write(0xB0, 0, now);
+                c.lapic_mut(0).unwrap().mmio_write(0xB0, 0, now);
             }
             let d = c.next_deadline(now).unwrap();
             now = d.max(now + 1);
@@ -472,7 +667,7 @@ mod tests {
         for _ in 0..100 {
             c.advance(now);
             while c.acknowledge().is_some() {
-                c.lapic.mmio_write(0xB0, 0, now);
+                c.lapic_mut(0).unwrap().mmio_write(0xB0, 0, now);
             }
             let d = c.next_deadline(now).unwrap();
             assert!(d >= now + gap || now == 0, "deadline {} only {} ticks after {}", d, d - now, now);

@@ -694,6 +694,54 @@ impl LocalApic {
         self.ipis.pop_front()
     }
 
+    /// The xAPIC ID register's APIC ID (bits 31:24; the guest may change
+    /// it in xAPIC mode), which physical xAPIC destinations are matched
+    /// against (SDM 11.6.2.1).
+    pub fn xapic_id(&self) -> u8 {
+        self.xapic_id
+    }
+
+    /// The logical destination register as logical destinations are
+    /// matched against it: the guest-written LDR in xAPIC mode, the LDR
+    /// derived from the x2APIC ID in x2APIC mode (SDM 11.12.10.2).
+    pub fn logical_destination(&self) -> u32 {
+        match self.mode {
+            ApicMode::X2Apic => self.x2apic_ldr(),
+            _ => self.ldr,
+        }
+    }
+
+    /// The destination format register (bits 31:28: 1111b flat, 0000b
+    /// cluster model, SDM 11.6.2.2), for xAPIC logical destinations.
+    pub fn destination_format(&self) -> u32 {
+        self.dfr
+    }
+
+    /// The arbitration priority (APR, SDM 11.6.2.4) the router ranks
+    /// lowest-priority targets by; the APR register itself reads 0 (see
+    /// the module doc).
+    pub fn arbitration_priority(&self) -> u8 {
+        let tpr = self.tpr >> 4;
+        let irrv = self.irr.highest().unwrap_or(0) >> 4;
+        let isrv = self.isr.highest().unwrap_or(0) >> 4;
+        if tpr >= irrv && tpr > isrv {
+            self.tpr
+        } else {
+            // The SDM's formula, literally: max(TPR[7:4] AND ISRV[7:4], IRRV[7:4]).
+            (tpr & isrv).max(irrv) << 4
+        }
+    }
+
+    /// Whether an NMI waits for injection, so a router can report it.
+    pub fn nmi_pending(&self) -> bool {
+        self.nmi
+    }
+
+    /// IPIs queued for the router, never more than [`IPI_QUEUE_MAX`].
+    pub fn queued_ipis(&self) -> usize {
+        self.ipis.len()
+    }
+
     /// ESR as the guest would read it (errors latched by its last write).
     pub fn error_status(&self) -> u32 {
         self.esr
