@@ -47,6 +47,35 @@ for engine in $engines; do
 done
 
 if [[ " $engines " == *" qemu-tcg "* ]]; then
+    # SMP scaling (QEMU, multi-threaded TCG, two CPUs): the total work two
+    # CPU-bound VMs (cpuwork, 3 s each) get done when BMonitor places them
+    # on both CPUs, divided by the same with both pinned to CPU 0 (the
+    # ideal is 2). Then the cross-CPU kick latency BMonitor measured
+    # (sender's TSC to the receiver's handler) in a VM-to-VM transfer
+    # between VMs on different CPUs.
+    dir=$OUT/bench-smp
+    mkdir -p "$dir"
+    smp_work() { # NAME PIN(0|1) -> total Mturns of both VMs
+        sed -e "s|\.\./\.\./target|$ROOT/target|" -e 's|ms=1500|ms=3000|' tests/e2e/smp-pair.toml >"$dir/$1.toml"
+        if [[ $2 == 1 ]]; then
+            sed -i 's|^memory_mib = 8$|memory_mib = 8\ncpus = [0]|' "$dir/$1.toml"
+        fi
+        make_bundle "$dir/$1.toml" "$dir/$1.bundle"
+        BM_QEMU_SMP=2 boot_engine qemu-tcg "$dir/$1.bundle" "$dir/$1.log" 120 || die "SMP benchmark ($1) timed out"
+        grep -o 'cpuwork done: work=[0-9]*' "$dir/$1.log" | grep -o '[0-9]*$' | awk '{s += $1; n++} END {if (n == 2) print s}'
+    }
+    two=$(smp_work two-cpus 0)
+    one=$(smp_work one-cpu 1)
+    [[ -n $two && -n $one && $one -gt 0 ]] || die "SMP benchmark: no result (see $dir/*.log)"
+    echo "smp scaling: $(awk "BEGIN {printf \"%.2f\", $two / $one}") (two CPU-bound VMs: ${two} Mturns on 2 CPUs, ${one} on 1)"
+    sed -e "s|\.\./\.\./target|$ROOT/target|" tests/e2e/bulk.toml >"$dir/bulk.toml"
+    make_bundle "$dir/bulk.toml" "$dir/bulk.bundle"
+    BM_QEMU_SMP=2 boot_engine qemu-tcg "$dir/bulk.bundle" "$dir/bulk.log" 300 || die "SMP kick benchmark timed out"
+    grep '^vm .*: placed on CPU' "$dir/bulk.log" | sed 's/^/smp kick: /'
+    grep '^smp: CPU [0-9]*: kicks=' "$dir/bulk.log" | sed 's/^smp: /smp kick latency: /' || echo "smp kick latency: no kicks (see $dir/bulk.log)"
+fi
+
+if [[ " $engines " == *" qemu-tcg "* ]]; then
     # Guest-visible throughput of an encrypted disk (QEMU TCG, virtio-blk
     # node disk): diskprobe writes then reads 8 MiB in 64 KiB requests.
     dir=$OUT/bench-disk

@@ -139,6 +139,25 @@ make_bundle() {
     "$BMIMAGE" bundle --config "$1" --out "$2" || die "bmimage rejected $1"
 }
 
+# free_port: a TCP port on 127.0.0.1 nobody listens on, below Linux's
+# ephemeral range (so no outgoing connection holds it either): QEMU's
+# hostfwd and test listeners bind it.
+free_port() {
+    python3 -c '
+import random, socket
+for _ in range(200):
+    p = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break'
+}
+
 # make_iso BUNDLE OUTFILE
 make_iso() {
     ensure_cmds grub-mkrescue
@@ -160,6 +179,12 @@ kvm_nested_available() {
     [[ $n == Y || $n == 1 ]]
 }
 
+# QEMU's TCG accelerator: with several CPUs (BM_QEMU_SMP), one host thread
+# each (multi-threaded TCG), so guests on different CPUs run in parallel.
+tcg_accel() {
+    if [[ ${BM_QEMU_SMP:-1} -gt 1 ]]; then echo tcg,thread=multi; else echo tcg; fi
+}
+
 # boot_engine ENGINE BUNDLE SERIAL_LOG TIMEOUT_S [FOLLOW]
 # Boots BMonitor with the bundle; returns 124 on timeout. The serial log is
 # the verdict: emulators' exit codes say nothing reliable (Bochs exits 1 on
@@ -178,10 +203,7 @@ boot_engine() {
     case $engine in
     qemu-tcg | qemu-kvm)
         ensure_cmds qemu-system-x86_64
-        # With several CPUs, one host thread each (multi-threaded TCG).
-        local tcg=tcg
-        [[ ${BM_QEMU_SMP:-1} -gt 1 ]] && tcg=tcg,thread=multi
-        local accel=(-accel "$tcg" -cpu qemu64,+svm,+npt,+rdrand)
+        local accel=(-accel "$(tcg_accel)" -cpu qemu64,+svm,+npt,+rdrand)
         [[ $engine == qemu-kvm ]] && accel=(-accel kvm -cpu host)
         timeout "$secs" qemu-system-x86_64 "${accel[@]}" -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
@@ -191,7 +213,7 @@ boot_engine() {
         # q35 (ECAM) with a virtio-net uplink on QEMU user networking; the
         # management port is forwarded to 127.0.0.1:$BM_MGMT_PORT.
         ensure_cmds qemu-system-x86_64
-        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 -machine q35 -accel "$(tcg_accel)" -cpu qemu64,+svm,+npt,+rdrand -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -netdev "user,id=uplink,hostfwd=tcp:127.0.0.1:${BM_MGMT_PORT:-7700}-:7700" -device virtio-net-pci,netdev=uplink \
             -kernel "$BM_ELF" -initrd "$bundle" </dev/null >"$work/qemu.out" 2>&1 || rc=$?
@@ -200,9 +222,9 @@ boot_engine() {
         # Both: the uplink (port forwarded as for qemu-tcg-net) and the node
         # disk at $BM_DISK_IMAGE. (qemu-kvm-net-disk: the same on KVM.)
         ensure_cmds qemu-system-x86_64
-        local nd_accel=(-accel tcg -cpu qemu64,+svm,+npt,+rdrand)
+        local nd_accel=(-accel "$(tcg_accel)" -cpu qemu64,+svm,+npt,+rdrand)
         [[ $engine == qemu-kvm-net-disk ]] && nd_accel=(-accel kvm -cpu host)
-        timeout "$secs" qemu-system-x86_64 -machine q35 "${nd_accel[@]}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 -machine q35 "${nd_accel[@]}" -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -netdev "user,id=uplink,hostfwd=tcp:127.0.0.1:${BM_MGMT_PORT:-7700}-:7700${BM_DISCARD_PORT:+,hostfwd=tcp:127.0.0.1:$BM_DISCARD_PORT-:9}" -device virtio-net-pci,netdev=uplink \
             ${BM_QEMU_MONITOR:+-monitor unix:$BM_QEMU_MONITOR,server,nowait} \
@@ -213,7 +235,7 @@ boot_engine() {
     qemu-tcg-disk)
         # q35 (ECAM) with a virtio-blk node disk at $BM_DISK_IMAGE (raw).
         ensure_cmds qemu-system-x86_64
-        timeout ${BM_KILL_SIGNAL:+-s $BM_KILL_SIGNAL} "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
+        timeout ${BM_KILL_SIGNAL:+-s $BM_KILL_SIGNAL} "$secs" qemu-system-x86_64 -machine q35 -accel "$(tcg_accel)" -cpu qemu64,+svm,+npt,+rdrand -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -drive "file=${BM_DISK_IMAGE:?BM_DISK_IMAGE names the node disk image},format=raw,if=none,id=nodedisk,cache=writeback" \
             -device virtio-blk-pci,drive=nodedisk \
@@ -236,7 +258,7 @@ boot_engine() {
             tpm=(-chardev "socket,id=chrtpm,path=$BM_TPM_DIR/swtpm.sock" -tpmdev emulator,id=tpm0,chardev=chrtpm
                 -device tpm-tis,tpmdev=tpm0)
         fi
-        timeout "$secs" qemu-system-x86_64 -machine q35 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 -machine q35 -accel "$(tcg_accel)" -cpu qemu64,+svm,+npt,+rdrand -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -drive "file=${BM_DISK_IMAGE:?BM_DISK_IMAGE names the node disk image},format=raw,if=none,id=nodedisk,cache=writeback" \
             -device virtio-blk-pci,drive=nodedisk "${tpm[@]}" \
@@ -246,7 +268,7 @@ boot_engine() {
     qemu-tcg-iso)
         ensure_cmds qemu-system-x86_64
         make_iso "$bundle" "$work/node.iso"
-        timeout "$secs" qemu-system-x86_64 -accel tcg -cpu qemu64,+svm,+npt,+rdrand -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
+        timeout "$secs" qemu-system-x86_64 -accel "$(tcg_accel)" -cpu qemu64,+svm,+npt,+rdrand -smp "${BM_QEMU_SMP:-1}" -m ${BM_QEMU_MEM:-512} -display none -no-reboot \
             -serial "file:$log" -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
             -cdrom "$work/node.iso" -boot d </dev/null >"$work/qemu.out" 2>&1 || rc=$?
         ;;

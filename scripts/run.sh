@@ -154,7 +154,7 @@ kernel = "$TARGET_DIR/x86_64-unknown-none/release/hello"
 TOML
 make_bundle "$WORK/node.toml" "$WORK/node.bundle" 2>>"$WORK/bmimage.err"
 truncate -s 256M "$WORK/node.img"
-PORT=$((20000 + RANDOM % 20000))
+PORT=$(free_port)
 step "booting BMonitor in $engine with an uplink (management port on 127.0.0.1:$PORT) and a 256 MiB node disk"
 BM_QEMU_MEM=1024 BM_DISK_IMAGE=$WORK/node.img BM_MGMT_PORT=$PORT \
     boot_engine "${engine}-net-disk" "$WORK/node.bundle" "$LOG" "$secs" &

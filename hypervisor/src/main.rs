@@ -140,6 +140,7 @@ fn boot(magic: u32, info: u32) -> Result<bool, &'static str> {
     };
     let end = node::run_node(&mut vms, &mut node, stay_up);
     network.report();
+    vm::runq::report_kicks();
     match end {
         node::End::Reboot => power::reboot(),
         node::End::Shutdown | node::End::Idle => {}

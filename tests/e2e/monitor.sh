@@ -31,23 +31,8 @@ mon_setup() {
     : >"$dir/figures.txt"
 }
 mon_bm() { BMCTL_TIMEOUT=30 timeout 200 "$B" "$@"; }
-# A TCP port on 127.0.0.1 nobody listens on, below Linux's ephemeral range
-# (so no outgoing connection holds it either).
-mon_free_port() {
-    python3 -c '
-import random, socket
-for _ in range(200):
-    p = random.randint(20000, 32000)
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        s.close()
-    print(p)
-    break'
-}
+# A free TCP port below the ephemeral range (scripts/lib.sh).
+mon_free_port() { free_port; }
 mon_key() { mon_bm --json keygen "$1" | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])'; }
 mon_jget() { python3 -c 'import sys, json; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2" 2>/dev/null; }
 # mon_watch NAME PROFILE HTTP_PORT [ARGS...]: a watch in the background,

@@ -174,7 +174,7 @@ check_uplink() {
 # boot_with_client: boots in the background, waits for the address line,
 # reads the banner from the forwarded management port, then stops the node.
 boot_with_client() {
-    local port=$((20000 + RANDOM % 20000))
+    local port=$(free_port)
     BM_MGMT_PORT=$port boot_engine qemu-tcg-net "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" &
     local boot=$!
     local deadline=$((SECONDS + 60))
@@ -410,7 +410,7 @@ check_disk_mem() {
 # The management plane end to end: bmctl (landlord and two tenants) against
 # the node over TCP through QEMU's forwarded port.
 run_mgmt() {
-    local B="$TARGET_DIR/release/bmctl" port=$((20000 + RANDOM % 20000))
+    local B="$TARGET_DIR/release/bmctl" port=$(free_port)
     export BMCTL_CONFIG_DIR=$dir/bmctl
     bm() { timeout 30 "$B" "$@"; }
     key() { bm --json keygen "$1" | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])'; }
@@ -488,7 +488,7 @@ run_mgmt() {
     bm -p tb tenant counters "$vm" >"$dir/b-counters.txt" 2>&1 && fail "tenant b read tenant a's counters"
     # A replayed session: a relay records one landlord request, then sends
     # the same bytes again on a new connection.
-    local rport=$((20000 + RANDOM % 20000))
+    local rport=$(free_port)
     python3 "$ROOT/tests/e2e/replay.py" "$rport" "$port" 20 >"$dir/replay.txt" 2>&1 &
     local replay=$! until=$((SECONDS + 10))
     # Wait for the relay to listen (python starts slowly on a loaded machine).
@@ -551,7 +551,7 @@ run_mgmt() {
 # The landlord's out-of-band path: the management protocol over COM2 under
 # Bochs (VT-x), through a console server relaying the emulated line.
 run_mgmt_serial() {
-    local B="$TARGET_DIR/release/bmctl" line=$((20000 + RANDOM % 20000)) port=$((20000 + RANDOM % 20000))
+    local B="$TARGET_DIR/release/bmctl" line=$(free_port) port=$(free_port)
     export BMCTL_CONFIG_DIR=$dir/bmctl
     bm() { BMCTL_TIMEOUT=50 timeout 60 "$B" "$@"; }
     local kl
@@ -599,7 +599,7 @@ check_mgmt_serial() {
 
 # A sub-boundary set through bmctl, observed in the VMs' traffic.
 run_mgmt_rules() {
-    local B="$TARGET_DIR/release/bmctl" port=$((20000 + RANDOM % 20000))
+    local B="$TARGET_DIR/release/bmctl" port=$(free_port)
     export BMCTL_CONFIG_DIR=$dir/bmctl
     bm() { timeout 30 "$B" "$@"; }
     key() { bm --json keygen "$1" | python3 -c 'import sys, json; print(json.load(sys.stdin)["public_key"])'; }
@@ -642,7 +642,7 @@ run_mgmt_rules() {
 # that never authenticate, quota edges, cancelled uploads, 16 clients at
 # once, and images that must survive a reboot intact.
 run_mgmt_hostile() {
-    local B="$TARGET_DIR/release/bmctl" port=$((20000 + RANDOM % 20000))
+    local B="$TARGET_DIR/release/bmctl" port=$(free_port)
     local loop_secs=${HOSTILE_LOOP_SECONDS:-60}
     export BMCTL_CONFIG_DIR=$dir/bmctl
     bm() { BMCTL_TIMEOUT=50 timeout 60 "$B" "$@"; }
@@ -651,7 +651,7 @@ run_mgmt_hostile() {
     pct() { sort -n | awk -v p="$1" '{v[NR]=$1} END {i=int((NR*p+99)/100); if (i<1) i=1; print v[i]+0}'; }
     local kl ka
     kl=$(key landlord) && ka=$(key tenant-a) || { fail "bmctl keygen failed"; return; }
-    local dport=$((20000 + RANDOM % 20000))
+    local dport=$(free_port)
     sed -e "s|\.\./\.\./target|$ROOT/target|" -e "s|LANDLORD_KEY|$kl|" "$ROOT/tests/e2e/mgmt-hostile.toml" >"$dir/node.toml"
     "$BMIMAGE" bundle --config "$dir/node.toml" --out "$dir/node.bundle" 2>>"$dir/bmimage.err"
     rm -f "$dir/node.img"
@@ -874,7 +874,7 @@ check_bad_bundle() {
 # service and watches a hung agent through bmctl; the landlord and tenant B
 # are refused. Figures in $dir/figures.txt.
 run_agent_qemu() {
-    local B="$TARGET_DIR/release/bmctl" port=$((20000 + RANDOM % 20000)) dport=$((20000 + RANDOM % 20000))
+    local B="$TARGET_DIR/release/bmctl" port=$(free_port) dport=$(free_port)
     local K=$ROOT/target/linux/agent
     export BMCTL_CONFIG_DIR=$dir/bmctl
     bm() { BMCTL_TIMEOUT=30 timeout 200 "$B" "$@"; }
@@ -1114,7 +1114,7 @@ check_agent_qemu() {
 # and runs one exec. Checked: the agent attaches under VMX, and a tenant
 # reaches it over COM2.
 run_agent_bochs() {
-    local B="$TARGET_DIR/release/bmctl" line=$((20000 + RANDOM % 20000)) port=$((20000 + RANDOM % 20000))
+    local B="$TARGET_DIR/release/bmctl" line=$(free_port) port=$(free_port)
     export BMCTL_CONFIG_DIR=$dir/bmctl
     bm() { BMCTL_TIMEOUT=${BMCTL_TIMEOUT_BOCHS:-120} timeout 150 "$B" "$@"; }
     jget() { python3 -c 'import sys, json; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2" 2>/dev/null; }
@@ -1197,6 +1197,9 @@ for engine in $engines; do
     scenarios+=("network-$engine $engine $ROOT/tests/e2e/network.toml check_network")
     scenarios+=("smp-$engine $engine $ROOT/boot/configs/demo.toml check_smp")
     scenarios+=("smp-pair-$engine $engine $ROOT/tests/e2e/smp-pair.toml check_smp_pair")
+    # The hostile guests again with two CPUs: each is contained on its CPU.
+    scenarios+=("smp-containment-$engine $engine $ROOT/tests/e2e/containment.toml check_containment")
+    scenarios+=("smp-irq-hostile-$engine $engine $ROOT/tests/e2e/irq-hostile.toml check_irq_hostile")
     [[ $engine == bochs ]] && scenarios+=("disk-mem-bochs bochs $ROOT/tests/e2e/disk-mem.toml check_disk_mem")
     [[ $engine == bochs ]] && scenarios+=("mgmt-serial-bochs bochs NONE check_mgmt_serial")
     [[ $engine == bochs ]] && scenarios+=("linux-bochs bochs $ROOT/tests/e2e/linux-bochs.toml check_linux_bochs")

@@ -70,6 +70,16 @@ pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backe
 /// [`build_vm`] with devices the caller provides.
 pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backend, extra: Attachments) -> Vm {
     let NodeResources { config, images, nics, storage } = node;
+    if cfg.vcpus > 1 {
+        return stopped_shell(
+            id,
+            cfg,
+            format!(
+                "vcpus = {}: this node runs VMs with 1 vCPU only (multi-vCPU guests are not supported yet)",
+                cfg.vcpus
+            ),
+        );
+    }
     let mem_bytes = u64::from(cfg.memory_mib) * MIB;
     let rate = TscRate::new(time::tsc_per_ms().saturating_mul(1000));
     let boot_unix = wall_clock();

@@ -67,5 +67,25 @@ pub fn kick(cpu: usize) {
     if target.state.load(Ordering::SeqCst) != percpu::STATE_UP {
         return;
     }
+    // Only the first kick in flight is timed (a later one merges with it).
+    let _ =
+        target.kick_sent.compare_exchange(0, crate::arch::x86_64::time::rdtsc(), Ordering::Relaxed, Ordering::Relaxed);
     apic::send_kick(target.apic_id.load(Ordering::Relaxed));
+}
+
+/// Logs, per CPU that took kicks, how many and how long they took from
+/// the sender's TSC to the receiver's (CPUs share one TSC).
+pub fn report_kicks() {
+    for cpu in percpu::online() {
+        let Some(c) = percpu::get(cpu) else { continue };
+        let n = c.kicks.load(Ordering::Relaxed);
+        if n == 0 {
+            continue;
+        }
+        crate::log!(
+            "smp: CPU {cpu}: kicks={n} latency-avg={} latency-max={} TSC ticks",
+            c.kick_latency_sum.load(Ordering::Relaxed) / c.kicks_timed.load(Ordering::Relaxed).max(1),
+            c.kick_latency_max.load(Ordering::Relaxed)
+        );
+    }
 }

@@ -289,6 +289,6 @@ extern "C" fn timer_interrupt() {
 /// HLT); counted and acknowledged.
 #[no_mangle]
 extern "C" fn kick_interrupt() {
-    super::percpu::current().kicks.fetch_add(1, Ordering::Relaxed);
+    super::percpu::note_kick();
     super::apic::eoi();
 }

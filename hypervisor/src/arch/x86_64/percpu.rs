@@ -42,6 +42,13 @@ pub struct PerCpu {
     pub idle: core::sync::atomic::AtomicBool,
     /// Kick IPIs this CPU received.
     pub kicks: AtomicU64,
+    /// TSC when another CPU last sent it a kick (0: none in flight).
+    pub kick_sent: AtomicU64,
+    /// Kicks whose latency was timed; sum and maximum of their
+    /// send-to-receipt latencies, in TSC ticks.
+    pub kicks_timed: AtomicU64,
+    pub kick_latency_sum: AtomicU64,
+    pub kick_latency_max: AtomicU64,
 }
 
 impl PerCpu {
@@ -56,6 +63,10 @@ impl PerCpu {
             flushed_generation: AtomicU64::new(0),
             idle: core::sync::atomic::AtomicBool::new(false),
             kicks: AtomicU64::new(0),
+            kick_sent: AtomicU64::new(0),
+            kicks_timed: AtomicU64::new(0),
+            kick_latency_sum: AtomicU64::new(0),
+            kick_latency_max: AtomicU64::new(0),
         }
     }
 }
@@ -135,4 +146,18 @@ pub fn init_boot_cpu() {
 /// code that runs on an AP before it knows its own index any other way.
 pub fn get(index: usize) -> Option<&'static PerCpu> {
     CPUS.get(index)
+}
+
+/// A kick arrived on this CPU (its handler, or a VM exit it caused):
+/// counts it and, when its send time is known, its latency.
+pub fn note_kick() {
+    let cpu = current();
+    cpu.kicks.fetch_add(1, Ordering::Relaxed);
+    let sent = cpu.kick_sent.swap(0, Ordering::Relaxed);
+    if sent != 0 {
+        let latency = super::time::rdtsc().saturating_sub(sent);
+        cpu.kicks_timed.fetch_add(1, Ordering::Relaxed);
+        cpu.kick_latency_sum.fetch_add(latency, Ordering::Relaxed);
+        cpu.kick_latency_max.fetch_max(latency, Ordering::Relaxed);
+    }
 }

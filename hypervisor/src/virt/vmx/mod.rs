@@ -463,7 +463,7 @@ impl VmxVcpu {
             1 => {
                 // A host interrupt (a kick), acknowledged on exit: it ends
                 // the run and needs only its EOI.
-                crate::arch::x86_64::percpu::current().kicks.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+                crate::arch::x86_64::percpu::note_kick();
                 crate::arch::x86_64::apic::eoi();
                 Exit::Preempted
             }
