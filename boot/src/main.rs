@@ -207,7 +207,7 @@ fn assign_entries(config: &mut NodeConfig, config_dir: &Path) -> Result<Vec<Plan
 /// Checks each preloaded image against what the node would accept from an
 /// upload: at most the per-image quota, and a kernel or an initramfs.
 fn check_images(config: &NodeConfig, original: &NodeConfig, data: &HashMap<String, Vec<u8>>) -> Result<()> {
-    let max = mgmt_proto::state::StateLimits::DEFAULT.max_image_bytes;
+    let max = node_logic::StateLimits::DEFAULT.max_image_bytes;
     for (i, (img, host)) in config.images.iter().zip(&original.images).enumerate() {
         let bytes = data.get(&img.file).map(Vec::as_slice).unwrap_or_default();
         let size = bytes.len() as u64;

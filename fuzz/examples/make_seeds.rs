@@ -743,15 +743,18 @@ fn mgmt_session() -> Vec<(&'static str, Vec<u8>)> {
 // ---- mgmt_snapshot: a postcard-encoded state snapshot.
 
 fn mgmt_snapshot() -> Vec<(&'static str, Vec<u8>)> {
-    use mgmt_proto::state::NodeState;
+    use node_logic::sim::SimNode;
+    use node_logic::NodeState;
+    let mut sim = SimNode::default();
     let mut node = NodeState::provision(Box::new(HashDrbg::new([5; 32])), PublicKey([6; 32])).expect("provision");
     let empty = postcard::to_allocvec(&node.snapshot()).expect("snapshot");
     let _ = node.handle(
         Role::Landlord,
         &Request::CreateLease { tenant_console_key: PublicKey([7; 32]), cluster: ClusterId(1) },
+        &mut sim,
     );
     for (_, req) in requests() {
-        let _ = node.handle(Role::Landlord, &req);
+        let _ = node.handle(Role::Landlord, &req, &mut sim);
     }
     let busy = postcard::to_allocvec(&node.snapshot()).expect("snapshot");
     vec![("provisioned", empty), ("lease-and-requests", busy)]

@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use mgmt_proto::crypto::HashDrbg;
 use mgmt_proto::msg::VmState;
-use mgmt_proto::state::{NodeState, Snapshot, SNAPSHOT_VERSION};
+use node_logic::{NodeState, Snapshot, SNAPSHOT_VERSION};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(snap) = Snapshot::decode(data) else { return };

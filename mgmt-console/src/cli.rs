@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mgmt_proto::crypto::{from_hex32, to_hex};
-use mgmt_proto::state::AUDIT_PAGE;
+use mgmt_proto::AUDIT_PAGE;
 use mgmt_proto::*;
 use serde_json::{json, Value};
 use vmm_config::text::{escape_control, valid_name, NAME_RULE};

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 //! bmctl's agent commands through the real binary against a loopback node:
-//! the real `NodeSession` and in-memory `NodeState`, with agent requests
+//! the real `NodeSession` and `NodeState` (crate node-logic, with its
+//! in-memory backend `SimNode`), with agent requests
 //! served from a real `agent_proto::Relay` and a small fake agent (test code)
 //! speaking the shared-memory ring.
 
@@ -19,8 +20,9 @@ use agent_proto::relay::RelayLimits;
 use agent_proto::ring::{Layout, MIN_DATA};
 use agent_proto::{Event, Input, Op, Relay, RelayError, MAX_DATA, MAX_RECORD};
 use bmctl::profile::{Config, OsEntropy, Profile};
-use mgmt_proto::state::NodeState;
 use mgmt_proto::*;
+use node_logic::sim::SimNode;
+use node_logic::NodeState;
 use sha2::{Digest, Sha256};
 
 fn now_ms(t0: Instant) -> u64 {
@@ -390,6 +392,8 @@ struct Knobs {
     agent_pause_us: AtomicU64,
     /// Backpressure refusals served.
     input_full: AtomicUsize,
+    /// The running node the state asks for status, console and counters.
+    node: Mutex<SimNode>,
 }
 
 struct Node {
@@ -502,7 +506,7 @@ fn serve_conn(mut s: TcpStream, node: NodeCtx) {
                     drop(st);
                     auth.and_then(|()| agent_request(&node, &env.body))
                 } else {
-                    node.state.lock().unwrap().handle(role, &env.body)
+                    node.state.lock().unwrap().handle(role, &env.body, &mut *node.knobs.node.lock().unwrap())
                 };
                 if session.reply(env.seq, result).is_err() {
                     return;
@@ -585,18 +589,16 @@ fn setup_with(limits: RelayLimits) -> Setup {
     let (node, ctx, limits) = start_node(ll.public, limits);
     let vm = {
         let mut st = node.state.lock().unwrap();
-        let Ok(Response::LeaseCreated { lease, tenant_node_key }) =
-            st.handle(Role::Landlord, &Request::CreateLease { tenant_console_key: t.public, cluster: ClusterId(0) })
-        else {
+        let Ok(Response::LeaseCreated { lease, tenant_node_key }) = st.handle(
+            Role::Landlord,
+            &Request::CreateLease { tenant_console_key: t.public, cluster: ClusterId(0) },
+            &mut SimNode::default(),
+        ) else {
             panic!()
         };
         st.images.insert(
             "img".into(),
-            mgmt_proto::state::Image {
-                extent: mgmt_proto::images::Extent { start: 0, blocks: 1 },
-                size: 16,
-                sha256: [0; 32],
-            },
+            node_logic::Image { extent: node_logic::images::Extent { start: 0, blocks: 1 }, size: 16, sha256: [0; 32] },
         );
         let spec = VmSpec {
             lease,
@@ -610,7 +612,11 @@ fn setup_with(limits: RelayLimits) -> Setup {
             ip: None,
             initrd: None,
         };
-        let Ok(Response::VmCreated { vm }) = st.handle(Role::Landlord, &Request::CreateVm { spec }) else { panic!() };
+        let Ok(Response::VmCreated { vm }) =
+            st.handle(Role::Landlord, &Request::CreateVm { spec }, &mut SimNode::default())
+        else {
+            panic!()
+        };
         st.vms.get_mut(&vm).unwrap().state = VmState::Running;
         let save = |name: &str, role: String, key: &PublicKey| {
             let p =
@@ -920,7 +926,11 @@ fn agent_not_ready_and_vm_not_running() {
     let other = {
         let mut st = s.node.state.lock().unwrap();
         let spec = VmSpec { name: "h".into(), ..st.vms[&s.vm].spec.clone() };
-        let Ok(Response::VmCreated { vm }) = st.handle(Role::Landlord, &Request::CreateVm { spec }) else { panic!() };
+        let Ok(Response::VmCreated { vm }) =
+            st.handle(Role::Landlord, &Request::CreateVm { spec }, &mut SimNode::default())
+        else {
+            panic!()
+        };
         st.vms.get_mut(&vm).unwrap().state = VmState::Running;
         vm
     };

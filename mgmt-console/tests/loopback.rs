@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 //! bmctl's client code against a loopback TCP server running `NodeSession`
-//! and the in-memory `NodeState` from mgmt-proto (feature `sim`).
+//! and the node's `NodeState` (crate node-logic) served with its in-memory
+//! backend (`SimNode`, feature `sim`).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,8 +15,9 @@ use bmctl::profile::{Config, OsEntropy, Profile};
 use bmctl::upload::{upload_image, UploadOptions};
 use clap::Parser;
 use indicatif::ProgressBar;
-use mgmt_proto::state::{NodeState, Vm};
 use mgmt_proto::*;
+use node_logic::sim::SimNode;
+use node_logic::{NodeState, Vm};
 
 struct Server {
     addr: String,
@@ -34,6 +36,8 @@ struct Knobs {
     busy: AtomicUsize,
     /// Milliseconds to wait before serving each read (a slow node).
     delay_ms: AtomicU64,
+    /// The running node the state asks for status, console and counters.
+    node: Mutex<SimNode>,
 }
 
 fn serve_conn(mut s: TcpStream, state: Arc<Mutex<NodeState>>, cut: Arc<AtomicBool>, knobs: Arc<Knobs>) {
@@ -62,7 +66,7 @@ fn serve_conn(mut s: TcpStream, state: Arc<Mutex<NodeState>>, cut: Arc<AtomicBoo
         let mut r = Ok(());
         let mut here = 0;
         for part in buf[..n].chunks(piece) {
-            r = st.serve(&mut session, part);
+            r = st.serve(&mut session, part, &mut *knobs.node.lock().unwrap());
             here = st.audit.iter().filter(|e| e.index >= before && e.action == "upload-chunk").count();
             if r.is_err() || (cut_here && chunks + here >= 3) {
                 break;
@@ -706,7 +710,7 @@ fn node_strings_are_escaped_in_text_output() {
             cmdline: "console=ttyS0\rquiet".into(),
             ..vm_spec(LeaseId(1), "evil\nvm 9 forged")
         };
-        let vm = Vm { spec, state: VmState::Stopped, console: Vec::new(), starts: 0, autostart: false };
+        let vm = Vm { spec, state: VmState::Stopped, starts: 0, autostart: false };
         st.vms.insert(VmId(9), vm);
         st.log(None, "forge\nline", "ok\x07".into());
     }

@@ -14,7 +14,9 @@
 //! - [`authz`]: which role may send which request ([`authorize`]).
 //! - [`monitor`]: health pushes, events and corrective-action policies.
 //! - [`sig`]: Ed25519 signatures over VM images ([`verify_image`]).
-//! - `sim` (feature `sim`): an in-memory node for console tests.
+//!
+//! The node's management state that serves these messages (leases, VM
+//! definitions, images, audit log, snapshots) is crate `node-logic`.
 //!
 //! See `docs/protocol.md` and `docs/threat-model.md` at the repository root.
 #![no_std]
@@ -28,16 +30,13 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
-pub mod admission;
 pub mod authz;
 pub mod crypto;
 pub mod frame;
-pub mod images;
 pub mod monitor;
 pub mod msg;
 pub mod session;
 pub mod sig;
-pub mod state;
 
 pub use authz::{authorize, Denied, Ownership};
 pub use crypto::{Entropy, EntropyError, HashDrbg, KeyPair, PublicKey, SecretKey};
@@ -81,3 +80,8 @@ pub const MAX_CHUNK: usize = 60 * 1024;
 
 /// Largest console write or console read returned in one message.
 pub const MAX_CONSOLE_BYTES: usize = 32 * 1024;
+
+/// Entries per [`Request::ReadAudit`] answer at most: a shorter page is the
+/// end of the log, so consoles page on it (part of the contract between node
+/// and console, hence here rather than with the node's state).
+pub const AUDIT_PAGE: usize = 100;

@@ -67,7 +67,7 @@ pub fn describe(op: &Op) -> String {
 
 /// The running VM a console names, or why there is none.
 fn running<'a>(
-    state: &mgmt_proto::state::NodeState,
+    state: &node_logic::NodeState,
     vms: &'a mut [crate::vm::Vm],
     vm: VmId,
 ) -> Result<&'a mut crate::vm::Vm, ErrorReply> {
@@ -80,11 +80,7 @@ fn running<'a>(
 }
 
 /// Answers one agent request.
-pub fn handle(
-    state: &mgmt_proto::state::NodeState,
-    req: &Request,
-    vms: &mut [crate::vm::Vm],
-) -> Result<Response, ErrorReply> {
+pub fn handle(state: &node_logic::NodeState, req: &Request, vms: &mut [crate::vm::Vm]) -> Result<Response, ErrorReply> {
     let now = now_ms();
     let reply = match req {
         Request::AgentOpen { vm, op } => {

@@ -9,7 +9,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use mgmt_proto::images::{Extent, ImageStore, MemImageStore, StoreError, BLOCK};
+use node_logic::images::{Extent, ImageStore, MemImageStore, StoreError, BLOCK};
 use nodedisk::VolumeHandle;
 
 const SECTOR: u64 = 512;

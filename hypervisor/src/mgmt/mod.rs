@@ -3,11 +3,13 @@
 //! served from the node's management state (leases, keys, images, VM
 //! definitions, audit log), and reconciled with the VMs that actually run.
 //!
-//! What the node answers itself rather than from the state: status (real
-//! counters), shutdown and reboot (real power actions), console output (the
-//! VM's real UART history), console input (not supported yet: an error).
+//! What the node answers itself rather than from the state: shutdown and
+//! reboot (real power actions), agent requests, subscriptions. Status,
+//! console output and input and VM counters the state asks the running node
+//! for through its backend (`backend.rs`).
 
 mod agent;
+mod backend;
 mod image_store;
 mod monitor;
 mod persist;
@@ -20,15 +22,13 @@ use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
-use alloc::vec;
 use alloc::vec::Vec;
 use mgmt_proto::msg::{
-    BoundaryRule, ClusterId, Counter, ErrorCode, ErrorReply, LeaseId, NodeStatus, Request, Response, Role, RuleId,
-    VmState,
+    BoundaryRule, ClusterId, ErrorCode, ErrorReply, LeaseId, Request, Response, Role, RuleId, VmState,
 };
 use mgmt_proto::session::{NodeEvent, NodeSession};
-use mgmt_proto::state::NodeState;
 use mgmt_proto::{Entropy, EntropyError, PublicKey};
+use node_logic::NodeState;
 
 pub use reconcile::reconcile;
 
@@ -69,7 +69,7 @@ pub struct Mgmt {
     /// The management port's connections, one per socket.
     conns: Vec<ports::Conn>,
     /// Who may hold a connection slot, and until when.
-    admission: mgmt_proto::admission::Admission,
+    admission: node_logic::admission::Admission,
     /// Connection failures awaiting their aggregated report.
     report: ports::ConnReport,
     /// Scratch for bytes read from the management port's sockets.
@@ -145,9 +145,9 @@ impl Mgmt {
         // fixed budget, or room for the preloaded images) otherwise.
         let preload_bytes: u64 = preloads
             .iter()
-            .map(|(_, b)| mgmt_proto::images::blocks_for(b.len() as u64) * mgmt_proto::images::BLOCK)
+            .map(|(_, b)| node_logic::images::blocks_for(b.len() as u64) * node_logic::images::BLOCK)
             .sum();
-        let images: Box<dyn mgmt_proto::images::ImageStore> = match storage.as_deref_mut() {
+        let images: Box<dyn node_logic::images::ImageStore> = match storage.as_deref_mut() {
             Some(s) if s.is_physical() => match s.image_volume() {
                 Ok(v) => Box::new(image_store::VolumeImageStore::new(v)),
                 Err(e) => {
@@ -172,11 +172,11 @@ impl Mgmt {
             }
         });
         let fresh = restored.is_none();
-        let limits = mgmt_proto::state::StateLimits {
-            max_images_bytes: mgmt_proto::state::StateLimits::DEFAULT
+        let limits = node_logic::StateLimits {
+            max_images_bytes: node_logic::StateLimits::DEFAULT
                 .max_images_bytes
-                .min(images.capacity_blocks() * mgmt_proto::images::BLOCK),
-            ..mgmt_proto::state::StateLimits::DEFAULT
+                .min(images.capacity_blocks() * node_logic::images::BLOCK),
+            ..node_logic::StateLimits::DEFAULT
         };
         let mut images = Some(images);
         let restored = restored.and_then(|snap| {
@@ -222,7 +222,7 @@ impl Mgmt {
                 Some(Mgmt {
                     state,
                     conns: (0..crate::net::mgmt::MGMT_SOCKETS).map(|_| ports::Conn::default()).collect(),
-                    admission: mgmt_proto::admission::Admission::new(mgmt_proto::admission::Limits::NODE),
+                    admission: node_logic::admission::Admission::new(node_logic::admission::Limits::NODE),
                     report: ports::ConnReport::default(),
                     rx_buf: Vec::new(),
                     serial,
@@ -437,7 +437,6 @@ impl Mgmt {
             return agent::handle(&self.state, req, vms);
         }
         match req {
-            Request::NodeStatus => Ok(Response::Status(self.status(vms))),
             Request::Subscribe { since, interval_ms } => {
                 if self.serving_serial {
                     return Err(ErrorReply::new(
@@ -451,7 +450,7 @@ impl Mgmt {
                 Ok(reply)
             }
             Request::SetPolicy { cluster, .. } => {
-                let reply = self.state.handle(role, req)?;
+                let reply = self.handle_state(role, req, vms)?;
                 if let Response::PolicySet { version } = &reply {
                     let owner = mgmt_proto::monitor::Owner::of(role);
                     self.monitor.record(
@@ -472,16 +471,16 @@ impl Mgmt {
             }
             Request::StartVm { vm } | Request::RestartVm { vm } | Request::ReloadImage { vm } => {
                 self.can_start(*vm)?;
-                self.state.handle(role, req)
+                self.handle_state(role, req, vms)
             }
             Request::RotateLandlordKey => {
-                let reply = self.state.handle(role, req)?;
+                let reply = self.handle_state(role, req, vms)?;
                 self.disk_effects.push(DiskEffect::LandlordKey);
                 Ok(reply)
             }
             Request::RegenerateTenantKey { lease, .. } => {
                 let cluster = self.state.leases.get(lease).map(|l| l.cluster.0);
-                let reply = self.state.handle(role, req)?;
+                let reply = self.handle_state(role, req, vms)?;
                 if let Some(cluster) = cluster {
                     self.disk_effects.push(DiskEffect::TenantKey { cluster });
                 }
@@ -492,38 +491,20 @@ impl Mgmt {
                     Role::Tenant(lease) => self.state.leases.get(&lease).map(|l| l.cluster.0),
                     Role::Landlord => None,
                 };
-                let reply = self.state.handle(role, req)?;
+                let reply = self.handle_state(role, req, vms)?;
                 if let Some(cluster) = cluster {
                     self.disk_effects.push(DiskEffect::TenantKey { cluster });
                 }
                 Ok(reply)
             }
-            Request::ReadCounters { vm } => {
-                let w = self.state.vms.get(vm).ok_or_else(|| ErrorReply::new(ErrorCode::NotFound, "no such VM"))?;
-                let real = vms.iter().rev().find(|v| v.managed == Some((vm.0, w.starts)));
-                Ok(Response::Counters(counters(w.starts, real)))
-            }
-            Request::ConsoleWrite { vm, bytes } => {
-                let w = self.state.vms.get(vm).ok_or_else(|| ErrorReply::new(ErrorCode::NotFound, "no such VM"))?;
-                let generation = w.starts;
-                let real = vms
-                    .iter_mut()
-                    .rev()
-                    .find(|v| v.managed == Some((vm.0, generation)) && v.is_running())
-                    .ok_or_else(|| ErrorReply::new(ErrorCode::Conflict, "VM is not running"))?;
-                if !real.devices.console.lock().push_input(bytes) {
-                    return Err(ErrorReply::new(ErrorCode::Conflict, "console input queue full; retry"));
-                }
-                Ok(Response::Done)
-            }
             Request::SetSubBoundary { rule } => {
-                let Role::Tenant(lease) = role else { return self.state.handle(role, req) };
+                let Role::Tenant(lease) = role else { return self.handle_state(role, req, vms) };
                 // Check it applies to the switch before accepting it.
                 let mut sub = self.state.sub_rules.clone();
                 sub.insert(RuleId(u32::MAX), (lease, *rule));
                 let policy =
                     self.compile_with(None, Some(&sub)).map_err(|e| ErrorReply::new(ErrorCode::Widening, e))?;
-                let reply = self.state.handle(role, req)?;
+                let reply = self.handle_state(role, req, vms)?;
                 self.new_policy = Some(policy);
                 Ok(reply)
             }
@@ -531,17 +512,17 @@ impl Mgmt {
                 let mut b = self.state.boundaries.clone();
                 b.insert(*cluster, list.clone());
                 let policy = self.compile_with(Some(&b), None).map_err(|e| ErrorReply::new(ErrorCode::Invalid, e))?;
-                let reply = self.state.handle(role, req)?;
+                let reply = self.handle_state(role, req, vms)?;
                 self.new_policy = Some(policy);
                 Ok(reply)
             }
             Request::RemoveSubBoundary { .. } | Request::EndLease { .. } => {
-                let reply = self.state.handle(role, req)?;
+                let reply = self.handle_state(role, req, vms)?;
                 let policy = self.compile_with(None, None).map_err(|e| ErrorReply::new(ErrorCode::Internal, e))?;
                 self.new_policy = Some(policy);
                 Ok(reply)
             }
-            _ => self.state.handle(role, req),
+            _ => self.handle_state(role, req, vms),
         }
     }
 
@@ -551,7 +532,7 @@ impl Mgmt {
         let Some(w) = self.state.vms.get(&vm) else { return Ok(()) }; // the state answers NotFound
         let spec = &w.spec;
         let invalid = |m: String| ErrorReply::new(ErrorCode::Invalid, m);
-        mgmt_proto::state::check_name(&spec.name)?;
+        node_logic::check_name(&spec.name)?;
         let image = self.state.images.get(&spec.image).ok_or_else(|| {
             ErrorReply::new(ErrorCode::NotFound, format!("image: no image named {:?} (upload it again)", spec.image))
         })?;
@@ -610,48 +591,8 @@ impl Mgmt {
         };
         rules::compile(&self.config, &r)
     }
-
-    fn status(&self, vms: &mut [crate::vm::Vm]) -> NodeStatus {
-        let free = (crate::mm::frames::free_count() as u64 * crate::mm::PAGE_SIZE) >> 20;
-        let exits: u64 = vms.iter().map(|v| v.counters.total).sum();
-        NodeStatus {
-            version: String::from(env!("CARGO_PKG_VERSION")),
-            uptime_secs: crate::arch::x86_64::time::tsc_to_ms(crate::arch::x86_64::time::rdtsc()) / 1000,
-            cpus: self.facts.cpus,
-            memory_total_mib: self.facts.memory_total_mib,
-            memory_free_mib: free,
-            disks: match self.facts.disk {
-                Some((size, free, _)) => vec![
-                    Counter { name: String::from("node-disk.size_mib"), value: size },
-                    Counter { name: String::from("node-disk.free_mib_at_boot"), value: free },
-                ],
-                None => Vec::new(),
-            },
-            // The link as the probe last saw it.
-            nic_up: self.facts.nic_up && self.monitor.probe_ok(mgmt_proto::monitor::Probe::NicLink) != Some(false),
-            leases: self.state.leases.len() as u32,
-            vms_total: vms.len() as u32,
-            vms_running: vms.iter().filter(|v| v.is_running()).count() as u32,
-            counters: vec![
-                Counter { name: String::from("vm.exits"), value: exits },
-                Counter {
-                    name: String::from("node-disk.volumes_at_boot"),
-                    value: self.facts.disk.map_or(0, |(_, _, v)| v),
-                },
-                Counter { name: String::from("audit.entries"), value: self.state.audit.len() as u64 },
-                Counter { name: String::from("monitor.events"), value: self.monitor.events.next_seq() - 1 },
-                Counter { name: String::from("monitor.pushes"), value: self.monitor.pushes },
-                Counter { name: String::from("monitor.push_bytes"), value: self.monitor.push_bytes },
-            ]
-            .into_iter()
-            .chain(self.monitor.probe_counters())
-            .collect(),
-        }
-    }
 }
 
-/// A VM's counters as the consoles read them: its exits by reason and CPU
-/// time from the current (latest) run, and how often it was started.
 /// Stores the node config's `[[image]]`s the image store does not hold
 /// yet (by name and SHA-256), as a landlord upload would: logged and
 /// audited one by one. Whether any was stored (the state changed).
@@ -676,29 +617,6 @@ fn preload_images(state: &mut NodeState, preloads: &[(&str, &[u8])]) -> bool {
         state.log(None, "preload-image", outcome);
     }
     stored
-}
-
-fn counters(starts: u64, vm: Option<&crate::vm::Vm>) -> Vec<Counter> {
-    let c = |name: &str, value: u64| Counter { name: String::from(name), value };
-    let mut out = vec![c("starts", starts)];
-    if let Some(v) = vm {
-        let e = &v.counters;
-        out.extend([
-            c("exits.total", e.total),
-            c("exits.io", e.io),
-            c("exits.hypercall", e.hypercall),
-            c("exits.msr", e.msr),
-            c("exits.cpuid", e.cpuid),
-            c("exits.halt", e.halt),
-            c("exits.npf", e.npf),
-            c("exits.preempt", e.preempt),
-            c("exits.other", e.other),
-            c("cpu_ms", crate::arch::x86_64::time::tsc_to_ms(v.cpu_tsc)),
-            c("console.bytes", v.devices.console.lock().history_len() as u64),
-            c("running", u64::from(v.is_running())),
-        ]);
-    }
-    out
 }
 
 /// Time-driven work of the VMs' agent relays (hung agents, idle streams,

@@ -250,7 +250,7 @@ impl Monitor {
     }
 
     /// Looks at every console VM: lifecycle, agent, services.
-    fn observe(&mut self, now: u64, vms: &mut [Vm], state: &mgmt_proto::state::NodeState) {
+    fn observe(&mut self, now: u64, vms: &mut [Vm], state: &node_logic::NodeState) {
         let gone: Vec<u32> = self.vms.keys().copied().filter(|id| !state.vms.contains_key(&VmId(*id))).collect();
         for id in gone {
             self.vms.remove(&id);
@@ -400,7 +400,7 @@ impl Monitor {
     }
 
     /// This round's facts for the engine; per-round flags are consumed.
-    fn facts(&mut self, now: u64, state: &mgmt_proto::state::NodeState) -> Facts {
+    fn facts(&mut self, now: u64, state: &node_logic::NodeState) -> Facts {
         let mut vms = Vec::new();
         for (id, w) in &state.vms {
             let Some(watch) = self.vms.get_mut(&id.0) else { continue };
@@ -420,7 +420,7 @@ impl Monitor {
     }
 
     /// The full health report; consoles get [`HealthReport::for_role`] of it.
-    pub fn health(&self, beat: u64, vms: &[Vm], state: &mgmt_proto::state::NodeState) -> HealthReport {
+    pub fn health(&self, beat: u64, vms: &[Vm], state: &node_logic::NodeState) -> HealthReport {
         let now = now_ms();
         let mut out = Vec::new();
         for (id, w) in &state.vms {

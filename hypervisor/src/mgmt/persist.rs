@@ -6,7 +6,7 @@ use crate::storage::node::AnyDisk;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
-use mgmt_proto::state::Snapshot;
+use node_logic::Snapshot;
 use nodedisk::VolumeHandle;
 
 const MAGIC: &[u8; 8] = b"BMMGMT01";

@@ -1,5 +1,5 @@
 //! The management port's connections: each smoltcp socket is a slot of the
-//! admission table (`mgmt_proto::admission`), which decides who is served,
+//! admission table (`node_logic::admission`), which decides who is served,
 //! evicted, timed out or answered "busy". Replies leave through a bounded
 //! per-connection outbox, so a slow reader never loses bytes and never
 //! makes the node buffer without limit. Failed and dropped connections are
@@ -12,9 +12,9 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use mgmt_proto::admission::{Drop, Slot, Verdict};
 use mgmt_proto::session::busy_frame;
 use mgmt_proto::NodeSession;
+use node_logic::admission::{Drop, Slot, Verdict};
 use smoltcp::socket::tcp;
 use smoltcp::wire::IpAddress;
 

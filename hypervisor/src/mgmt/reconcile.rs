@@ -1,7 +1,6 @@
 //! Keeps the running VMs in step with the management state: a VM the
 //! consoles started runs (a restart is a fresh VM), one they stopped or
-//! destroyed stops, one that exited by itself is reported stopped, and its
-//! UART output is what the console reads.
+//! destroyed stops, and one that exited by itself is reported stopped.
 
 use super::Mgmt;
 use crate::net::switchboard::Switchboard;
@@ -182,14 +181,13 @@ pub fn reconcile(
             Err(e) => crate::log!("mgmt: switch policy not updated: {e}"),
         }
     }
-    // Report back: exits, console output.
+    // Report back: exits.
     for vm in vms.iter() {
         let Some((id, generation)) = vm.managed else { continue };
         let Some(w) = m.state.vms.get_mut(&VmId(id)) else { continue };
         if w.starts != generation {
             continue;
         }
-        w.console = vm.devices.console.lock().history_bytes();
         if !vm.is_running() && w.state == VmState::Running {
             w.state =
                 if vm.stopped.as_ref().is_some_and(|r| r.is_abnormal()) { VmState::Faulted } else { VmState::Stopped };

@@ -11,7 +11,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::net::Ipv4Addr;
 use mgmt_proto::msg::{Action, BoundaryRule, LeaseId, Proto, RuleId};
-use mgmt_proto::state::Lease;
+use node_logic::Lease;
 use vmm_config::config::NodeConfig;
 use vswitch::config::{build_policy_with, nic_identities, ExtraNic};
 use vswitch::engine::CompiledPolicy;

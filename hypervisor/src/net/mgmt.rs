@@ -16,7 +16,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, Ipv4Address, Ipv4C
 /// TCP port of the management service.
 pub const MGMT_PORT: u16 = vmm_config::config::MGMT_PORT;
 /// Sockets on the management port: the admission table's slots.
-pub const MGMT_SOCKETS: usize = mgmt_proto::admission::Limits::NODE.slots;
+pub const MGMT_SOCKETS: usize = node_logic::admission::Limits::NODE.slots;
 const MAX_QUEUE: usize = 256;
 
 /// Frames waiting to enter or leave the stack.

@@ -23,7 +23,7 @@
 
 use alloc::vec::Vec;
 
-use crate::msg::{LeaseId, Role};
+use mgmt_proto::msg::{LeaseId, Role};
 
 /// The table's limits; [`Limits::NODE`] are the node's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
