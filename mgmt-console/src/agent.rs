@@ -338,6 +338,8 @@ pub fn spawn_reader(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Local> 
         let mut buf = vec![0u8; MAX_CONSOLE_DATA];
         loop {
             match r.read(&mut buf) {
+                // Ctrl-C interrupted the read: input goes on.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) | Err(_) => {
                     let _ = tx.send(Local::End);
                     return;

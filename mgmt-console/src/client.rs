@@ -331,9 +331,14 @@ impl Client {
     }
 
     fn read_some(&mut self) -> Result<Vec<ConsoleEvent>, ClientError> {
-        let n = match self.stream.read(&mut self.buf) {
-            Ok(n) => n,
-            Err(e) => return Err(self.io(e)),
+        let n = loop {
+            match self.stream.read(&mut self.buf) {
+                Ok(n) => break n,
+                // A signal (Ctrl-C for exec) cut the read short; a socket
+                // with a read timeout is not restarted by SA_RESTART.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.io(e)),
+            }
         };
         if n == 0 {
             return Err(ClientError::Closed);

@@ -120,6 +120,27 @@ pub struct VmDevices {
     pub doorbell: Shared<agent::Doorbell>,
     /// Accesses no device claimed.
     pub unclaimed: Arc<Unclaimed>,
+    /// The physical CPU each vCPU of the VM is placed on, for kicks.
+    pub homes: Arc<VcpuHomes>,
+}
+
+/// Where each vCPU of a VM runs (per-CPU index), so an interrupt for one
+/// of them can kick the right physical CPU.
+#[derive(Default)]
+pub struct VcpuHomes([core::sync::atomic::AtomicUsize; pc_devices::ipi::MAX_VCPUS]);
+
+impl VcpuHomes {
+    /// vCPU `vcpu` now runs on physical CPU `cpu`.
+    pub fn set(&self, vcpu: usize, cpu: usize) {
+        if let Some(h) = self.0.get(vcpu) {
+            h.store(cpu, Ordering::Relaxed);
+        }
+    }
+
+    /// The physical CPU of vCPU `vcpu`.
+    pub fn get(&self, vcpu: usize) -> Option<usize> {
+        self.0.get(vcpu).map(|h| h.load(Ordering::Relaxed))
+    }
 }
 
 /// Guest accesses no device answered, for the stop report and tests.
@@ -180,6 +201,7 @@ impl VmDevices {
             agent: Arc::new(Mutex::new(agent::AgentChannel::new())),
             doorbell,
             unclaimed: Arc::new(Unclaimed::default()),
+            homes: Arc::new(VcpuHomes::default()),
         })
     }
 
@@ -195,6 +217,7 @@ impl VmDevices {
             agent: Arc::new(Mutex::new(agent::AgentChannel::new())),
             doorbell: Arc::new(Mutex::new(agent::Doorbell::new())),
             unclaimed: Arc::new(Unclaimed::default()),
+            homes: Arc::new(VcpuHomes::default()),
         }
     }
 
@@ -301,18 +324,18 @@ impl VmDevices {
         effect
     }
 
-    /// Whether `gpa` is an emulated MMIO address (the vCPU's local APIC
+    /// Whether `gpa` is an emulated MMIO address (vCPU `cpu`'s local APIC
     /// page, or a device on the bus).
-    pub fn claims_mmio(&self, gpa: u64) -> bool {
-        self.chip.lock().lapic_claims(gpa) || self.mmio.lock().contains(gpa) || virtio::in_window(gpa)
+    pub fn claims_mmio(&self, cpu: usize, gpa: u64) -> bool {
+        self.chip.lock().lapic_claims_on(cpu, gpa) || self.mmio.lock().contains(gpa) || virtio::in_window(gpa)
     }
 
     /// An MMIO read; `Outcome::Unclaimed` where nothing is mapped.
-    pub fn mmio_read(&self, gpa: u64, data: &mut [u8], mem: &dyn Memory, now: u64) -> Outcome {
+    pub fn mmio_read(&self, cpu: usize, gpa: u64, data: &mut [u8], mem: &dyn Memory, now: u64) -> Outcome {
         {
             let mut chip = self.chip.lock();
-            if chip.lapic_claims(gpa) {
-                let v = chip.mmio_read(gpa, data.len() as u8, now).unwrap_or(0);
+            if chip.lapic_claims_on(cpu, gpa) {
+                let v = chip.mmio_read_on(cpu, gpa, data.len() as u8, now).unwrap_or(0);
                 for (i, b) in data.iter_mut().enumerate() {
                     *b = (v >> (8 * i)) as u8;
                 }
@@ -339,11 +362,11 @@ impl VmDevices {
     }
 
     /// An MMIO write.
-    pub fn mmio_write(&self, gpa: u64, data: &[u8], mem: &dyn Memory, now: u64) -> Outcome {
+    pub fn mmio_write(&self, cpu: usize, gpa: u64, data: &[u8], mem: &dyn Memory, now: u64) -> Outcome {
         {
             let mut chip = self.chip.lock();
-            if chip.lapic_claims(gpa) {
-                chip.mmio_write(gpa, data.len() as u8, le_value(data), now);
+            if chip.lapic_claims_on(cpu, gpa) {
+                chip.mmio_write_on(cpu, gpa, data.len() as u8, le_value(data), now);
                 return Outcome::Done(Effect::None);
             }
         }

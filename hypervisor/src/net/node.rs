@@ -141,8 +141,7 @@ impl Network {
             if let Some(vm) = target {
                 if let (Some(run), Some(nic)) = (vm.running.as_ref(), vm.devices.nic.as_ref()) {
                     nic.lock().deliver(&*run.mem, d.frame);
-                    kick |=
-                        1u64.checked_shl(run.slot.home.load(core::sync::atomic::Ordering::Relaxed) as u32).unwrap_or(0);
+                    kick |= run.homes();
                 }
             }
         }

@@ -133,6 +133,12 @@ pub trait Vcpu: Send {
     fn switch_out(&mut self);
     /// Test-only: makes the next entry fail (see DEBUG_CORRUPT_STATE).
     fn corrupt_state(&mut self);
+    /// A start-up IPI reached this vCPU (an application processor of its
+    /// VM, after INIT): it restarts in real mode at `vector` × 4 KiB
+    /// (CS = vector << 8, IP = 0) with the rest of its state as INIT leaves
+    /// it (Intel SDM 3A 9.1.1; AMD APM 2 14.1.3). Call between `switch_in`
+    /// and `run`.
+    fn start_at_sipi(&mut self, vector: u8);
     /// Paging and code-segment state, to walk the guest's page tables and
     /// decode the instruction that touched an MMIO window.
     fn cpu_mode(&self) -> insn_decode::CpuMode;

@@ -26,6 +26,9 @@ pub enum StopReason {
     UnhandledExit(u64),
     /// HLT with interrupts disabled: nothing can ever wake it.
     HaltedForever,
+    /// Every vCPU is parked or waits for a start-up IPI (an INIT reached
+    /// them all): no one is left to start them.
+    AwaitingStartup,
     /// The configured CPU-time budget ran out.
     CpuTimeLimit(u64),
     /// INS/OUTS, which BMonitor does not emulate yet.
@@ -82,6 +85,9 @@ impl fmt::Display for StopReason {
             }
             StopReason::UnhandledExit(c) => write!(f, "unhandled exit {c:#x}"),
             StopReason::HaltedForever => write!(f, "HLT with interrupts disabled"),
+            StopReason::AwaitingStartup => {
+                write!(f, "every vCPU waits for a start-up IPI (INIT) and none can send one")
+            }
             StopReason::CpuTimeLimit(ms) => write!(f, "CPU time limit of {ms} ms reached"),
             StopReason::StringIo(p) => write!(f, "string I/O (INS/OUTS) on port {p:#x} is not supported"),
             StopReason::BadMmio { gpa, why } => write!(f, "MMIO access at gpa {gpa:#x}: {why}"),

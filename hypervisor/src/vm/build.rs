@@ -70,24 +70,15 @@ pub fn build_vm(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backe
 /// [`build_vm`] with devices the caller provides.
 pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: Backend, extra: Attachments) -> Vm {
     let NodeResources { config, images, nics, storage } = node;
-    if cfg.vcpus > 1 {
-        return stopped_shell(
-            id,
-            cfg,
-            format!(
-                "vcpus = {}: this node runs VMs with 1 vCPU only (multi-vCPU guests are not supported yet)",
-                cfg.vcpus
-            ),
-        );
-    }
     let mem_bytes = u64::from(cfg.memory_mib) * MIB;
     let rate = TscRate::new(time::tsc_per_ms().saturating_mul(1000));
     let boot_unix = wall_clock();
-    let chip = Chipset::new(rate, time::rdtsc(), boot_unix, mem_bytes, 0);
+    let vcpus = cfg.vcpus.clamp(1, pc_devices::ipi::MAX_VCPUS as u32);
+    let chip = Chipset::with_vcpus(rate, time::rdtsc(), boot_unix, mem_bytes, vcpus);
     let amd = raw_cpuid::CpuId::new().get_vendor_info().is_some_and(|v| v.as_str() == "AuthenticAMD");
     let identity = VcpuIdentity {
         apic_id: 0,
-        vcpus: 1,
+        vcpus,
         tsc_hz: rate.hz,
         limit_cpuid: false,
         hv_signature: hv_signature(),
@@ -159,8 +150,8 @@ pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: 
         }
     }
     let firmware = guest_loader::Firmware {
-        vcpus: 1,
-        ioapic_id: 1,
+        vcpus,
+        ioapic_id: u8::try_from(vcpus).unwrap_or(1),
         virtio: vm
             .devices
             .virtio_devices()
@@ -175,39 +166,78 @@ pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: 
             return vm;
         }
     };
-    let core = VcpuCore {
-        vcpu: Some(vcpu),
-        mem: Some(mem.clone()),
-        devices: vm.devices.clone(),
-        msrs: MsrFile::new(amd),
-        identity,
-        halted: false,
-        counters: Default::default(),
-        cpu_tsc: 0,
-        cpu_limit_ms: cfg.cpu_time_limit_ms,
-        debug_hypercalls: cfg.debug_hypercalls,
-        name: cfg.name.clone(),
-        id,
-    };
-    let slot = Arc::new(VcpuSlot {
-        core: spin::Mutex::new(core),
-        stop_requested: AtomicBool::new(false),
-        ended: spin::Mutex::new(None),
-        report: spin::Mutex::new(Default::default()),
-        home: AtomicUsize::new(0),
-    });
-    match runq::place(&slot, &cfg.cpus) {
-        Ok(p) => {
-            if p.pin_unmet {
-                crate::log!("vm {}: none of cpus {:?} is online; placed on CPU {}", cfg.name, cfg.cpus, p.cpu);
-            } else {
-                crate::log!("vm {}: placed on CPU {}", cfg.name, p.cpu);
+    // The application processors: created now, held in wait-for-SIPI by
+    // the chipset until the guest starts them.
+    let mut cores = alloc::vec![vcpu];
+    for index in 1..vcpus as usize {
+        let entry = EntryState { rip: 0, rax: 0, rbx: 0, rsi: 0 };
+        match virt::create_vcpu(backend, vcpu_tag(id, index), mem.root_pointer(), entry) {
+            Ok(v) => cores.push(v),
+            Err(e) => {
+                vm.stop(StopReason::LoadFailed(format!("vCPU {index}: {e}")));
+                return vm;
             }
-            vm.running = Some(Running { mem, slot });
         }
-        Err(why) => vm.stop(StopReason::LoadFailed(why)),
     }
+    let mut slots = alloc::vec::Vec::new();
+    let mut placed = alloc::vec::Vec::new();
+    for (index, vcpu) in cores.into_iter().enumerate() {
+        let core = VcpuCore {
+            vcpu: Some(vcpu),
+            mem: Some(mem.clone()),
+            devices: vm.devices.clone(),
+            msrs: MsrFile::new(amd),
+            identity: VcpuIdentity { apic_id: index as u32, ..identity },
+            halted: false,
+            counters: Default::default(),
+            cpu_tsc: 0,
+            cpu_limit_ms: cfg.cpu_time_limit_ms,
+            debug_hypercalls: cfg.debug_hypercalls,
+            name: cfg.name.clone(),
+            id,
+            index,
+        };
+        let slot = Arc::new(VcpuSlot {
+            core: spin::Mutex::new(core),
+            stop_requested: AtomicBool::new(false),
+            ended: spin::Mutex::new(None),
+            report: spin::Mutex::new(Default::default()),
+            home: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
+        });
+        match runq::place(&slot, &cfg.cpus) {
+            Ok(p) => {
+                if p.pin_unmet && index == 0 {
+                    crate::log!(
+                        "vm {}: none of cpus {:?} is online; placed where the node has room",
+                        cfg.name,
+                        cfg.cpus
+                    );
+                }
+                vm.devices.homes.set(index, p.cpu);
+                placed.push(p.cpu);
+                slots.push(slot);
+            }
+            Err(why) => {
+                // Take back what was placed; the VM does not start.
+                vm.running = Some(Running { mem: mem.clone(), slots });
+                vm.stop(StopReason::LoadFailed(why));
+                return vm;
+            }
+        }
+    }
+    match placed.as_slice() {
+        [one] => crate::log!("vm {}: placed on CPU {one}", cfg.name),
+        many => crate::log!("vm {}: {} vCPUs placed on CPUs {:?}", cfg.name, many.len(), many),
+    }
+    vm.running = Some(Running { mem, slots });
     vm
+}
+
+/// The VPID (VMX) or ASID (SVM) source of vCPU `index` of VM `id`: each
+/// vCPU tags its own translations, as each CPU of a machine has its own TLB.
+fn vcpu_tag(id: u16, index: usize) -> u16 {
+    id.wrapping_mul(pc_devices::ipi::MAX_VCPUS as u16).wrapping_add(index as u16)
 }
 
 fn hv_signature() -> [u32; 3] {
@@ -275,7 +305,7 @@ fn load(
     }
     let entry =
         EntryState { rip: plan.entry, rax: u64::from(plan.eax), rbx: u64::from(plan.ebx), rsi: u64::from(plan.esi) };
-    let vcpu = virt::create_vcpu(backend, id, mem.root_pointer(), entry).map_err(|e| e.to_string())?;
+    let vcpu = virt::create_vcpu(backend, vcpu_tag(id, 0), mem.root_pointer(), entry).map_err(|e| e.to_string())?;
     crate::log!(
         "vm {} loaded: {:?} kernel {} ({} bytes), entry {:#x}, {} MiB RAM",
         cfg.name,

@@ -25,6 +25,23 @@ pub struct ExitCounters {
 }
 
 impl ExitCounters {
+    /// Adds another vCPU's counts.
+    pub fn add(&mut self, o: &ExitCounters) {
+        self.total += o.total;
+        self.io += o.io;
+        self.hypercall += o.hypercall;
+        self.msr += o.msr;
+        self.cpuid += o.cpuid;
+        self.halt += o.halt;
+        self.npf += o.npf;
+        self.preempt += o.preempt;
+        self.control += o.control;
+        self.invalid_opcode += o.invalid_opcode;
+        self.other += o.other;
+        self.window += o.window;
+        self.injected += o.injected;
+    }
+
     /// Counts one exit.
     pub fn count(&mut self, exit: &Exit) {
         self.total += 1;

@@ -44,6 +44,8 @@ pub struct VcpuCore {
     pub debug_hypercalls: bool,
     pub name: String,
     pub id: u16,
+    /// Which of the VM's vCPUs this is (its local APIC ID; 0 boots).
+    pub index: usize,
 }
 
 /// What the runner tells the node after each slice.
@@ -51,6 +53,14 @@ pub struct VcpuCore {
 pub struct SliceReport {
     pub counters: ExitCounters,
     pub cpu_tsc: u64,
+}
+
+impl SliceReport {
+    /// Adds another vCPU's figures (a VM's are the sum of its vCPUs').
+    pub fn add(&mut self, other: &SliceReport) {
+        self.counters.add(&other.counters);
+        self.cpu_tsc += other.cpu_tsc;
+    }
 }
 
 /// One vCPU as the run queues see it. The core's lock is an ownership
@@ -68,12 +78,24 @@ pub struct VcpuSlot {
     pub report: Mutex<SliceReport>,
     /// The physical CPU (per-CPU index) whose run queue holds it.
     pub home: AtomicUsize,
+    /// HLT with interrupts off in a VM of several vCPUs: only INIT and a
+    /// start-up IPI from a sibling wake it (Linux stops its CPUs this way
+    /// before powering off). When every vCPU is parked the VM stops.
+    pub parked: AtomicBool,
 }
 
 /// Resources that exist only while the VM can run.
 pub struct Running {
     pub mem: Arc<GuestMemory>,
-    pub slot: Arc<VcpuSlot>,
+    /// One per vCPU, in vCPU order.
+    pub slots: alloc::vec::Vec<Arc<VcpuSlot>>,
+}
+
+impl Running {
+    /// The physical CPUs its vCPUs are placed on, as a bit mask.
+    pub fn homes(&self) -> u64 {
+        self.slots.iter().fold(0, |m, s| m | 1u64.checked_shl(s.home.load(Ordering::Relaxed) as u32).unwrap_or(0))
+    }
 }
 
 /// One tenant VM, as the node keeps it.
@@ -99,15 +121,21 @@ impl Vm {
     /// summary scripts read.
     pub fn stop(&mut self, reason: StopReason) {
         if let Some(run) = self.running.take() {
-            run.slot.stop_requested.store(true, Ordering::SeqCst);
-            runq::remove(&run.slot);
-            runq::kick(run.slot.home.load(Ordering::Relaxed));
-            let mut core = run.slot.core.lock();
-            self.counters = core.counters;
-            self.cpu_tsc = core.cpu_tsc;
-            core.vcpu = None;
-            core.mem = None;
-            core.devices.detach_all();
+            for slot in &run.slots {
+                slot.stop_requested.store(true, Ordering::SeqCst);
+                runq::remove(slot);
+                runq::kick(slot.home.load(Ordering::Relaxed));
+            }
+            let mut total = SliceReport::default();
+            for slot in &run.slots {
+                let mut core = slot.core.lock();
+                total.add(&SliceReport { counters: core.counters, cpu_tsc: core.cpu_tsc });
+                core.vcpu = None;
+                core.mem = None;
+                core.devices.detach_all();
+            }
+            self.counters = total.counters;
+            self.cpu_tsc = total.cpu_tsc;
         }
         self.devices.console.lock().flush();
         if let Some(disk) = self.devices.disk.take() {
@@ -149,10 +177,32 @@ impl Vm {
     /// whether it stopped.
     pub fn sync(&mut self) -> bool {
         let Some(run) = self.running.as_ref() else { return false };
-        let report = *run.slot.report.lock();
-        self.counters = report.counters;
-        self.cpu_tsc = report.cpu_tsc;
-        let ended = run.slot.ended.lock().take();
+        let mut total = SliceReport::default();
+        let mut ended = None;
+        for slot in &run.slots {
+            total.add(&slot.report.lock());
+            if ended.is_none() {
+                ended = slot.ended.lock().take();
+            }
+        }
+        self.counters = total.counters;
+        self.cpu_tsc = total.cpu_tsc;
+        if ended.is_none() && run.slots.iter().all(|s| s.parked.load(Ordering::SeqCst)) {
+            ended = Some(StopReason::HaltedForever);
+        }
+        if ended.is_none() {
+            // INIT stopped every vCPU that was not parked: nothing can
+            // ever send the start-up IPI.
+            use pc_devices::vcpu::VcpuRunState;
+            let chip = self.devices.chip.lock();
+            let dead =
+                run.slots.iter().enumerate().all(|(i, s)| {
+                    s.parked.load(Ordering::SeqCst) || chip.run_state(i) == Some(VcpuRunState::WaitForSipi)
+                });
+            if dead {
+                ended = Some(StopReason::AwaitingStartup);
+            }
+        }
         match ended {
             Some(reason) => {
                 self.stop(reason);

@@ -48,8 +48,37 @@ fn halted_deadline(slot: &VcpuSlot, now: u64) -> Option<u64> {
     if !core.halted {
         return Some(now);
     }
-    let d = core.devices.chip.lock().next_deadline(now);
+    let d = core.devices.chip.lock().next_deadline_on(core.index, now);
     d
+}
+
+/// Sends a kick to the physical CPU of every other vCPU of this VM that
+/// the chipset says has something new (an IPI, INIT, SIPI, an interrupt).
+fn kick_siblings(devices: &crate::devices::VmDevices, me: usize) {
+    let mask = devices.chip.lock().take_kicks();
+    if mask == 0 {
+        return;
+    }
+    for vcpu in (0..32usize).filter(|v| *v != me && mask & (1 << v) != 0) {
+        if let Some(cpu) = devices.homes.get(vcpu) {
+            runq::kick(cpu);
+        }
+    }
+}
+
+/// What the chipset says about an application processor's run state
+/// before a slice: `Err(())` when it may not run (waiting for its SIPI),
+/// `Ok(Some(vector))` when a SIPI just started it.
+fn startup(devices: &crate::devices::VmDevices, index: usize) -> Result<Option<u8>, ()> {
+    let mut chip = devices.chip.lock();
+    let _ = chip.take_init(index);
+    if let Some(vector) = chip.take_startup(index) {
+        return Ok(Some(vector));
+    }
+    match chip.run_state(index) {
+        Some(pc_devices::vcpu::VcpuRunState::Running) | None => Ok(None),
+        Some(_) => Err(()),
+    }
 }
 
 /// An application processor's life once virtualization is on: run the
@@ -102,19 +131,30 @@ pub fn ap_loop(cpu: usize) -> ! {
 /// pending. A guest that stops itself is recorded in `slot.ended` for the
 /// node to finish. Returns whether the guest was entered.
 fn run_slice(core: &mut VcpuCore, slot: &VcpuSlot, slice: u64) -> bool {
-    let VcpuCore { vcpu, mem, devices, msrs, identity, halted, counters, debug_hypercalls, name, id, .. } = core;
+    let VcpuCore { vcpu, mem, devices, msrs, identity, halted, counters, debug_hypercalls, name, id, index, .. } = core;
+    let index = *index;
     let (Some(vcpu), Some(mem)) = (vcpu.as_mut(), mem.as_deref()) else { return false };
+    let Ok(sipi) = startup(devices, index) else { return false };
+    if sipi.is_some() {
+        *halted = false;
+        slot.parked.store(false, Ordering::SeqCst);
+    } else if slot.parked.load(Ordering::SeqCst) {
+        return false;
+    }
     let start = time::rdtsc();
     if *halted {
         devices.sample_lines();
         let mut chip = devices.chip.lock();
-        chip.advance(start);
-        if !chip.interrupt_pending() {
+        chip.advance_on(index, start);
+        if !chip.interrupt_pending_on(index) {
             return false;
         }
         *halted = false;
     }
     vcpu.switch_in();
+    if let Some(vector) = sipi {
+        vcpu.start_at_sipi(vector);
+    }
     let flow = loop {
         let now = time::rdtsc();
         let used = now.wrapping_sub(start);
@@ -125,12 +165,18 @@ fn run_slice(core: &mut VcpuCore, slot: &VcpuSlot, slice: u64) -> bool {
             break Flow::Yield;
         }
         devices.sample_lines();
+        kick_siblings(devices, index);
         let deadline = {
             let mut chip = devices.chip.lock();
-            chip.advance(now);
-            if chip.interrupt_pending() {
+            chip.advance_on(index, now);
+            if chip.run_state(index) != Some(pc_devices::vcpu::VcpuRunState::Running) {
+                // An INIT (from itself or a sibling) stopped this vCPU: it
+                // waits for a start-up IPI.
+                break Flow::Yield;
+            }
+            if chip.interrupt_pending_on(index) {
                 if vcpu.can_inject_interrupt() {
-                    if let Some(vector) = chip.acknowledge() {
+                    if let Some(vector) = chip.acknowledge_on(index) {
                         vcpu.inject_interrupt(vector);
                         counters.injected += 1;
                     }
@@ -138,7 +184,7 @@ fn run_slice(core: &mut VcpuCore, slot: &VcpuSlot, slice: u64) -> bool {
                     vcpu.request_interrupt_window(true);
                 }
             }
-            chip.next_deadline(now)
+            chip.next_deadline_on(index, now)
         };
         let mut budget = slice - used;
         if let Some(d) = deadline {
@@ -159,6 +205,7 @@ fn run_slice(core: &mut VcpuCore, slot: &VcpuSlot, slice: u64) -> bool {
             now: time::rdtsc(),
             name,
             id: *id,
+            cpu: index,
             debug_hypercalls: *debug_hypercalls,
         };
         match exits::handle(&mut ctx, exit) {
@@ -167,11 +214,16 @@ fn run_slice(core: &mut VcpuCore, slot: &VcpuSlot, slice: u64) -> bool {
         }
     };
     vcpu.switch_out();
+    kick_siblings(devices, index);
     if let Some(disk) = devices.disk.as_ref() {
         disk.lock().poll(mem);
     }
     core.cpu_tsc += time::rdtsc().wrapping_sub(start);
     match flow {
+        // One vCPU of several stopped itself (Linux parks CPUs it takes
+        // offline or stops at power-off this way): a sibling may still
+        // INIT and start it again; the VM stops when all are parked.
+        Flow::Stop(StopReason::HaltedForever) if core.identity.vcpus > 1 => slot.parked.store(true, Ordering::SeqCst),
         Flow::Stop(reason) => {
             *slot.ended.lock() = Some(reason);
             return true;

@@ -21,7 +21,7 @@ impl GuestPhys for Phys<'_> {
 }
 
 pub fn handle(ctx: &mut ExitContext<'_>, gpa: u64, write: bool, fetch: bool) -> Flow {
-    if fetch || !ctx.devices.claims_mmio(gpa) {
+    if fetch || !ctx.devices.claims_mmio(ctx.cpu, gpa) {
         return Flow::Stop(StopReason::MemoryFault { gpa, write, fetch });
     }
     let mode = ctx.vcpu.cpu_mode();
@@ -46,7 +46,7 @@ pub fn handle(ctx: &mut ExitContext<'_>, gpa: u64, write: bool, fetch: bool) -> 
     let data = buf.get_mut(..size).unwrap_or(&mut []);
     let effect = match access.kind {
         AccessKind::Load { .. } | AccessKind::Compare { .. } => {
-            if ctx.devices.mmio_read(gpa, data, ctx.mem, ctx.now) == Outcome::Unclaimed {
+            if ctx.devices.mmio_read(ctx.cpu, gpa, data, ctx.mem, ctx.now) == Outcome::Unclaimed {
                 return Flow::Stop(StopReason::BadMmio {
                     gpa,
                     why: alloc::format!("{size}-byte read straddles a device's range"),
@@ -65,7 +65,7 @@ pub fn handle(ctx: &mut ExitContext<'_>, gpa: u64, write: bool, fetch: bool) -> 
         AccessKind::Store { .. } => {
             let value = store_value(&regs, &access).to_le_bytes();
             data.copy_from_slice(value.get(..size).unwrap_or(&[]));
-            match ctx.devices.mmio_write(gpa, data, ctx.mem, ctx.now) {
+            match ctx.devices.mmio_write(ctx.cpu, gpa, data, ctx.mem, ctx.now) {
                 Outcome::Done(e) => e,
                 Outcome::Unclaimed => {
                     return Flow::Stop(StopReason::BadMmio {

@@ -31,6 +31,8 @@ pub struct ExitContext<'a> {
     pub now: u64,
     pub name: &'a str,
     pub id: u16,
+    /// Which of the VM's vCPUs exited (its local APIC).
+    pub cpu: usize,
     pub debug_hypercalls: bool,
 }
 

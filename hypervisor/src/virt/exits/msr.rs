@@ -32,7 +32,7 @@ fn valid_pat(value: u64) -> bool {
 }
 
 fn read(ctx: &mut ExitContext<'_>, msr: u32) -> Option<u64> {
-    if let Some(r) = ctx.devices.chip.lock().msr_read(msr, ctx.now) {
+    if let Some(r) = ctx.devices.chip.lock().msr_read_on(ctx.cpu, msr, ctx.now) {
         return r.ok();
     }
     Some(match msr {
@@ -45,7 +45,7 @@ fn read(ctx: &mut ExitContext<'_>, msr: u32) -> Option<u64> {
 }
 
 fn write(ctx: &mut ExitContext<'_>, msr: u32, value: u64) -> Result<(), ()> {
-    if let Some(r) = ctx.devices.chip.lock().msr_write(msr, value, ctx.now) {
+    if let Some(r) = ctx.devices.chip.lock().msr_write_on(ctx.cpu, msr, value, ctx.now) {
         return r.map_err(|_| ());
     }
     if msr == pvclock::MSR_SYSTEM_TIME || msr == pvclock::MSR_WALL_CLOCK {

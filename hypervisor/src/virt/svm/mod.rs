@@ -287,6 +287,12 @@ impl Vcpu for SvmVcpu {
         self.debug_regs.save();
     }
 
+    fn start_at_sipi(&mut self, vector: u8) {
+        self.vmcb.start_real_mode(vector);
+        // EDX holds the processor signature after INIT.
+        self.regs = GuestRegs { rdx: 0x600, ..GuestRegs::default() };
+    }
+
     fn cpu_mode(&self) -> insn_decode::CpuMode {
         self.vmcb.cpu_mode()
     }

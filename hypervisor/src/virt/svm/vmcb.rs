@@ -180,6 +180,35 @@ impl Vmcb {
         self.w64(G_PAT, 0x0007_0406_0007_0406);
     }
 
+    /// The state INIT then a start-up IPI leave (AMD APM 2 14.1.3, 16.3):
+    /// real mode at CS = `vector` << 8, IP = 0, caches' CR0 bits set,
+    /// paging off, nothing pending.
+    pub fn start_real_mode(&self, vector: u8) {
+        let cs = u16::from(vector) << 8;
+        self.set_segment(SEG_CS, cs, 0x009B, 0xFFFF, u64::from(cs) << 4);
+        for seg in [SEG_DS, SEG_ES, SEG_SS, SEG_FS, SEG_GS] {
+            self.set_segment(seg, 0, 0x0093, 0xFFFF, 0);
+        }
+        self.set_segment(SEG_GDTR, 0, 0, 0xFFFF, 0);
+        self.set_segment(SEG_IDTR, 0, 0, 0xFFFF, 0);
+        self.set_segment(SEG_TR, 0, 0x8B, 0xFFFF, 0);
+        self.w8(CPL, 0);
+        self.w64(EFER, 1 << 12);
+        self.w64(CR0, 0x6000_0010);
+        self.w64(CR3, 0);
+        self.w64(CR4, 0);
+        self.w64(DR6, 0xFFFF_0FF0);
+        self.w64(DR7, 0x400);
+        self.w64(RFLAGS, 0x2);
+        self.w64(RIP, 0);
+        self.w64(RSP, 0);
+        self.w64(RAX, 0);
+        self.w64(EVENT_INJ, 0);
+        self.w64(INTERRUPT_SHADOW, 0);
+        self.set_interrupt_window(false);
+        self.w32(CLEAN_BITS, 0);
+    }
+
     /// #VMEXIT code.
     pub fn exit_code(&self) -> u64 {
         self.r64(EXIT_CODE)

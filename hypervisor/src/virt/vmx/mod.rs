@@ -341,35 +341,12 @@ impl VmxVcpu {
         vmwrite(guest::CR3, 0);
         vmwrite(guest::CR4, caps.cr4_fixed0);
         // Flat 32-bit segments.
-        for (sel, base, limit, ar, value) in [
-            (guest::CS_SELECTOR, guest::CS_BASE, guest::CS_LIMIT, guest::CS_ACCESS_RIGHTS, AR_CODE32),
-            (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS, AR_DATA32),
-            (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS, AR_DATA32),
-            (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS, AR_DATA32),
-            (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS, AR_DATA32),
-            (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS, AR_DATA32),
-        ] {
-            vmwrite(sel, if ar == guest::CS_ACCESS_RIGHTS { 0x08 } else { 0x10 });
-            vmwrite(base, 0);
-            vmwrite(limit, 0xFFFF_FFFF);
-            vmwrite(ar, value);
-        }
-        vmwrite(guest::LDTR_SELECTOR, 0);
-        vmwrite(guest::LDTR_BASE, 0);
-        vmwrite(guest::LDTR_LIMIT, 0);
-        vmwrite(guest::LDTR_ACCESS_RIGHTS, AR_UNUSABLE);
-        vmwrite(guest::TR_SELECTOR, 0);
-        vmwrite(guest::TR_BASE, 0);
-        vmwrite(guest::TR_LIMIT, 0xFF);
-        vmwrite(guest::TR_ACCESS_RIGHTS, AR_TSS_BUSY);
-        vmwrite(guest::GDTR_BASE, 0);
-        vmwrite(guest::GDTR_LIMIT, 0);
-        vmwrite(guest::IDTR_BASE, 0);
-        vmwrite(guest::IDTR_LIMIT, 0);
-        vmwrite(guest::DR7, 0x400);
-        vmwrite(guest::RSP, 0);
-        vmwrite(guest::RIP, entry.rip);
-        vmwrite(guest::RFLAGS, 0x2);
+        write_segments(
+            Segment { selector: 0x08, base: 0, limit: 0xFFFF_FFFF, ar: AR_CODE32 },
+            Segment { selector: 0x10, base: 0, limit: 0xFFFF_FFFF, ar: AR_DATA32 },
+        );
+        write_system_segments(0, 0xFF);
+        write_start(entry.rip);
         vmwrite(guest::IA32_SYSENTER_CS, 0);
         vmwrite(guest::IA32_SYSENTER_ESP, 0);
         vmwrite(guest::IA32_SYSENTER_EIP, 0);
@@ -377,9 +354,7 @@ impl VmxVcpu {
         vmwrite(guest::IA32_PAT_FULL, 0x0007_0406_0007_0406);
         vmwrite(guest::IA32_EFER_FULL, 0);
         vmwrite(guest::LINK_PTR_FULL, u64::MAX);
-        vmwrite(guest::INTERRUPTIBILITY_STATE, 0);
-        vmwrite(guest::ACTIVITY_STATE, 0);
-        vmwrite(guest::PENDING_DBG_EXCEPTIONS, 0);
+        clear_pending_events();
         write_host_state();
         // Not left active on this CPU: whichever CPU runs the vCPU loads it
         // (VMPTRLD) in `switch_in` and clears it again in `switch_out`.
@@ -504,6 +479,63 @@ impl VmxVcpu {
             other => Exit::Unhandled { code: other },
         }
     }
+}
+
+/// A guest segment register's hidden state.
+struct Segment {
+    selector: u64,
+    base: u64,
+    limit: u64,
+    ar: u64,
+}
+
+/// Loads CS with `code` and SS, DS, ES, FS and GS with `data`.
+fn write_segments(code: Segment, data: Segment) {
+    for (sel, base, limit, ar, seg) in [
+        (guest::CS_SELECTOR, guest::CS_BASE, guest::CS_LIMIT, guest::CS_ACCESS_RIGHTS, &code),
+        (guest::SS_SELECTOR, guest::SS_BASE, guest::SS_LIMIT, guest::SS_ACCESS_RIGHTS, &data),
+        (guest::DS_SELECTOR, guest::DS_BASE, guest::DS_LIMIT, guest::DS_ACCESS_RIGHTS, &data),
+        (guest::ES_SELECTOR, guest::ES_BASE, guest::ES_LIMIT, guest::ES_ACCESS_RIGHTS, &data),
+        (guest::FS_SELECTOR, guest::FS_BASE, guest::FS_LIMIT, guest::FS_ACCESS_RIGHTS, &data),
+        (guest::GS_SELECTOR, guest::GS_BASE, guest::GS_LIMIT, guest::GS_ACCESS_RIGHTS, &data),
+    ] {
+        vmwrite(sel, seg.selector);
+        vmwrite(base, seg.base);
+        vmwrite(limit, seg.limit);
+        vmwrite(ar, seg.ar);
+    }
+}
+
+/// An unusable LDTR, a busy TSS of `tr_limit` at 0, and the GDTR and IDTR
+/// at 0 with `table_limit` (0xFFFF after INIT, as on a CPU).
+fn write_system_segments(table_limit: u64, tr_limit: u64) {
+    vmwrite(guest::LDTR_SELECTOR, 0);
+    vmwrite(guest::LDTR_BASE, 0);
+    vmwrite(guest::LDTR_LIMIT, table_limit);
+    vmwrite(guest::LDTR_ACCESS_RIGHTS, AR_UNUSABLE);
+    vmwrite(guest::TR_SELECTOR, 0);
+    vmwrite(guest::TR_BASE, 0);
+    vmwrite(guest::TR_LIMIT, tr_limit);
+    vmwrite(guest::TR_ACCESS_RIGHTS, AR_TSS_BUSY);
+    vmwrite(guest::GDTR_BASE, 0);
+    vmwrite(guest::GDTR_LIMIT, table_limit);
+    vmwrite(guest::IDTR_BASE, 0);
+    vmwrite(guest::IDTR_LIMIT, table_limit);
+}
+
+/// Where the guest starts: `rip`, no stack, RFLAGS and DR7 at reset.
+fn write_start(rip: u64) {
+    vmwrite(guest::DR7, 0x400);
+    vmwrite(guest::RSP, 0);
+    vmwrite(guest::RIP, rip);
+    vmwrite(guest::RFLAGS, 0x2);
+}
+
+/// No STI/MOV-SS shadow, active, no pending debug exception.
+fn clear_pending_events() {
+    vmwrite(guest::INTERRUPTIBILITY_STATE, 0);
+    vmwrite(guest::ACTIVITY_STATE, 0);
+    vmwrite(guest::PENDING_DBG_EXCEPTIONS, 0);
 }
 
 /// INVEPT and INVVPID, all contexts, where the CPU offers them: a new VM
@@ -733,6 +765,32 @@ impl Vcpu for VmxVcpu {
 
     fn set_rsp(&mut self, value: u64) {
         vmwrite(guest::RSP, value);
+    }
+
+    fn start_at_sipi(&mut self, vector: u8) {
+        let Some(caps) = CTLS.get() else { return };
+        let cs = u64::from(vector) << 8;
+        write_segments(
+            Segment { selector: cs, base: cs << 4, limit: 0xFFFF, ar: 0x9B },
+            Segment { selector: 0, base: 0, limit: 0xFFFF, ar: 0x93 },
+        );
+        write_system_segments(0xFFFF, 0xFFFF);
+        // CR0 after INIT: CD | NW | ET, paging and protection off.
+        let guest_cr0 = 0x6000_0010u64;
+        let cr0_forced = caps.cr0_fixed0 & !(CR0_PE | CR0_PG);
+        vmwrite(control::CR0_READ_SHADOW, guest_cr0);
+        vmwrite(guest::CR0, (guest_cr0 | cr0_forced) & caps.cr0_fixed1);
+        vmwrite(guest::CR3, 0);
+        vmwrite(control::CR4_READ_SHADOW, 0);
+        vmwrite(guest::CR4, caps.cr4_fixed0);
+        self.set_efer(0);
+        write_start(0);
+        clear_pending_events();
+        vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, 0);
+        self.request_interrupt_window(false);
+        // EDX holds the processor signature after INIT.
+        self.regs = GuestRegs { rdx: 0x600, ..GuestRegs::default() };
+        self.syscall_msrs = [0; 5];
     }
 
     fn corrupt_state(&mut self) {
