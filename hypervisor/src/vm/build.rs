@@ -196,6 +196,7 @@ pub fn build_vm_with(id: u16, cfg: &VmConfig, node: NodeResources<'_>, backend: 
             name: cfg.name.clone(),
             id,
             index,
+            cpus: cfg.cpus.clone(),
         };
         let slot = Arc::new(VcpuSlot {
             core: spin::Mutex::new(core),

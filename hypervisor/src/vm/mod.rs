@@ -46,6 +46,8 @@ pub struct VcpuCore {
     pub id: u16,
     /// Which of the VM's vCPUs this is (its local APIC ID; 0 boots).
     pub index: usize,
+    /// Physical CPUs the config lets it run on (empty: any).
+    pub cpus: alloc::vec::Vec<u32>,
 }
 
 /// What the runner tells the node after each slice.

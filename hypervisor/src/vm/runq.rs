@@ -44,11 +44,64 @@ pub fn place(slot: &Arc<VcpuSlot>, allowed: &[u32]) -> Result<Placement, alloc::
     Ok(Placement { cpu, pin_unmet })
 }
 
-/// Takes `slot` off its CPU's queue (it is stopping).
+/// Takes `slot` off the run queues (it is stopping). Every queue is
+/// searched, since another CPU may be moving it at this moment.
 pub fn remove(slot: &Arc<VcpuSlot>) {
-    if let Some(q) = QUEUES.get(slot.home.load(Ordering::SeqCst)) {
+    for q in QUEUES.iter() {
         q.lock().retain(|s| !Arc::ptr_eq(s, slot));
     }
+}
+
+/// An idle CPU takes a runnable vCPU from the CPU with the most vCPUs
+/// queued (at least two), so a CPU that ran dry does not stay idle while
+/// another time-slices several guests. A vCPU whose config pins it
+/// elsewhere is left alone. Returns whether one moved.
+///
+/// Locks: the victim's queue, and within it only `try_lock` on cores (no
+/// CPU ever waits on a core while holding a queue). The core's lock keeps
+/// any two CPUs from running the vCPU at once; its VMCS was cleared at its
+/// last switch-out and its cached translations are flushed at its first
+/// switch-in here.
+pub fn steal(me: usize) -> bool {
+    let Some(victim) =
+        percpu::online().filter(|&c| c != me).max_by_key(|&c| QUEUES.get(c).map_or(0, |q| q.lock().len()))
+    else {
+        return false;
+    };
+    let Some(queue) = QUEUES.get(victim) else { return false };
+    let mut q = queue.lock();
+    if q.len() < 2 {
+        return false;
+    }
+    let pick = q.iter().rposition(|slot| {
+        if slot.stop_requested.load(Ordering::SeqCst) || slot.parked.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(core) = slot.core.try_lock() else { return false };
+        let allowed = core.cpus.is_empty() || core.cpus.iter().any(|&c| c as usize == me);
+        !core.halted && core.vcpu.is_some() && allowed
+    });
+    let Some(i) = pick else { return false };
+    if i >= q.len() {
+        return false;
+    }
+    let slot = q.remove(i);
+    drop(q);
+    slot.home.store(me, Ordering::SeqCst);
+    if let Some(mine) = QUEUES.get(me) {
+        mine.lock().push(slot.clone());
+    }
+    // Whichever CPU holds the core runs one slice at a time, so a last
+    // slice on the old CPU is harmless; the runner records where the vCPU
+    // runs (for kicks) at every slice.
+    if let Some(core) = slot.core.try_lock() {
+        crate::log!("vm {}: vCPU {} moved from CPU {victim} to idle CPU {me}", core.name, core.index);
+    }
+    // The node may have asked for it back during the move.
+    if slot.stop_requested.load(Ordering::SeqCst) {
+        remove(&slot);
+    }
+    true
 }
 
 /// The `i`-th vCPU on `cpu`'s queue.

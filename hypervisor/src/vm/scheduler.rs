@@ -94,7 +94,7 @@ pub fn ap_loop(cpu: usize) -> ! {
             ran |= run_slot(&slot, slice);
             i += 1;
         }
-        if ran {
+        if ran || runq::steal(cpu) {
             continue;
         }
         let now = time::rdtsc();
@@ -134,6 +134,8 @@ fn run_slice(core: &mut VcpuCore, slot: &VcpuSlot, slice: u64) -> bool {
     let VcpuCore { vcpu, mem, devices, msrs, identity, halted, counters, debug_hypercalls, name, id, index, .. } = core;
     let index = *index;
     let (Some(vcpu), Some(mem)) = (vcpu.as_mut(), mem.as_deref()) else { return false };
+    // Where it runs, for the kicks its siblings and devices send.
+    devices.homes.set(index, percpu::current_index());
     let Ok(sipi) = startup(devices, index) else { return false };
     if sipi.is_some() {
         *halted = false;
