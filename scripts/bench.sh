@@ -52,7 +52,8 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     # on both CPUs, divided by the same with both pinned to CPU 0 (the
     # ideal is 2). Then the cross-CPU kick latency BMonitor measured
     # (sender's TSC to the receiver's handler) in a VM-to-VM transfer
-    # between VMs on different CPUs.
+    # between VMs on different CPUs, and the wake-up latency a 2-vCPU Linux
+    # guest sees between its CPUs.
     dir=$OUT/bench-smp
     mkdir -p "$dir"
     smp_work() { # NAME PIN(0|1) -> total Mturns of both VMs
@@ -73,6 +74,13 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     BM_QEMU_SMP=2 boot_engine qemu-tcg "$dir/bulk.bundle" "$dir/bulk.log" 300 || die "SMP kick benchmark timed out"
     grep '^vm .*: placed on CPU' "$dir/bulk.log" | sed 's/^/smp kick: /'
     grep '^smp: CPU [0-9]*: kicks=' "$dir/bulk.log" | sed 's/^smp: /smp kick latency: /' || echo "smp kick latency: no kicks (see $dir/bulk.log)"
+    # The same seen from inside: a 2-vCPU Linux VM wakes a thread on its
+    # other CPU from idle 200 times (tests/linux/probes/src/ipi_latency.rs).
+    "$ROOT/scripts/linux-guest.sh" >/dev/null || die "could not build the Linux guest"
+    sed -e "s|\.\./\.\./target|$ROOT/target|" tests/e2e/smp-linux.toml >"$dir/linux.toml"
+    make_bundle "$dir/linux.toml" "$dir/linux.bundle"
+    BM_QEMU_SMP=2 boot_engine qemu-tcg "$dir/linux.bundle" "$dir/linux.log" 300 || die "SMP Linux benchmark timed out"
+    echo "smp kick as the guest sees it: $(grep -o 'ipi-latency: .*' "$dir/linux.log" || echo "no result (see $dir/linux.log)")"
 fi
 
 if [[ " $engines " == *" qemu-tcg "* ]]; then

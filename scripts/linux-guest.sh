@@ -304,6 +304,13 @@ build() {
     cpio_dir "$stage" dev >"$LOUT/initramfs.cpio.gz.tmp"
     mv "$LOUT/initramfs.cpio.gz.tmp" "$LOUT/initramfs.cpio.gz"
 
+    # Static probes some roles run (tests/linux/probes), built for musl.
+    local musl=x86_64-unknown-linux-musl
+    ensure_rust_target "$musl"
+    (cd "$ROOT" && cargo build --quiet --release --target "$musl" -p linux-probes) ||
+        die "cannot build the Linux probes (tests/linux/probes)"
+    local probes=${CARGO_TARGET_DIR:-$ROOT/target}/$musl/release
+
     # One overlay per role: /etc/bm-role and the role's script.
     local r roles=(shell) ov=$LOUT/overlay
     for r in "$GUEST"/roles/*.sh; do roles+=("$(basename "$r" .sh)"); done
@@ -313,6 +320,7 @@ build() {
         mkdir -p "$ov/etc/bm-roles"
         printf '%s\n' "$r" >"$ov/etc/bm-role"
         [[ -f $GUEST/roles/$r.sh ]] && install -m 644 "$GUEST/roles/$r.sh" "$ov/etc/bm-roles/$r.sh"
+        [[ $r == smp ]] && install -D -m 755 "$probes/ipi-latency" "$ov/usr/bin/ipi-latency"
         cpio_dir "$ov" >"$LOUT/role-$r.cpio.gz"
         cat "$LOUT/initramfs.cpio.gz" "$LOUT/role-$r.cpio.gz" >"$LOUT/initrd-$r.img"
     done

@@ -91,6 +91,7 @@ check_smp_linux() {
     want "^\[linux-smp\] BMLINUX cpus 2 online 0-1$"
     want "^\[linux-smp\] BMLINUX cpu 0 loops [0-9]+$"
     want "^\[linux-smp\] BMLINUX cpu 1 loops [0-9]+$"
+    want "^\[linux-smp\] BMLINUX ipi-latency: 200 wake-ups, median [0-9]+, p90 [0-9]+, max [0-9]+ TSC ticks$"
     want "^\[linux-smp\] BMLINUX smp done$"
     stopped linux-smp 0 "guest power-off"
 }

@@ -1,6 +1,7 @@
 # SMP: how many processors the kernel brought up (the VM's config gives
 # it `vcpus`), then work on every one at once: one busy loop per CPU for
-# two seconds, each pinned with taskset, and how far each got.
+# two seconds, each pinned with taskset, and how far each got; then the
+# cross-CPU wake-up latency (ipi-latency).
 n=$(grep -c '^processor' /proc/cpuinfo)
 echo "BMLINUX cpus $n online $(cat /sys/devices/system/cpu/online 2>/dev/null)"
 pin=""
@@ -11,4 +12,8 @@ while [ $i -lt "$n" ]; do
     i=$((i + 1))
 done
 wait
+# The cross-CPU wake-up latency the guest sees (tests/linux/probes).
+if [ "$n" -ge 2 ] && [ -x /usr/bin/ipi-latency ]; then
+    echo "BMLINUX $(/usr/bin/ipi-latency 200)"
+fi
 echo "BMLINUX smp done"
