@@ -80,6 +80,25 @@ check_smp_steal() {
     done
 }
 
+# A hostile 2-vCPU guest (smp-hostile-*): its AP spins with interrupts
+# off, it storms IPIs at it, restarts it 50 times; it exits 0 and BMonitor
+# takes both vCPUs back; the witness gets most of its run as CPU time.
+check_smp_hostile() {
+    no_hypervisor_fault
+    want "^vm hostile: 2 vCPUs placed on CPUs"
+    want "^\[hostile\] smp-hostile: AP started, spinning with interrupts off$"
+    want "^\[hostile\] smp-hostile: [0-9]+ IPIs to all-but-self in 300 ms$"
+    want "^\[hostile\] smp-hostile: AP restarted 50 times$"
+    want "^\[hostile\] smp-hostile ok$"
+    stopped hostile 0 "exit hypercall \(0\)"
+    stopped witness 0 "exit hypercall \(0\)"
+    refuse "FAIL"
+    local ms
+    ms=$(cpu_ms witness)
+    # Sharing CPU 0 with the hostile boot vCPU for a while: at least half.
+    [[ -n $ms ]] && ((ms >= 700)) || fail "witness got ${ms:-no} ms of CPU in its 1500 ms run"
+}
+
 # A 2-vCPU Linux VM (smp-linux-*): the kernel brings its second CPU up
 # (INIT-SIPI-SIPI through the local APIC model), /proc/cpuinfo lists 2
 # processors, and a busy loop runs on each.
@@ -1242,6 +1261,7 @@ for engine in $engines; do
     scenarios+=("smp-irq-hostile-$engine $engine $ROOT/tests/e2e/irq-hostile.toml check_irq_hostile")
     scenarios+=("smp-linux-$engine $engine $ROOT/tests/e2e/smp-linux.toml check_smp_linux")
     scenarios+=("smp-steal-$engine $engine $ROOT/tests/e2e/smp-steal.toml check_smp_steal")
+    scenarios+=("smp-hostile-$engine $engine $ROOT/tests/e2e/smp-hostile.toml check_smp_hostile")
     [[ $engine == bochs ]] && scenarios+=("disk-mem-bochs bochs $ROOT/tests/e2e/disk-mem.toml check_disk_mem")
     [[ $engine == bochs ]] && scenarios+=("mgmt-serial-bochs bochs NONE check_mgmt_serial")
     [[ $engine == bochs ]] && scenarios+=("linux-bochs bochs $ROOT/tests/e2e/linux-bochs.toml check_linux_bochs")
