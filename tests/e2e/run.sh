@@ -89,6 +89,7 @@ check_smp_hostile() {
     want "^\[hostile\] smp-hostile: AP started, spinning with interrupts off$"
     want "^\[hostile\] smp-hostile: [0-9]+ IPIs to all-but-self in 300 ms$"
     want "^\[hostile\] smp-hostile: AP restarted 50 times$"
+    want "^\[hostile\] smp-hostile: 20 NMIs handled by the AP$"
     want "^\[hostile\] smp-hostile ok$"
     stopped hostile 0 "exit hypercall \(0\)"
     stopped witness 0 "exit hypercall \(0\)"

@@ -113,6 +113,13 @@ pub trait Vcpu: Send {
     /// an interrupt (VMX interrupt-window exiting, SVM virtual interrupt),
     /// or stops asking.
     fn request_interrupt_window(&mut self, on: bool);
+    /// Whether an NMI can be injected at the next entry: the guest is not
+    /// still handling the last one (no IRET since), and no other event is
+    /// queued. False on a CPU without virtual NMIs.
+    fn nmi_window_open(&mut self) -> bool;
+    /// Queues an NMI (vector 2) for the next entry; the guest blocks NMIs
+    /// until its handler's IRET.
+    fn inject_nmi(&mut self);
     /// Whether the guest is executing 64-bit code (decides register width).
     fn long_mode(&self) -> bool;
     /// Guest RFLAGS.IF.

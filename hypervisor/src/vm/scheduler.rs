@@ -66,6 +66,11 @@ fn kick_siblings(devices: &crate::devices::VmDevices, me: usize) {
     }
 }
 
+/// Whether an NMI waits for vCPU `index`.
+fn nmi_pending(devices: &crate::devices::VmDevices, index: usize) -> bool {
+    devices.chip.lock().lapic(index).is_some_and(|a| a.nmi_pending())
+}
+
 /// What the chipset says about an application processor's run state
 /// before a slice: `Err(())` when it may not run (waiting for its SIPI),
 /// `Ok(Some(vector))` when a SIPI just started it.
@@ -141,14 +146,18 @@ fn run_slice(core: &mut VcpuCore, slot: &VcpuSlot, slice: u64) -> bool {
         *halted = false;
         slot.parked.store(false, Ordering::SeqCst);
     } else if slot.parked.load(Ordering::SeqCst) {
-        return false;
+        // Only an NMI (or INIT-SIPI, above) wakes a parked vCPU.
+        if !nmi_pending(devices, index) {
+            return false;
+        }
+        slot.parked.store(false, Ordering::SeqCst);
     }
     let start = time::rdtsc();
     if *halted {
         devices.sample_lines();
         let mut chip = devices.chip.lock();
         chip.advance_on(index, start);
-        if !chip.interrupt_pending_on(index) {
+        if !chip.interrupt_pending_on(index) && !chip.lapic(index).is_some_and(|a| a.nmi_pending()) {
             return false;
         }
         *halted = false;
@@ -176,7 +185,14 @@ fn run_slice(core: &mut VcpuCore, slot: &VcpuSlot, slice: u64) -> bool {
                 // waits for a start-up IPI.
                 break Flow::Yield;
             }
-            if chip.interrupt_pending_on(index) {
+            // An NMI first (one event per entry); it waits while the
+            // guest still handles the last one.
+            let nmi =
+                chip.lapic(index).is_some_and(|a| a.nmi_pending()) && vcpu.nmi_window_open() && chip.take_nmi_on(index);
+            if nmi {
+                vcpu.inject_nmi();
+                counters.injected += 1;
+            } else if chip.interrupt_pending_on(index) {
                 if vcpu.can_inject_interrupt() {
                     if let Some(vector) = chip.acknowledge_on(index) {
                         vcpu.inject_interrupt(vector);

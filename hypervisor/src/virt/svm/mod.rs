@@ -104,6 +104,10 @@ pub struct SvmVcpu {
     insn_len: u64,
     /// The physical CPU it last ran on.
     last_cpu: usize,
+    /// An injected NMI's handler has not returned yet.
+    nmi_masked: bool,
+    /// Where the guest's IRET was intercepted: NMIs unblock once it ran.
+    iret_rip: Option<u64>,
     fxsave: alloc::boxed::Box<super::FxArea>,
     debug_regs: super::DebugRegs,
 }
@@ -122,6 +126,8 @@ impl SvmVcpu {
             regs: GuestRegs { rax: entry.rax, rbx: entry.rbx, rsi: entry.rsi, ..GuestRegs::default() },
             insn_len: 0,
             last_cpu: usize::MAX,
+            nmi_masked: false,
+            iret_rip: None,
             fxsave: super::FxArea::new_default(),
             debug_regs: Default::default(),
         })
@@ -155,6 +161,13 @@ impl SvmVcpu {
             0x78 => {
                 self.insn_len = 1;
                 Exit::Halt
+            }
+            0x74 => {
+                // IRET after an injected NMI: it runs when the guest is
+                // re-entered; NMIs unblock once RIP has moved past it.
+                self.iret_rip = Some(self.vmcb.rip());
+                self.vmcb.set_iret_intercept(false);
+                Exit::Handled
             }
             0x7A => Exit::InvalidOpcode { what: "INVLPGA" },
             0x7B => {
@@ -235,6 +248,21 @@ impl Vcpu for SvmVcpu {
         self.vmcb.inject_interrupt(vector);
     }
 
+    fn nmi_window_open(&mut self) -> bool {
+        if self.nmi_masked && self.iret_rip.is_some_and(|r| r != self.vmcb.rip()) {
+            self.nmi_masked = false;
+            self.iret_rip = None;
+        }
+        !self.nmi_masked && !self.vmcb.event_pending() && !self.vmcb.interrupt_shadow()
+    }
+
+    fn inject_nmi(&mut self) {
+        self.vmcb.inject_nmi();
+        self.nmi_masked = true;
+        self.iret_rip = None;
+        self.vmcb.set_iret_intercept(true);
+    }
+
     fn request_interrupt_window(&mut self, on: bool) {
         self.vmcb.set_interrupt_window(on);
     }
@@ -289,6 +317,9 @@ impl Vcpu for SvmVcpu {
 
     fn start_at_sipi(&mut self, vector: u8) {
         self.vmcb.start_real_mode(vector);
+        self.nmi_masked = false;
+        self.iret_rip = None;
+        self.vmcb.set_iret_intercept(false);
         // EDX holds the processor signature after INIT.
         self.regs = GuestRegs { rdx: 0x600, ..GuestRegs::default() };
     }

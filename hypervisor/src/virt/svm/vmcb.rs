@@ -56,6 +56,7 @@ const I_INVLPGA: u32 = 1 << 26;
 const I_IOIO: u32 = 1 << 27;
 const I_MSR: u32 = 1 << 28;
 const I_TASK_SWITCH: u32 = 1 << 29;
+const I_IRET: u32 = 1 << 20;
 const I_SHUTDOWN: u32 = 1 << 31;
 const I_VMRUN: u32 = 1 << 0;
 const I_VMMCALL: u32 = 1 << 1;
@@ -102,6 +103,11 @@ impl Vmcb {
     fn w32(&self, off: usize, v: u32) {
         // SAFETY: as in `r64`.
         unsafe { core::ptr::write_volatile(self.ptr(off) as *mut u32, v) }
+    }
+
+    fn r32(&self, off: usize) -> u32 {
+        // SAFETY: as in `r64`.
+        unsafe { core::ptr::read_volatile(self.ptr(off) as *const u32) }
     }
 
     fn r16(&self, off: usize) -> u16 {
@@ -368,6 +374,19 @@ impl Vmcb {
     /// Whether the guest is in an STI/MOV-SS interrupt shadow.
     pub fn interrupt_shadow(&self) -> bool {
         self.r64(INTERRUPT_SHADOW) & 1 != 0
+    }
+
+    /// Queues an NMI (EVENTINJ type 2, vector 2).
+    pub fn inject_nmi(&self) {
+        self.w64(EVENT_INJ, 2 | (2 << 8) | (1 << 31));
+    }
+
+    /// Intercepts IRET (or stops): how BMonitor learns that the guest's
+    /// NMI handler returned, since the CPU keeps NMI blocking to itself.
+    pub fn set_iret_intercept(&self, on: bool) {
+        let v = self.r32(INTERCEPT_MISC1);
+        self.w32(INTERCEPT_MISC1, if on { v | I_IRET } else { v & !I_IRET });
+        self.w32(CLEAN_BITS, 0);
     }
 
     /// Queues external interrupt `vector` (EVENTINJ type 0).

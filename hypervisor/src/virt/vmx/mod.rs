@@ -35,6 +35,7 @@ static BITMAPS: spin::Once<(u64, u64, u64)> = spin::Once::new();
 // Control bits (SDM vol. 3, ch. 25).
 const PIN_EXT_INT_EXITING: u32 = 1 << 0;
 const PIN_NMI_EXITING: u32 = 1 << 3;
+const PIN_VIRTUAL_NMIS: u32 = 1 << 5;
 const PIN_PREEMPTION_TIMER: u32 = 1 << 6;
 const PROC_INT_WINDOW: u32 = 1 << 2;
 const PROC_HLT_EXITING: u32 = 1 << 7;
@@ -201,8 +202,12 @@ pub fn enable() -> Result<(), &'static str> {
                 msr::IA32_VMX_ENTRY_CTLS,
             )
         };
-        let (pin, ok) = adjust(pin_msr, PIN_EXT_INT_EXITING | PIN_NMI_EXITING | PIN_PREEMPTION_TIMER);
-        if !ok {
+        let required = PIN_EXT_INT_EXITING | PIN_NMI_EXITING | PIN_PREEMPTION_TIMER;
+        // Virtual NMIs when offered: without them an injected NMI would
+        // stay blocked for good (IRET does not unblock NMIs when NMI
+        // exiting is on, SDM 3C 26.3), so guests get no NMIs at all.
+        let (pin, _) = adjust(pin_msr, required | PIN_VIRTUAL_NMIS);
+        if pin & required != required {
             return Err("VMX preemption timer not supported");
         }
         let want_proc = PROC_HLT_EXITING | PROC_RDPMC_EXITING | PROC_IO_BITMAPS | PROC_MSR_BITMAPS | PROC_SECONDARY;
@@ -632,6 +637,19 @@ impl Vcpu for VmxVcpu {
     fn inject_interrupt(&mut self, vector: u8) {
         // Type 0 (external interrupt), valid.
         vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, u64::from(vector) | (1 << 31));
+    }
+
+    fn nmi_window_open(&mut self) -> bool {
+        let virtual_nmis = CTLS.get().is_some_and(|c| c.pin & PIN_VIRTUAL_NMIS != 0);
+        // Interruptibility: STI (0), MOV SS (1), (virtual-)NMI blocking (3).
+        virtual_nmis
+            && vmread(guest::INTERRUPTIBILITY_STATE) & 0b1011 == 0
+            && vmread(control::VMENTRY_INTERRUPTION_INFO_FIELD) & (1 << 31) == 0
+    }
+
+    fn inject_nmi(&mut self) {
+        // Valid, type 2 (NMI), vector 2.
+        vmwrite(control::VMENTRY_INTERRUPTION_INFO_FIELD, (1 << 31) | (2 << 8) | 2);
     }
 
     fn request_interrupt_window(&mut self, on: bool) {

@@ -1,9 +1,11 @@
 //! `smp-hostile`: a 2-vCPU guest that abuses its second CPU. It starts it
 //! (INIT-SIPI-SIPI) at a three-instruction real-mode stub that reports in
 //! and then spins with interrupts off for good; storms IPIs at all its
-//! other vCPUs (fixed, all-excluding-self) for 300 ms; then restarts the
-//! spinning AP with INIT-SIPI-SIPI 50 times. It exits 0 when each step
-//! did what the platform promises. The hypervisor must take both vCPUs
+//! other vCPUs (fixed, all-excluding-self) for 300 ms; restarts the
+//! spinning AP with INIT-SIPI-SIPI 50 times; then sends it 20 NMIs one by
+//! one, which its real-mode NMI handler counts (NMIs reach a CPU with
+//! interrupts off). It exits 0 when each step did what the platform
+//! promises. The hypervisor must take both vCPUs
 //! back when it exits (one of them spinning on another CPU) and the other
 //! VMs must keep their share of time meanwhile.
 #![no_std]
@@ -20,18 +22,31 @@ const AP_PAGE: u64 = 0x7_0000;
 const AP_VECTOR: u32 = 0x70;
 /// The AP writes its run count here (CS-relative offset 0x100).
 const AP_FLAG: u64 = AP_PAGE + 0x100;
-/// `inc byte cs:[0x100]; cli; jmp $`.
-const AP_CODE: [u8; 8] = [0x2E, 0xFE, 0x06, 0x00, 0x01, 0xFA, 0xEB, 0xFE];
+/// Its NMI handler counts NMIs here (offset 0x101).
+const NMI_FLAG: u64 = AP_PAGE + 0x101;
+/// `mov ax, cs; mov ss, ax; mov sp, 0xF00; inc byte cs:[0x100]; cli; jmp $`.
+const AP_CODE: [u8; 15] = [0x8C, 0xC8, 0x8E, 0xD0, 0xBC, 0x00, 0x0F, 0x2E, 0xFE, 0x06, 0x00, 0x01, 0xFA, 0xEB, 0xFE];
+/// At offset 0x20: `inc byte cs:[0x101]; iret`.
+const NMI_CODE: [u8; 6] = [0x2E, 0xFE, 0x06, 0x01, 0x01, 0xCF];
+/// Real-mode vector 2 (NMI) in the interrupt vector table: 0x7000:0x0020.
+const IVT_NMI: u64 = 2 * 4;
+const NMI_ENTRY: [u8; 4] = [0x20, 0x00, 0x00, 0x70];
+const ICR_NMI: u32 = 4 << 8;
 
 const ICR_INIT: u32 = 5 << 8;
 const ICR_STARTUP: u32 = 6 << 8;
 const ICR_ALL_BUT_SELF: u32 = 3 << 18;
 const STORM_VECTOR: u32 = 0x40;
 
+fn read(at: u64) -> u8 {
+    // SAFETY: `at` is in the AP page, guest RAM outside the image and the
+    // loader's structures (checked in main); the AP writes it, so read
+    // volatile.
+    unsafe { core::ptr::read_volatile(at as *const u8) }
+}
+
 fn flag() -> u8 {
-    // SAFETY: AP_FLAG is guest RAM outside the image and the loader's
-    // structures (checked in main); the AP writes it, so read volatile.
-    unsafe { core::ptr::read_volatile(AP_FLAG as *const u8) }
+    read(AP_FLAG)
 }
 
 /// INIT then two start-up IPIs to APIC 1, as the MP spec asks.
@@ -46,15 +61,19 @@ fn start_ap() {
 
 fn main(info: &BootInfo) -> u32 {
     println!("smp-hostile start");
-    let page = Range::new(AP_PAGE, 0x1000);
-    if page.overlaps(&test_guests::phys::image()) || info.protected.iter().any(|p| p.overlaps(&page)) {
-        println!("FAIL: the AP page {AP_PAGE:#x} is taken");
-        return 1;
+    for (what, range) in [("AP page", Range::new(AP_PAGE, 0x1000)), ("vector table", Range::new(0, 0x400))] {
+        if range.overlaps(&test_guests::phys::image()) || info.protected.iter().any(|p| p.overlaps(&range)) {
+            println!("FAIL: the {what} at {:#x} is taken", range.start);
+            return 1;
+        }
     }
-    // SAFETY: the page is guest RAM nobody else uses (checked above).
+    // SAFETY: the page and the vector table's NMI entry are guest RAM
+    // nobody else uses (checked above); the boot stub maps them 1:1.
     unsafe {
         core::ptr::write_bytes(AP_PAGE as *mut u8, 0, 0x1000);
         core::ptr::copy_nonoverlapping(AP_CODE.as_ptr(), AP_PAGE as *mut u8, AP_CODE.len());
+        core::ptr::copy_nonoverlapping(NMI_CODE.as_ptr(), (AP_PAGE + 0x20) as *mut u8, NMI_CODE.len());
+        core::ptr::copy_nonoverlapping(NMI_ENTRY.as_ptr(), IVT_NMI as *mut u8, NMI_ENTRY.len());
     }
     apic::enable(0xFF);
     start_ap();
@@ -84,6 +103,17 @@ fn main(info: &BootInfo) -> u32 {
         }
     }
     println!("smp-hostile: AP restarted {} times", flag().wrapping_sub(before));
+
+    // NMIs: each is taken with interrupts off and counted by the handler;
+    // the next is sent once the last one's IRET ran.
+    for i in 0..20u8 {
+        apic::send_ipi(1, ICR_ASSERT | ICR_NMI);
+        if !apic::wait_until(apic::tsc_after_ms(500), || read(NMI_FLAG) == i.wrapping_add(1)) {
+            println!("FAIL: NMI {} not handled by the AP (count {})", i + 1, read(NMI_FLAG));
+            return 1;
+        }
+    }
+    println!("smp-hostile: 20 NMIs handled by the AP");
     println!("smp-hostile ok");
     0
 }
