@@ -83,6 +83,10 @@ pub struct Chipset {
     pub pm: AcpiPm,
     /// Line levels last applied, so sampling a level source applies changes only.
     levels: [bool; GSIS],
+    /// Level pins whose message no local APIC took (remote IRR released):
+    /// the next sample of an asserted line delivers them again even though
+    /// the line did not change.
+    released: u32,
     pit_backlog: u64,
     /// [`PIT_MIN_GAP_NS`] in TSC ticks.
     pit_gap: u64,
@@ -139,6 +143,7 @@ impl Chipset {
             rtc,
             pm: AcpiPm::new(rate, now),
             levels: [false; GSIS],
+            released: 0,
             pit_backlog: 0,
             pit_gap: rate.from_ns(PIT_MIN_GAP_NS),
             pit_last: None,
@@ -396,12 +401,16 @@ impl Chipset {
     /// Sets GSI `gsi` (a level source such as a virtio device or the
     /// UART samples its line through here); only changes reach the chips.
     pub fn set_gsi(&mut self, gsi: u32, level: bool) {
+        let bit = 1u32.checked_shl(gsi).unwrap_or(0);
         let Some(old) = self.levels.get_mut(gsi as usize) else { return };
-        if *old == level {
+        let retry = level && self.released & bit != 0;
+        if *old == level && !retry {
             return;
         }
+        self.released &= !bit;
+        let changed = *old != level;
         *old = level;
-        if gsi < 16 {
+        if changed && gsi < 16 {
             // GSI 2 is where ISA IRQ 0 lands; GSI 0 has no ISA source.
             let irq = match gsi {
                 2 => 0,
@@ -455,6 +464,7 @@ impl Chipset {
                     // the next line sample, not in this pass).
                     if d.level {
                         self.ioapic.release(d.vector);
+                        self.mark_released(d.vector);
                     }
                 } else {
                     if msg.is_some_and(|m| m.mode == DeliveryMode::Nmi) {
@@ -477,6 +487,21 @@ impl Chipset {
         }
         self.cpus.route_ipis();
         self.counters.ipis_dropped = self.cpus.ipis_dropped();
+    }
+
+    /// Notes the level pins carrying `vector` whose message went nowhere,
+    /// so that [`Chipset::set_gsi`] retries them at the next sample: the
+    /// device keeps its line asserted until its driver sees an interrupt,
+    /// so without a retry the pin would stay silent for good (a NIC whose
+    /// message was dropped once while the guest reprogrammed its APIC never
+    /// interrupted again).
+    fn mark_released(&mut self, vector: u8) {
+        for pin in 0..crate::ioapic::PINS {
+            let e = self.ioapic.redirection(pin);
+            if (e & 0xFF) as u8 == vector && e & (1 << 15) != 0 {
+                self.released |= 1 << pin;
+            }
+        }
     }
 
     fn settle(&mut self, now: u64) {
@@ -709,6 +734,35 @@ mod tests {
         }
         assert!(c.counters.messages_dropped >= 1);
         assert!(c.counters.messages_dropped <= 200, "{} dropped", c.counters.messages_dropped);
+    }
+
+    /// Writes IOAPIC redirection entry `pin` through IOREGSEL/IOWIN.
+    fn set_entry(c: &mut Chipset, pin: u32, entry: u64) {
+        let base = crate::ioapic::IOAPIC_BASE;
+        for (half, value) in [(0u32, entry as u32), (1, (entry >> 32) as u32)] {
+            c.mmio_write(base, 4, u64::from(0x10 + 2 * pin + half), 0);
+            c.mmio_write(base + 0x10, 4, u64::from(value), 0);
+        }
+    }
+
+    #[test]
+    fn a_dropped_level_message_is_retried_at_the_next_sample() {
+        let mut c = Chipset::new(TscRate::new(HZ), 0, 0, 64 << 20, 0);
+        // The local APIC software-disabled; level, vector 0x50, APIC ID 0.
+        c.mmio_write(0xFEE0_00F0, 4, 0xFF, 0);
+        set_entry(&mut c, 5, (1 << 15) | 0x50);
+        c.set_gsi(5, true);
+        assert!(!c.interrupt_pending_on(0));
+        assert_eq!(c.counters.messages_dropped, 1);
+        // The guest enables its local APIC. The device line never went low
+        // (its driver saw no interrupt), so only a retry delivers it.
+        c.mmio_write(0xFEE0_00F0, 4, 0x1FF, 0);
+        c.set_gsi(5, true);
+        assert!(c.interrupt_pending_on(0), "the asserted line was never delivered again");
+        assert_eq!(c.acknowledge(), Some(0x50));
+        // Delivered once: the same sample again changes nothing.
+        c.set_gsi(5, true);
+        assert!(!c.interrupt_pending_on(0));
     }
 
     #[test]
