@@ -13,6 +13,11 @@ use spin::Mutex;
 /// refused with this limit named.
 pub const MAX_PER_CPU: usize = 64;
 
+/// vCPU moves between CPUs that are logged, node-wide.
+const MAX_LOGGED_MOVES: u64 = 32;
+/// vCPU moves so far.
+static MOVES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 static QUEUES: [Mutex<Vec<Arc<VcpuSlot>>>; percpu::MAX_CPUS] = [const { Mutex::new(Vec::new()) }; percpu::MAX_CPUS];
 
 /// Where a vCPU was placed, and whether its pinning could be honoured.
@@ -94,8 +99,15 @@ pub fn steal(me: usize) -> bool {
     // Whichever CPU holds the core runs one slice at a time, so a last
     // slice on the old CPU is harmless; the runner records where the vCPU
     // runs (for kicks) at every slice.
-    if let Some(core) = slot.core.try_lock() {
-        crate::log!("vm {}: vCPU {} moved from CPU {victim} to idle CPU {me}", core.name, core.index);
+    // Guests that halt and wake can make vCPUs move often: only the
+    // first moves are logged, so no guest can grow the log this way.
+    let moves = MOVES.fetch_add(1, Ordering::Relaxed);
+    if moves < MAX_LOGGED_MOVES {
+        if let Some(core) = slot.core.try_lock() {
+            crate::log!("vm {}: vCPU {} moved from CPU {victim} to idle CPU {me}", core.name, core.index);
+        }
+    } else if moves == MAX_LOGGED_MOVES {
+        crate::log!("smp: {MAX_LOGGED_MOVES} vCPU moves logged (the limit); later moves are not");
     }
     // The node may have asked for it back during the move.
     if slot.stop_requested.load(Ordering::SeqCst) {
