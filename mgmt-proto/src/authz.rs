@@ -75,7 +75,17 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
             | Request::ReadCounters { .. }
             | Request::Subscribe { .. }
             | Request::SetPolicy { .. }
-            | Request::GetPolicy { .. } => Ok(()),
+            | Request::GetPolicy { .. }
+            | Request::FleetHeartbeat { .. }
+            | Request::FleetCreateVm { .. }
+            | Request::FleetStartVm { .. }
+            | Request::FenceVm { .. }
+            | Request::ReplicaKey { .. }
+            | Request::ReplicaCreate { .. }
+            | Request::ReplicaPull { .. }
+            | Request::ReplicaPush { .. }
+            | Request::PromoteReplica { .. }
+            | Request::NotifyTenant { .. } => Ok(()),
             Request::ReloadImage { .. }
             | Request::ConsoleRead { .. }
             | Request::ConsoleWrite { .. }
@@ -110,7 +120,17 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
                 | Request::CreateVm { .. }
                 | Request::DestroyVm { .. }
                 | Request::RotateLandlordKey
-                | Request::RegenerateTenantKey { .. } => Err(Denied::LandlordOnly),
+                | Request::RegenerateTenantKey { .. }
+                | Request::FleetHeartbeat { .. }
+                | Request::FleetCreateVm { .. }
+                | Request::FleetStartVm { .. }
+                | Request::FenceVm { .. }
+                | Request::ReplicaKey { .. }
+                | Request::ReplicaCreate { .. }
+                | Request::ReplicaPull { .. }
+                | Request::ReplicaPush { .. }
+                | Request::PromoteReplica { .. }
+                | Request::NotifyTenant { .. } => Err(Denied::LandlordOnly),
                 Request::ReadAudit { .. }
                 | Request::ListVms
                 | Request::SetSubBoundary { .. }

@@ -32,6 +32,7 @@ extern crate std;
 
 pub mod authz;
 pub mod crypto;
+pub mod fleet;
 pub mod frame;
 pub mod monitor;
 pub mod msg;

@@ -662,6 +662,97 @@ pub enum Request {
         /// The cluster.
         cluster: ClusterId,
     },
+    // ---- landlord: membership of a facility (docs/fleet.md) ----
+    /// The facility controller's heartbeat: renews the node's fencing
+    /// lease for `fence_after_ms` (0: no lease, protected VMs never stop
+    /// for lack of heartbeats) and asks for the node's facility report.
+    FleetHeartbeat {
+        /// How long the node keeps its protected VMs running without
+        /// another heartbeat.
+        fence_after_ms: u32,
+    },
+    /// Define a VM placed by the facility controller (its MAC, instance id
+    /// and epoch); idempotent for the same instance and name.
+    FleetCreateVm {
+        /// Its definition.
+        spec: VmSpec,
+        /// Its facility record.
+        fleet: crate::fleet::FleetSpec,
+    },
+    /// Start a facility VM at `epoch`; refused when the node has been told
+    /// of a higher epoch for it.
+    FleetStartVm {
+        /// The VM.
+        vm: VmId,
+        /// The epoch the controller granted.
+        epoch: u64,
+    },
+    /// Fence a VM: from now on nothing below `epoch` runs or writes (the
+    /// VM stops if its own epoch is lower).
+    FenceVm {
+        /// The VM.
+        vm: VmId,
+        /// The epoch that took over.
+        epoch: u64,
+    },
+    /// Seal the secret of a protected VM's volume for the partner node
+    /// whose static key (U_L) is `partner` (docs/fleet.md).
+    ReplicaKey {
+        /// The VM.
+        vm: VmId,
+        /// The partner's node key.
+        partner: crate::crypto::PublicKey,
+    },
+    /// Hold the partner copy of a protected VM's volume: a replica VM
+    /// definition (not startable until promoted) and a volume opened by
+    /// the sealed secret from node `from`.
+    ReplicaCreate {
+        /// The VM's definition.
+        spec: VmSpec,
+        /// Its facility record.
+        fleet: crate::fleet::FleetSpec,
+        /// The primary's node key (U_L) that sealed the secret.
+        from: crate::crypto::PublicKey,
+        /// [`crate::fleet::seal_volume_secret`]'s output.
+        sealed: Vec<u8>,
+    },
+    /// Up to `max_blocks` changed ciphertext blocks of a protected VM's
+    /// volume (they stay pending until a later pull: a lost reply loses
+    /// nothing, see docs/fleet.md).
+    ReplicaPull {
+        /// The VM.
+        vm: VmId,
+        /// At most [`crate::fleet::MAX_REPLICA_BLOCKS`].
+        max_blocks: u32,
+    },
+    /// Ciphertext blocks for a replica, from the primary's epoch `epoch`;
+    /// refused below the replica's fence.
+    ReplicaPush {
+        /// The replica VM.
+        vm: VmId,
+        /// The primary's epoch.
+        epoch: u64,
+        /// The blocks, applied in order.
+        blocks: Vec<crate::fleet::ReplicaBlock>,
+    },
+    /// Make a replica the VM itself, at a new epoch (the lock taken over):
+    /// it may then be started with [`Request::FleetStartVm`].
+    PromoteReplica {
+        /// The replica VM.
+        vm: VmId,
+        /// The instance id (must match the replica's).
+        instance: u64,
+        /// The new epoch (above every epoch the replica has seen).
+        epoch: u64,
+    },
+    /// Leave a notice for the VM's tenant (audited under its lease, pushed
+    /// to its watch): e.g. "healed here from node-1".
+    NotifyTenant {
+        /// The VM.
+        vm: VmId,
+        /// At most [`crate::fleet::MAX_NOTICE`] bytes, printable.
+        text: String,
+    },
 }
 
 impl Request {
@@ -707,6 +798,16 @@ impl Request {
             Request::Subscribe { .. } => "subscribe",
             Request::SetPolicy { .. } => "set-policy",
             Request::GetPolicy { .. } => "get-policy",
+            Request::FleetHeartbeat { .. } => "fleet-heartbeat",
+            Request::FleetCreateVm { .. } => "fleet-create-vm",
+            Request::FleetStartVm { .. } => "fleet-start-vm",
+            Request::FenceVm { .. } => "fence-vm",
+            Request::ReplicaKey { .. } => "replica-key",
+            Request::ReplicaCreate { .. } => "replica-create",
+            Request::ReplicaPull { .. } => "replica-pull",
+            Request::ReplicaPush { .. } => "replica-push",
+            Request::PromoteReplica { .. } => "promote-replica",
+            Request::NotifyTenant { .. } => "notify-tenant",
         }
     }
 }
@@ -864,6 +965,17 @@ pub enum Response {
     },
     /// The caller's policy for the cluster, if one is stored.
     Policy(Option<crate::monitor::VersionedPolicy>),
+    /// The node's facility report (heartbeat answer).
+    Fleet(crate::fleet::FleetReport),
+    /// A sealed volume secret for a partner node.
+    SealedSecret(Vec<u8>),
+    /// Changed ciphertext blocks of a protected volume.
+    ReplicaBatch {
+        /// The blocks (data before records: apply in order).
+        blocks: Vec<crate::fleet::ReplicaBlock>,
+        /// Blocks still changed after these.
+        remaining: u64,
+    },
 }
 
 /// Why a message failed to decode or encode.

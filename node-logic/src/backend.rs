@@ -9,7 +9,8 @@
 
 use alloc::vec::Vec;
 
-use mgmt_proto::msg::{Counter, ErrorReply, NodeStatus, VmId};
+use mgmt_proto::fleet::ReplicaBlock;
+use mgmt_proto::msg::{Counter, ErrorCode, ErrorReply, NodeStatus, VmId, VmSpec};
 
 use crate::NodeState;
 
@@ -38,6 +39,43 @@ pub trait NodeBackend: Send {
     /// VM `vm`'s live counters in run `run` (exits, CPU time, console
     /// bytes); the state adds how often it was started.
     fn vm_counters(&mut self, vm: VmId, run: u64) -> Vec<Counter>;
+
+    /// Free space for new volumes on the node disk, in MiB (0 without one).
+    fn disk_free_mib(&mut self) -> u64 {
+        0
+    }
+
+    /// The secret of VM `vm`'s volume (its volume id and key) for a partner
+    /// node, and from now on every change to the volume is pending for
+    /// [`Self::replica_pull`] (all of it, the first time).
+    fn replica_secret(&mut self, vm: VmId, spec: &VmSpec) -> Result<Vec<u8>, ErrorReply> {
+        let _ = (vm, spec);
+        Err(no_disk())
+    }
+
+    /// Creates (or re-creates, for another secret) the replica volume of VM
+    /// `vm` that `secret` opens.
+    fn replica_open(&mut self, vm: VmId, spec: &VmSpec, secret: &[u8]) -> Result<(), ErrorReply> {
+        let _ = (vm, spec, secret);
+        Err(no_disk())
+    }
+
+    /// Up to `max` pending ciphertext blocks of VM `vm`'s volume (data
+    /// before records) and how many stay pending.
+    fn replica_pull(&mut self, vm: VmId, max: u32) -> Result<(Vec<ReplicaBlock>, u64), ErrorReply> {
+        let _ = (vm, max);
+        Err(no_disk())
+    }
+
+    /// Writes ciphertext blocks into VM `vm`'s replica volume, in order.
+    fn replica_push(&mut self, vm: VmId, blocks: &[ReplicaBlock]) -> Result<(), ErrorReply> {
+        let _ = (vm, blocks);
+        Err(no_disk())
+    }
+}
+
+fn no_disk() -> ErrorReply {
+    ErrorReply::new(ErrorCode::Unsupported, "this node keeps no replicated volumes (no node disk)")
 }
 
 /// The part of a console's kept output `history` that a read from

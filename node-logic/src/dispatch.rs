@@ -59,6 +59,13 @@ impl NodeState {
             Request::ReadCounters { vm } => self.read_counters(vm, node),
             Request::ConsoleRead { vm, from_offset } => self.console_read(vm, from_offset, node),
             Request::ConsoleWrite { vm, bytes } => self.console_write(vm, bytes, node),
+            Request::FleetHeartbeat { fence_after_ms } => Ok(self.fleet_heartbeat(*fence_after_ms, node)),
+            Request::ReplicaKey { vm, partner } => self.replica_key(vm, partner, node),
+            Request::ReplicaCreate { spec, fleet, from, sealed } => {
+                self.replica_create(spec, fleet, from, sealed, node)
+            }
+            Request::ReplicaPull { vm, max_blocks } => self.replica_pull(vm, *max_blocks, node),
+            Request::ReplicaPush { vm, epoch, blocks } => self.replica_push(vm, *epoch, blocks, node),
             _ => self.apply(role, req),
         }
     }
@@ -124,11 +131,21 @@ impl NodeState {
             Request::SetSubBoundary { rule } => self.set_sub_boundary(role, rule),
             Request::RemoveSubBoundary { id } => self.remove_sub_boundary(id),
             Request::SetImageSigningKey { key } => self.set_image_signing_key(role, key),
+            Request::FleetCreateVm { spec, fleet } => self.fleet_create_vm(spec, fleet),
+            Request::FleetStartVm { vm, epoch } => self.fleet_start_vm(vm, *epoch),
+            Request::FenceVm { vm, epoch } => self.fence_vm(vm, *epoch),
+            Request::PromoteReplica { vm, instance, epoch } => self.promote_replica(vm, *instance, *epoch),
+            Request::NotifyTenant { vm, text } => self.notify_tenant(vm, text),
             // Answered by `handle` through the backend.
             Request::NodeStatus
             | Request::ReadCounters { .. }
             | Request::ConsoleRead { .. }
-            | Request::ConsoleWrite { .. } => Err(internal()),
+            | Request::ConsoleWrite { .. }
+            | Request::FleetHeartbeat { .. }
+            | Request::ReplicaKey { .. }
+            | Request::ReplicaCreate { .. }
+            | Request::ReplicaPull { .. }
+            | Request::ReplicaPush { .. } => Err(internal()),
         }
     }
 }

@@ -34,6 +34,7 @@ pub mod admission;
 pub mod audit;
 pub mod backend;
 pub mod dispatch;
+pub mod fleet;
 pub mod images;
 pub mod leases;
 pub mod limits;
@@ -47,6 +48,7 @@ pub mod uploads;
 pub mod vms;
 
 pub use backend::NodeBackend;
+pub use fleet::{Fleet, FleetVm};
 pub use images::{ImageStore, MemImageStore};
 pub use limits::{check_name, StateLimits};
 pub use snapshot::{Snapshot, SNAPSHOT_VERSION};

@@ -250,7 +250,7 @@ mod tests {
         assert!(set(&mut n, Role::Tenant(la), 1, None, &p).is_ok());
         let bytes = postcard::to_allocvec(&n.snapshot()).unwrap();
         let snap = Snapshot::decode(&bytes).unwrap();
-        assert_eq!(snap.version, 5);
+        assert_eq!(snap.version, crate::SNAPSHOT_VERSION);
         let back = NodeState::restore(Box::new(HashDrbg::new([4; 32])), snap).unwrap();
         assert_eq!(back.policies, n.policies);
         assert_eq!(back.policies[&(ClusterId(1), Owner::Tenant(la))].version, 2);

@@ -79,6 +79,8 @@ pub struct NodeState {
     /// that is later destroyed stay in place and simply never match again;
     /// ending a lease removes its policies.
     pub policies: Policies,
+    /// Membership of a facility: placed VMs, fences, replicas.
+    pub fleet: crate::fleet::Fleet,
     /// Set by `Reboot`.
     pub reboot_requested: bool,
     /// Set by `Shutdown`.
@@ -114,6 +116,7 @@ impl NodeState {
             sub_rules: BTreeMap::new(),
             audit: Vec::new(),
             policies: Policies::new(),
+            fleet: crate::fleet::Fleet::default(),
             reboot_requested: false,
             shutdown_requested: false,
             suspended: false,

@@ -70,6 +70,7 @@ impl NodeState {
     pub(crate) fn destroy_vm(&mut self, vm: &VmId) -> Result<Response, ErrorReply> {
         // Policy rules naming the VM stay; they never match again.
         self.vms.remove(vm).ok_or_else(|| not_found("VM"))?;
+        self.fleet_forget(vm);
         Ok(Response::Done)
     }
 
@@ -88,6 +89,23 @@ impl NodeState {
     /// `StartVm` (`refuse_running`: an error if it runs), `RestartVm` and
     /// `ReloadImage`: the VM is wanted running in a new run.
     pub(crate) fn start_vm(&mut self, vm: &VmId, refuse_running: bool) -> Result<Response, ErrorReply> {
+        if let Some(f) = self.fleet.vms.get(vm) {
+            if f.replica {
+                return Err(ErrorReply::new(ErrorCode::Conflict, "replica: the facility controller promotes it first"));
+            }
+            if f.spec.epoch < f.fence {
+                return Err(ErrorReply::new(
+                    ErrorCode::Conflict,
+                    format!("fenced: epoch {} runs elsewhere (this copy is {})", f.fence, f.spec.epoch),
+                ));
+            }
+            if f.self_fenced {
+                return Err(ErrorReply::new(
+                    ErrorCode::Conflict,
+                    "self-fenced: its fencing lease ran out; the facility controller restarts it",
+                ));
+            }
+        }
         let v = self.vms.get_mut(vm).ok_or_else(|| not_found("VM"))?;
         if refuse_running && v.state == VmState::Running {
             return Err(ErrorReply::new(ErrorCode::Conflict, "VM already running"));

@@ -1,4 +1,4 @@
-//! Snapshot layouts of earlier format versions (1 to 4), still read so an
+//! Snapshot layouts of earlier format versions (1 to 5), still read so an
 //! upgraded node keeps its leases, VMs, images and audit log. postcard is
 //! not self-describing, so each old layout needs its own type; each
 //! upgrades to the current [`Snapshot`].
@@ -8,6 +8,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use mgmt_proto::crypto::PublicKey;
+use mgmt_proto::monitor::{Owner, VersionedPolicy};
 use mgmt_proto::msg::{AuditEntry, BoundaryRule, ClusterId, LeaseId, Role, RuleId, VmId, VmSpec};
 
 use super::{LeaseSnapshot, Snapshot, VmSnapshot, SNAPSHOT_VERSION};
@@ -93,6 +94,48 @@ impl SnapshotV3 {
             next_id: self.next_id,
             clock: self.clock,
             policies: Vec::new(),
+            fleet: Vec::new(),
+            legacy_images: Vec::new(),
+        }
+    }
+}
+
+/// The version 5 layout (no facility records).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct SnapshotV5 {
+    pub(crate) version: u16,
+    pub(crate) landlord_secret: [u8; 32],
+    pub(crate) landlord_console: PublicKey,
+    pub(crate) leases: Vec<LeaseSnapshot>,
+    pub(crate) vms: Vec<VmSnapshot>,
+    pub(crate) images: Vec<(String, Image)>,
+    pub(crate) boundaries: Vec<(ClusterId, Vec<BoundaryRule>)>,
+    pub(crate) sub_rules: Vec<(RuleId, LeaseId, BoundaryRule)>,
+    pub(crate) audit: Vec<AuditEntry>,
+    pub(crate) audit_anchor: [u8; 32],
+    pub(crate) next_id: u32,
+    pub(crate) clock: u64,
+    pub(crate) policies: Vec<((ClusterId, Owner), VersionedPolicy)>,
+}
+
+impl SnapshotV5 {
+    /// The current layout, with no facility records.
+    pub(crate) fn upgrade(self) -> Snapshot {
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            landlord_secret: self.landlord_secret,
+            landlord_console: self.landlord_console,
+            leases: self.leases,
+            vms: self.vms,
+            images: self.images,
+            boundaries: self.boundaries,
+            sub_rules: self.sub_rules,
+            audit: self.audit,
+            audit_anchor: self.audit_anchor,
+            next_id: self.next_id,
+            clock: self.clock,
+            policies: self.policies,
+            fleet: Vec::new(),
             legacy_images: Vec::new(),
         }
     }
@@ -132,6 +175,7 @@ impl SnapshotV4 {
             next_id: self.next_id,
             clock: self.clock,
             policies: Vec::new(),
+            fleet: Vec::new(),
             legacy_images: Vec::new(),
         }
     }
@@ -200,6 +244,7 @@ impl SnapshotV2 {
             next_id: self.next_id,
             clock: self.clock,
             policies: Vec::new(),
+            fleet: Vec::new(),
             legacy_images: self.images,
         }
     }
@@ -225,6 +270,11 @@ pub(crate) struct SnapshotV1 {
 /// Decodes `bytes` as one of the older layouts (the current one did not
 /// decode, or carried an older version number).
 pub(crate) fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
+    if let Ok(v5) = postcard::from_bytes::<SnapshotV5>(bytes) {
+        if v5.version == 5 {
+            return Ok(v5.upgrade());
+        }
+    }
     if let Ok(v4) = postcard::from_bytes::<SnapshotV4>(bytes) {
         if v4.version == 4 {
             return Ok(v4.upgrade());

@@ -54,8 +54,8 @@ pub struct VmSnapshot {
 
 /// The snapshot format this build writes (3: images live in the image
 /// store, the snapshot keeps their extents; 4: VM definitions carry an
-/// initrd; 5: corrective-action policies).
-pub const SNAPSHOT_VERSION: u16 = 5;
+/// initrd; 5: corrective-action policies; 6: facility records).
+pub const SNAPSHOT_VERSION: u16 = 6;
 
 /// Everything the node keeps across reboots: keys, leases, VM definitions,
 /// images, boundaries, rules, audit log. The hypervisor stores it on its
@@ -89,6 +89,8 @@ pub struct Snapshot {
     pub clock: u64,
     /// Corrective-action policies, by cluster and owner (version 5).
     pub policies: Vec<((ClusterId, Owner), VersionedPolicy)>,
+    /// Facility records of VMs placed by a facility controller (version 6).
+    pub fleet: Vec<(VmId, crate::fleet::FleetVm)>,
     /// Images of a version 1 or 2 snapshot, which carried their bytes:
     /// [`NodeState::restore_with`] moves them into the image store.
     #[serde(skip)]
@@ -145,6 +147,7 @@ impl NodeState {
             next_id: self.next_id,
             clock: self.clock,
             policies: self.policies.iter().map(|(k, p)| (*k, p.clone())).collect(),
+            fleet: self.fleet.vms.iter().map(|(id, f)| (*id, *f)).collect(),
             legacy_images: Vec::new(),
         }
     }
@@ -184,7 +187,10 @@ impl NodeState {
     }
 
     /// Rebuilds the state a [`Snapshot`] holds. VMs a console had started
-    /// come back wanted running (one more start); the rest stopped.
+    /// come back wanted running (one more start); the rest stopped. A
+    /// protected facility VM never comes back running by itself: it may
+    /// have been healed elsewhere while this node was away, so it waits
+    /// for the facility controller's start (docs/fleet.md).
     /// `None` if a stored key is not a valid X25519 secret. Policies past
     /// [`MAX_POLICIES`] are dropped (they were validated when set).
     pub fn restore(rng: Box<dyn Entropy>, snap: Snapshot) -> Option<NodeState> {
@@ -197,6 +203,8 @@ impl NodeState {
             keys.tenants.insert(l.lease, (pair.secret.clone(), l.console));
             leases.insert(l.lease, Lease { cluster: l.cluster, node_key: pair.public, signing_key: l.signing_key });
         }
+        let fleet: BTreeMap<VmId, crate::fleet::FleetVm> = snap.fleet.into_iter().collect();
+        let waits_for_controller = |id: &VmId| fleet.get(id).is_some_and(|f| f.spec.protected || f.replica);
         let mut policies = Policies::new();
         for (key, p) in snap.policies {
             if policies.len() < MAX_POLICIES || policies.contains_key(&key) {
@@ -216,7 +224,7 @@ impl NodeState {
                 .vms
                 .into_iter()
                 .map(|v| {
-                    let (state, starts) = if v.autostart {
+                    let (state, starts) = if v.autostart && !waits_for_controller(&v.id) {
                         (VmState::Running, v.starts.saturating_add(1))
                     } else {
                         (VmState::Stopped, v.starts)
@@ -230,6 +238,7 @@ impl NodeState {
             sub_rules: snap.sub_rules.into_iter().map(|(id, l, r)| (id, (l, r))).collect(),
             audit: snap.audit,
             policies,
+            fleet: crate::fleet::Fleet { vms: fleet, lease_deadline_ms: None, now_ms: 0 },
             reboot_requested: false,
             shutdown_requested: false,
             suspended: false,

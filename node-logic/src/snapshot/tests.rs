@@ -249,3 +249,34 @@ fn snapshots_from_a_newer_build_or_garbage_are_refused() {
     assert!(Snapshot::decode(&[0xff; 40]).is_err());
     assert!(Snapshot::decode(&[]).is_err());
 }
+
+#[test]
+fn version_5_snapshots_still_load_without_facility_records() {
+    let mut n = NodeState::provision(Box::new(HashDrbg::new([1; 32])), PublicKey([7; 32])).unwrap();
+    let r = n.handle(
+        Role::Landlord,
+        &Request::CreateLease { tenant_console_key: PublicKey([9; 32]), cluster: ClusterId(1) },
+        &mut SimNode::default(),
+    );
+    assert!(r.is_ok());
+    let v6 = n.snapshot();
+    let v5 = super::legacy::SnapshotV5 {
+        version: 5,
+        landlord_secret: v6.landlord_secret,
+        landlord_console: v6.landlord_console,
+        leases: v6.leases.clone(),
+        vms: v6.vms.clone(),
+        images: v6.images.clone(),
+        boundaries: v6.boundaries.clone(),
+        sub_rules: v6.sub_rules.clone(),
+        audit: v6.audit.clone(),
+        audit_anchor: v6.audit_anchor,
+        next_id: v6.next_id,
+        clock: v6.clock,
+        policies: v6.policies.clone(),
+    };
+    let back = Snapshot::decode(&postcard::to_allocvec(&v5).unwrap()).unwrap();
+    assert_eq!(back.version, SNAPSHOT_VERSION);
+    assert_eq!(back.leases.len(), 1);
+    assert!(back.fleet.is_empty());
+}

@@ -1,0 +1,269 @@
+use super::*;
+use crate::sim::SimNode;
+use alloc::boxed::Box;
+use alloc::vec;
+use mgmt_proto::crypto::{HashDrbg, KeyPair};
+use mgmt_proto::msg::{ClusterId, LeaseId, Request, Role};
+use proptest::prelude::*;
+
+struct Node {
+    state: NodeState,
+    sim: SimNode,
+    lease: LeaseId,
+}
+
+impl Node {
+    fn new(seed: u8) -> Node {
+        let console = KeyPair::generate(&mut HashDrbg::new([seed; 32])).unwrap();
+        let tenant = KeyPair::generate(&mut HashDrbg::new([seed.wrapping_add(100); 32])).unwrap();
+        let mut state =
+            NodeState::provision(Box::new(HashDrbg::new([seed.wrapping_add(50); 32])), console.public).unwrap();
+        state.preload_image("k", b"kernel bytes").unwrap();
+        let mut sim = SimNode::default();
+        let Ok(Response::LeaseCreated { lease, .. }) = state.handle(
+            Role::Landlord,
+            &Request::CreateLease { tenant_console_key: tenant.public, cluster: ClusterId(1) },
+            &mut sim,
+        ) else {
+            panic!("lease")
+        };
+        Node { state, sim, lease }
+    }
+
+    fn req(&mut self, r: Request) -> Result<Response, ErrorReply> {
+        self.state.handle(Role::Landlord, &r, &mut self.sim)
+    }
+
+    fn spec(&self, name: &str) -> VmSpec {
+        VmSpec {
+            lease: self.lease,
+            name: name.into(),
+            vcpus: 1,
+            memory_mib: 16,
+            disk_mib: 8,
+            image: "k".into(),
+            cluster: ClusterId(1),
+            cmdline: String::new(),
+            ip: Some([10, 0, 0, 5]),
+            initrd: None,
+        }
+    }
+
+    fn create(&mut self, name: &str, fleet: FleetSpec) -> VmId {
+        let spec = self.spec(name);
+        match self.req(Request::FleetCreateVm { spec, fleet }) {
+            Ok(Response::VmCreated { vm }) => vm,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn state_of(&self, vm: VmId) -> VmState {
+        self.state.vms[&vm].state
+    }
+}
+
+const MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 5];
+
+fn fleet(epoch: u64) -> FleetSpec {
+    FleetSpec { mac: MAC, instance: 77, epoch, protected: true }
+}
+
+/// A protected VM on A with its replica on B, in sync.
+fn paired() -> (Node, Node, VmId, VmId) {
+    let (mut a, mut b) = (Node::new(1), Node::new(2));
+    let va = a.create("web", fleet(1));
+    a.req(Request::FleetStartVm { vm: va, epoch: 1 }).unwrap();
+    let Ok(Response::SealedSecret(sealed)) = a.req(Request::ReplicaKey { vm: va, partner: b.state.landlord_key })
+    else {
+        panic!("sealed")
+    };
+    let spec = b.spec("web");
+    let from = a.state.landlord_key;
+    let Ok(Response::VmCreated { vm: vb }) = b.req(Request::ReplicaCreate { spec, fleet: fleet(1), from, sealed })
+    else {
+        panic!("replica")
+    };
+    (a, b, va, vb)
+}
+
+/// Pulls everything pending on A and pushes it to B at `epoch`.
+fn drain(a: &mut Node, b: &mut Node, va: VmId, vb: VmId, epoch: u64) -> Result<(), ErrorReply> {
+    loop {
+        let Ok(Response::ReplicaBatch { blocks, remaining }) = a.req(Request::ReplicaPull { vm: va, max_blocks: 14 })
+        else {
+            panic!("pull")
+        };
+        b.req(Request::ReplicaPush { vm: vb, epoch, blocks })?;
+        if remaining == 0 {
+            return Ok(());
+        }
+    }
+}
+
+#[test]
+fn a_replica_follows_its_primary_and_takes_over_at_a_higher_epoch() {
+    let (mut a, mut b, va, vb) = paired();
+    assert_eq!(b.sim.volumes[&vb].secret, a.sim.volumes[&va].secret, "the secret crossed, sealed");
+    for i in 0..40u64 {
+        a.sim.volumes.get_mut(&va).unwrap().write(i % 17, &[i as u8; 4096]);
+    }
+    drain(&mut a, &mut b, va, vb, 1).unwrap();
+    assert_eq!(a.sim.volumes[&va].blocks, b.sim.volumes[&vb].blocks);
+    // A replica neither starts nor is started by a console.
+    assert_eq!(b.req(Request::FleetStartVm { vm: vb, epoch: 1 }).unwrap_err().code, ErrorCode::Conflict);
+    assert_eq!(b.req(Request::StartVm { vm: vb }).unwrap_err().code, ErrorCode::Conflict);
+    // Takeover: promote at epoch 2; the old primary's pushes are refused.
+    assert_eq!(
+        b.req(Request::PromoteReplica { vm: vb, instance: 78, epoch: 2 }).unwrap_err().code,
+        ErrorCode::Conflict
+    );
+    assert_eq!(
+        b.req(Request::PromoteReplica { vm: vb, instance: 77, epoch: 1 }).unwrap_err().code,
+        ErrorCode::Conflict
+    );
+    b.req(Request::PromoteReplica { vm: vb, instance: 77, epoch: 2 }).unwrap();
+    b.req(Request::PromoteReplica { vm: vb, instance: 77, epoch: 2 }).unwrap(); // idempotent
+    a.sim.volumes.get_mut(&va).unwrap().write(3, &[0xEE; 4096]);
+    let before = b.sim.volumes[&vb].blocks.clone();
+    assert!(drain(&mut a, &mut b, va, vb, 1).is_err());
+    assert_eq!(b.sim.volumes[&vb].blocks, before, "a fenced push changed nothing");
+    b.req(Request::FleetStartVm { vm: vb, epoch: 2 }).unwrap();
+    assert_eq!(b.state_of(vb), VmState::Running);
+    // The old node hears of epoch 2: its copy stops and stays stopped.
+    assert_eq!(a.state_of(va), VmState::Running);
+    assert!(a.state.may_write(va));
+    a.req(Request::FenceVm { vm: va, epoch: 2 }).unwrap();
+    assert_eq!(a.state_of(va), VmState::Stopped);
+    assert!(!a.state.may_write(va));
+    assert_eq!(a.req(Request::StartVm { vm: va }).unwrap_err().code, ErrorCode::Conflict);
+    assert_eq!(a.req(Request::FleetStartVm { vm: va, epoch: 1 }).unwrap_err().code, ErrorCode::Conflict);
+    // Fences never go down.
+    a.req(Request::FenceVm { vm: va, epoch: 1 }).unwrap();
+    assert_eq!(a.state.fleet.vms[&va].fence, 2);
+}
+
+#[test]
+fn a_sealed_secret_from_another_node_or_for_another_vm_is_refused() {
+    let (mut a, mut b, va, _) = paired();
+    let mut c = Node::new(3);
+    let Ok(Response::SealedSecret(sealed)) = a.req(Request::ReplicaKey { vm: va, partner: b.state.landlord_key })
+    else {
+        panic!()
+    };
+    // C is not the recipient.
+    let spec = c.spec("web2");
+    let from = a.state.landlord_key;
+    let r = c.req(Request::ReplicaCreate { spec, fleet: fleet(1), from, sealed: sealed.clone() });
+    assert_eq!(r.unwrap_err().code, ErrorCode::BadSignature);
+    // B is, but the name differs, or the claimed sender does.
+    let spec = b.spec("other");
+    let r = b.req(Request::ReplicaCreate { spec, fleet: fleet(1), from, sealed: sealed.clone() });
+    assert_eq!(r.unwrap_err().code, ErrorCode::BadSignature);
+    let spec = b.spec("web");
+    let from = c.state.landlord_key;
+    let r = b.req(Request::ReplicaCreate { spec, fleet: fleet(1), from, sealed });
+    assert_eq!(r.unwrap_err().code, ErrorCode::BadSignature);
+    assert_eq!(c.state.vms.len(), 0);
+}
+
+#[test]
+fn the_fencing_lease_stops_protected_primaries_only() {
+    let (mut a, _b, va, _) = paired();
+    let mut spec = a.spec("plain");
+    spec.ip = Some([10, 0, 0, 6]);
+    let plain_fleet = FleetSpec { mac: [2, 0, 0, 0, 0, 6], instance: 5, epoch: 1, protected: false };
+    let Ok(Response::VmCreated { vm: plain }) = a.req(Request::FleetCreateVm { spec, fleet: plain_fleet }) else {
+        panic!()
+    };
+    a.req(Request::FleetStartVm { vm: plain, epoch: 1 }).unwrap();
+    a.state.fleet_tick(1_000);
+    a.req(Request::FleetHeartbeat { fence_after_ms: 3_000 }).unwrap();
+    assert!(a.state.fleet_tick(3_999).is_empty());
+    assert_eq!(a.state.fleet_tick(4_000), vec![va]);
+    assert_eq!(a.state_of(va), VmState::Stopped);
+    assert_eq!(a.state_of(plain), VmState::Running);
+    assert!(a.state.fleet.vms[&va].self_fenced);
+    // A console cannot restart it; the controller can, at its epoch.
+    assert_eq!(a.req(Request::StartVm { vm: va }).unwrap_err().code, ErrorCode::Conflict);
+    a.req(Request::FleetStartVm { vm: va, epoch: 1 }).unwrap();
+    assert_eq!(a.state_of(va), VmState::Running);
+    // No lease (0): never stops.
+    a.req(Request::FleetHeartbeat { fence_after_ms: 0 }).unwrap();
+    assert!(a.state.fleet_tick(u64::MAX).is_empty());
+}
+
+#[test]
+fn creating_the_same_instance_twice_gives_the_same_vm() {
+    let mut a = Node::new(1);
+    let v1 = a.create("web", fleet(1));
+    let v2 = a.create("web", fleet(1));
+    assert_eq!(v1, v2);
+    assert_eq!(a.state.vms.len(), 1);
+    let other = FleetSpec { instance: 9, ..fleet(1) };
+    let spec = a.spec("web");
+    assert_eq!(a.req(Request::FleetCreateVm { spec, fleet: other }).unwrap_err().code, ErrorCode::Conflict);
+    let spec = a.spec("web3");
+    let multicast = FleetSpec { mac: [1, 0, 0, 0, 0, 1], ..fleet(1) };
+    assert_eq!(a.req(Request::FleetCreateVm { spec, fleet: multicast }).unwrap_err().code, ErrorCode::Invalid);
+    let mut spec = a.spec("web4");
+    spec.ip = Some([10, 0, 0, 9]);
+    spec.disk_mib = 0;
+    assert_eq!(a.req(Request::FleetCreateVm { spec, fleet: fleet(1) }).unwrap_err().code, ErrorCode::Invalid);
+}
+
+#[test]
+fn hostile_replica_requests_change_nothing() {
+    let (mut a, mut b, va, vb) = paired();
+    let before = b.sim.volumes[&vb].blocks.clone();
+    let short = vec![ReplicaBlock { index: 0, bytes: vec![0; 100] }];
+    assert_eq!(b.req(Request::ReplicaPush { vm: vb, epoch: 1, blocks: short }).unwrap_err().code, ErrorCode::Invalid);
+    let many = vec![ReplicaBlock { index: 0, bytes: vec![0; 4096] }; 15];
+    assert_eq!(b.req(Request::ReplicaPush { vm: vb, epoch: 1, blocks: many }).unwrap_err().code, ErrorCode::Invalid);
+    assert_eq!(b.req(Request::ReplicaPull { vm: vb, max_blocks: 1 }).unwrap_err().code, ErrorCode::Invalid);
+    assert_eq!(a.req(Request::ReplicaPull { vm: va, max_blocks: 0 }).unwrap_err().code, ErrorCode::Invalid);
+    assert_eq!(a.req(Request::ReplicaPull { vm: va, max_blocks: 15 }).unwrap_err().code, ErrorCode::Invalid);
+    let pushed = vec![ReplicaBlock { index: 0, bytes: vec![0; 4096] }];
+    assert_eq!(a.req(Request::ReplicaPush { vm: va, epoch: 9, blocks: pushed }).unwrap_err().code, ErrorCode::Conflict);
+    assert_eq!(b.sim.volumes[&vb].blocks, before);
+    let text = String::from("line\nbreak");
+    assert_eq!(b.req(Request::NotifyTenant { vm: vb, text }).unwrap_err().code, ErrorCode::Invalid);
+    // Tenants may do none of it.
+    let r = a.state.handle(Role::Tenant(a.lease), &Request::FenceVm { vm: va, epoch: 99 }, &mut a.sim);
+    assert_eq!(r.unwrap_err().code, ErrorCode::Denied);
+    assert_eq!(a.state.fleet.vms[&va].fence, 1);
+}
+
+#[test]
+fn after_a_reboot_protected_vms_wait_for_the_controller() {
+    let (a, _b, va, _) = paired();
+    let snap = crate::Snapshot::decode(&postcard::to_allocvec(&a.state.snapshot()).unwrap()).unwrap();
+    let back = NodeState::restore(Box::new(HashDrbg::new([9; 32])), snap).unwrap();
+    assert_eq!(back.vms[&va].state, VmState::Stopped);
+    assert_eq!(back.fleet.vms[&va], a.state.fleet.vms[&va]);
+}
+
+proptest! {
+    /// Whatever order of epochs a node is told (starts, fences, pushes,
+    /// promotions), a fence never goes down and a copy below it never runs.
+    #[test]
+    fn fences_only_rise_and_fenced_copies_never_run(ops in proptest::collection::vec((0u8..4, 0u64..6), 1..40)) {
+        let (mut a, mut b, va, vb) = paired();
+        let mut last = (a.state.fleet.vms[&va].fence, b.state.fleet.vms[&vb].fence);
+        for (op, epoch) in ops {
+            let _ = match op {
+                0 => a.req(Request::FleetStartVm { vm: va, epoch }),
+                1 => a.req(Request::FenceVm { vm: va, epoch }),
+                2 => b.req(Request::PromoteReplica { vm: vb, instance: 77, epoch }),
+                _ => b.req(Request::ReplicaPush { vm: vb, epoch, blocks: Vec::new() }),
+            };
+            let (fa, fb) = (a.state.fleet.vms[&va], b.state.fleet.vms[&vb]);
+            prop_assert!(fa.fence >= last.0 && fb.fence >= last.1);
+            last = (fa.fence, fb.fence);
+            for (n, v, f) in [(&a, va, fa), (&b, vb, fb)] {
+                if n.state_of(v) == VmState::Running {
+                    prop_assert!(f.spec.epoch >= f.fence && !f.replica);
+                }
+            }
+        }
+    }
+}
