@@ -38,8 +38,11 @@
 //!
 //! 1. a **volume slot** (one per open volume): held by each
 //!    [`VolumeHandle`] call for its duration, and by [`NodeDisk`] while it
-//!    deletes, re-keys or re-initialises that open volume;
-//! 2. the **device**: held by [`SharedDevice`] for one device call
+//!    deletes, re-keys or re-initialises that open volume or reads its
+//!    replica blocks;
+//! 2. a volume's **dirty map** (replication): held by a handle's write
+//!    (inside its slot lock) and by [`NodeDisk::take_dirty`] and friends;
+//! 3. the **device**: held by [`SharedDevice`] for one device call
 //!    (read/write of blocks, flush, barrier) and nothing else.
 //!
 //! No code holds the device lock while taking a slot lock, or holds two

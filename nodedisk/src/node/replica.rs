@@ -533,3 +533,51 @@ impl<D: BlockDevice> NodeDisk<D> {
         self.with_map(name, |m| m.count)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn bitmap_limit_is_enforced() {
+        assert!(DirtyMap::new(MAX_TRACKED_BLOCKS, 1).is_ok());
+        let err = DirtyMap::new(MAX_TRACKED_BLOCKS + 1, 1).unwrap_err();
+        assert_eq!(err, DiskError::BitmapTooLarge { blocks: MAX_TRACKED_BLOCKS + 1, limit: MAX_TRACKED_BLOCKS });
+        assert!(alloc::format!("{err}").contains("8388608 blocks"));
+        assert_eq!(MAX_DIRTY_BITMAP_BYTES, 1 << 20);
+    }
+
+    #[test]
+    fn take_orders_data_before_records_across_word_edges() {
+        // 130 records then data: boundaries inside words.
+        let mut m = DirtyMap::new(200, 130).unwrap();
+        assert_eq!(m.count, 200);
+        let first = m.take(70);
+        assert_eq!(first.blocks, (130..200).collect::<Vec<_>>());
+        assert_eq!(first.remaining, 130);
+        let rest = m.take(1000);
+        assert_eq!(rest.blocks, (0..130).collect::<Vec<_>>());
+        assert_eq!((rest.remaining, m.take(5)), (0, DirtyBatch::default()));
+        for i in [199, 0, 63, 64, 129, 130, 500] {
+            m.set(i);
+        }
+        m.mark_volume_block(1); // a header block: ignored
+        m.mark_volume_block(2 + 5);
+        assert_eq!(m.count, 7);
+        assert_eq!(m.take(3).blocks, [130, 199, 0]);
+        let b = m.take(10);
+        assert_eq!((b.blocks, b.remaining), (alloc::vec![5, 63, 64, 129], 0));
+        m.set_all();
+        assert_eq!(m.count, 200);
+        assert_eq!(m.words[3], (1 << 8) - 1);
+    }
+
+    #[test]
+    fn runs_join_consecutive_blocks_in_order() {
+        let b = DirtyBatch { blocks: alloc::vec![5, 6, 7, 9, 0, 1], remaining: 0 };
+        assert_eq!(b.runs(), [(5, 3), (9, 1), (0, 2)]);
+        assert!(DirtyBatch::default().runs().is_empty());
+    }
+}
