@@ -23,7 +23,7 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `BMVOLHD1` |
 //! | 8 | 2 | format version, u16 LE (1) |
-//! | 10 | 1 | state: 0 active, 1 initialising (erase under way), 2 re-keying |
+//! | 10 | 1 | state: 0 active, 1 initialising (erase under way), 2 re-keying, 3 replica (read-only copy of another node's volume) |
 //! | 11 | 1 | disk-key chain links after the landlord key (0 = landlord only) |
 //! | 12 | 4 | reserved, zero |
 //! | 16 | 16 | volume id |
@@ -174,6 +174,12 @@ pub enum VolumeState {
     Initialising,
     /// Re-encryption under way from the current to the next volume key.
     Rekeying,
+    /// A replica: its sectors are ciphertext copied from another node's
+    /// volume that shares this volume key, so writing here could reuse that
+    /// node's nonces. Readable, never written; [`crate::Volume::rekey`]
+    /// (fresh key) or [`crate::Volume::crypto_erase`] turn it into an
+    /// ordinary volume.
+    Replica,
 }
 
 impl VolumeState {
@@ -182,6 +188,7 @@ impl VolumeState {
             Self::Active => 0,
             Self::Initialising => 1,
             Self::Rekeying => 2,
+            Self::Replica => 3,
         }
     }
 }
@@ -303,6 +310,7 @@ impl VolumeHeader {
             Some(0) => VolumeState::Active,
             Some(1) => VolumeState::Initialising,
             Some(2) => VolumeState::Rekeying,
+            Some(3) => VolumeState::Replica,
             other => return Err(HeaderError::UnknownState(other.unwrap_or(0xFF))),
         };
         let key_links = h.get(11).copied().ok_or(t)?;
@@ -389,6 +397,9 @@ mod tests {
         block[..HEADER_LEN].copy_from_slice(&active.encode());
         assert_eq!(VolumeHeader::decode(&block), Ok(active));
         assert_eq!(&active.mac_input()[..], &active.encode()[..HEADER_MAC_OFFSET]);
+        let replica = VolumeHeader { state: VolumeState::Replica, ..active };
+        block[..HEADER_LEN].copy_from_slice(&replica.encode());
+        assert_eq!(VolumeHeader::decode(&block), Ok(replica));
     }
 
     #[test]
@@ -397,7 +408,8 @@ mod tests {
         let cases: &[(usize, u8, HeaderError)] = &[
             (0, b'X', HeaderError::BadMagic),
             (8, 2, HeaderError::UnsupportedVersion(2)),
-            (10, 3, HeaderError::UnknownState(3)),
+            (10, 4, HeaderError::UnknownState(4)),
+            (10, 3, HeaderError::NextKeyMismatch),
             (10, 0, HeaderError::NextKeyMismatch),
             (13, 1, HeaderError::ReservedNotZero { offset: 13 }),
             (53, 1, HeaderError::ReservedNotZero { offset: 53 }),

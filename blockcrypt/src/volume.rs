@@ -137,6 +137,10 @@ pub enum VolumeError {
     GenerationExhausted,
     /// The key epoch cannot advance.
     EpochExhausted,
+    /// A write to a [`VolumeState::Replica`] volume: it shares its volume
+    /// key with another node's volume, so its own writes could reuse that
+    /// volume's nonces. Re-key it first ([`Volume::rekey`]).
+    ReadOnlyReplica,
 }
 
 impl From<DeviceError> for VolumeError {
@@ -168,6 +172,7 @@ impl fmt::Display for VolumeError {
             Self::CounterExhausted { sector } => write!(f, "write counter of sector {sector} exhausted"),
             Self::GenerationExhausted => write!(f, "header generation exhausted"),
             Self::EpochExhausted => write!(f, "key epoch exhausted"),
+            Self::ReadOnlyReplica => write!(f, "volume is a replica (read-only until re-keyed)"),
         }
     }
 }
@@ -372,13 +377,80 @@ impl<D: BlockDevice> Volume<D> {
         v.write_header()?;
         v.floor = v.header.generation.checked_mul(1 << 32).ok_or(VolumeError::GenerationExhausted)?;
         match v.header.state {
-            VolumeState::Active => {}
+            VolumeState::Active | VolumeState::Replica => {}
             VolumeState::Initialising => v.finish_init()?,
             VolumeState::Rekeying => {
                 v.finish_rekey()?;
             }
         }
         Ok(v)
+    }
+
+    /// Formats `dev` as an empty **replica** of another node's volume:
+    /// same volume id (that of `disk_key`), sector count, volume key and key
+    /// epoch as that volume, the key wrapped under this node's `disk_key`
+    /// (with a nonce from `seed`, whose key part is unused). Ciphertext
+    /// blocks copied verbatim from the other volume (every block but the
+    /// two headers) then read here as they do there. The volume is in state
+    /// [`VolumeState::Replica`]: readable, never written (that would reuse
+    /// the other volume's nonces) until [`Volume::rekey`] gives it a key
+    /// of its own.
+    ///
+    /// Order: both header blocks zeroed, metadata cleared, barrier, then the
+    /// header (both copies). A crash before the header lands leaves no
+    /// valid header (`open` fails), never a writable volume under the
+    /// shared key.
+    ///
+    /// # Errors
+    /// Bad sector count, device too small, or a device error.
+    pub fn create_replica(
+        mut dev: D,
+        disk_key: DiskKey,
+        sector_count: u64,
+        key: VolumeKey,
+        key_epoch: u32,
+        seed: &KeySeed,
+    ) -> Result<Self, VolumeError> {
+        let layout = Layout::new(sector_count)?;
+        if dev.block_count() < layout.total_blocks {
+            return Err(VolumeError::DeviceTooSmall { needed: layout.total_blocks, have: dev.block_count() });
+        }
+        dev.write_block(0, &ZERO_BLOCK)?;
+        dev.write_block(1, &ZERO_BLOCK)?;
+        for i in 0..layout.meta_blocks {
+            dev.write_block(layout.meta_start + i, &ZERO_BLOCK)?;
+        }
+        let header = VolumeHeader {
+            state: VolumeState::Replica,
+            key_links: disk_key.links(),
+            volume: disk_key.volume(),
+            generation: 0,
+            sector_count,
+            key_epoch,
+            current_key: wrap(&disk_key, &key, seed.nonce(false), key_epoch)?,
+            next_key: None,
+            mac: [0; 32],
+        };
+        let mut v = Self::assemble(dev, header, layout, disk_key, key, None);
+        // `store_header` puts a barrier before each header write.
+        v.write_header_twice()?;
+        v.floor = v.header.generation.checked_mul(1 << 32).ok_or(VolumeError::GenerationExhausted)?;
+        Ok(v)
+    }
+
+    /// The newest valid header of the volume on `dev` under `disk_key`,
+    /// without mounting it (nothing is written, nothing is finished).
+    ///
+    /// # Errors
+    /// The same header errors as [`Volume::open`], or device errors.
+    pub fn inspect(dev: &mut D, disk_key: &DiskKey) -> Result<VolumeHeader, VolumeError> {
+        let a = load_header(dev, 0, disk_key);
+        let b = load_header(dev, 1, disk_key);
+        match (a, b) {
+            (Ok(x), Ok(y)) => Ok(if x.generation >= y.generation { x } else { y }),
+            (Ok(x), Err(_)) | (Err(_), Ok(x)) => Ok(x),
+            (Err(e), Err(f)) => Err(worst(e, f)),
+        }
     }
 
     fn assemble(
@@ -450,6 +522,20 @@ impl<D: BlockDevice> Volume<D> {
     #[must_use]
     pub fn key_epoch(&self) -> u32 {
         self.header.key_epoch
+    }
+
+    /// The volume key sealing the sectors, so that another node can open a
+    /// replica of this volume's ciphertext ([`Volume::create_replica`]).
+    /// `None` while a re-key is under way (two keys are in use). Handle it
+    /// as the secret it is: whoever holds it and the ciphertext reads the
+    /// volume.
+    #[must_use]
+    pub fn volume_key(&self) -> Option<&VolumeKey> {
+        if self.next.is_some() {
+            None
+        } else {
+            Some(&self.current_key)
+        }
     }
 
     /// The current header (state, sizes, wrapped keys).
@@ -570,7 +656,27 @@ impl<D: BlockDevice> Volume<D> {
     /// Range, length, counter or device errors. After an error each sector
     /// holds its old or its new contents.
     pub fn write_sectors(&mut self, sector: u64, data: &[u8]) -> Result<(), VolumeError> {
+        self.write_sectors_logged(sector, data, |_| {})
+    }
+
+    /// [`Volume::write_sectors`], calling `written(block)` with every
+    /// device block it writes (data slots, then their metadata block; the
+    /// header blocks 0 and 1 are never among them), each after that block
+    /// was written (also when that write failed: the device may hold part
+    /// of it). For change tracking (replication).
+    ///
+    /// # Errors
+    /// As [`Volume::write_sectors`]; [`VolumeError::ReadOnlyReplica`] on a replica.
+    pub fn write_sectors_logged(
+        &mut self,
+        sector: u64,
+        data: &[u8],
+        mut written: impl FnMut(u64),
+    ) -> Result<(), VolumeError> {
         self.check_range(sector, data.len())?;
+        if self.header.state == VolumeState::Replica {
+            return Err(VolumeError::ReadOnlyReplica);
+        }
         // Writes go under the newest key: the next one while re-keying.
         let (cipher, parity) = match &self.next {
             Some((_, c)) => (c, (self.header.key_epoch.wrapping_add(1) & 1) as u8),
@@ -614,9 +720,16 @@ impl<D: BlockDevice> Volume<D> {
                 s += 1;
             }
             let writes: Vec<(u64, &[u8; BLOCK_SIZE])> = sealed.iter().map(|(b, d)| (*b, d)).collect();
-            self.dev.write_blocks(&writes)?;
+            // Logged even when the write fails: the device may hold part of it.
+            let done = self.dev.write_blocks(&writes);
+            for (b, _) in &writes {
+                written(*b);
+            }
+            done?;
             self.dev.barrier()?;
-            self.dev.write_block(mblock, &self.meta)?;
+            let done = self.dev.write_block(mblock, &self.meta);
+            written(mblock);
+            done?;
         }
         Ok(())
     }

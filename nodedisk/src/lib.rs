@@ -16,6 +16,10 @@
 //! - [`NodeDisk::rotate_landlord_key`], [`NodeDisk::set_tenant_key`],
 //!   [`NodeDisk::regenerate_tenant_key`] (crypto-erase), [`NodeDisk::rekey_volume`]
 //!   (re-encryption keeping data).
+//! - Replication of a volume's ciphertext to a partner node:
+//!   [`NodeDisk::export_volume_secret`] / [`NodeDisk::create_replica_volume`],
+//!   [`NodeDisk::read_replica_blocks`] / [`NodeDisk::write_replica_blocks`],
+//!   dirty tracking ([`NodeDisk::track_dirty`], [`NodeDisk::take_dirty`]).
 //!
 //! Everything read from the disk is untrusted: every decoder is
 //! bounds-checked and every structure is MACed under a key derived from the
@@ -34,8 +38,11 @@
 //!
 //! 1. a **volume slot** (one per open volume): held by each
 //!    [`VolumeHandle`] call for its duration, and by [`NodeDisk`] while it
-//!    deletes, re-keys or re-initialises that open volume;
-//! 2. the **device**: held by [`SharedDevice`] for one device call
+//!    deletes, re-keys or re-initialises that open volume or reads its
+//!    replica blocks;
+//! 2. a volume's **dirty map** (replication): held by a handle's write
+//!    (inside its slot lock) and by [`NodeDisk::take_dirty`] and friends;
+//! 3. the **device**: held by [`SharedDevice`] for one device call
 //!    (read/write of blocks, flush, barrier) and nothing else.
 //!
 //! No code holds the device lock while taking a slot lock, or holds two
@@ -66,7 +73,10 @@ use core::fmt;
 pub use blockcrypt::{BlockDevice, DeviceError, MemDevice, BLOCK_SIZE};
 pub use crypto::{SealKey, RANDOM_LEN};
 pub use header::{NodeHeader, NodeId};
-pub use node::{is_formatted, NodeDisk, VolumeHandle, VolumeInfo};
+pub use node::{
+    is_formatted, DirtyBatch, NodeDisk, VolumeHandle, VolumeInfo, VolumeSecret, MAX_DIRTY_BITMAP_BYTES,
+    VOLUME_SECRET_LEN,
+};
 pub use shared::SharedDevice;
 pub use table::{VolumeEntry, MAX_NAME_LEN};
 
@@ -190,6 +200,55 @@ pub enum DiskError {
     Io(DeviceError),
     /// Key derivation failed (not expected with these parameters; reported, not assumed).
     Crypto,
+    /// [`NodeDisk::create_replica_volume`]: a volume with that blockcrypt
+    /// volume id is already on this node (two volumes must never share a
+    /// volume key).
+    VolumeIdExists {
+        /// The volume id.
+        id: [u8; 16],
+        /// The volume that has it.
+        volume: String,
+    },
+    /// A replica-block request beyond the volume's replicable region.
+    ReplicaRange {
+        /// First block asked for.
+        first: u64,
+        /// Blocks asked for.
+        blocks: u64,
+        /// The volume's replicable blocks ([`NodeDisk::replica_blocks`]).
+        limit: u64,
+    },
+    /// A replica-block buffer that is not a whole number of 4096-byte blocks.
+    BadBlockLength {
+        /// Its length.
+        len: usize,
+    },
+    /// Dirty tracking is off for the volume ([`NodeDisk::track_dirty`]).
+    NotTracked {
+        /// The volume.
+        volume: String,
+    },
+    /// The volume is too large for a dirty bitmap of at most
+    /// [`MAX_DIRTY_BITMAP_BYTES`] (one bit per replicable block).
+    BitmapTooLarge {
+        /// The volume's replicable blocks.
+        blocks: u64,
+        /// The most a bitmap covers.
+        limit: u64,
+    },
+    /// [`NodeDisk::write_replica_blocks`] into a volume that is not a
+    /// replica: raw ciphertext must never enter a volume that writes with
+    /// its own counters under the same key.
+    NotReplica {
+        /// The volume.
+        volume: String,
+    },
+    /// A write through the handle of a replica, which is read-only until
+    /// [`NodeDisk::rekey_volume`] gives it a key of its own (promotion).
+    ReadOnlyReplica {
+        /// The volume.
+        volume: String,
+    },
 }
 
 impl From<DeviceError> for DiskError {
@@ -221,6 +280,23 @@ impl fmt::Display for DiskError {
             Self::Exhausted { what } => write!(f, "{what} exhausted"),
             Self::Io(e) => write!(f, "{e}"),
             Self::Crypto => write!(f, "key derivation failed"),
+            Self::VolumeIdExists { id, volume } => {
+                write!(f, "volume id ")?;
+                for b in id {
+                    write!(f, "{b:02x}")?;
+                }
+                write!(f, " is already used by volume {volume}")
+            }
+            Self::ReplicaRange { first, blocks, limit } => {
+                write!(f, "replica blocks {first}+{blocks} beyond the volume's {limit} replicable blocks")
+            }
+            Self::BadBlockLength { len } => write!(f, "buffer of {len} bytes is not whole 4096-byte blocks"),
+            Self::NotTracked { volume } => write!(f, "volume {volume}: dirty tracking is off"),
+            Self::BitmapTooLarge { blocks, limit } => {
+                write!(f, "dirty bitmap of {blocks} blocks exceeds the limit of {limit} blocks")
+            }
+            Self::NotReplica { volume } => write!(f, "volume {volume} is not a replica"),
+            Self::ReadOnlyReplica { volume } => write!(f, "volume {volume} is a read-only replica (re-key to promote)"),
         }
     }
 }

@@ -53,6 +53,14 @@ type Vol<D> = Volume<SharedDevice<D>>;
 /// the outer one: it may be held while the device is locked, never the
 /// other way round (see the crate documentation).
 type Slot<D> = Arc<Mutex<Option<Vol<D>>>>;
+/// A volume's dirty-block map (`None` while tracking is off), shared by the
+/// node and the volume's [`VolumeHandle`]. Its lock comes after the slot's
+/// and before the device's.
+type DirtyCell = Arc<Mutex<Option<DirtyMap>>>;
+
+mod replica;
+use replica::DirtyMap;
+pub use replica::{DirtyBatch, VolumeSecret, MAX_DIRTY_BITMAP_BYTES, VOLUME_SECRET_LEN};
 
 /// Whether `dev` carries a node header (either copy has the magic). Only a
 /// disk for which this is `false` may be formatted: a damaged or foreign
@@ -101,6 +109,9 @@ pub struct NodeDisk<D: BlockDevice> {
     tenants: BTreeMap<LeaseId, TenantKey>,
     table: VolumeTable,
     open: BTreeMap<String, Weak<Mutex<Option<Vol<D>>>>>,
+    /// Dirty-block maps, one cell per volume opened or tracked since boot
+    /// (memory only: tracking does not survive a reboot).
+    dirty: BTreeMap<String, DirtyCell>,
 }
 
 impl<D: BlockDevice> fmt::Debug for NodeDisk<D> {
@@ -235,6 +246,7 @@ fn volume_error(name: &str, e: VolumeError) -> DiskError {
         VolumeError::CounterExhausted { .. } => DiskError::Exhausted { what: "sector write counter" },
         VolumeError::GenerationExhausted => DiskError::Exhausted { what: "volume header generation" },
         VolumeError::EpochExhausted => DiskError::Exhausted { what: "volume key epoch" },
+        VolumeError::ReadOnlyReplica => DiskError::ReadOnlyReplica { volume: String::from(name) },
         VolumeError::DeviceTooSmall { .. }
         | VolumeError::BadSectorCount(_)
         | VolumeError::NoHeader(_)
@@ -276,6 +288,7 @@ impl<D: BlockDevice> NodeDisk<D> {
             tenants: BTreeMap::new(),
             table: VolumeTable::default(),
             open: BTreeMap::new(),
+            dirty: BTreeMap::new(),
         };
         node.write_store_twice(store)?;
         node.commit_table(VolumeTable::default())?;
@@ -349,6 +362,7 @@ impl<D: BlockDevice> NodeDisk<D> {
             tenants,
             table,
             open: BTreeMap::new(),
+            dirty: BTreeMap::new(),
         };
         if !same_keys {
             // The other copy is damaged or holds retired keys (a crash
@@ -502,7 +516,14 @@ impl<D: BlockDevice> NodeDisk<D> {
         }
         let slot = Arc::new(Mutex::new(Some(vol)));
         self.open.insert(String::from(name), Arc::downgrade(&slot));
-        Ok(VolumeHandle { name: String::from(name), sectors: entry.sectors, slot, bounce: Box::new([0; BLOCK_SIZE]) })
+        let dirty = Arc::clone(self.dirty.entry(String::from(name)).or_default());
+        Ok(VolumeHandle {
+            name: String::from(name),
+            sectors: entry.sectors,
+            slot,
+            dirty,
+            bounce: Box::new([0; BLOCK_SIZE]),
+        })
     }
 
     /// Deletes a volume: removes it from the table, then wipes its header
@@ -520,6 +541,9 @@ impl<D: BlockDevice> NodeDisk<D> {
             *slot.lock() = None;
         }
         self.open.remove(name);
+        if let Some(cell) = self.dirty.remove(name) {
+            *cell.lock() = None;
+        }
         let mut table = self.table.clone();
         table.entries.retain(|e| e.name != name);
         self.commit_table(table)?;
@@ -620,15 +644,22 @@ impl<D: BlockDevice> NodeDisk<D> {
         }
         let key = self.disk_key(&entry)?;
         let seed = Entropy::new(random).seed(entry.id)?;
-        if let Some(slot) = self.live(name) {
+        let done = if let Some(slot) = self.live(name) {
             // Slot lock, then (inside `rekey`, one call at a time) the device lock.
             let mut s = slot.lock();
             let vol = s.as_mut().ok_or(DiskError::NoSuchVolume)?;
-            return vol.rekey(key, &seed).map_err(|e| volume_error(name, e));
-        }
-        let dev = self.root.sub(entry.start_block, entry.blocks).ok_or(DiskError::Corrupt { what: "volume table" })?;
-        let mut vol = Volume::open(dev, key.clone(), 0).map_err(|e| volume_error(name, e))?;
-        vol.rekey(key, &seed).map_err(|e| volume_error(name, e))
+            vol.rekey(key, &seed).map_err(|e| volume_error(name, e))
+        } else {
+            let dev =
+                self.root.sub(entry.start_block, entry.blocks).ok_or(DiskError::Corrupt { what: "volume table" })?;
+            Volume::open(dev, key.clone(), 0)
+                .and_then(|mut vol| vol.rekey(key, &seed))
+                .map_err(|e| volume_error(name, e))
+        };
+        // Every written sector was rewritten (or some, on an error): a
+        // tracked volume is all dirty, marked after the writes.
+        self.mark_all_if_tracked(name);
+        done
     }
 
     fn table_len(&self) -> usize {
@@ -675,8 +706,14 @@ impl<D: BlockDevice> NodeDisk<D> {
             }
             let dev =
                 self.root.sub(entry.start_block, entry.blocks).ok_or(DiskError::Corrupt { what: "volume table" })?;
-            let vol =
-                Volume::create(dev, key, entry.crypt_sectors(), &seed).map_err(|err| volume_error(&entry.name, err))?;
+            let vol = Volume::create(dev, key, entry.crypt_sectors(), &seed);
+            // Rebuilt (or partly, on an error): a tracked volume is all dirty.
+            if let Some(cell) = self.dirty.get(&entry.name) {
+                if let Some(map) = cell.lock().as_mut() {
+                    map.set_all();
+                }
+            }
+            let vol = vol.map_err(|err| volume_error(&entry.name, err))?;
             if let Some(s) = held.as_mut() {
                 **s = Some(vol);
             }
@@ -769,6 +806,7 @@ pub struct VolumeHandle<D: BlockDevice> {
     name: String,
     sectors: u64,
     slot: Slot<D>,
+    dirty: DirtyCell,
     bounce: Box<[u8; BLOCK_SIZE]>,
 }
 
@@ -844,12 +882,19 @@ impl<D: BlockDevice> VolumeHandle<D> {
         let (pos, end) = self.range(sector, data.len())?;
         let mut slot = self.slot.lock();
         let vol = slot.as_mut().ok_or(DiskError::NoSuchVolume)?;
+        // Slot, then dirty map, then (inside the volume) the device.
+        let mut dirty = self.dirty.lock();
+        let mut mark = |block| {
+            if let Some(map) = dirty.as_mut() {
+                map.mark_volume_block(block);
+            }
+        };
         let err = |e| volume_error(&self.name, e);
         let mut bounced = false;
         for c in block_chunks(pos, end) {
             let src = data.get(c.done..c.done + c.len).ok_or(DiskError::BadLength { len: c.len })?;
             if c.whole {
-                vol.write_sectors(c.block, src).map_err(err)?;
+                vol.write_sectors_logged(c.block, src, &mut mark).map_err(err)?;
             } else {
                 bounced = true;
                 vol.read_sectors(c.block, &mut self.bounce[..]).map_err(err)?;
@@ -857,7 +902,7 @@ impl<D: BlockDevice> VolumeHandle<D> {
                     .get_mut(c.off..c.off + c.len)
                     .ok_or(DiskError::BadLength { len: c.len })?
                     .copy_from_slice(src);
-                vol.write_sectors(c.block, &self.bounce[..]).map_err(err)?;
+                vol.write_sectors_logged(c.block, &self.bounce[..], &mut mark).map_err(err)?;
             }
         }
         if bounced {

@@ -398,3 +398,109 @@ fn errors_display() {
     assert!(alloc::format!("{e}").contains("sector 7"));
     assert!(alloc::format!("{}", VolumeError::Device(DeviceError::Io)).contains("I/O"));
 }
+
+/// Copies every block but the two headers from `from` to `to`.
+fn copy_replicable(from: &Volume<MemDevice>, to: &mut Volume<MemDevice>) {
+    let src = from.device().image()[2 * BLOCK_SIZE..].to_vec();
+    to.device_mut().image_mut()[2 * BLOCK_SIZE..].copy_from_slice(&src);
+}
+
+#[test]
+fn replica_reads_copied_ciphertext_and_refuses_writes_until_rekeyed() {
+    let mut a = new_volume(6);
+    // An odd key epoch: the replica must carry it (record flags hold its parity).
+    a.rekey(dkey(1, Some(2)), &seed(4)).unwrap();
+    for s in 0..6 {
+        a.write_sector(s, &pattern(s, 1)).unwrap();
+    }
+    let mut logged = Vec::new();
+    a.write_sectors_logged(2, &pattern(2, 2), |b| logged.push(b)).unwrap();
+    let l = *a.layout();
+    assert_eq!(logged.len(), 2);
+    assert!(logged[0] == l.data_block(2, 0) || logged[0] == l.data_block(2, 1));
+    assert_eq!(logged[1], l.meta_start);
+    let key = a.volume_key().unwrap().clone();
+    let epoch = a.key_epoch();
+    assert_eq!(epoch, 1);
+
+    // Another node: other landlord key, same volume id.
+    let blocks = l.total_blocks;
+    let mut b = Volume::create_replica(MemDevice::new(blocks).unwrap(), dkey(9, None), 6, key.clone(), epoch, &seed(5))
+        .unwrap();
+    assert_eq!(Volume::inspect(b.device_mut(), &dkey(9, None)).unwrap().state, VolumeState::Replica);
+    assert_eq!(read(&mut b, 0).unwrap(), vec![0; SECTOR_SIZE]);
+    copy_replicable(&a, &mut b);
+    let mut b = Volume::open(b.into_device(), dkey(9, None), 0).unwrap();
+    for s in 0..6 {
+        assert_eq!(read(&mut b, s).unwrap(), pattern(s, if s == 2 { 2 } else { 1 }), "sector {s}");
+    }
+    assert_eq!(b.write_sector(0, &pattern(0, 3)), Err(VolumeError::ReadOnlyReplica));
+    assert!(alloc::format!("{}", VolumeError::ReadOnlyReplica).contains("replica"));
+    // Promotion: a key of its own, data kept, writable.
+    b.rekey(dkey(9, None), &seed(6)).unwrap();
+    assert_eq!(b.header().state, VolumeState::Active);
+    assert_ne!(b.volume_key().unwrap().secret().as_bytes(), key.secret().as_bytes());
+    b.write_sector(0, &pattern(0, 3)).unwrap();
+    assert_eq!(read(&mut b, 0).unwrap(), pattern(0, 3));
+    assert_eq!(read(&mut b, 5).unwrap(), pattern(5, 1));
+
+    // A replica made with another key (or epoch parity) reads nothing.
+    let mut c = Volume::create_replica(
+        MemDevice::new(blocks).unwrap(),
+        dkey(9, None),
+        6,
+        VolumeKey::from_bytes([7; 32]),
+        epoch,
+        &seed(5),
+    )
+    .unwrap();
+    copy_replicable(&a, &mut c);
+    assert_eq!(read(&mut c, 1), Err(integrity(1, IntegrityReason::TagMismatch)));
+    let mut d =
+        Volume::create_replica(MemDevice::new(blocks).unwrap(), dkey(9, None), 6, key, epoch + 1, &seed(5)).unwrap();
+    copy_replicable(&a, &mut d);
+    assert_eq!(read(&mut d, 1), Err(integrity(1, IntegrityReason::UnknownKeyEpoch)));
+}
+
+/// A device the test keeps a handle on while a volume owns it.
+#[derive(Clone)]
+struct Shared(alloc::rc::Rc<core::cell::RefCell<MemDevice>>);
+
+impl BlockDevice for Shared {
+    fn block_count(&self) -> u64 {
+        self.0.borrow().block_count()
+    }
+    fn read_block(&mut self, index: u64, buf: &mut [u8; BLOCK_SIZE]) -> Result<(), DeviceError> {
+        self.0.borrow_mut().read_block(index, buf)
+    }
+    fn write_block(&mut self, index: u64, buf: &[u8; BLOCK_SIZE]) -> Result<(), DeviceError> {
+        self.0.borrow_mut().write_block(index, buf)
+    }
+    fn flush(&mut self) -> Result<(), DeviceError> {
+        self.0.borrow_mut().flush()
+    }
+}
+
+#[test]
+fn replica_create_crash_never_leaves_a_writable_volume() {
+    let key = VolumeKey::from_bytes([3; 32]);
+    let blocks = Layout::new(200).unwrap().total_blocks;
+    let mut writes = 0;
+    loop {
+        let mut dev = MemDevice::new(blocks).unwrap();
+        dev.image_mut().fill(0xAB);
+        dev.crash_after(writes, 2048);
+        let dev = Shared(alloc::rc::Rc::new(core::cell::RefCell::new(dev)));
+        let done = Volume::create_replica(dev.clone(), dkey(9, None), 200, key.clone(), 0, &seed(5)).is_ok();
+        dev.0.borrow_mut().power_on();
+        match Volume::open(dev, dkey(9, None), 0) {
+            Ok(v) => assert_eq!(v.header().state, VolumeState::Replica, "crash after {writes} writes"),
+            Err(e) => assert!(!done, "{e:?}"),
+        }
+        if done {
+            break;
+        }
+        writes += 1;
+    }
+    assert!(writes > 3);
+}

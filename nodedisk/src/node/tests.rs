@@ -453,6 +453,8 @@ fn base() -> MemDevice {
 fn crash_during_create_or_delete_leaves_old_or_new() {
     let base = base();
     crash_everywhere(&base, &|n| n.create_volume("c", LeaseId(2), 30, &[7; RANDOM_LEN]));
+    let secret = VolumeSecret::new([0x99; 16], &[5; 32], 1, 30);
+    crash_everywhere(&base, &|n| n.create_replica_volume("r", LeaseId(2), &secret, &[7; RANDOM_LEN]));
     crash_everywhere(&base, &|n| n.delete_volume("a"));
 }
 
