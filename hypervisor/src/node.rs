@@ -95,7 +95,10 @@ impl Node<'_> {
         self.network.round(vms);
         let mut actions = crate::mgmt::Actions::default();
         match self.mgmt.as_deref_mut() {
-            Some(m) => actions = m.serve_ports(self.network, vms),
+            Some(m) => {
+                m.fleet_round();
+                actions = m.serve_ports(self.network, vms);
+            }
             None => {
                 // Not provisioned: refuse connections at once.
                 for i in 0..crate::net::mgmt::MGMT_SOCKETS {

@@ -10,7 +10,9 @@ use crate::vm::Vm;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use mgmt_proto::msg::{Counter, ErrorCode, ErrorReply, NodeStatus, Request, Response, Role, VmId};
+use super::reconcile::volume_name;
+use mgmt_proto::fleet::ReplicaBlock;
+use mgmt_proto::msg::{Counter, ErrorCode, ErrorReply, NodeStatus, Request, Response, Role, VmId, VmSpec};
 use node_logic::backend::console_page;
 use node_logic::{NodeBackend, NodeState};
 
@@ -21,6 +23,8 @@ use node_logic::{NodeBackend, NodeState};
 struct LiveNode<'a> {
     facts: &'a NodeFacts,
     monitor: &'a Monitor,
+    /// The node disk, for replica volumes.
+    storage: Option<&'a mut crate::storage::Storage>,
     /// Exits of all VMs.
     exits: u64,
     /// VMs on the node (config and console-created).
@@ -43,10 +47,16 @@ struct LiveVm {
 
 impl<'a> LiveNode<'a> {
     /// Gathers what the backend answers from `vms`.
-    fn new(vms: &[Vm], facts: &'a NodeFacts, monitor: &'a Monitor) -> LiveNode<'a> {
+    fn new(
+        vms: &[Vm],
+        facts: &'a NodeFacts,
+        monitor: &'a Monitor,
+        storage: Option<&'a mut crate::storage::Storage>,
+    ) -> LiveNode<'a> {
         LiveNode {
             facts,
             monitor,
+            storage,
             exits: vms.iter().map(|v| v.counters.total).sum(),
             vms_total: vms.len() as u32,
             vms_running: vms.iter().filter(|v| v.is_running()).count() as u32,
@@ -126,6 +136,33 @@ impl NodeBackend for LiveNode<'_> {
         Ok(())
     }
 
+    fn disk_free_mib(&mut self) -> u64 {
+        self.storage.as_deref().map_or(0, crate::storage::Storage::free_mib)
+    }
+
+    fn replica_secret(&mut self, vm: VmId, spec: &VmSpec) -> Result<Vec<u8>, ErrorReply> {
+        let st = self.disk()?;
+        st.replica_secret(&volume_name(vm.0), spec.cluster.0, spec.disk_mib).map_err(internal)
+    }
+
+    fn replica_open(&mut self, vm: VmId, spec: &VmSpec, secret: &[u8]) -> Result<(), ErrorReply> {
+        let st = self.disk()?;
+        st.replica_open(&volume_name(vm.0), spec.cluster.0, spec.disk_mib, secret)
+            .map_err(|e| ErrorReply::new(ErrorCode::Invalid, e))
+    }
+
+    fn replica_pull(&mut self, vm: VmId, max: u32, resync: bool) -> Result<(Vec<ReplicaBlock>, u64), ErrorReply> {
+        let st = self.disk()?;
+        let (blocks, remaining) = st.replica_pull(&volume_name(vm.0), max as usize, resync).map_err(internal)?;
+        Ok((blocks.into_iter().map(|(index, bytes)| ReplicaBlock { index, bytes }).collect(), remaining))
+    }
+
+    fn replica_push(&mut self, vm: VmId, blocks: &[ReplicaBlock]) -> Result<(), ErrorReply> {
+        let st = self.disk()?;
+        let list: Vec<(u64, &[u8])> = blocks.iter().map(|b| (b.index, b.bytes.as_slice())).collect();
+        st.replica_push(&volume_name(vm.0), &list).map_err(|e| ErrorReply::new(ErrorCode::Invalid, e))
+    }
+
     /// Its exits by reason and CPU time from the current (latest) run.
     fn vm_counters(&mut self, vm: VmId, run: u64) -> Vec<Counter> {
         let c = |name: &str, value: u64| Counter { name: String::from(name), value };
@@ -148,11 +185,23 @@ impl NodeBackend for LiveNode<'_> {
     }
 }
 
+impl LiveNode<'_> {
+    fn disk(&mut self) -> Result<&mut crate::storage::Storage, ErrorReply> {
+        self.storage
+            .as_deref_mut()
+            .ok_or_else(|| ErrorReply::new(ErrorCode::Unsupported, "this node has no disk for replica volumes"))
+    }
+}
+
+fn internal(e: String) -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, e)
+}
+
 impl Mgmt {
     /// Hands a request to the node logic, with the running node (`vms`,
     /// facts, monitor) as its backend.
     pub(super) fn handle_state(&mut self, role: Role, req: &Request, vms: &[Vm]) -> Result<Response, ErrorReply> {
-        let mut live = LiveNode::new(vms, &self.facts, &self.monitor);
+        let mut live = LiveNode::new(vms, &self.facts, &self.monitor, self.storage.as_mut());
         self.state.handle(role, req, &mut live)
     }
 }

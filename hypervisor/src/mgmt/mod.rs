@@ -10,6 +10,7 @@
 
 mod agent;
 mod backend;
+mod fleet;
 mod image_store;
 mod monitor;
 mod persist;
@@ -106,6 +107,10 @@ pub struct Mgmt {
     /// Random per boot, so consoles tell a restarted node (its event
     /// numbers began again) from a reconnect.
     boot_id: u64,
+    /// The node disk, shared with the node loop, for replica volumes.
+    storage: Option<crate::storage::Storage>,
+    /// Write gates of running facility VMs' disks, by management VM id.
+    gates: BTreeMap<u32, fleet::Gate>,
 }
 
 /// Node facts the status reply reports.
@@ -132,6 +137,7 @@ impl Mgmt {
         preloads: &[(&str, &[u8])],
     ) -> Option<Mgmt> {
         let storage_summary = storage.as_deref().map(crate::storage::Storage::summary);
+        let shared_storage = storage.as_deref().cloned();
         let mut storage = storage;
         let Some(key) = console_key else {
             crate::log!("mgmt: not provisioned (no [node] landlord_console_key); the management port refuses sessions");
@@ -247,6 +253,8 @@ impl Mgmt {
                         let _ = rng::fill(&mut b);
                         u64::from_le_bytes(b)
                     },
+                    storage: shared_storage,
+                    gates: BTreeMap::new(),
                 })
             }
             Err(_) => {
@@ -469,9 +477,15 @@ impl Mgmt {
                 self.pending.reboot = true;
                 Ok(Response::Done)
             }
-            Request::StartVm { vm } | Request::RestartVm { vm } | Request::ReloadImage { vm } => {
+            Request::StartVm { vm }
+            | Request::RestartVm { vm }
+            | Request::ReloadImage { vm }
+            | Request::FleetStartVm { vm, .. } => {
                 self.can_start(*vm)?;
                 self.handle_state(role, req, vms)
+            }
+            Request::FenceVm { .. } | Request::PromoteReplica { .. } | Request::NotifyTenant { .. } => {
+                self.handle_fleet(role, req, vms)
             }
             Request::RotateLandlordKey => {
                 let reply = self.handle_state(role, req, vms)?;

@@ -48,7 +48,7 @@ pub(super) fn nic_cluster(config: &NodeConfig, cluster: u32) -> Result<(), Strin
 }
 
 /// The volume of a console-created VM.
-fn volume_name(id: u32) -> String {
+pub(super) fn volume_name(id: u32) -> String {
     alloc::format!("vm{id}")
 }
 
@@ -138,7 +138,8 @@ pub fn reconcile(
                     // Devices first: the VM's firmware tables list them.
                     let mut extra = Attachments::default();
                     if let Some(ip) = spec.ip {
-                        let nic = ExtraNic { cluster: spec.cluster.0, mac: nic_mac(id), ip };
+                        let mac = m.fleet_mac(id).unwrap_or_else(|| nic_mac(id));
+                        let nic = ExtraNic { cluster: spec.cluster.0, mac, ip };
                         nic_cluster(config, nic.cluster)?;
                         switch.add_port(nic_port(id), nic.mac, nic.ip)?;
                         m.console_nics.insert(id, nic);
@@ -151,7 +152,11 @@ pub fn reconcile(
                     if spec.disk_mib > 0 {
                         let st = storage.as_deref_mut().ok_or("the node has no disk for this VM's volume")?;
                         let volume = st.volume_for_lease(&volume_name(id), spec.cluster.0, spec.disk_mib)?;
-                        extra.disk = Some(GuestDisk::new(volume, &spec.name));
+                        let disk = GuestDisk::new(volume, &spec.name);
+                        extra.disk = Some(match m.gate_for(id) {
+                            Some((gate, epoch)) => disk.with_gate(gate, epoch),
+                            None => disk,
+                        });
                     }
                     let node = NodeResources { config, images: &images, nics: &[], storage: None };
                     Ok(build_vm_with(n, &cfg, node, backend, extra))

@@ -3,6 +3,7 @@
 //! has none.
 
 pub mod node;
+pub mod replica;
 pub mod vdisk;
 
 pub use node::Storage;

@@ -58,11 +58,16 @@ impl BlockDevice for AnyDisk {
 }
 
 /// The node disk with its key store open.
+/// Shared (cloned) by the node loop and the management plane, which
+/// reads and writes replica regions; one NodeDisk call at a time. Lock
+/// order: this lock, then a volume slot, then the device (a guest's
+/// volume handle takes only the last two).
+#[derive(Clone)]
 pub struct Storage {
-    disk: NodeDisk<AnyDisk>,
+    pub(super) disk: alloc::sync::Arc<spin::Mutex<NodeDisk<AnyDisk>>>,
 }
 
-fn random() -> Result<[u8; RANDOM_LEN], String> {
+pub(super) fn random() -> Result<[u8; RANDOM_LEN], String> {
     let mut r = [0u8; RANDOM_LEN];
     rng::fill(&mut r).map_err(ToString::to_string)?;
     Ok(r)
@@ -146,7 +151,7 @@ impl Storage {
             d
         };
         Self::apply_epochs(&mut disk, config)?;
-        Ok(Storage { disk })
+        Ok(Storage { disk: alloc::sync::Arc::new(spin::Mutex::new(disk)) })
     }
 
     /// Applies key rotations the config asks for (one step per boot and
@@ -180,19 +185,20 @@ impl Storage {
 
     /// Size, free space and volume count of the node disk, for status.
     pub fn summary(&self) -> (u64, u64, u64) {
-        let blocks = self.disk.header().disk_blocks;
-        let free = self.disk.free_blocks();
+        let blocks = self.disk.lock().header().disk_blocks;
+        let free = self.disk.lock().free_blocks();
         let mib = |b: u64| (b * BLOCK_SIZE as u64) >> 20;
-        (mib(blocks), mib(free), self.disk.list().len() as u64)
+        (mib(blocks), mib(free), self.disk.lock().list().len() as u64)
     }
 
     /// The disk health probe: reads the block holding the node header in
     /// use and checks it decodes to the header the node works with.
     pub fn check_header(&mut self) -> Result<String, String> {
-        let header = *self.disk.header();
+        let header = *self.disk.lock().header();
         let block = header.generation & 1;
         let mut buf = alloc::boxed::Box::new([0u8; BLOCK_SIZE]);
         self.disk
+            .lock()
             .device()
             .lock()
             .read_block(block, &mut buf)
@@ -211,8 +217,8 @@ impl Storage {
     /// A new landlord key pair discards K_L: every volume on the node is
     /// crypto-erased (re-initialised empty under a fresh K_L).
     pub fn rotate_landlord_key(&mut self) -> Result<(), String> {
-        self.disk.rotate_landlord_key(&random()?).map_err(|e| format!("landlord key rotation: {e}"))?;
-        crate::log!("disk: landlord key rotated (epoch {}): every volume crypto-erased", self.disk.landlord_epoch());
+        self.disk.lock().rotate_landlord_key(&random()?).map_err(|e| format!("landlord key rotation: {e}"))?;
+        crate::log!("disk: landlord key rotated (epoch {}): every volume crypto-erased", self.disk.lock().landlord_epoch());
         Ok(())
     }
 
@@ -220,14 +226,14 @@ impl Storage {
     /// lease = cluster number): its volumes are crypto-erased.
     pub fn regenerate_tenant_key(&mut self, cluster: u32) -> Result<(), String> {
         let lease = LeaseId(cluster);
-        if self.disk.tenant_epoch(lease) == 0 {
-            self.disk.set_tenant_key(lease, &random()?).map_err(|e| format!("tenant key: {e}"))?;
+        if self.disk.lock().tenant_epoch(lease) == 0 {
+            self.disk.lock().set_tenant_key(lease, &random()?).map_err(|e| format!("tenant key: {e}"))?;
         } else {
-            self.disk.regenerate_tenant_key(lease, &random()?).map_err(|e| format!("tenant key: {e}"))?;
+            self.disk.lock().regenerate_tenant_key(lease, &random()?).map_err(|e| format!("tenant key: {e}"))?;
         }
         crate::log!(
             "disk: tenant key of cluster {cluster} regenerated (epoch {}): its volumes crypto-erased",
-            self.disk.tenant_epoch(lease)
+            self.disk.lock().tenant_epoch(lease)
         );
         Ok(())
     }
@@ -236,17 +242,18 @@ impl Storage {
     /// created on first use.
     pub fn state_volume(&mut self) -> Result<VolumeHandle<AnyDisk>, String> {
         const NAME: &str = "bm-mgmt-state";
-        if !self.disk.list().iter().any(|v| v.name == NAME) {
+        if !self.disk.lock().list().iter().any(|v| v.name == NAME) {
             self.disk
+                .lock()
                 .create_volume(NAME, LeaseId(u32::MAX), sectors(STATE_VOLUME_MIB), &random()?)
                 .map_err(|e| format!("cannot create the management state volume: {e}"))?;
         }
-        self.disk.open_volume(NAME).map_err(|e| format!("cannot open the management state volume: {e}"))
+        self.disk.lock().open_volume(NAME).map_err(|e| format!("cannot open the management state volume: {e}"))
     }
 
     /// Whether volumes live on a physical disk (not in memory).
     pub fn is_physical(&self) -> bool {
-        matches!(&*self.disk.device().lock(), AnyDisk::Phys(_))
+        matches!(&*self.disk.lock().device().lock(), AnyDisk::Phys(_))
     }
 
     /// The volume holding uploaded images (landlord-owned, under K_L),
@@ -254,10 +261,10 @@ impl Storage {
     /// `IMAGE_POOL_MIB`, leaving room for VM disks.
     pub fn image_volume(&mut self) -> Result<VolumeHandle<AnyDisk>, String> {
         const NAME: &str = "bm-images";
-        if !self.disk.list().iter().any(|v| v.name == NAME) {
+        if !self.disk.lock().list().iter().any(|v| v.name == NAME) {
             let mut made = None;
             for mib in [IMAGE_POOL_MIB, 48, 32, 16] {
-                match self.disk.create_volume(NAME, LeaseId(u32::MAX), sectors(mib), &random()?) {
+                match self.disk.lock().create_volume(NAME, LeaseId(u32::MAX), sectors(mib), &random()?) {
                     Ok(()) => {
                         made = Some(mib);
                         break;
@@ -269,7 +276,7 @@ impl Storage {
             let mib = made.ok_or("no room on the node disk for an image volume")?;
             crate::log!("disk: created the image volume ({mib} MiB)");
         }
-        self.disk.open_volume(NAME).map_err(|e| format!("cannot open the image volume: {e}"))
+        self.disk.lock().open_volume(NAME).map_err(|e| format!("cannot open the image volume: {e}"))
     }
 
     /// A volume owned by disk lease `lease` (a cluster number), created on
@@ -278,19 +285,20 @@ impl Storage {
         if !(1..=vmm_config::config::MAX_DISK_MIB).contains(&mib) {
             return Err(format!("disk size must be 1 to {} MiB", vmm_config::config::MAX_DISK_MIB));
         }
-        if !self.disk.list().iter().any(|v| v.name == name) {
+        if !self.disk.lock().list().iter().any(|v| v.name == name) {
             self.disk
+                .lock()
                 .create_volume(name, LeaseId(lease), sectors(mib), &random()?)
                 .map_err(|e| format!("cannot create volume {name}: {e}"))?;
             crate::log!("disk: created volume {name} ({mib} MiB) for cluster {lease}");
         }
-        self.disk.open_volume(name).map_err(|e| format!("cannot open volume {name}: {e}"))
+        self.disk.lock().open_volume(name).map_err(|e| format!("cannot open volume {name}: {e}"))
     }
 
     /// Deletes a volume (its header wiped: unreadable even with K_L).
     pub fn delete_volume(&mut self, name: &str) {
-        if self.disk.list().iter().any(|v| v.name == name) {
-            match self.disk.delete_volume(name) {
+        if self.disk.lock().list().iter().any(|v| v.name == name) {
+            match self.disk.lock().delete_volume(name) {
                 Ok(()) => crate::log!("disk: deleted volume {name}"),
                 Err(e) => crate::log!("disk: cannot delete volume {name}: {e}"),
             }
@@ -302,7 +310,7 @@ impl Storage {
         let disk = vm.disk.as_ref().ok_or("VM has no disk")?;
         let cluster = vm.cluster.as_deref().ok_or("a VM with a disk needs a cluster")?;
         let lease = lease_of(config, cluster).ok_or("unknown cluster")?;
-        let existing = self.disk.list().into_iter().find(|v| v.name == vm.name);
+        let existing = self.disk.lock().list().into_iter().find(|v| v.name == vm.name);
         match existing {
             Some(v) if v.lease != lease || v.sectors != sectors(disk.size_mib) => {
                 return Err(format!(
@@ -313,11 +321,12 @@ impl Storage {
             Some(_) => {}
             None => {
                 self.disk
+                    .lock()
                     .create_volume(&vm.name, lease, sectors(disk.size_mib), &random()?)
                     .map_err(|e| format!("cannot create volume {}: {e}", vm.name))?;
                 crate::log!("disk: created volume {} ({} MiB) for cluster {}", vm.name, disk.size_mib, cluster);
             }
         }
-        self.disk.open_volume(&vm.name).map_err(|e| format!("cannot open volume {}: {e}", vm.name))
+        self.disk.lock().open_volume(&vm.name).map_err(|e| format!("cannot open volume {}: {e}", vm.name))
     }
 }

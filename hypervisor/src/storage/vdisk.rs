@@ -4,6 +4,8 @@
 //! data.
 
 use super::node::AnyDisk;
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
 use nodedisk::{DiskError, VolumeHandle};
 use virtio_dev::blk::{BlockBackend, BlockError};
 
@@ -11,6 +13,11 @@ use virtio_dev::blk::{BlockBackend, BlockError};
 pub struct GuestDisk {
     volume: VolumeHandle<AnyDisk>,
     id: [u8; 20],
+    /// A facility VM's write gate: (the node's fence for it, its epoch);
+    /// writes pass only while the fence is not above the epoch.
+    gate: Option<(Arc<AtomicU64>, u64)>,
+    /// Writes refused by the gate.
+    pub fenced_writes: u64,
     /// Sectors that failed authentication, for the stop report.
     pub integrity_errors: u64,
 }
@@ -22,7 +29,14 @@ impl GuestDisk {
         for (d, s) in id.iter_mut().zip(name.bytes()) {
             *d = s;
         }
-        GuestDisk { volume, id, integrity_errors: 0 }
+        GuestDisk { volume, id, gate: None, fenced_writes: 0, integrity_errors: 0 }
+    }
+
+    /// Checks every write against `fence` (shared with the management
+    /// plane, which raises it when the VM is fenced) for a copy at `epoch`.
+    pub fn with_gate(mut self, fence: Arc<AtomicU64>, epoch: u64) -> Self {
+        self.gate = Some((fence, epoch));
+        self
     }
 
     fn map(&mut self, e: DiskError) -> BlockError {
@@ -46,6 +60,12 @@ impl BlockBackend for GuestDisk {
     }
 
     fn write(&mut self, sector: u64, data: &[u8]) -> Result<(), BlockError> {
+        if let Some((fence, epoch)) = &self.gate {
+            if fence.load(Ordering::Acquire) > *epoch {
+                self.fenced_writes += 1;
+                return Err(BlockError::Io);
+            }
+        }
         self.volume.write(sector, data).map_err(|e| self.map(e))
     }
 
