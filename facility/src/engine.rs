@@ -144,6 +144,8 @@ pub struct Controller<D: NodeDriver, S: Store> {
     rev: Rev,
     detectors: BTreeMap<NodeName, Detector>,
     suspects: BTreeSet<NodeName>,
+    dead_at: BTreeMap<NodeName, Instant>,
+    answered: BTreeSet<NodeName>,
     unprotected: BTreeSet<String>,
     repl: Replicator,
     events: Vec<Event>,
@@ -165,6 +167,8 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             rev,
             detectors: BTreeMap::new(),
             suspects: BTreeSet::new(),
+            dead_at: BTreeMap::new(),
+            answered: BTreeSet::new(),
             unprotected: BTreeSet::new(),
             repl: Replicator::new(cfg.replica_blocks, cfg.replica_pulls_per_round),
             events: Vec::new(),
@@ -267,6 +271,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             let hs: Vec<_> = targets.iter().map(|a| s.spawn(move || (a.clone(), driver.status(a)))).collect();
             hs.into_iter().filter_map(|h| h.join().ok()).collect()
         });
+        self.answered = results.iter().filter(|(_, r)| r.is_ok()).map(|(a, _)| a.name.clone()).collect();
         for (addr, res) in results {
             let cfg = self.cfg.health;
             let det = self.detectors.entry(addr.name.clone()).or_insert_with(|| Detector::new(now));
@@ -323,6 +328,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             r.dead_since_ms = Some(unix_ms());
             r.deaths = r.deaths.saturating_add(1);
         }
+        self.dead_at.insert(name.to_string(), now);
         self.log(
             now,
             format!(
@@ -576,7 +582,10 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             }
         }
         self.save()?;
-        let dead_for = silent.map(|t| unix_ms().saturating_sub(t)).unwrap_or(0);
+        let dead_for = match self.dead_at.remove(&addr.name) {
+            Some(t) => u64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(u64::MAX),
+            None => silent.map(|t| unix_ms().saturating_sub(t)).unwrap_or(0),
+        };
         self.log(
             now,
             format!(
@@ -847,6 +856,11 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 continue;
             }
             let Some(p) = &v.partner else { continue };
+            // A node that missed this heartbeat is the detector's business;
+            // its rounds wait (no log line per tick while it is down).
+            if !self.answered.contains(p) || !self.answered.contains(&v.node) {
+                continue;
+            }
             if !self.state.is_active(p)
                 || !matches!(
                     self.state.nodes.get(&v.node).map(|r| &r.state),
