@@ -322,6 +322,31 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
         Ok(sum)
     }
 
+    /// One round under an election: keep the lease (stepping down at once
+    /// if it is lost), or campaign; a controller that just won reloads the
+    /// state and so finishes the intents its predecessor left. Returns
+    /// Ok(None) when another controller leads.
+    pub fn tick_as_leader(
+        &mut self,
+        election: &mut crate::etcd::Election,
+        now: Instant,
+    ) -> Result<Option<TickSummary>, ControlError> {
+        if election.is_leader() {
+            if !election.keepalive() {
+                self.log(now, "lost the leader lease: stepped down".into());
+                return Ok(None);
+            }
+        } else {
+            if !election.campaign()? {
+                return Ok(None);
+            }
+            self.reload()?;
+            let n = self.state.intents.len();
+            self.log(now, format!("became leader at revision {}: {n} unfinished intents", self.rev.0));
+        }
+        self.tick(now).map(Some)
+    }
+
     fn declare_dead(&mut self, name: &str, fails: u32, silent: Duration, now: Instant) -> Result<(), ControlError> {
         if let Some(r) = self.state.nodes.get_mut(name) {
             r.state = NodeState::Dead;

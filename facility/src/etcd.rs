@@ -160,6 +160,12 @@ impl Election {
     /// Try to become leader: grant a lease if needed, then create the key
     /// only if absent (`create_revision == 0`). Returns whether we lead.
     pub fn campaign(&mut self) -> Result<bool, StoreError> {
+        // A lease from an earlier campaign may have run out meanwhile.
+        if let Some(l) = self.lease.clone() {
+            if !self.lease_alive(&l) {
+                self.lease = None;
+            }
+        }
         let lease = match &self.lease {
             Some(l) => l.clone(),
             None => {
@@ -187,16 +193,20 @@ impl Election {
             self.leader = false;
             return false;
         };
-        let alive = self
-            .client
-            .call("/v3/lease/keepalive", &json!({ "ID": lease }))
-            .map(|r| num(r.get("result").and_then(|x| x.get("TTL")).unwrap_or(&Value::Null)) > 0)
-            .unwrap_or(false);
+        let alive = self.lease_alive(&lease);
         if !alive {
             self.leader = false;
             self.lease = None;
         }
         self.leader && alive
+    }
+
+    /// Renew `lease` once; false when it is gone or etcd cannot be reached.
+    fn lease_alive(&self, lease: &str) -> bool {
+        self.client
+            .call("/v3/lease/keepalive", &json!({ "ID": lease }))
+            .map(|r| num(r.get("result").and_then(|x| x.get("TTL")).unwrap_or(&Value::Null)) > 0)
+            .unwrap_or(false)
     }
 
     /// Give up leadership now (revoke the lease, so another takes over at once).
