@@ -94,20 +94,26 @@ _fac_alive() {
     [[ -r /proc/$pid/cmdline ]] || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$2"
 }
-# _fac_kill PIDFILE MARKER [SIGNAL]: signals it, waits up to 5 s, then -9.
+# _fac_gone PID: no such process, or only a zombie left.
+_fac_gone() {
+    [[ -e /proc/$1 ]] || return 0
+    [[ $(awk '/^State:/ {print $2}' "/proc/$1/status" 2>/dev/null) == Z ]]
+}
+# _fac_kill PIDFILE MARKER [SIGNAL]: signals it, waits up to 5 s, then -9;
+# then up to 3 s for the zombie to be reaped (by this shell when it is its
+# child, else by init), so `pgrep` right after sees nothing.
 _fac_kill() {
     local pid sig=${3:-TERM} i
     _fac_alive "$1" "$2" || { rm -f "$1"; return 0; }
     pid=$(<"$1")
     kill -s "$sig" "$pid" 2>/dev/null
-    for i in $(seq 50); do
-        [[ -e /proc/$pid ]] || break
-        # a zombie child of this shell counts as gone
-        [[ $(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null) == Z ]] && break
-        sleep 0.1
-    done
-    [[ -e /proc/$pid ]] && kill -9 "$pid" 2>/dev/null
+    for i in $(seq 50); do _fac_gone "$pid" && break; sleep 0.1; done
+    if ! _fac_gone "$pid"; then
+        kill -9 "$pid" 2>/dev/null
+        for i in $(seq 20); do _fac_gone "$pid" && break; sleep 0.1; done
+    fi
     wait "$pid" 2>/dev/null
+    for i in $(seq 30); do [[ -e /proc/$pid ]] || break; sleep 0.1; done
     rm -f "$1"
     return 0
 }
