@@ -410,6 +410,7 @@ facility_etcd_start() {
         --initial-cluster-token "$ns" --heartbeat-interval 200 --election-timeout 2000 \
         --logger zap --log-outputs stderr \
         </dev/null >>"$dir/etcd$k.log" 2>&1 &
+    disown "$!" 2>/dev/null # no "Killed" job notice when etcd-kill ends it
     local i
     for i in $(seq 50); do [[ -s $dir/etcd$k.pid ]] && return 0; sleep 0.1; done
     _fac_err "etcd member $k did not start (see $dir/etcd$k.log)"
@@ -517,6 +518,7 @@ facility_main() {
         esac
     done
     [[ -n $cmd ]] || { _fac_usage; return 2; }
+    case $cmd in -h | --help | help) _fac_usage; return 0 ;; esac
     [[ -n $dir ]] || { _fac_err "$cmd: --dir DIR is required"; return 2; }
     local need=0
     case $cmd in
