@@ -113,6 +113,7 @@ pub trait NodeDriver: Send + Sync {
         vm: &VmPlacementSpec,
         sealed_key: &[u8],
         from: &NodeAddr,
+        instance: u64,
         epoch: u64,
     ) -> Result<(), DriverError>;
     /// Up to `max_blocks` dirty blocks; the primary counts them clean once handed out.

@@ -763,7 +763,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             }
             Step::ReplicaToTarget => {
                 let from = need_from()?;
-                self.make_replica(&from, &to, &rec.spec, it.epoch)
+                self.make_replica(&from, &to, &rec.spec, rec.instance, it.epoch)
             }
             Step::ReplicaToPartner => {
                 // For a Repartner intent the partner is `to` and the primary
@@ -774,7 +774,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                     (to.clone(), rec.partner.as_deref().map(|p| self.addr(p)).transpose()?)
                 };
                 match partner {
-                    Some(p) => self.make_replica(&primary, &p, &rec.spec, rec.epoch),
+                    Some(p) => self.make_replica(&primary, &p, &rec.spec, rec.instance, rec.epoch),
                     None => Ok(()),
                 }
             }
@@ -806,21 +806,30 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 d.fence_vm(&from, vm, it.epoch).map_err(Self::node_err(&from, &format!("fencing {vm}")))
             }
             Step::Filters => {
-                let clusters = BTreeSet::from([rec.spec.cluster]);
+                let mut clusters: BTreeSet<u32> = filters::cluster_members(&self.state).into_keys().collect();
+                clusters.insert(rec.spec.cluster);
                 let extra: Vec<NodeName> = it.from.iter().cloned().collect();
                 let rep = filters::blast(d, &self.state, &clusters, &extra);
                 let text = format!(
-                    "filters of cluster {} reprogrammed on {} nodes in {}ms{}",
-                    rec.spec.cluster,
+                    "filters ({} clusters) reprogrammed on {} nodes in {}ms{}",
+                    clusters.len(),
                     rep.nodes_ok,
                     rep.wall.as_millis(),
                     if rep.failed.is_empty() { String::new() } else { format!(", {} failed", rep.failed.len()) }
                 );
                 self.log(now, text);
-                match rep.failed.into_iter().next() {
-                    None => Ok(()),
-                    Some((node, err)) => Err(ControlError::Node { node, what: "setting cluster filters".into(), err }),
+                // Only the VM's own node must take them now; another that
+                // did not answer gets them again when it is next heard
+                // (rejoin) or at the next blast.
+                let mut fatal = None;
+                for (node, err) in rep.failed {
+                    if node == it.to {
+                        fatal = Some(ControlError::Node { node, what: "setting cluster filters".into(), err });
+                    } else {
+                        self.log(now, format!("filters not set on {node} ({err}); it gets them at the next blast"));
+                    }
                 }
+                fatal.map_or(Ok(()), Err)
             }
             Step::DestroySource => {
                 let from = need_from()?;
@@ -858,6 +867,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
         primary: &NodeAddr,
         partner: &NodeAddr,
         spec: &VmPlacementSpec,
+        instance: u64,
         epoch: u64,
     ) -> Result<(), ControlError> {
         let d = &self.driver;
@@ -868,7 +878,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
         let key = d
             .replica_key(primary, &spec.name, partner)
             .map_err(Self::node_err(primary, &format!("sealing the key of {}", spec.name)))?;
-        d.replica_create(partner, spec, &key, primary, epoch)
+        d.replica_create(partner, spec, &key, primary, instance, epoch)
             .map_err(Self::node_err(partner, &format!("creating the replica of {}", spec.name)))
     }
 

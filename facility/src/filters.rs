@@ -53,9 +53,18 @@ pub fn blast<D: NodeDriver>(
     let members = cluster_members(st);
     // node -> [(cluster, members)]
     let mut work: BTreeMap<NodeName, NodeWork> = BTreeMap::new();
+    // Every live node learns every named cluster's members: a node that
+    // hosts none of a cluster's VMs still has to drop that cluster's
+    // traffic to its own VMs of other clusters.
+    let live: BTreeSet<NodeName> = st
+        .nodes
+        .iter()
+        .filter(|(_, r)| matches!(r.state, NodeState::Active | NodeState::Draining))
+        .map(|(n, _)| n.clone())
+        .collect();
     for &c in clusters {
         let m = members.get(&c).cloned().unwrap_or_default();
-        let mut targets = nodes_of_cluster(st, c);
+        let mut targets = live.clone();
         for e in extra {
             if st.nodes.get(e).is_some_and(|r| matches!(r.state, NodeState::Active | NodeState::Draining)) {
                 targets.insert(e.clone());

@@ -94,7 +94,7 @@ fn dead_node_vms_healed_once_others_untouched_filters_blasted() {
     }
     drop(g);
     assert!(has_event(&c, "declared dead"));
-    assert!(has_event(&c, "filters of cluster"));
+    assert!(has_event(&c, "reprogrammed on"));
     assert!(c.state().intents.is_empty());
 }
 

@@ -85,7 +85,9 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
             | Request::ReplicaPull { .. }
             | Request::ReplicaPush { .. }
             | Request::PromoteReplica { .. }
-            | Request::NotifyTenant { .. } => Ok(()),
+            | Request::NotifyTenant { .. }
+            | Request::SetClusterMembers { .. }
+            | Request::ListLeases => Ok(()),
             Request::ReloadImage { .. }
             | Request::ConsoleRead { .. }
             | Request::ConsoleWrite { .. }
@@ -130,7 +132,9 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
                 | Request::ReplicaPull { .. }
                 | Request::ReplicaPush { .. }
                 | Request::PromoteReplica { .. }
-                | Request::NotifyTenant { .. } => Err(Denied::LandlordOnly),
+                | Request::NotifyTenant { .. }
+                | Request::SetClusterMembers { .. }
+                | Request::ListLeases => Err(Denied::LandlordOnly),
                 Request::ReadAudit { .. }
                 | Request::ListVms
                 | Request::SetSubBoundary { .. }

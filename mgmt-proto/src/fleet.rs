@@ -25,6 +25,9 @@ pub const REPLICA_BLOCK: usize = 4096;
 /// [`crate::MAX_MESSAGE`] with room for its envelope.
 pub const MAX_REPLICA_BLOCKS: u32 = 14;
 
+/// Most member addresses of one cluster a node takes from its controller.
+pub const MAX_CLUSTER_MEMBERS: usize = 256;
+
 /// Longest text a controller may leave for a tenant ([`crate::Request::NotifyTenant`]).
 pub const MAX_NOTICE: usize = 256;
 

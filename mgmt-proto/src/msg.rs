@@ -717,13 +717,15 @@ pub enum Request {
         sealed: Vec<u8>,
     },
     /// Up to `max_blocks` changed ciphertext blocks of a protected VM's
-    /// volume (they stay pending until a later pull: a lost reply loses
-    /// nothing, see docs/fleet.md).
+    /// volume; what a pull returns is no longer pending, so a controller
+    /// that lost a batch (or just took over) pulls with `resync` first.
     ReplicaPull {
         /// The VM.
         vm: VmId,
         /// At most [`crate::fleet::MAX_REPLICA_BLOCKS`].
         max_blocks: u32,
+        /// Mark every block of the volume pending first (a full copy).
+        resync: bool,
     },
     /// Ciphertext blocks for a replica, from the primary's epoch `epoch`;
     /// refused below the replica's fence.
@@ -745,6 +747,20 @@ pub enum Request {
         /// The new epoch (above every epoch the replica has seen).
         epoch: u64,
     },
+    /// Replace the facility's list of cluster `cluster`'s VM addresses on
+    /// other nodes (the filters' view of where its members are): traffic
+    /// between them and another cluster's VMs here is dropped. At most
+    /// [`crate::fleet::MAX_CLUSTER_MEMBERS`] addresses.
+    SetClusterMembers {
+        /// The cluster.
+        cluster: ClusterId,
+        /// Its members' IPv4 addresses anywhere in the facility (this
+        /// node's own VMs among them are ignored).
+        members: Vec<[u8; 4]>,
+    },
+    /// The node's leases (which tenant console key, which cluster), so a
+    /// facility controller finds the lease it made for a tenant.
+    ListLeases,
     /// Leave a notice for the VM's tenant (audited under its lease, pushed
     /// to its watch): e.g. "healed here from node-1".
     NotifyTenant {
@@ -808,6 +824,8 @@ impl Request {
             Request::ReplicaPush { .. } => "replica-push",
             Request::PromoteReplica { .. } => "promote-replica",
             Request::NotifyTenant { .. } => "notify-tenant",
+            Request::SetClusterMembers { .. } => "set-cluster-members",
+            Request::ListLeases => "list-leases",
         }
     }
 }
@@ -967,6 +985,8 @@ pub enum Response {
     Policy(Option<crate::monitor::VersionedPolicy>),
     /// The node's facility report (heartbeat answer).
     Fleet(crate::fleet::FleetReport),
+    /// The node's leases: (lease, cluster, tenant console key).
+    Leases(Vec<(LeaseId, ClusterId, crate::crypto::PublicKey)>),
     /// A sealed volume secret for a partner node.
     SealedSecret(Vec<u8>),
     /// Changed ciphertext blocks of a protected volume.

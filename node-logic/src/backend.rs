@@ -61,9 +61,10 @@ pub trait NodeBackend: Send {
     }
 
     /// Up to `max` pending ciphertext blocks of VM `vm`'s volume (data
-    /// before records) and how many stay pending.
-    fn replica_pull(&mut self, vm: VmId, max: u32) -> Result<(Vec<ReplicaBlock>, u64), ErrorReply> {
-        let _ = (vm, max);
+    /// before records) and how many stay pending; `resync` first marks
+    /// the whole volume pending.
+    fn replica_pull(&mut self, vm: VmId, max: u32, resync: bool) -> Result<(Vec<ReplicaBlock>, u64), ErrorReply> {
+        let _ = (vm, max, resync);
         Err(no_disk())
     }
 

@@ -64,7 +64,7 @@ impl NodeState {
             Request::ReplicaCreate { spec, fleet, from, sealed } => {
                 self.replica_create(spec, fleet, from, sealed, node)
             }
-            Request::ReplicaPull { vm, max_blocks } => self.replica_pull(vm, *max_blocks, node),
+            Request::ReplicaPull { vm, max_blocks, resync } => self.replica_pull(vm, *max_blocks, *resync, node),
             Request::ReplicaPush { vm, epoch, blocks } => self.replica_push(vm, *epoch, blocks, node),
             _ => self.apply(role, req),
         }
@@ -136,6 +136,8 @@ impl NodeState {
             Request::FenceVm { vm, epoch } => self.fence_vm(vm, *epoch),
             Request::PromoteReplica { vm, instance, epoch } => self.promote_replica(vm, *instance, *epoch),
             Request::NotifyTenant { vm, text } => self.notify_tenant(vm, text),
+            Request::SetClusterMembers { cluster, members } => self.set_cluster_members(cluster, members),
+            Request::ListLeases => Ok(self.list_leases()),
             // Answered by `handle` through the backend.
             Request::NodeStatus
             | Request::ReadCounters { .. }

@@ -9,11 +9,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use mgmt_proto::crypto::PublicKey;
+use mgmt_proto::fleet::MAX_CLUSTER_MEMBERS;
 use mgmt_proto::fleet::{
     open_volume_secret, seal_volume_secret, FleetReport, FleetSpec, FleetVmInfo, ReplicaBlock, MAX_NOTICE,
     MAX_REPLICA_BLOCKS, REPLICA_BLOCK,
 };
-use mgmt_proto::msg::{ErrorCode, ErrorReply, Response, VmId, VmSpec, VmState};
+use mgmt_proto::msg::{ClusterId, ErrorCode, ErrorReply, Response, VmId, VmSpec, VmState};
 
 use crate::limits::{internal, not_found};
 use crate::{NodeBackend, NodeState};
@@ -44,6 +45,8 @@ pub struct Fleet {
     pub lease_deadline_ms: Option<u64>,
     /// The node's monotonic time in ms, as last given to [`NodeState::fleet_tick`].
     pub now_ms: u64,
+    /// Where each cluster's VMs are in the facility (their addresses).
+    pub members: BTreeMap<ClusterId, Vec<[u8; 4]>>,
 }
 
 fn conflict(m: String) -> ErrorReply {
@@ -265,13 +268,14 @@ impl NodeState {
         &mut self,
         vm: &VmId,
         max_blocks: u32,
+        resync: bool,
         node: &mut dyn NodeBackend,
     ) -> Result<Response, ErrorReply> {
         self.protected_primary(vm)?;
         if !(1..=MAX_REPLICA_BLOCKS).contains(&max_blocks) {
             return Err(invalid("max_blocks: must be 1..=14 (MAX_REPLICA_BLOCKS)"));
         }
-        let (blocks, remaining) = node.replica_pull(*vm, max_blocks)?;
+        let (blocks, remaining) = node.replica_pull(*vm, max_blocks, resync)?;
         Ok(Response::ReplicaBatch { blocks, remaining })
     }
 
@@ -337,6 +341,40 @@ impl NodeState {
             return Err(invalid("text: 1-256 bytes without control characters"));
         }
         Ok(Response::Done)
+    }
+
+    /// [`mgmt_proto::Request::SetClusterMembers`] (the hypervisor checks
+    /// the switch takes it first).
+    pub(crate) fn set_cluster_members(
+        &mut self,
+        cluster: &ClusterId,
+        members: &[[u8; 4]],
+    ) -> Result<Response, ErrorReply> {
+        if members.len() > MAX_CLUSTER_MEMBERS {
+            return Err(ErrorReply::new(
+                ErrorCode::Limit,
+                format!("members: at most {MAX_CLUSTER_MEMBERS} addresses per cluster (MAX_CLUSTER_MEMBERS)"),
+            ));
+        }
+        if cluster.0 == 0 {
+            return Err(invalid("cluster: clusters are numbered from 1"));
+        }
+        let mut list = members.to_vec();
+        list.sort_unstable();
+        list.dedup();
+        if list.is_empty() {
+            self.fleet.members.remove(cluster);
+        } else {
+            self.fleet.members.insert(*cluster, list);
+        }
+        Ok(Response::Done)
+    }
+
+    /// [`mgmt_proto::Request::ListLeases`].
+    pub(crate) fn list_leases(&self) -> Response {
+        Response::Leases(
+            self.leases.iter().filter_map(|(id, l)| Some((*id, l.cluster, self.keys.tenants.get(id)?.1))).collect(),
+        )
     }
 
     /// Drops a destroyed VM's facility record.

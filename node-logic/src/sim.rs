@@ -95,8 +95,11 @@ impl NodeBackend for SimNode {
         Ok(())
     }
 
-    fn replica_pull(&mut self, vm: VmId, max: u32) -> Result<(Vec<ReplicaBlock>, u64), ErrorReply> {
+    fn replica_pull(&mut self, vm: VmId, max: u32, resync: bool) -> Result<(Vec<ReplicaBlock>, u64), ErrorReply> {
         let v = self.volumes.get_mut(&vm).ok_or_else(|| ErrorReply::new(ErrorCode::NotFound, "volume"))?;
+        if resync {
+            v.pending = v.blocks.keys().copied().collect();
+        }
         let take: Vec<u64> = v.pending.iter().copied().take(max as usize).collect();
         let mut out = Vec::new();
         for i in take {

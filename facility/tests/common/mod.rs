@@ -252,6 +252,7 @@ impl NodeDriver for Fleet {
         vm: &VmPlacementSpec,
         sealed_key: &[u8],
         from: &NodeAddr,
+        _instance: u64,
         epoch: u64,
     ) -> Result<(), DriverError> {
         self.rec(partner, "replica_create");
@@ -383,9 +384,10 @@ impl NodeDriver for &Fleet {
         vm: &VmPlacementSpec,
         k: &[u8],
         f: &NodeAddr,
+        i: u64,
         e: u64,
     ) -> Result<(), DriverError> {
-        (**self).replica_create(p, vm, k, f, e)
+        (**self).replica_create(p, vm, k, f, i, e)
     }
     fn replica_pull(&self, p: &NodeAddr, vm: &str, m: u32) -> Result<ReplicaBatch, DriverError> {
         (**self).replica_pull(p, vm, m)

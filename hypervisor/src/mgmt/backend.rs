@@ -2,6 +2,7 @@
 //! status from the node's facts, its VMs and the monitor; a VM's console
 //! and counters from the VM running the definition's current run.
 
+use super::reconcile::volume_name;
 use super::{monitor::Monitor, Mgmt, NodeFacts};
 use crate::devices::console::Console;
 use crate::devices::Shared;
@@ -10,7 +11,6 @@ use crate::vm::Vm;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use super::reconcile::volume_name;
 use mgmt_proto::fleet::ReplicaBlock;
 use mgmt_proto::msg::{Counter, ErrorCode, ErrorReply, NodeStatus, Request, Response, Role, VmId, VmSpec};
 use node_logic::backend::console_page;

@@ -66,8 +66,8 @@ impl Mgmt {
             Request::PromoteReplica { vm, .. } => {
                 let before = self.state.fleet.vms.get(vm).copied();
                 let reply = self.handle_state(role, req, vms)?;
-                let promoted = before.is_some_and(|b| b.replica)
-                    && self.state.fleet.vms.get(vm).is_some_and(|f| !f.replica);
+                let promoted =
+                    before.is_some_and(|b| b.replica) && self.state.fleet.vms.get(vm).is_some_and(|f| !f.replica);
                 if promoted {
                     let name = super::reconcile::volume_name(vm.0);
                     let r = match self.storage.as_mut() {
@@ -96,6 +96,19 @@ impl Mgmt {
                         text,
                     );
                 }
+                Ok(reply)
+            }
+            Request::DestroyVm { vm } => {
+                let ran = vms.iter().any(|v| v.managed.is_some_and(|(id, _)| id == vm.0));
+                let reply = self.handle_state(role, req, vms)?;
+                // A VM that ran gives its volume back when reconcile sees it
+                // stopped; one that never ran here (a replica) does it now.
+                if !ran {
+                    if let Some(s) = self.storage.as_mut() {
+                        s.delete_volume(&super::reconcile::volume_name(vm.0));
+                    }
+                }
+                self.gates.remove(&vm.0);
                 Ok(reply)
             }
             _ => self.handle_state(role, req, vms),

@@ -484,8 +484,18 @@ impl Mgmt {
                 self.can_start(*vm)?;
                 self.handle_state(role, req, vms)
             }
-            Request::FenceVm { .. } | Request::PromoteReplica { .. } | Request::NotifyTenant { .. } => {
-                self.handle_fleet(role, req, vms)
+            Request::FenceVm { .. }
+            | Request::PromoteReplica { .. }
+            | Request::NotifyTenant { .. }
+            | Request::DestroyVm { .. } => self.handle_fleet(role, req, vms),
+            Request::SetClusterMembers { cluster, members } => {
+                let mut m = self.state.fleet.members.clone();
+                m.insert(*cluster, members.clone());
+                let policy =
+                    self.compile_with(None, None, Some(&m)).map_err(|e| ErrorReply::new(ErrorCode::Invalid, e))?;
+                let reply = self.handle_state(role, req, vms)?;
+                self.new_policy = Some(policy);
+                Ok(reply)
             }
             Request::RotateLandlordKey => {
                 let reply = self.handle_state(role, req, vms)?;
@@ -517,7 +527,7 @@ impl Mgmt {
                 let mut sub = self.state.sub_rules.clone();
                 sub.insert(RuleId(u32::MAX), (lease, *rule));
                 let policy =
-                    self.compile_with(None, Some(&sub)).map_err(|e| ErrorReply::new(ErrorCode::Widening, e))?;
+                    self.compile_with(None, Some(&sub), None).map_err(|e| ErrorReply::new(ErrorCode::Widening, e))?;
                 let reply = self.handle_state(role, req, vms)?;
                 self.new_policy = Some(policy);
                 Ok(reply)
@@ -525,14 +535,16 @@ impl Mgmt {
             Request::SetClusterBoundary { cluster, rules: list } => {
                 let mut b = self.state.boundaries.clone();
                 b.insert(*cluster, list.clone());
-                let policy = self.compile_with(Some(&b), None).map_err(|e| ErrorReply::new(ErrorCode::Invalid, e))?;
+                let policy =
+                    self.compile_with(Some(&b), None, None).map_err(|e| ErrorReply::new(ErrorCode::Invalid, e))?;
                 let reply = self.handle_state(role, req, vms)?;
                 self.new_policy = Some(policy);
                 Ok(reply)
             }
             Request::RemoveSubBoundary { .. } | Request::EndLease { .. } => {
                 let reply = self.handle_state(role, req, vms)?;
-                let policy = self.compile_with(None, None).map_err(|e| ErrorReply::new(ErrorCode::Internal, e))?;
+                let policy =
+                    self.compile_with(None, None, None).map_err(|e| ErrorReply::new(ErrorCode::Internal, e))?;
                 self.new_policy = Some(policy);
                 Ok(reply)
             }
@@ -596,12 +608,14 @@ impl Mgmt {
         &self,
         boundaries: Option<&BTreeMap<ClusterId, Vec<BoundaryRule>>>,
         sub_rules: Option<&BTreeMap<RuleId, (LeaseId, BoundaryRule)>>,
+        members: Option<&BTreeMap<ClusterId, Vec<[u8; 4]>>>,
     ) -> Result<vswitch::engine::CompiledPolicy, String> {
         let r = rules::ConsoleRules {
             leases: &self.state.leases,
             boundaries: boundaries.unwrap_or(&self.state.boundaries),
             sub_rules: sub_rules.unwrap_or(&self.state.sub_rules),
             nics: &self.console_nics.values().copied().collect::<Vec<_>>(),
+            members: members.unwrap_or(&self.state.fleet.members),
         };
         rules::compile(&self.config, &r)
     }

@@ -181,7 +181,7 @@ pub fn reconcile(
     }
     // Membership changed: the boundary learns the new NICs.
     if nics_changed {
-        match m.compile_with(None, None) {
+        match m.compile_with(None, None, None) {
             Ok(p) => m.new_policy = Some(p),
             Err(e) => crate::log!("mgmt: switch policy not updated: {e}"),
         }

@@ -89,11 +89,36 @@ pub struct ConsoleRules<'a> {
     pub sub_rules: &'a BTreeMap<RuleId, (LeaseId, BoundaryRule)>,
     /// NICs of running console-created VMs.
     pub nics: &'a [ExtraNic],
+    /// The facility's members of each cluster on other nodes.
+    pub members: &'a BTreeMap<mgmt_proto::msg::ClusterId, Vec<[u8; 4]>>,
+}
+
+/// The node config with the facility's cluster members added to each
+/// cluster's `remote` list (addresses of this node's own NICs skipped:
+/// those are members already, where they run now).
+fn with_members(config: &NodeConfig, rules: &ConsoleRules<'_>) -> NodeConfig {
+    let mut config = config.clone();
+    let local: Vec<[u8; 4]> =
+        nic_identities(&config).iter().map(|n| n.ip).chain(rules.nics.iter().map(|n| n.ip)).collect();
+    for (cluster, members) in rules.members {
+        let Some(c) = (cluster.0 as usize).checked_sub(1).and_then(|i| config.clusters.get_mut(i)) else { continue };
+        for ip in members.iter().filter(|ip| !local.contains(ip)) {
+            c.remote.push(vmm_config::net::Endpoint::Ip(vmm_config::net::Ipv4(*ip)));
+        }
+    }
+    config
 }
 
 /// The node config's policy plus every console rule, compiled; the error
 /// names the rule that cannot apply.
 pub fn compile(config: &NodeConfig, rules: &ConsoleRules<'_>) -> Result<CompiledPolicy, String> {
+    let full;
+    let config = if rules.members.is_empty() {
+        config
+    } else {
+        full = with_members(config, rules);
+        &full
+    };
     let nics = nic_identities(config);
     let (mut policy, _) = build_policy_with(config, &nics, rules.nics)?;
     for (cluster, list) in rules.boundaries {

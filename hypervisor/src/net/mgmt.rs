@@ -135,7 +135,15 @@ impl MgmtStack {
     /// Creates the stack with the NIC's MAC address.
     pub fn new(mac: [u8; 6], mode: AddressMode, discard_port: Option<u16>) -> MgmtStack {
         let mut queues = FrameQueues::default();
-        let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        // smoltcp draws DHCP transaction ids, TCP initial sequence numbers
+        // and ephemeral ports from this seed: the same on every node and
+        // boot without it (seen on a facility segment: one DHCP xid for all).
+        let mut seed = [0u8; 8];
+        if crate::arch::x86_64::rng::fill(&mut seed).is_err() {
+            seed = time::rdtsc().to_le_bytes();
+        }
+        config.random_seed = u64::from_le_bytes(seed);
         let mut iface = Interface::new(config, &mut queues, now());
         let mut sockets = SocketSet::new(Vec::new());
         let dhcp = match mode {

@@ -218,7 +218,10 @@ impl Storage {
     /// crypto-erased (re-initialised empty under a fresh K_L).
     pub fn rotate_landlord_key(&mut self) -> Result<(), String> {
         self.disk.lock().rotate_landlord_key(&random()?).map_err(|e| format!("landlord key rotation: {e}"))?;
-        crate::log!("disk: landlord key rotated (epoch {}): every volume crypto-erased", self.disk.lock().landlord_epoch());
+        crate::log!(
+            "disk: landlord key rotated (epoch {}): every volume crypto-erased",
+            self.disk.lock().landlord_epoch()
+        );
         Ok(())
     }
 

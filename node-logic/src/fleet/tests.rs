@@ -89,7 +89,8 @@ fn paired() -> (Node, Node, VmId, VmId) {
 /// Pulls everything pending on A and pushes it to B at `epoch`.
 fn drain(a: &mut Node, b: &mut Node, va: VmId, vb: VmId, epoch: u64) -> Result<(), ErrorReply> {
     loop {
-        let Ok(Response::ReplicaBatch { blocks, remaining }) = a.req(Request::ReplicaPull { vm: va, max_blocks: 14 })
+        let Ok(Response::ReplicaBatch { blocks, remaining }) =
+            a.req(Request::ReplicaPull { vm: va, max_blocks: 14, resync: false })
         else {
             panic!("pull")
         };
@@ -219,9 +220,18 @@ fn hostile_replica_requests_change_nothing() {
     assert_eq!(b.req(Request::ReplicaPush { vm: vb, epoch: 1, blocks: short }).unwrap_err().code, ErrorCode::Invalid);
     let many = vec![ReplicaBlock { index: 0, bytes: vec![0; 4096] }; 15];
     assert_eq!(b.req(Request::ReplicaPush { vm: vb, epoch: 1, blocks: many }).unwrap_err().code, ErrorCode::Invalid);
-    assert_eq!(b.req(Request::ReplicaPull { vm: vb, max_blocks: 1 }).unwrap_err().code, ErrorCode::Invalid);
-    assert_eq!(a.req(Request::ReplicaPull { vm: va, max_blocks: 0 }).unwrap_err().code, ErrorCode::Invalid);
-    assert_eq!(a.req(Request::ReplicaPull { vm: va, max_blocks: 15 }).unwrap_err().code, ErrorCode::Invalid);
+    assert_eq!(
+        b.req(Request::ReplicaPull { vm: vb, max_blocks: 1, resync: false }).unwrap_err().code,
+        ErrorCode::Invalid
+    );
+    assert_eq!(
+        a.req(Request::ReplicaPull { vm: va, max_blocks: 0, resync: false }).unwrap_err().code,
+        ErrorCode::Invalid
+    );
+    assert_eq!(
+        a.req(Request::ReplicaPull { vm: va, max_blocks: 15, resync: false }).unwrap_err().code,
+        ErrorCode::Invalid
+    );
     let pushed = vec![ReplicaBlock { index: 0, bytes: vec![0; 4096] }];
     assert_eq!(a.req(Request::ReplicaPush { vm: va, epoch: 9, blocks: pushed }).unwrap_err().code, ErrorCode::Conflict);
     assert_eq!(b.sim.volumes[&vb].blocks, before);
@@ -243,6 +253,8 @@ fn after_a_reboot_protected_vms_wait_for_the_controller() {
 }
 
 proptest! {
+    // Each case provisions two nodes (key generation): fewer, longer cases.
+    #![proptest_config(ProptestConfig::with_cases(48))]
     /// Whatever order of epochs a node is told (starts, fences, pushes,
     /// promotions), a fence never goes down and a copy below it never runs.
     #[test]

@@ -95,6 +95,7 @@ impl SnapshotV3 {
             clock: self.clock,
             policies: Vec::new(),
             fleet: Vec::new(),
+            fleet_members: Vec::new(),
             legacy_images: Vec::new(),
         }
     }
@@ -136,6 +137,7 @@ impl SnapshotV5 {
             clock: self.clock,
             policies: self.policies,
             fleet: Vec::new(),
+            fleet_members: Vec::new(),
             legacy_images: Vec::new(),
         }
     }
@@ -176,6 +178,7 @@ impl SnapshotV4 {
             clock: self.clock,
             policies: Vec::new(),
             fleet: Vec::new(),
+            fleet_members: Vec::new(),
             legacy_images: Vec::new(),
         }
     }
@@ -245,6 +248,7 @@ impl SnapshotV2 {
             clock: self.clock,
             policies: Vec::new(),
             fleet: Vec::new(),
+            fleet_members: Vec::new(),
             legacy_images: self.images,
         }
     }

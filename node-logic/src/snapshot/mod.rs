@@ -13,6 +13,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use mgmt_proto::crypto::{Entropy, KeyPair, PublicKey, SecretKey};
+use mgmt_proto::fleet::MAX_CLUSTER_MEMBERS;
 use mgmt_proto::monitor::policy::{Policies, MAX_POLICIES};
 use mgmt_proto::monitor::{Owner, VersionedPolicy};
 use mgmt_proto::msg::{AuditEntry, BoundaryRule, ClusterId, ImageVerifyKey, LeaseId, RuleId, VmId, VmSpec, VmState};
@@ -91,6 +92,8 @@ pub struct Snapshot {
     pub policies: Vec<((ClusterId, Owner), VersionedPolicy)>,
     /// Facility records of VMs placed by a facility controller (version 6).
     pub fleet: Vec<(VmId, crate::fleet::FleetVm)>,
+    /// Where each cluster's VMs are in the facility (version 6).
+    pub fleet_members: Vec<(ClusterId, Vec<[u8; 4]>)>,
     /// Images of a version 1 or 2 snapshot, which carried their bytes:
     /// [`NodeState::restore_with`] moves them into the image store.
     #[serde(skip)]
@@ -148,6 +151,7 @@ impl NodeState {
             clock: self.clock,
             policies: self.policies.iter().map(|(k, p)| (*k, p.clone())).collect(),
             fleet: self.fleet.vms.iter().map(|(id, f)| (*id, *f)).collect(),
+            fleet_members: self.fleet.members.iter().map(|(c, m)| (*c, m.clone())).collect(),
             legacy_images: Vec::new(),
         }
     }
@@ -238,7 +242,12 @@ impl NodeState {
             sub_rules: snap.sub_rules.into_iter().map(|(id, l, r)| (id, (l, r))).collect(),
             audit: snap.audit,
             policies,
-            fleet: crate::fleet::Fleet { vms: fleet, lease_deadline_ms: None, now_ms: 0 },
+            fleet: crate::fleet::Fleet {
+                vms: fleet,
+                lease_deadline_ms: None,
+                now_ms: 0,
+                members: snap.fleet_members.into_iter().filter(|(_, m)| m.len() <= MAX_CLUSTER_MEMBERS).collect(),
+            },
             reboot_requested: false,
             shutdown_requested: false,
             suspended: false,
