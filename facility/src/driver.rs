@@ -22,6 +22,10 @@ pub struct NodeVm {
     pub running: bool,
     /// Whether the node fenced it (stopped, refusing writes below a newer epoch).
     pub fenced: bool,
+    /// Whether the node stopped it itself because its fencing lease ran
+    /// out (no heartbeat in time): the controller restarts it at its epoch
+    /// if the facility still places it there.
+    pub self_fenced: bool,
 }
 
 /// A node's answer to a heartbeat.

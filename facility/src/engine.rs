@@ -201,6 +201,20 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
         Ok(())
     }
 
+    /// Picks up what others wrote to the store since this controller last
+    /// read or wrote it (an operator's `node add` or `vm create` while it
+    /// serves), keeping detectors and replication where they are. Whether
+    /// anything changed.
+    pub fn refresh(&mut self) -> Result<bool, ControlError> {
+        let (st, rev) = self.store.load()?;
+        if rev == self.rev {
+            return Ok(false);
+        }
+        self.state = st;
+        self.rev = rev;
+        Ok(true)
+    }
+
     /// The facility as last saved or loaded.
     pub fn state(&self) -> &FacilityState {
         &self.state
@@ -286,6 +300,8 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                             Ok(()) => sum.rejoined.push(addr.name.clone()),
                             Err(e) => self.log(now, format!("rejoin of {} failed, retrying: {e}", addr.name)),
                         }
+                    } else if state == Some(NodeState::Active) {
+                        self.restart_self_fenced(&addr, &rep, now);
                     }
                 }
                 Err(e) => {
@@ -345,6 +361,30 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             self.log(now, format!("became leader at revision {}: {n} unfinished intents", self.rev.0));
         }
         self.tick(now).map(Some)
+    }
+
+    /// A node that went without heartbeats for its fencing lease stopped
+    /// its protected VMs; where the facility still places them at that
+    /// epoch (nobody took over), they are started again.
+    fn restart_self_fenced(&mut self, addr: &NodeAddr, rep: &NodeReport, now: Instant) {
+        for nv in rep.vms.iter().filter(|v| v.self_fenced && !v.running && !v.fenced) {
+            let ours = self
+                .state
+                .vms
+                .get(&nv.name)
+                .is_some_and(|r| r.node == addr.name && r.epoch == nv.epoch && r.state == VmState::Running);
+            if !ours || self.state.intent_for(&nv.name).is_some() {
+                continue;
+            }
+            let text = match self.driver.start_vm(addr, &nv.name, nv.epoch) {
+                Ok(()) => format!(
+                    "restarted {} on {} at epoch {} (it had stopped itself: fencing lease ran out)",
+                    nv.name, addr.name, nv.epoch
+                ),
+                Err(e) => format!("restarting self-fenced {} on {} failed, retrying: {e}", nv.name, addr.name),
+            };
+            self.log(now, text);
+        }
     }
 
     fn declare_dead(&mut self, name: &str, fails: u32, silent: Duration, now: Instant) -> Result<(), ControlError> {
@@ -1077,6 +1117,12 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
     /// and its cluster's filters. The plan is saved first; if a step fails
     /// the error says which, and later ticks finish it.
     pub fn create_vm(&mut self, spec: VmPlacementSpec) -> Result<NodeName, ControlError> {
+        self.create_vm_on(spec, None)
+    }
+
+    /// [`Self::create_vm`] on node `on` when given (an operator's choice,
+    /// still checked for room and state), else where placement puts it.
+    pub fn create_vm_on(&mut self, spec: VmPlacementSpec, on: Option<&str>) -> Result<NodeName, ControlError> {
         let now = Instant::now();
         if spec.name.is_empty() {
             return Err(ControlError::Invalid("a VM needs a name".into()));
@@ -1095,7 +1141,22 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 )));
             }
         }
-        let node = placement::place_vm(&self.state, spec.res, &[])?;
+        let node = match on {
+            None => placement::place_vm(&self.state, spec.res, &[])?,
+            Some(n) => {
+                let active = self.state.nodes.get(n).is_some_and(|r| r.state == NodeState::Active);
+                if !active {
+                    return Err(ControlError::Invalid(format!("node {n} is not an active node of the facility")));
+                }
+                if !placement::fits(&self.state, n, Capacity::of(spec.res)) {
+                    return Err(ControlError::Placement(PlacementError(format!(
+                        "node {n} has no room for {} ({} vCPUs, {} MiB memory, {} MiB disk)",
+                        spec.name, spec.res.vcpus, spec.res.memory_mib, spec.res.disk_mib
+                    ))));
+                }
+                n.to_string()
+            }
+        };
         let instance = self.state.next_instance.max(1);
         let mut next = self.state.clone();
         next.next_instance = instance.saturating_add(1);

@@ -88,6 +88,9 @@ pub enum Command {
     /// dashboard). SIGINT/SIGTERM or --for end it with exit 0.
     #[command(after_help = WATCH_HELP)]
     Watch(WatchArgs),
+    /// The facility controller: nodes, placement, healing, replication,
+    /// fencing (docs/fleet.md).
+    Facility(Box<crate::fleet::cmd::FacilityArgs>),
     /// Print shell completions.
     Completions {
         /// The shell.
@@ -827,6 +830,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Landlord(l) => landlord_cmd(&ctx, l)?,
         Command::Tenant(t) => tenant_cmd(&ctx, t)?,
         Command::Watch(a) => watch_cmd(&ctx, a)?,
+        Command::Facility(a) => crate::fleet::cmd::run(&ctx.cfg, ctx.timeout, ctx.json, *a)?,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "bmctl", &mut std::io::stdout());
         }

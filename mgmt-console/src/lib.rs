@@ -18,6 +18,7 @@ mod agent_cmd;
 pub mod cli;
 pub mod client;
 pub mod cp;
+pub mod fleet;
 pub mod http;
 pub mod policy_file;
 pub mod profile;

@@ -101,6 +101,11 @@ extern "C" fn on_signal(_: libc::c_int) {
     SIGNALLED.store(true, Ordering::SeqCst);
 }
 
+/// Whether SIGINT or SIGTERM arrived since [`handle_stop_signals`].
+pub fn stop_signalled() -> bool {
+    SIGNALLED.load(Ordering::SeqCst)
+}
+
 /// Makes SIGINT and SIGTERM stop the watch cleanly (exit 0) instead of
 /// killing it mid-line.
 pub fn handle_stop_signals() {

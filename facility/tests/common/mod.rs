@@ -163,6 +163,7 @@ impl NodeDriver for Fleet {
                         epoch: v.epoch,
                         running: v.running,
                         fenced: v.fenced,
+                        self_fenced: false,
                     })
                     .collect(),
                 replicas: node.replicas.iter().map(|(k, (e, _))| (k.clone(), *e)).collect(),

@@ -21,6 +21,18 @@
 //!   flush) then read of the sectors in 64 KiB requests;
 //!   `diskprobe bench: write X KiB/s read Y KiB/s`, exit 0.
 //!
+//! - `role=fleet seed=S sectors=N [stream_sectors=64] [chunk=8] [pause_ms=200]`: a
+//!   facility VM that may be healed on another node. Sectors 0..N are its
+//!   data: all zeros, it writes the pattern of pass 0 and prints
+//!   `diskprobe fleet: fresh ... sum=X`; otherwise every sector must carry
+//!   that pattern and it prints `diskprobe fleet: intact ... sum=X` (X an
+//!   FNV-1a checksum of the bytes read back). Sectors N..N+stream_sectors
+//!   must hold zeros or valid patterns of any pass (a replica lags; a
+//!   sector caught mid-round by a failover reads as an I/O error, counted
+//!   as unreadable, never as other data); it then streams over them
+//!   forever from the next pass (`pause_ms` between passes: a steady
+//!   write load), printing each pass's start.
+//!
 //! Every role first prints `diskprobe <role> start capacity=<sectors>`.
 //! Anything unexpected prints `FAIL: ...` and exits with 1. Optional
 //! everywhere: `io_timeout_ms=` (30000), the time limit of one request.
@@ -176,9 +188,9 @@ fn classify(data: &[u8], seed: u64, sector: u64) -> Content {
 fn main(info: &BootInfo) -> u32 {
     let cmd = info.cmdline;
     let role = arg(cmd, "role").unwrap_or("");
-    if !matches!(role, "write" | "verify" | "stream" | "bench") {
+    if !matches!(role, "write" | "verify" | "stream" | "bench" | "fleet") {
         return fail(format_args!(
-            "diskprobe: role= must be write, verify, stream or bench (cmdline {:?}, boot {:?} ebx {:#x})",
+            "diskprobe: role= must be write, verify, stream, bench or fleet (cmdline {:?}, boot {:?} ebx {:#x})",
             cmd, info.protocol, info.ebx
         ));
     }
@@ -234,6 +246,12 @@ fn run(dev: &mut BlkDevice, role: &str, cmd: &str) -> Result<u32, u32> {
         return bench(dev, start, sectors);
     }
     let seed = arg_u64(cmd, role, "seed", None)?;
+    if role == "fleet" {
+        let stream_sectors = arg_u64(cmd, role, "stream_sectors", Some(64))?;
+        let chunk = chunk_arg(cmd, role)?;
+        let pause_ms = arg_u64(cmd, role, "pause_ms", Some(200))?;
+        return fleet(dev, seed, start, sectors, stream_sectors, chunk, pause_ms);
+    }
     match role {
         "write" => {
             let pass = arg_u64(cmd, role, "pass", Some(0))?;
@@ -464,6 +482,61 @@ fn stream(
     }
     println!("diskprobe stream done: {} passes", done);
     Ok(0)
+}
+
+/// FNV-1a over sectors start..start+n as read back.
+fn checksum(dev: &mut BlkDevice, role: &str, start: u64, n: u64) -> Result<u64, u32> {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut buf = vec![0u8; SECTOR_SIZE];
+    for s in start..start + n {
+        if let Err(e) = dev.read(s, &mut buf) {
+            return Err(fail(format_args!("diskprobe {}: read of sector {}: {}", role, s, e)));
+        }
+        for &b in buf.iter() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(h)
+}
+
+/// The `fleet` role (module docs).
+fn fleet(dev: &mut BlkDevice, seed: u64, start: u64, n: u64, m: u64, chunk: u64, pause_ms: u64) -> Result<u32, u32> {
+    if dev.read_only() {
+        return Err(fail(format_args!("diskprobe fleet: the device is read-only")));
+    }
+    let t = scan(dev, "fleet", seed, start, n, Some(0))?;
+    let state = if t.zero == n {
+        write_pass(dev, "fleet", seed, start, n, 0, chunk)?;
+        "fresh"
+    } else if t.ok == n {
+        "intact"
+    } else {
+        print_tally("fleet", seed, start, n, Some(0), &t);
+        return Err(fail(format_args!("diskprobe fleet: data sectors damaged: {} of {} not as written", n - t.ok, n)));
+    };
+    let sum = checksum(dev, "fleet", start, n)?;
+    println!("diskprobe fleet: {} {} sectors seed={} sum={:016x}", state, n, seed, sum);
+    let stream_start = start + n;
+    let s = scan(dev, "fleet", seed, stream_start, m, None)?;
+    if s.mismatch > 0 {
+        print_tally("fleet stream region", seed, stream_start, m, None, &s);
+        return Err(fail(format_args!("diskprobe fleet: stream sectors hold data never written there")));
+    }
+    let last = s.passes.map_or(0, |(_, hi)| hi);
+    println!(
+        "diskprobe fleet: stream region at pass {} ({} of {} sectors written, {} unreadable)",
+        last, s.ok, m, s.ioerror
+    );
+    let mut pass = last + 1;
+    loop {
+        println!("diskprobe stream pass {}", pass);
+        write_pass(dev, "fleet", seed, stream_start, m, pass, chunk)?;
+        pass = pass.wrapping_add(1);
+        let until = clock::now_ms() + pause_ms;
+        while clock::now_ms() < until {
+            clock::idle();
+        }
+    }
 }
 
 fn bench(dev: &mut BlkDevice, start: u64, n: u64) -> Result<u32, u32> {

@@ -1,0 +1,559 @@
+//! `bmctl facility`: the landlord's facility controller and the commands
+//! that change its inventory (docs/fleet.md). The state lives in one file
+//! (one controller) or in etcd (several, one leader by election).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use facility::engine::{Controller, ControllerConfig};
+use facility::etcd::{Election, EtcdClient, EtcdStore};
+use facility::health::HealthConfig;
+use facility::model::{Capacity, FacilityState, NodeAddr, Resources, VmPlacementSpec};
+use facility::store::{FileStore, Rev, Store, StoreError};
+use serde_json::json;
+
+use super::driver::ConsoleDriver;
+use crate::profile::Config;
+
+/// `bmctl facility`.
+#[derive(Debug, clap::Args)]
+pub struct FacilityArgs {
+    /// The facility's state in one crash-safe file (one controller).
+    #[arg(long, value_name = "FILE", conflicts_with = "etcd", env = "BM_FACILITY_STORE")]
+    pub store: Option<PathBuf>,
+    /// etcd client URLs, comma-separated: the state in etcd, one controller
+    /// leading by election, the others taking over when it dies.
+    #[arg(long, value_name = "URL,...", value_delimiter = ',', env = "BM_FACILITY_ETCD")]
+    pub etcd: Vec<String>,
+    /// Key of the state in etcd (the leader key is KEY/leader).
+    #[arg(long, value_name = "KEY", default_value = "/bmonitor/facility")]
+    pub etcd_key: String,
+    /// Landlord console key (its name under keys/), registered on every node.
+    #[arg(long, value_name = "NAME", default_value = "landlord")]
+    pub key: String,
+    /// Directory holding the image files VMs name (uploaded to nodes that lack them).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub images: PathBuf,
+    /// Heartbeat period.
+    #[arg(long, value_name = "MS", default_value = "1000")]
+    pub interval_ms: u64,
+    /// Failed heartbeats in a row before the probe decides a node is dead.
+    #[arg(long, default_value = "5")]
+    pub misses: u32,
+    /// Bound on the probe (a TCP connect to the management port).
+    #[arg(long, value_name = "MS", default_value = "1000")]
+    pub probe_timeout_ms: u64,
+    /// The fencing lease each heartbeat grants: a node that hears nothing
+    /// for this long stops its protected VMs itself.
+    #[arg(long, value_name = "MS", default_value = "3000")]
+    pub fence_after_ms: u32,
+    /// Margin between a node fencing itself and the controller acting.
+    #[arg(long, value_name = "MS", default_value = "1000")]
+    pub margin_ms: u64,
+    /// Bound on each call to a node (connect, each answer): a dead node
+    /// costs the controller this much per call.
+    #[arg(long, value_name = "MS", default_value = "3000")]
+    pub call_timeout_ms: u64,
+    /// The command.
+    #[command(subcommand)]
+    pub cmd: FacilityCmd,
+}
+
+/// `bmctl facility` commands.
+#[derive(Debug, clap::Subcommand)]
+pub enum FacilityCmd {
+    /// Reserve a node's address with the facility's DHCP server (dnsmasq
+    /// hosts file, `MAC,IP,NAME` lines; SIGHUP to the pid in --dnsmasq-pid).
+    Reserve {
+        /// Node name.
+        name: String,
+        /// The node's NIC MAC.
+        #[arg(long)]
+        mac: String,
+        /// The address it gets.
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        /// dnsmasq's --dhcp-hostsfile.
+        #[arg(long, value_name = "FILE")]
+        hosts: PathBuf,
+        /// dnsmasq's pid file (it re-reads the hosts file on SIGHUP).
+        #[arg(long, value_name = "FILE")]
+        dnsmasq_pid: Option<PathBuf>,
+    },
+    /// Nodes: enrol, drain, remove.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Place a VM on the facility.
+    #[command(subcommand)]
+    Vm(FacilityVmCmd),
+    /// The inventory, placements, epochs and unfinished work.
+    Status,
+    /// Run the controller: heartbeats, detection, healing, replication,
+    /// filters. Prints one line per event. With --etcd, campaigns for
+    /// leadership and acts only while leading.
+    Serve {
+        /// Stop after this many seconds (exit 0).
+        #[arg(long = "for", value_name = "SECS")]
+        run_for: Option<u64>,
+        /// This controller's name in the election.
+        #[arg(long, default_value = "controller")]
+        id: String,
+        /// Leader lease TTL in seconds (etcd).
+        #[arg(long, default_value = "3")]
+        leader_ttl: u64,
+    },
+}
+
+/// `bmctl facility node`.
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeCmd {
+    /// Enrol a node: its address and landlord node key (U_L, from its log);
+    /// capacity from its heartbeat unless given.
+    Add {
+        /// Node name.
+        name: String,
+        /// Management address, HOST:PORT (port 7700).
+        #[arg(long)]
+        addr: std::net::SocketAddr,
+        /// The node's landlord node key (64 hex digits).
+        #[arg(long)]
+        node_key: String,
+        /// vCPUs guests may use (default: its CPUs).
+        #[arg(long)]
+        vcpus: Option<u64>,
+        /// Memory guests may use in MiB (default: its free memory).
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Disk for volumes and replicas in MiB (default: its free disk).
+        #[arg(long)]
+        disk: Option<u64>,
+    },
+    /// Move every VM away (not healed: copied while running, then switched).
+    Drain {
+        /// Node name.
+        name: String,
+    },
+    /// Remove an empty node from the inventory.
+    Remove {
+        /// Node name.
+        name: String,
+    },
+}
+
+/// `bmctl facility vm`.
+#[derive(Debug, clap::Subcommand)]
+pub enum FacilityVmCmd {
+    /// Place, create and start a VM (protected: with a replica on a partner).
+    Create {
+        /// VM name, unique in the facility.
+        name: String,
+        /// Tenant name (for people).
+        #[arg(long)]
+        tenant: String,
+        /// The tenant console's public key (leases are made for it).
+        #[arg(long)]
+        tenant_key: String,
+        /// Cluster number (the nodes' [[cluster]] order).
+        #[arg(long)]
+        cluster: u32,
+        /// Image file name in --images.
+        #[arg(long)]
+        image: String,
+        /// Initrd file name in --images.
+        #[arg(long)]
+        initrd: Option<String>,
+        /// Kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Guest memory in MiB.
+        #[arg(long)]
+        memory: u32,
+        /// vCPUs.
+        #[arg(long, default_value = "1")]
+        vcpus: u8,
+        /// Disk in MiB (0: none).
+        #[arg(long, default_value = "0")]
+        disk: u32,
+        /// NIC address in its cluster.
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// NIC MAC (default: derived from the name, locally administered).
+        #[arg(long)]
+        mac: Option<String>,
+        /// Keep a replica of its disk on a partner node; heal from it.
+        #[arg(long)]
+        protected: bool,
+        /// Put it on this node (default: where placement chooses).
+        #[arg(long, value_name = "NODE")]
+        on: Option<String>,
+    },
+}
+
+/// Either store, so one controller type serves both.
+enum AnyStore {
+    File(FileStore),
+    Etcd(EtcdStore),
+}
+
+impl Store for AnyStore {
+    fn load(&self) -> Result<(FacilityState, Rev), StoreError> {
+        match self {
+            AnyStore::File(s) => s.load(),
+            AnyStore::Etcd(s) => s.load(),
+        }
+    }
+
+    fn save(&self, st: &FacilityState, expect: Rev) -> Result<Rev, StoreError> {
+        match self {
+            AnyStore::File(s) => s.save(st, expect),
+            AnyStore::Etcd(s) => s.save(st, expect),
+        }
+    }
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        bail!("mac: six hex bytes separated by ':' (e.g. 02:00:00:00:00:01)");
+    }
+    for (m, p) in mac.iter_mut().zip(&parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| anyhow!("mac: {p:?} is not a hex byte"))?;
+    }
+    if mac[0] & 1 != 0 {
+        bail!("mac: must be unicast (lowest bit of the first byte clear)");
+    }
+    Ok(mac)
+}
+
+/// A locally administered MAC derived from the VM name (stable across
+/// controllers, so a re-run of the same create names the same MAC).
+fn mac_of(name: &str) -> [u8; 6] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(name.as_bytes());
+    let mut mac = [0x02, 0x4d, 0, 0, 0, 0];
+    for (m, b) in mac.iter_mut().skip(2).zip(d.iter()) {
+        *m = *b;
+    }
+    mac
+}
+
+/// Writes `MAC,IP,NAME` into dnsmasq's hosts file (replacing lines with the
+/// same MAC, IP or name), atomically, and SIGHUPs dnsmasq.
+fn reserve(hosts: &Path, pid: Option<&Path>, name: &str, mac: &str, ip: std::net::Ipv4Addr) -> Result<()> {
+    let mac = mac.to_lowercase();
+    parse_mac(&mac)?;
+    if !vmm_config::text::valid_name(name) {
+        bail!("name: {}", vmm_config::text::NAME_RULE);
+    }
+    let ip_s = ip.to_string();
+    let old = std::fs::read_to_string(hosts).unwrap_or_default();
+    let mut lines: Vec<String> = old
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            !(f.first() == Some(&mac.as_str()) || f.get(1) == Some(&ip_s.as_str()) || f.get(2) == Some(&name))
+        })
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("{mac},{ip_s},{name}"));
+    let tmp = hosts.with_extension("tmp");
+    std::fs::write(&tmp, lines.join("\n") + "\n").with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, hosts).with_context(|| format!("replacing {}", hosts.display()))?;
+    if let Some(pid) = pid {
+        let text = std::fs::read_to_string(pid).with_context(|| format!("reading {}", pid.display()))?;
+        let pid: i32 = text.trim().parse().with_context(|| format!("{}: not a pid", pid.display()))?;
+        // SAFETY: kill(2) with a pid read from dnsmasq's own pid file and
+        // SIGHUP, which dnsmasq handles by re-reading its hosts files.
+        if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+            bail!("cannot signal dnsmasq (pid {pid}): {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `bmctl facility`.
+pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> Result<()> {
+    if let FacilityCmd::Reserve { name, mac, ip, hosts, dnsmasq_pid } = &a.cmd {
+        reserve(hosts, dnsmasq_pid.as_deref(), name, mac, *ip)?;
+        println!("reserved {ip} for {name} ({mac})");
+        return Ok(());
+    }
+    let health = HealthConfig {
+        interval: Duration::from_millis(a.interval_ms),
+        misses: a.misses,
+        probe_timeout: Duration::from_millis(a.probe_timeout_ms),
+        fence_after: Duration::from_millis(u64::from(a.fence_after_ms)),
+        margin: Duration::from_millis(a.margin_ms),
+    };
+    let ccfg = ControllerConfig { health, ..ControllerConfig::default() };
+    let secret = cfg.load_key(&a.key)?.secret;
+    let _ = timeout;
+    let call_timeout = Duration::from_millis(a.call_timeout_ms.max(100));
+    let driver = ConsoleDriver::new(secret.clone(), call_timeout, a.images.clone(), a.fence_after_ms);
+    let etcd = (!a.etcd.is_empty()).then(|| EtcdClient::new(&a.etcd, timeout));
+    let store = match (&a.store, &etcd) {
+        (Some(path), None) => AnyStore::File(FileStore::new(path)),
+        (None, Some(client)) => AnyStore::Etcd(EtcdStore::new(client.clone(), a.etcd_key.clone())),
+        _ => bail!("name the facility's state: --store FILE or --etcd URL,..."),
+    };
+    // Its own sessions: renewals never queue behind the controller's calls.
+    let keeper = ConsoleDriver::new(secret, call_timeout, a.images.clone(), a.fence_after_ms);
+    let mut c = Controller::new(driver, store, ccfg).map_err(|e| anyhow!("{e}"))?;
+    match a.cmd {
+        FacilityCmd::Reserve { .. } => Ok(()),
+        FacilityCmd::Node(NodeCmd::Add { name, addr, node_key, vcpus, memory, disk }) => {
+            let capacity = match (vcpus, memory, disk) {
+                (None, None, None) => None,
+                (Some(v), Some(m), Some(d)) => Some(Capacity { vcpus: v, memory_mib: m, disk_mib: d }),
+                _ => bail!("capacity: give all of --vcpus, --memory and --disk, or none"),
+            };
+            let addr = NodeAddr { name: name.clone(), addr, node_key: node_key.trim().to_lowercase() };
+            c.add_node(addr, capacity).map_err(|e| anyhow!("{e}"))?;
+            print_events(&c, 0, json_out);
+            Ok(())
+        }
+        FacilityCmd::Node(NodeCmd::Drain { name }) => {
+            let n = c.drain_node(&name).map_err(|e| anyhow!("{e}"))?;
+            println!("draining {name}: {n} VM(s) to move (the controller moves them)");
+            Ok(())
+        }
+        FacilityCmd::Node(NodeCmd::Remove { name }) => {
+            c.remove_node(&name).map_err(|e| anyhow!("{e}"))?;
+            println!("node {name} removed");
+            Ok(())
+        }
+        FacilityCmd::Vm(FacilityVmCmd::Create {
+            name,
+            tenant,
+            tenant_key,
+            cluster,
+            image,
+            initrd,
+            cmdline,
+            memory,
+            vcpus,
+            disk,
+            ip,
+            mac,
+            protected,
+            on,
+        }) => {
+            if mgmt_proto::PublicKey::from_hex(tenant_key.trim()).is_none() {
+                bail!("tenant-key: 64 hex digits (the tenant's `bmctl keygen` output)");
+            }
+            let mac = match mac {
+                Some(m) => parse_mac(&m)?,
+                None => mac_of(&name),
+            };
+            let spec = VmPlacementSpec {
+                name: name.clone(),
+                tenant,
+                tenant_console_key: tenant_key.trim().to_lowercase(),
+                cluster,
+                res: Resources { vcpus, memory_mib: memory, disk_mib: disk },
+                image,
+                initrd,
+                cmdline,
+                ip: ip.map(|i| i.octets()),
+                mac,
+                protected,
+            };
+            let node = c.create_vm_on(spec, on.as_deref()).map_err(|e| anyhow!("{e}"))?;
+            // Run the creation now, so the command returns with the VM up.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let (_, failed) = c.run_intents(Instant::now()).map_err(|e| anyhow!("{e}"))?;
+                if !c.state().intents.iter().any(|i| i.vm == name) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("VM {name} placed on {node} but not yet running ({failed} step(s) failed); `bmctl facility serve` finishes it");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            print_events(&c, 0, json_out);
+            if json_out {
+                println!("{}", json!({"vm": name, "node": node}));
+            } else {
+                println!("vm {name} running on {node}");
+            }
+            Ok(())
+        }
+        FacilityCmd::Status => {
+            let st = c.state();
+            if json_out {
+                println!("{}", serde_json::to_string_pretty(st)?);
+                return Ok(());
+            }
+            for (n, r) in &st.nodes {
+                println!("node {n} {} {:?} capacity {:?}", r.addr.addr, r.state, r.capacity);
+            }
+            for (n, v) in &st.vms {
+                println!(
+                    "vm {n} on {} partner {} instance {} epoch {} {:?}",
+                    v.node,
+                    v.partner.as_deref().unwrap_or("-"),
+                    v.instance,
+                    v.epoch,
+                    v.state
+                );
+            }
+            for i in &st.intents {
+                println!(
+                    "intent #{} {:?} {} -> {} epoch {} step {}/{}",
+                    i.id,
+                    i.kind,
+                    i.vm,
+                    i.to,
+                    i.epoch,
+                    i.done,
+                    i.steps.len()
+                );
+            }
+            Ok(())
+        }
+        FacilityCmd::Serve { run_for, id, leader_ttl } => {
+            let mut election =
+                etcd.map(|client| Election::new(client, format!("{}/leader", a.etcd_key), id, leader_ttl));
+            let period =
+                Duration::from_millis(a.interval_ms).min(Duration::from_millis(u64::from(a.fence_after_ms) / 3));
+            serve(&mut c, election.as_mut(), keeper, period, Duration::from_millis(a.interval_ms), run_for, json_out)
+        }
+    }
+}
+
+fn print_events<D: facility::driver::NodeDriver, S: Store>(c: &Controller<D, S>, from: usize, json_out: bool) -> usize {
+    let events = c.events();
+    let mut out = std::io::stdout().lock();
+    for e in events.iter().skip(from) {
+        if json_out {
+            let _ = writeln!(out, "{}", json!({"at_ms": e.at.as_millis() as u64, "event": e.text}));
+        } else {
+            let _ = writeln!(out, "{e}");
+        }
+    }
+    let _ = out.flush();
+    events.len()
+}
+
+/// The controller loop: a tick per interval (as leader, with etcd), events
+/// printed as they happen, replication lag every 5 s.
+fn serve<S: Store>(
+    c: &mut Controller<ConsoleDriver, S>,
+    mut election: Option<&mut Election>,
+    keeper: ConsoleDriver,
+    lease_period: Duration,
+    interval: Duration,
+    run_for: Option<u64>,
+    json_out: bool,
+) -> Result<()> {
+    crate::watch::handle_stop_signals();
+    let leased: std::sync::Arc<std::sync::Mutex<Vec<NodeAddr>>> = Default::default();
+    let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keepers = lease_keepers(keeper, leased.clone(), stopping.clone(), lease_period);
+    let start = Instant::now();
+    let mut printed = print_events(c, 0, json_out);
+    let mut last_lag = Instant::now();
+    while !crate::watch::stop_signalled() {
+        if run_for.is_some_and(|s| start.elapsed() >= Duration::from_secs(s)) {
+            break;
+        }
+        let t0 = Instant::now();
+        // An operator's command may have written the store meanwhile.
+        let leading = election.as_deref().is_none_or(Election::is_leader);
+        if leading {
+            if let Err(e) = c.refresh() {
+                eprintln!("facility: reading the store failed: {e}");
+            }
+        }
+        // Leases are renewed only by the leader, for the nodes it keeps.
+        let live: Vec<NodeAddr> = if leading {
+            c.state()
+                .nodes
+                .values()
+                .filter(|r| {
+                    matches!(r.state, facility::model::NodeState::Active | facility::model::NodeState::Draining)
+                })
+                .map(|r| r.addr.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        *leased.lock().unwrap_or_else(|p| p.into_inner()) = live;
+        let r = match election.as_deref_mut() {
+            Some(e) => c.tick_as_leader(e, t0).map(|s| s.is_some()),
+            None => c.tick(t0).map(|_| true),
+        };
+        if let Err(e) = r {
+            eprintln!("facility: round failed: {e}");
+        }
+        printed = print_events(c, printed, json_out);
+        if last_lag.elapsed() >= Duration::from_secs(5) {
+            last_lag = Instant::now();
+            for (vm, lag) in c.lag() {
+                let age = lag.age(Instant::now()).as_millis();
+                let line = format!("replication lag {vm}: {} block(s) pending, oldest {age}ms", lag.blocks_pending);
+                if json_out {
+                    println!("{}", json!({"lag": vm, "blocks_pending": lag.blocks_pending, "age_ms": age as u64}));
+                } else {
+                    println!("{line}");
+                }
+            }
+        }
+        let spent = t0.elapsed();
+        if spent < interval {
+            std::thread::sleep(interval - spent);
+        }
+    }
+    stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = keepers.join();
+    if let Some(e) = election {
+        let _ = e.resign();
+    }
+    Ok(())
+}
+
+/// Renews the fencing lease of every node in `nodes` each `period`, one
+/// thread per node, apart from the controller's rounds: a long round
+/// (a big replica copy) must not make healthy nodes stop their protected
+/// VMs. A node that cannot be reached misses its renewals, as it should.
+fn lease_keepers(
+    driver: ConsoleDriver,
+    nodes: std::sync::Arc<std::sync::Mutex<Vec<NodeAddr>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    period: Duration,
+) -> std::thread::JoinHandle<()> {
+    use facility::driver::NodeDriver;
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let mut running: std::collections::HashMap<String, std::thread::JoinHandle<()>> = Default::default();
+        while !stop.load(Ordering::Relaxed) && !crate::watch::stop_signalled() {
+            let want = nodes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            running.retain(|_, h| !h.is_finished());
+            for addr in want {
+                if running.contains_key(&addr.name) {
+                    continue;
+                }
+                let (d, nodes, stop) = (driver.clone(), nodes.clone(), stop.clone());
+                let name = addr.name.clone();
+                let h = std::thread::spawn(move || loop {
+                    let still = nodes.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|n| n == &addr);
+                    if !still || stop.load(Ordering::Relaxed) || crate::watch::stop_signalled() {
+                        return;
+                    }
+                    let t0 = Instant::now();
+                    let _ = d.status(&addr);
+                    std::thread::sleep(period.saturating_sub(t0.elapsed()));
+                });
+                running.insert(name, h);
+            }
+            std::thread::sleep(period / 2);
+        }
+        for (_, h) in running {
+            let _ = h.join();
+        }
+    })
+}

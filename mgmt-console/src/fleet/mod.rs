@@ -1,0 +1,5 @@
+//! The facility controller in bmctl: the node driver over the console
+//! channel and the `bmctl facility` commands (docs/fleet.md).
+
+pub mod cmd;
+pub mod driver;
