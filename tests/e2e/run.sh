@@ -1248,6 +1248,7 @@ check_agent_bochs() {
 }
 
 source "$ROOT/tests/e2e/monitor.sh"
+source "$ROOT/tests/e2e/fleet.sh"
 
 # --- scenarios: NAME ENGINE CONFIG CHECK -----------------------------------
 scenarios=()
@@ -1285,6 +1286,10 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("uplink-boundary-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-boundary.toml check_uplink_boundary")
     scenarios+=("uplink-dhcp-qemu qemu-tcg-net $ROOT/tests/e2e/uplink.toml check_uplink")
     scenarios+=("uplink-static-qemu qemu-tcg-net $ROOT/tests/e2e/uplink-static.toml check_uplink")
+    # Three nodes each: run one at a time after the rest (fleet.sh).
+    scenarios+=("fleet-heal-qemu qemu-tcg NONE check_fleet")
+    scenarios+=("fleet-partition-qemu qemu-tcg NONE check_fleet")
+    scenarios+=("fleet-etcd-qemu qemu-tcg NONE check_fleet")
 fi
 
 run_scenario() {
@@ -1325,11 +1330,20 @@ run_scenario() {
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* ]]; then
+    if [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* || $name == fleet-* ]]; then
         log=$dir/serial.log result=$dir/result
         : >"$log"
         : >"$result"
         case $name in
+        fleet-*) if [[ $(id -u) != 0 ]]; then
+            fail "needs root (network namespace, bridge and taps for the test facility)"
+        else
+            case $name in
+            fleet-heal-*) run_fleet_heal ;;
+            fleet-partition-*) run_fleet_partition ;;
+            fleet-etcd-*) run_fleet_etcd ;;
+            esac
+        fi ;;
         disk-qemu) run_disk ;;
         linux-qemu) run_linux ;;
         disk-tpm-qemu) run_disk_tpm ;;
@@ -1348,7 +1362,7 @@ run_scenario() {
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* ]] || : >"$result"
+    [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* || $name == fleet-* ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi
@@ -1361,11 +1375,19 @@ pids=()
 for s in "${scenarios[@]}"; do
     read -r name engine config check <<<"$s"
     [[ -n $only && $name != *"$only"* ]] && continue
+    [[ $name == fleet-* ]] && continue
     # At most two emulators at once: each uses one core.
     while (($(jobs -rp | wc -l) >= 2)); do wait -n; done
     run_scenario "$name" "$engine" "$config" "$check" &
 done
 wait
+# The fleet scenarios boot three nodes each: alone, one after the other.
+for s in "${scenarios[@]}"; do
+    read -r name engine config check <<<"$s"
+    [[ -n $only && $name != *"$only"* ]] && continue
+    [[ $name == fleet-* ]] || continue
+    run_scenario "$name" "$engine" "$config" "$check"
+done
 
 passed=0 failed=0
 for s in "${scenarios[@]}"; do

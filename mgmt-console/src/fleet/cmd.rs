@@ -292,7 +292,8 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
     let secret = cfg.load_key(&a.key)?.secret;
     let _ = timeout;
     let call_timeout = Duration::from_millis(a.call_timeout_ms.max(100));
-    let driver = ConsoleDriver::new(secret.clone(), call_timeout, a.images.clone(), a.fence_after_ms);
+    let connect_timeout = Duration::from_millis(a.interval_ms.max(100));
+    let driver = ConsoleDriver::new(secret.clone(), call_timeout, connect_timeout, a.images.clone(), a.fence_after_ms);
     let etcd = (!a.etcd.is_empty()).then(|| EtcdClient::new(&a.etcd, timeout));
     let store = match (&a.store, &etcd) {
         (Some(path), None) => AnyStore::File(FileStore::new(path)),
@@ -300,7 +301,7 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
         _ => bail!("name the facility's state: --store FILE or --etcd URL,..."),
     };
     // Its own sessions: renewals never queue behind the controller's calls.
-    let keeper = ConsoleDriver::new(secret, call_timeout, a.images.clone(), a.fence_after_ms);
+    let keeper = ConsoleDriver::new(secret, call_timeout, connect_timeout, a.images.clone(), a.fence_after_ms);
     let mut c = Controller::new(driver, store, ccfg).map_err(|e| anyhow!("{e}"))?;
     match a.cmd {
         FacilityCmd::Reserve { .. } => Ok(()),
@@ -311,17 +312,17 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
                 _ => bail!("capacity: give all of --vcpus, --memory and --disk, or none"),
             };
             let addr = NodeAddr { name: name.clone(), addr, node_key: node_key.trim().to_lowercase() };
-            c.add_node(addr, capacity).map_err(|e| anyhow!("{e}"))?;
+            retry_conflicts(&mut c, |c| c.add_node(addr.clone(), capacity))?;
             print_events(&c, 0, json_out);
             Ok(())
         }
         FacilityCmd::Node(NodeCmd::Drain { name }) => {
-            let n = c.drain_node(&name).map_err(|e| anyhow!("{e}"))?;
+            let n = retry_conflicts(&mut c, |c| c.drain_node(&name))?;
             println!("draining {name}: {n} VM(s) to move (the controller moves them)");
             Ok(())
         }
         FacilityCmd::Node(NodeCmd::Remove { name }) => {
-            c.remove_node(&name).map_err(|e| anyhow!("{e}"))?;
+            retry_conflicts(&mut c, |c| c.remove_node(&name))?;
             println!("node {name} removed");
             Ok(())
         }
@@ -361,11 +362,22 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
                 mac,
                 protected,
             };
-            let node = c.create_vm_on(spec, on.as_deref()).map_err(|e| anyhow!("{e}"))?;
+            // A conflict after our save (while the creation ran) leaves the
+            // VM recorded: then it is ours, not a second one.
+            let mut attempted = false;
+            let node = retry_conflicts(&mut c, |c| {
+                if attempted {
+                    if let Some(v) = c.state().vms.get(&name) {
+                        return Ok(v.node.clone());
+                    }
+                }
+                attempted = true;
+                c.create_vm_on(spec.clone(), on.as_deref())
+            })?;
             // Run the creation now, so the command returns with the VM up.
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
-                let (_, failed) = c.run_intents(Instant::now()).map_err(|e| anyhow!("{e}"))?;
+                let (_, failed) = retry_conflicts(&mut c, |c| c.run_intents(Instant::now()))?;
                 if !c.state().intents.iter().any(|i| i.vm == name) {
                     break;
                 }
@@ -423,6 +435,25 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
             serve(&mut c, election.as_mut(), keeper, period, Duration::from_millis(a.interval_ms), run_for, json_out)
         }
     }
+}
+
+/// Runs an operation on the facility, again from a fresh read when another
+/// controller wrote the store in between (the running `serve` saves as it
+/// works): an operator's command is never lost to a race, never applied twice.
+fn retry_conflicts<D: facility::driver::NodeDriver, S: Store, T>(
+    c: &mut Controller<D, S>,
+    mut op: impl FnMut(&mut Controller<D, S>) -> Result<T, facility::engine::ControlError>,
+) -> Result<T> {
+    for _ in 0..20 {
+        match op(c) {
+            Err(facility::engine::ControlError::Store(StoreError::Conflict { .. })) => {
+                c.reload().map_err(|e| anyhow!("{e}"))?;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r.map_err(|e| anyhow!("{e}")),
+        }
+    }
+    bail!("the facility's store kept changing under this command (20 conflicts); retry")
 }
 
 fn print_events<D: facility::driver::NodeDriver, S: Store>(c: &Controller<D, S>, from: usize, json_out: bool) -> usize {

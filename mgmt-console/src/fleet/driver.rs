@@ -14,7 +14,7 @@ use indicatif::ProgressBar;
 use mgmt_proto::fleet::{FleetSpec, ReplicaBlock, MAX_REPLICA_BLOCKS};
 use mgmt_proto::*;
 
-use crate::client::{tcp, Client, ClientError, Link};
+use crate::client::{Client, ClientError, Link};
 use crate::upload::{upload_image, UploadOptions};
 
 /// The landlord's console driving a fleet. Clones share sessions, so the
@@ -23,6 +23,10 @@ use crate::upload::{upload_image, UploadOptions};
 pub struct ConsoleDriver {
     secret: SecretKey,
     timeout: Duration,
+    /// Bound on opening a connection: a node on the facility's segment
+    /// answers in milliseconds, and a dead one must not hold a heartbeat
+    /// round longer than its period.
+    connect_timeout: Duration,
     /// Where image files named by VMs are (`DIR/NAME`).
     images: PathBuf,
     /// The fencing lease each heartbeat grants.
@@ -51,10 +55,17 @@ fn unexpected(node: &str, what: &str, r: &Response) -> DriverError {
 
 impl ConsoleDriver {
     /// A driver acting with the landlord console key `secret`.
-    pub fn new(secret: SecretKey, timeout: Duration, images: PathBuf, fence_after_ms: u32) -> ConsoleDriver {
+    pub fn new(
+        secret: SecretKey,
+        timeout: Duration,
+        connect_timeout: Duration,
+        images: PathBuf,
+        fence_after_ms: u32,
+    ) -> ConsoleDriver {
         ConsoleDriver {
             secret,
             timeout,
+            connect_timeout: connect_timeout.min(timeout),
             images,
             fence_after_ms,
             sessions: Arc::new(Mutex::new(HashMap::new())),
@@ -71,7 +82,16 @@ impl ConsoleDriver {
         let key = PublicKey::from_hex(&n.node_key)
             .ok_or_else(|| ClientError::Local(format!("node {}: node key is not 64 hex digits", n.name)))?;
         let link = Link { node: n.addr.to_string(), timeout: self.timeout };
-        let stream = tcp(&n.addr.to_string(), &link)?;
+        let stream = std::net::TcpStream::connect_timeout(&n.addr, self.connect_timeout).map_err(|e| {
+            if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) {
+                ClientError::Timeout { node: link.node.clone(), timeout: self.connect_timeout }
+            } else {
+                ClientError::Connect { node: link.node.clone(), reason: e.to_string() }
+            }
+        })?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        stream.set_nodelay(true).ok();
         Client::handshake_tcp(stream, link, Role::Landlord, &self.secret, &key)
     }
 
