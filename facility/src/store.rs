@@ -146,7 +146,10 @@ impl Store for FileStore {
         if found != expect {
             return Err(StoreError::Conflict { expected: expect, found });
         }
-        let rev = Rev(found.0.saturating_add(1));
+        // A revision that cannot grow would make every save look fresh.
+        let rev = Rev(found.0.checked_add(1).ok_or_else(|| {
+            StoreError::Corrupt(format!("{}: revision {} cannot be raised", self.path.display(), found.0))
+        })?);
         let text = encode(st, rev)?;
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");

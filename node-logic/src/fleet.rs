@@ -249,6 +249,12 @@ impl NodeState {
             if !f.replica {
                 return Err(conflict(String::from("vm: this instance runs here as the primary, not a replica")));
             }
+            if fleet.epoch < f.fence {
+                return Err(conflict(format!(
+                    "fenced: epoch {} is below this replica's fence {} (a deposed primary cannot re-pair)",
+                    fleet.epoch, f.fence
+                )));
+            }
             // Same instance again (a new pairing): the volume follows the
             // secret given now.
             node.replica_open(vm, spec, &secret)?;

@@ -11,6 +11,9 @@ use alloc::vec;
 use alloc::vec::Vec;
 use nodedisk::{LeaseId, VolumeSecret, BLOCK_SIZE};
 
+/// A replica region block: its index and its ciphertext.
+pub type CipherBlock = (u64, Vec<u8>);
+
 /// Sectors (512 bytes) of `mib` MiB.
 fn sectors(mib: u32) -> u64 {
     u64::from(mib) * 2048
@@ -63,7 +66,7 @@ impl Storage {
     /// Up to `max` changed blocks of a protected volume (index, ciphertext),
     /// data before records, and how many stay pending. `resync` marks the
     /// whole volume pending first. A read failure puts the batch back.
-    pub fn replica_pull(&mut self, name: &str, max: usize, resync: bool) -> Result<(Vec<(u64, Vec<u8>)>, u64), String> {
+    pub fn replica_pull(&mut self, name: &str, max: usize, resync: bool) -> Result<(Vec<CipherBlock>, u64), String> {
         let mut disk = self.disk.lock();
         let err = |e: nodedisk::DiskError| format!("volume {name}: {e}");
         if !disk.is_tracking_dirty(name) {

@@ -103,6 +103,11 @@ pub enum FacilityCmd {
         /// Leader lease TTL in seconds (etcd).
         #[arg(long, default_value = "3")]
         leader_ttl: u64,
+        /// Fault injection for tests: exit at once (as a crash: no
+        /// resignation, state as saved) after this many steps of healing
+        /// or moving work.
+        #[arg(long, value_name = "N", hide = true)]
+        crash_after_steps: Option<u64>,
     },
 }
 
@@ -427,12 +432,20 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
             }
             Ok(())
         }
-        FacilityCmd::Serve { run_for, id, leader_ttl } => {
-            let mut election =
-                etcd.map(|client| Election::new(client, format!("{}/leader", a.etcd_key), id, leader_ttl));
+        FacilityCmd::Serve { run_for, id, leader_ttl, crash_after_steps } => {
+            c.set_step_limit(crash_after_steps);
+            let election = etcd.map(|client| {
+                std::sync::Arc::new(std::sync::Mutex::new(Election::new(
+                    client,
+                    format!("{}/leader", a.etcd_key),
+                    id,
+                    leader_ttl,
+                )))
+            });
             let period =
                 Duration::from_millis(a.interval_ms).min(Duration::from_millis(u64::from(a.fence_after_ms) / 3));
-            serve(&mut c, election.as_mut(), keeper, period, Duration::from_millis(a.interval_ms), run_for, json_out)
+            let ttl = Duration::from_secs(leader_ttl.max(1));
+            serve(&mut c, election, ttl, keeper, period, Duration::from_millis(a.interval_ms), run_for, json_out)
         }
     }
 }
@@ -472,9 +485,11 @@ fn print_events<D: facility::driver::NodeDriver, S: Store>(c: &Controller<D, S>,
 
 /// The controller loop: a tick per interval (as leader, with etcd), events
 /// printed as they happen, replication lag every 5 s.
+#[allow(clippy::too_many_arguments)]
 fn serve<S: Store>(
     c: &mut Controller<ConsoleDriver, S>,
-    mut election: Option<&mut Election>,
+    election: Option<std::sync::Arc<std::sync::Mutex<Election>>>,
+    leader_ttl: Duration,
     keeper: ConsoleDriver,
     lease_period: Duration,
     interval: Duration,
@@ -485,6 +500,23 @@ fn serve<S: Store>(
     let leased: std::sync::Arc<std::sync::Mutex<Vec<NodeAddr>>> = Default::default();
     let stopping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let keepers = lease_keepers(keeper, leased.clone(), stopping.clone(), lease_period);
+    // The leader's lease is kept alive apart from the rounds too: a long
+    // round must not hand the facility to another controller.
+    let elector = election.clone().map(|e| {
+        let stop = stopping.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && !crate::watch::stop_signalled() {
+                {
+                    let mut g = e.lock().unwrap_or_else(|p| p.into_inner());
+                    if g.is_leader() {
+                        g.keepalive();
+                    }
+                }
+                std::thread::sleep(leader_ttl / 4);
+            }
+        })
+    });
+    let mut was_leader = false;
     let start = Instant::now();
     let mut printed = print_events(c, 0, json_out);
     let mut last_lag = Instant::now();
@@ -493,8 +525,39 @@ fn serve<S: Store>(
             break;
         }
         let t0 = Instant::now();
+        // Leadership: campaign when not leading; a new leader reloads the
+        // state and so finishes what its predecessor left.
+        let leading = match &election {
+            None => true,
+            Some(e) => {
+                let mut g = lock_election(e);
+                if g.is_leader() {
+                    true
+                } else {
+                    match g.campaign() {
+                        Ok(true) => {
+                            drop(g);
+                            if let Err(err) = c.reload() {
+                                eprintln!("facility: reading the store failed: {err}");
+                            }
+                            let n = c.state().intents.len();
+                            println!("facility: became leader: {n} unfinished intents");
+                            true
+                        }
+                        Ok(false) => false,
+                        Err(err) => {
+                            eprintln!("facility: campaign failed: {err}");
+                            false
+                        }
+                    }
+                }
+            }
+        };
+        if was_leader && !leading {
+            println!("facility: lost the leader lease: stepped down");
+        }
+        was_leader = leading;
         // An operator's command may have written the store meanwhile.
-        let leading = election.as_deref().is_none_or(Election::is_leader);
         if leading {
             if let Err(e) = c.refresh() {
                 eprintln!("facility: reading the store failed: {e}");
@@ -514,12 +577,16 @@ fn serve<S: Store>(
             Vec::new()
         };
         *leased.lock().unwrap_or_else(|p| p.into_inner()) = live;
-        let r = match election.as_deref_mut() {
-            Some(e) => c.tick_as_leader(e, t0).map(|s| s.is_some()),
-            None => c.tick(t0).map(|_| true),
-        };
-        if let Err(e) = r {
-            eprintln!("facility: round failed: {e}");
+        if leading {
+            match c.tick(t0) {
+                Ok(_) => {}
+                Err(facility::engine::ControlError::Halted) => {
+                    print_events(c, printed, json_out);
+                    println!("facility: crashing on purpose (--crash-after-steps)");
+                    std::process::exit(3);
+                }
+                Err(e) => eprintln!("facility: round failed: {e}"),
+            }
         }
         printed = print_events(c, printed, json_out);
         if last_lag.elapsed() >= Duration::from_secs(5) {
@@ -541,10 +608,17 @@ fn serve<S: Store>(
     }
     stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = keepers.join();
-    if let Some(e) = election {
-        let _ = e.resign();
+    if let Some(h) = elector {
+        let _ = h.join();
+    }
+    if let Some(e) = &election {
+        let _ = lock_election(e).resign();
     }
     Ok(())
+}
+
+fn lock_election(e: &std::sync::Mutex<Election>) -> std::sync::MutexGuard<'_, Election> {
+    e.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Renews the fencing lease of every node in `nodes` each `period`, one

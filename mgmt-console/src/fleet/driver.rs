@@ -31,10 +31,13 @@ pub struct ConsoleDriver {
     images: PathBuf,
     /// The fencing lease each heartbeat grants.
     fence_after_ms: u32,
-    sessions: Arc<Mutex<HashMap<String, Arc<Mutex<Option<Client>>>>>>,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
     /// (node, VM) whose next pull must resync the whole volume.
     resync: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
+
+/// One node's console session, opened on first use, dropped when broken.
+type Session = Arc<Mutex<Option<Client>>>;
 
 /// Most requests in flight on one session (replica copies).
 const PIPELINE: usize = 4;
@@ -73,7 +76,7 @@ impl ConsoleDriver {
         }
     }
 
-    fn slot(&self, n: &NodeAddr) -> Arc<Mutex<Option<Client>>> {
+    fn slot(&self, n: &NodeAddr) -> Session {
         let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         s.entry(n.name.clone()).or_default().clone()
     }

@@ -279,3 +279,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_deposed_primary_cannot_re_pair_a_replica() {
+    let (mut a, mut b, va, vb) = paired();
+    // The replica has seen epoch 3 (a newer primary pushed).
+    b.req(Request::ReplicaPush { vm: vb, epoch: 3, blocks: Vec::new() }).unwrap();
+    let Ok(Response::SealedSecret(sealed)) = a.req(Request::ReplicaKey { vm: va, partner: b.state.landlord_key })
+    else {
+        panic!()
+    };
+    let spec = b.spec("web");
+    let from = a.state.landlord_key;
+    let r = b.req(Request::ReplicaCreate { spec, fleet: fleet(1), from, sealed });
+    assert_eq!(r.unwrap_err().code, ErrorCode::Conflict);
+    assert_eq!(b.state.fleet.vms[&vb].fence, 3);
+}
