@@ -212,6 +212,7 @@ pub fn open_volume_secret(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::crypto::KeyPair;
