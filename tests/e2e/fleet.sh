@@ -166,6 +166,13 @@ heal_checks() {
     log=$dir/n$healed.serial
     want "^\[db\] diskprobe fleet: intact 256 sectors seed=7 sum=$db_sum$"
     refuse "^\[db\] FAIL"
+    # Bounded lag: the replica held one of the last passes n1 wrote (a pass
+    # every ~0.3 s; 10 passes is 3 s, three replication rounds).
+    local at_kill found
+    at_kill=$(grep "^\[db\] diskprobe stream pass" "$dir/n1.serial" | tail -1 | awk '{print $5}')
+    found=$(sed -n 's/^\[db\] diskprobe fleet: stream region at pass \([0-9]*\) .*/\1/p' "$log" | tail -1)
+    [[ -n $at_kill && -n $found ]] && ((at_kill - found <= 10)) ||
+        fail "replication lag: n1 wrote pass ${at_kill:-?} last, the replica held pass ${found:-?} (more than 10 behind)"
     [[ -n $web_at && $web_at != 1 ]] || fail "web was not healed on n2 or n3"
     [[ -n $mac_before && $mac_before == "$mac_after" ]] || fail "web's MAC changed across healing: ${mac_before:-none} -> ${mac_after:-none}"
     local other=2
