@@ -132,6 +132,24 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     if [[ -s $f ]]; then sed 's/^/agent: /' "$f"; else echo "agent: no figures (see $dir.log)"; fi
 fi
 
+if [[ " $engines " == *" qemu-tcg "* && $(id -u) == 0 ]]; then
+    # A facility (fleet-heal and fleet-partition, 3 QEMU nodes in a network
+    # namespace; root): a node's death to its VMs running elsewhere against
+    # the detection bound, the filter blast, replication lag and the first
+    # copy's rate, and a partitioned node fencing itself.
+    say "facility benchmark (fleet-heal and fleet-partition scenarios, about 3 minutes)"
+    dir=$OUT/bench-fleet
+    rm -rf "$dir"
+    if ! BM_OUT=$dir tests/e2e/run.sh --engines qemu-tcg --only "fleet-heal fleet-partition" >"$dir.log" 2>&1; then
+        echo "fleet: a fleet scenario failed (see $dir.log):"
+        grep -A20 '^FAIL' "$dir.log" | sed 's/^/  /'
+    fi
+    for s in fleet-heal-qemu fleet-partition-qemu; do
+        f=$dir/e2e/$s/figures.txt
+        if [[ -s $f ]]; then cat "$f"; else echo "$s: no figures (see $dir.log)"; fi
+    done
+fi
+
 if [[ " $engines " == *" qemu-tcg "* ]]; then
     # Linux (QEMU TCG, AMD-V backend): the stock Debian kernel and busybox
     # initramfs of scripts/linux-guest.sh. Boot time from VM start to the

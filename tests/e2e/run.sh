@@ -4,7 +4,7 @@
 # Each boot is bounded by a timeout and every failed check names the
 # expected line and the log to read. Two emulators run at a time.
 #
-# usage: tests/e2e/run.sh [--engines "bochs qemu-tcg"] [--only NAME]
+# usage: tests/e2e/run.sh [--engines "bochs qemu-tcg"] [--only "NAME..."]  (scenarios whose name contains a word)
 set -uo pipefail
 source "$(cd "$(dirname "$0")/../.." && pwd)/scripts/lib.sh"
 
@@ -1371,10 +1371,18 @@ run_scenario() {
     echo "$((SECONDS - start))" >"$dir/seconds"
 }
 
+# selected NAME: --only is empty, or one of its words is part of NAME.
+selected() {
+    [[ -z $only ]] && return 0
+    local w
+    for w in $only; do [[ $1 == *"$w"* ]] && return 0; done
+    return 1
+}
+
 pids=()
 for s in "${scenarios[@]}"; do
     read -r name engine config check <<<"$s"
-    [[ -n $only && $name != *"$only"* ]] && continue
+    selected "$name" || continue
     [[ $name == fleet-* ]] && continue
     # At most two emulators at once: each uses one core.
     while (($(jobs -rp | wc -l) >= 2)); do wait -n; done
@@ -1384,7 +1392,7 @@ wait
 # The fleet scenarios boot three nodes each: alone, one after the other.
 for s in "${scenarios[@]}"; do
     read -r name engine config check <<<"$s"
-    [[ -n $only && $name != *"$only"* ]] && continue
+    selected "$name" || continue
     [[ $name == fleet-* ]] || continue
     run_scenario "$name" "$engine" "$config" "$check"
 done
@@ -1392,7 +1400,7 @@ done
 passed=0 failed=0
 for s in "${scenarios[@]}"; do
     read -r name _ <<<"$s"
-    [[ -n $only && $name != *"$only"* ]] && continue
+    selected "$name" || continue
     dir=$E2E/$name
     if [[ ! -f $dir/seconds ]]; then
         failed=$((failed + 1))
