@@ -167,6 +167,13 @@ fuzz_target!(|data: &[u8]| {
         Node { state: restore(b_snap, 52), sim: SimNode::default(), lease: *b_lease, fences: BTreeMap::new() },
     ];
     let keys = [nodes[0].state.landlord_key, nodes[1].state.landlord_key];
+    // Each node's tenant approves the other node as its replica partner
+    // (the node seals volume secrets for approved partners only).
+    for (i, n) in nodes.iter_mut().enumerate() {
+        let partners = vec![keys[1 - i]];
+        let r = n.state.handle(Role::Tenant(n.lease), &Request::SetReplicaPartners { partners }, &mut n.sim);
+        assert_eq!(r, Ok(Response::Done), "the tenant's approval");
+    }
     let mut input = In(data);
     let mut carry = Carry::default();
     for step in 0..MAX_STEPS {

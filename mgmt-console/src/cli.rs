@@ -440,6 +440,14 @@ pub enum TenantCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Approve the nodes that may hold replicas of your protected VMs'
+    /// disks (their landlord node keys U_L; `bmctl facility lease` lists
+    /// them). Replaces the list; none: no replicas. The node seals a disk's
+    /// key only for a node named here.
+    ReplicaPartners {
+        /// Node keys (64 hex digits each), at most 16.
+        keys: Vec<String>,
+    },
     /// Register (or with --clear, remove) the key that must sign your images.
     SigningKey {
         /// Signing key name.
@@ -1387,6 +1395,15 @@ fn tenant_cmd(ctx: &Ctx, cmd: TenantCmd) -> Result<()> {
             ctx.out(json!({"signature": hex, "file": out, "sha256": to_hex(&image_digest(&data))}), || {
                 format!("signature written to {}", out.display())
             });
+        }
+        TenantCmd::ReplicaPartners { keys } => {
+            let mut partners = Vec::with_capacity(keys.len());
+            for k in &keys {
+                let key = PublicKey::from_hex(k.trim())
+                    .ok_or_else(|| UsageError(format!("{k:?}: a node key is 64 hex digits")))?;
+                partners.push(key);
+            }
+            simple(Request::SetReplicaPartners { partners }, "set replica partners")?;
         }
         TenantCmd::SigningKey { key, clear } => {
             let key = match (key, clear) {

@@ -100,7 +100,8 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
             | Request::AgentPoll { .. }
             | Request::AgentStatus { .. }
             | Request::AgentLog { .. }
-            | Request::AgentHeartbeat { .. } => Err(Denied::TenantOnly),
+            | Request::AgentHeartbeat { .. }
+            | Request::SetReplicaPartners { .. } => Err(Denied::TenantOnly),
         },
         Role::Tenant(lease) => {
             let own_vm =
@@ -140,6 +141,7 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
                 | Request::SetSubBoundary { .. }
                 | Request::RotateTenantKey
                 | Request::SetImageSigningKey { .. }
+                | Request::SetReplicaPartners { .. }
                 | Request::Subscribe { .. } => Ok(()),
                 // The state checks the cluster is the lease's and every VM a rule names is the lease's.
                 Request::SetPolicy { .. } | Request::GetPolicy { .. } => Ok(()),

@@ -28,6 +28,24 @@ pub const MAX_REPLICA_BLOCKS: u32 = 14;
 /// Most member addresses of one cluster a node takes from its controller.
 pub const MAX_CLUSTER_MEMBERS: usize = 256;
 
+/// Most replica partners a tenant approves for one lease.
+pub const MAX_REPLICA_PARTNERS: usize = 16;
+
+/// One lease as the landlord lists it ([`crate::Request::ListLeases`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    /// The lease.
+    pub lease: LeaseId,
+    /// Its cluster.
+    pub cluster: crate::msg::ClusterId,
+    /// The tenant console's key registered for it.
+    pub console: PublicKey,
+    /// U_T, the node key its tenant console authenticates.
+    pub node_key: PublicKey,
+    /// Nodes the tenant approved as replica partners.
+    pub replica_partners: Vec<PublicKey>,
+}
+
 /// Longest text a controller may leave for a tenant ([`crate::Request::NotifyTenant`]).
 pub const MAX_NOTICE: usize = 256;
 

@@ -758,9 +758,19 @@ pub enum Request {
         /// node's own VMs among them are ignored).
         members: Vec<[u8; 4]>,
     },
-    /// The node's leases (which tenant console key, which cluster), so a
-    /// facility controller finds the lease it made for a tenant.
+    /// The node's leases (which tenant console key, which cluster, the
+    /// tenant node key U_T), so a facility controller finds the lease it
+    /// made for a tenant and can tell the tenant how to reach it.
     ListLeases,
+    /// The tenant's consent: the node keys (U_L) of the nodes that may hold
+    /// replicas of this lease's protected volumes. The node seals a volume
+    /// secret only for one of them, so a landlord cannot name a key of its
+    /// own as "partner" and read the tenant's disks. At most
+    /// [`crate::fleet::MAX_REPLICA_PARTNERS`]; empty: none.
+    SetReplicaPartners {
+        /// The partner nodes' landlord node keys.
+        partners: Vec<crate::crypto::PublicKey>,
+    },
     /// Leave a notice for the VM's tenant (audited under its lease, pushed
     /// to its watch): e.g. "healed here from node-1".
     NotifyTenant {
@@ -826,6 +836,7 @@ impl Request {
             Request::NotifyTenant { .. } => "notify-tenant",
             Request::SetClusterMembers { .. } => "set-cluster-members",
             Request::ListLeases => "list-leases",
+            Request::SetReplicaPartners { .. } => "set-replica-partners",
         }
     }
 }
@@ -985,8 +996,8 @@ pub enum Response {
     Policy(Option<crate::monitor::VersionedPolicy>),
     /// The node's facility report (heartbeat answer).
     Fleet(crate::fleet::FleetReport),
-    /// The node's leases: (lease, cluster, tenant console key).
-    Leases(Vec<(LeaseId, ClusterId, crate::crypto::PublicKey)>),
+    /// The node's leases.
+    Leases(Vec<crate::fleet::LeaseInfo>),
     /// A sealed volume secret for a partner node.
     SealedSecret(Vec<u8>),
     /// Changed ciphertext blocks of a protected volume.

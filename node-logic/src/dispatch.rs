@@ -138,6 +138,7 @@ impl NodeState {
             Request::NotifyTenant { vm, text } => self.notify_tenant(vm, text),
             Request::SetClusterMembers { cluster, members } => self.set_cluster_members(cluster, members),
             Request::ListLeases => Ok(self.list_leases()),
+            Request::SetReplicaPartners { partners } => self.set_replica_partners(role, partners),
             // Answered by `handle` through the backend.
             Request::NodeStatus
             | Request::ReadCounters { .. }

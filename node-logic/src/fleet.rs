@@ -9,12 +9,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use mgmt_proto::crypto::PublicKey;
-use mgmt_proto::fleet::MAX_CLUSTER_MEMBERS;
 use mgmt_proto::fleet::{
     open_volume_secret, seal_volume_secret, FleetReport, FleetSpec, FleetVmInfo, ReplicaBlock, MAX_NOTICE,
     MAX_REPLICA_BLOCKS, REPLICA_BLOCK,
 };
-use mgmt_proto::msg::{ClusterId, ErrorCode, ErrorReply, Response, VmId, VmSpec, VmState};
+use mgmt_proto::fleet::{LeaseInfo, MAX_CLUSTER_MEMBERS, MAX_REPLICA_PARTNERS};
+use mgmt_proto::msg::{ClusterId, ErrorCode, ErrorReply, Response, Role, VmId, VmSpec, VmState};
 
 use crate::limits::{internal, not_found};
 use crate::{NodeBackend, NodeState};
@@ -219,6 +219,19 @@ impl NodeState {
     ) -> Result<Response, ErrorReply> {
         self.protected_primary(vm)?;
         let spec = self.vms.get(vm).map(|v| v.spec.clone()).ok_or_else(|| not_found("VM"))?;
+        // Only a node the tenant approved: else a landlord could name a key
+        // of its own and open the secret itself.
+        let approved =
+            self.leases.get(&spec.lease).is_some_and(|l| l.replica_partners.iter().any(|p| p.ct_eq(partner)));
+        if !approved {
+            return Err(ErrorReply::new(
+                ErrorCode::Denied,
+                format!(
+                    "partner: the VM's tenant has not approved node {partner} as a replica partner \
+                     (the tenant sets its partners with `bmctl tenant replica-partners`)"
+                ),
+            ));
+        }
         let secret = node.replica_secret(*vm, &spec)?;
         let (sk, _) = self.keys.landlord.as_ref().ok_or_else(internal)?;
         let mut seed = [0u8; 32];
@@ -379,8 +392,37 @@ impl NodeState {
     /// [`mgmt_proto::Request::ListLeases`].
     pub(crate) fn list_leases(&self) -> Response {
         Response::Leases(
-            self.leases.iter().filter_map(|(id, l)| Some((*id, l.cluster, self.keys.tenants.get(id)?.1))).collect(),
+            self.leases
+                .iter()
+                .filter_map(|(id, l)| {
+                    Some(LeaseInfo {
+                        lease: *id,
+                        cluster: l.cluster,
+                        console: self.keys.tenants.get(id)?.1,
+                        node_key: l.node_key,
+                        replica_partners: l.replica_partners.clone(),
+                    })
+                })
+                .collect(),
         )
+    }
+
+    /// [`mgmt_proto::Request::SetReplicaPartners`]: the tenant's consent to
+    /// the nodes that may hold its volumes' replicas.
+    pub(crate) fn set_replica_partners(&mut self, role: Role, partners: &[PublicKey]) -> Result<Response, ErrorReply> {
+        let Role::Tenant(lease) = role else { return Err(internal()) };
+        if partners.len() > MAX_REPLICA_PARTNERS {
+            return Err(ErrorReply::new(
+                ErrorCode::Limit,
+                format!("partners: at most {MAX_REPLICA_PARTNERS} nodes (MAX_REPLICA_PARTNERS)"),
+            ));
+        }
+        let mut list = partners.to_vec();
+        list.sort_unstable();
+        list.dedup();
+        let l = self.leases.get_mut(&lease).ok_or_else(|| not_found("lease"))?;
+        l.replica_partners = list;
+        Ok(Response::Done)
     }
 
     /// Drops a destroyed VM's facility record.

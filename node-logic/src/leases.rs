@@ -24,7 +24,15 @@ impl NodeState {
         let lease = LeaseId(self.id());
         let pair = KeyPair::generate(&mut *self.rng).map_err(|_| internal())?;
         self.keys.tenants.insert(lease, (pair.secret.clone(), *tenant_console_key));
-        self.leases.insert(lease, Lease { cluster: *cluster, node_key: pair.public, signing_key: None });
+        self.leases.insert(
+            lease,
+            Lease {
+                cluster: *cluster,
+                node_key: pair.public,
+                signing_key: None,
+                replica_partners: alloc::vec::Vec::new(),
+            },
+        );
         Ok(Response::LeaseCreated { lease, tenant_node_key: pair.public })
     }
 

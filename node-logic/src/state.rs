@@ -27,6 +27,8 @@ pub struct Lease {
     pub node_key: PublicKey,
     /// Key that must sign this lease's images, if set.
     pub signing_key: Option<ImageVerifyKey>,
+    /// Nodes (their U_L) the tenant approved as replica partners.
+    pub replica_partners: Vec<PublicKey>,
 }
 
 /// A VM as the node records it: what the consoles asked for. Its console

@@ -74,8 +74,26 @@ fleet_stop_all() {
 fleet_now() { date +%s.%3N; }
 fleet_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%d", (b - a) * 1000 }'; }
 
+# Tenant A's cluster 1 leased on every node, and A approving the three
+# nodes as replica partners on each (its consent: a node seals a disk's key
+# only for a partner the tenant named).
+fleet_tenant_a() {
+    fleet_ctl lease --tenant-key "$TA" --cluster 1 >"$dir/lease-a.txt" 2>>"$dir/ops.log" ||
+        { fail "facility lease for tenant A failed: $(tail -2 "$dir/ops.log")"; return 1; }
+    local keys node addr lease ut
+    keys=$(awk '{print $8}' "$dir/lease-a.txt" | tr '\n' ' ')
+    while read -r node addr _ lease _ ut _; do
+        "$B" profile add "ta-$node" --node "$addr" --node-key "$ut" --role "tenant:$lease" --key tenant-a >>"$dir/ops.log" 2>&1 &&
+            # shellcheck disable=SC2086
+            facility_exec "$fdir" timeout 60 "$B" -p "ta-$node" tenant replica-partners $keys >>"$dir/ops.log" 2>&1 ||
+            { fail "tenant A could not approve its replica partners on $node: $(tail -2 "$dir/ops.log")"; return 1; }
+    done <"$dir/lease-a.txt"
+    [[ $(wc -l <"$dir/lease-a.txt") == 3 ]] || { fail "facility lease listed $(wc -l <"$dir/lease-a.txt") nodes, not 3"; return 1; }
+}
+
 # The protected database and a web server of tenant A on n1.
 fleet_create_vms() {
+    fleet_tenant_a || return 1
     fleet_ctl vm create db --tenant a --tenant-key "$TA" --cluster 1 --image diskprobe \
         --cmdline "role=fleet seed=7 sectors=256 stream_sectors=64 pause_ms=250" --memory 16 --disk 8 --protected --on n1 \
         >>"$dir/ops.log" 2>&1 || { fail "vm create db failed: $(tail -2 "$dir/ops.log")"; return 1; }

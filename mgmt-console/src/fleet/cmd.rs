@@ -88,6 +88,19 @@ pub enum FacilityCmd {
     /// Place a VM on the facility.
     #[command(subcommand)]
     Vm(FacilityVmCmd),
+    /// Lease a cluster to a tenant on every active node (made where
+    /// missing) and print, per node, what the tenant needs: the lease, the
+    /// tenant node key U_T its console authenticates, and the node's
+    /// landlord key U_L (to approve the node as a replica partner:
+    /// `bmctl tenant replica-partners`).
+    Lease {
+        /// The tenant console's public key.
+        #[arg(long)]
+        tenant_key: String,
+        /// Cluster number.
+        #[arg(long)]
+        cluster: u32,
+    },
     /// The inventory, placements, epochs and unfinished work.
     Status,
     /// Run the controller: heartbeats, detection, healing, replication,
@@ -396,6 +409,38 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
                 println!("{}", json!({"vm": name, "node": node}));
             } else {
                 println!("vm {name} running on {node}");
+            }
+            Ok(())
+        }
+        FacilityCmd::Lease { tenant_key, cluster } => {
+            let nodes: Vec<NodeAddr> = c
+                .state()
+                .nodes
+                .values()
+                .filter(|r| r.state == facility::model::NodeState::Active)
+                .map(|r| r.addr.clone())
+                .collect();
+            for n in nodes {
+                let l = c
+                    .driver()
+                    .ensure_lease(&n, tenant_key.trim(), cluster)
+                    .map_err(|e| anyhow!("node {}: {e}", n.name))?;
+                if json_out {
+                    println!(
+                        "{}",
+                        json!({"node": n.name, "addr": n.addr.to_string(), "lease": l.lease.0,
+                               "tenant_node_key": l.node_key.to_hex(), "node_key": n.node_key})
+                    );
+                } else {
+                    println!(
+                        "{} {} lease {} tenant-node-key {} node-key {}",
+                        n.name,
+                        n.addr,
+                        l.lease.0,
+                        l.node_key.to_hex(),
+                        n.node_key
+                    );
+                }
             }
             Ok(())
         }

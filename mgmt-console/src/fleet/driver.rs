@@ -11,7 +11,7 @@ use std::time::Duration;
 use facility::driver::{DriverError, NodeDriver, NodeReport, NodeVm, ReplicaBatch};
 use facility::model::{NodeAddr, VmPlacementSpec};
 use indicatif::ProgressBar;
-use mgmt_proto::fleet::{FleetSpec, ReplicaBlock, MAX_REPLICA_BLOCKS};
+use mgmt_proto::fleet::{FleetSpec, LeaseInfo, ReplicaBlock, MAX_REPLICA_BLOCKS};
 use mgmt_proto::*;
 
 use crate::client::{Client, ClientError, Link};
@@ -183,31 +183,47 @@ impl ConsoleDriver {
         self.vm_id(n, name)?.ok_or_else(|| DriverError::Refused(format!("{}: no VM named {name}", n.name)))
     }
 
-    /// The lease of the VM's tenant and cluster on `n`, made if missing. A
-    /// cluster leased to another tenant there is refused (its disk key is
-    /// that tenant's).
+    /// The lease of the VM's tenant and cluster on `n`, made if missing.
     fn lease(&self, n: &NodeAddr, vm: &VmPlacementSpec) -> Result<LeaseId, DriverError> {
-        let key = PublicKey::from_hex(&vm.tenant_console_key)
-            .ok_or_else(|| DriverError::Other(format!("VM {}: tenant key is not 64 hex digits", vm.name)))?;
-        let leases = match self.call(n, Request::ListLeases, true)? {
-            Response::Leases(l) => l,
-            r => return Err(unexpected(&n.name, "list-leases", &r)),
-        };
-        for (lease, cluster, console) in leases {
-            if cluster.0 == vm.cluster {
-                return if console == key {
-                    Ok(lease)
-                } else {
-                    Err(DriverError::Refused(format!(
-                        "{}: cluster {} is leased to another tenant console there",
-                        n.name, vm.cluster
-                    )))
-                };
+        self.ensure_lease(n, &vm.tenant_console_key, vm.cluster).map(|l| l.lease)
+    }
+
+    /// The lease of tenant console key `tenant_key` (hex) for cluster
+    /// `cluster` on `n`, made if missing. A cluster leased to another
+    /// tenant there is refused (its disk key is that tenant's).
+    pub fn ensure_lease(&self, n: &NodeAddr, tenant_key: &str, cluster: u32) -> Result<LeaseInfo, DriverError> {
+        let key = PublicKey::from_hex(tenant_key)
+            .ok_or_else(|| DriverError::Other(format!("tenant key {tenant_key:?} is not 64 hex digits")))?;
+        let find = |leases: Vec<LeaseInfo>| -> Result<Option<LeaseInfo>, DriverError> {
+            for l in leases {
+                if l.cluster.0 == cluster {
+                    return if l.console == key {
+                        Ok(Some(l))
+                    } else {
+                        Err(DriverError::Refused(format!(
+                            "{}: cluster {cluster} is leased to another tenant console there",
+                            n.name
+                        )))
+                    };
+                }
             }
+            Ok(None)
+        };
+        if let Some(l) = find(self.leases(n)?)? {
+            return Ok(l);
         }
-        match self.call(n, Request::CreateLease { tenant_console_key: key, cluster: ClusterId(vm.cluster) }, false)? {
-            Response::LeaseCreated { lease, .. } => Ok(lease),
-            r => Err(unexpected(&n.name, "create-lease", &r)),
+        match self.call(n, Request::CreateLease { tenant_console_key: key, cluster: ClusterId(cluster) }, false)? {
+            Response::LeaseCreated { .. } => {}
+            r => return Err(unexpected(&n.name, "create-lease", &r)),
+        }
+        find(self.leases(n)?)?
+            .ok_or_else(|| DriverError::Other(format!("{}: the lease just made is not listed", n.name)))
+    }
+
+    fn leases(&self, n: &NodeAddr) -> Result<Vec<LeaseInfo>, DriverError> {
+        match self.call(n, Request::ListLeases, true)? {
+            Response::Leases(l) => Ok(l),
+            r => Err(unexpected(&n.name, "list-leases", &r)),
         }
     }
 

@@ -2,7 +2,7 @@ use super::*;
 use crate::sim::SimNode;
 use alloc::boxed::Box;
 use alloc::vec;
-use mgmt_proto::crypto::{HashDrbg, KeyPair};
+use mgmt_proto::crypto::{HashDrbg, KeyPair, PublicKey};
 use mgmt_proto::msg::{ClusterId, LeaseId, Request, Role};
 use proptest::prelude::*;
 
@@ -57,6 +57,16 @@ impl Node {
         }
     }
 
+    /// The tenant approves these nodes as its replica partners.
+    fn approve(&mut self, partners: &[PublicKey]) {
+        let r = self.state.handle(
+            Role::Tenant(self.lease),
+            &Request::SetReplicaPartners { partners: partners.to_vec() },
+            &mut self.sim,
+        );
+        assert_eq!(r, Ok(Response::Done));
+    }
+
     fn state_of(&self, vm: VmId) -> VmState {
         self.state.vms[&vm].state
     }
@@ -71,6 +81,7 @@ fn fleet(epoch: u64) -> FleetSpec {
 /// A protected VM on A with its replica on B, in sync.
 fn paired() -> (Node, Node, VmId, VmId) {
     let (mut a, mut b) = (Node::new(1), Node::new(2));
+    a.approve(&[b.state.landlord_key]);
     let va = a.create("web", fleet(1));
     a.req(Request::FleetStartVm { vm: va, epoch: 1 }).unwrap();
     let Ok(Response::SealedSecret(sealed)) = a.req(Request::ReplicaKey { vm: va, partner: b.state.landlord_key })
@@ -294,4 +305,26 @@ fn a_deposed_primary_cannot_re_pair_a_replica() {
     let r = b.req(Request::ReplicaCreate { spec, fleet: fleet(1), from, sealed });
     assert_eq!(r.unwrap_err().code, ErrorCode::Conflict);
     assert_eq!(b.state.fleet.vms[&vb].fence, 3);
+}
+
+#[test]
+fn the_secret_is_sealed_only_for_a_partner_the_tenant_approved() {
+    let (mut a, _b, va, _) = paired();
+    let c = Node::new(3);
+    // The landlord names another node, or a key of its own: refused.
+    for key in [c.state.landlord_key, PublicKey([0x42; 32])] {
+        let r = a.req(Request::ReplicaKey { vm: va, partner: key });
+        assert_eq!(r.unwrap_err().code, ErrorCode::Denied);
+    }
+    // The landlord cannot approve for the tenant.
+    let r = a.req(Request::SetReplicaPartners { partners: vec![PublicKey([0x42; 32])] });
+    assert_eq!(r.unwrap_err().code, ErrorCode::Denied);
+    // Bounded.
+    let many: Vec<PublicKey> = (0..17u8).map(|i| PublicKey([i; 32])).collect();
+    let r = a.state.handle(Role::Tenant(a.lease), &Request::SetReplicaPartners { partners: many }, &mut a.sim);
+    assert_eq!(r.unwrap_err().code, ErrorCode::Limit);
+    // Kept across a reboot.
+    let snap = crate::Snapshot::decode(&postcard::to_allocvec(&a.state.snapshot()).unwrap()).unwrap();
+    let back = NodeState::restore(Box::new(HashDrbg::new([9; 32])), snap).unwrap();
+    assert_eq!(back.leases[&a.lease].replica_partners, a.state.leases[&a.lease].replica_partners);
 }

@@ -96,6 +96,7 @@ impl SnapshotV3 {
             policies: Vec::new(),
             fleet: Vec::new(),
             fleet_members: Vec::new(),
+            replica_partners: Vec::new(),
             legacy_images: Vec::new(),
         }
     }
@@ -138,6 +139,7 @@ impl SnapshotV5 {
             policies: self.policies,
             fleet: Vec::new(),
             fleet_members: Vec::new(),
+            replica_partners: Vec::new(),
             legacy_images: Vec::new(),
         }
     }
@@ -179,6 +181,7 @@ impl SnapshotV4 {
             policies: Vec::new(),
             fleet: Vec::new(),
             fleet_members: Vec::new(),
+            replica_partners: Vec::new(),
             legacy_images: Vec::new(),
         }
     }
@@ -249,6 +252,7 @@ impl SnapshotV2 {
             policies: Vec::new(),
             fleet: Vec::new(),
             fleet_members: Vec::new(),
+            replica_partners: Vec::new(),
             legacy_images: self.images,
         }
     }

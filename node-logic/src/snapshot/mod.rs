@@ -94,6 +94,8 @@ pub struct Snapshot {
     pub fleet: Vec<(VmId, crate::fleet::FleetVm)>,
     /// Where each cluster's VMs are in the facility (version 6).
     pub fleet_members: Vec<(ClusterId, Vec<[u8; 4]>)>,
+    /// Replica partners each lease's tenant approved (version 6).
+    pub replica_partners: Vec<(LeaseId, Vec<PublicKey>)>,
     /// Images of a version 1 or 2 snapshot, which carried their bytes:
     /// [`NodeState::restore_with`] moves them into the image store.
     #[serde(skip)]
@@ -152,6 +154,12 @@ impl NodeState {
             policies: self.policies.iter().map(|(k, p)| (*k, p.clone())).collect(),
             fleet: self.fleet.vms.iter().map(|(id, f)| (*id, *f)).collect(),
             fleet_members: self.fleet.members.iter().map(|(c, m)| (*c, m.clone())).collect(),
+            replica_partners: self
+                .leases
+                .iter()
+                .filter(|(_, l)| !l.replica_partners.is_empty())
+                .map(|(id, l)| (*id, l.replica_partners.clone()))
+                .collect(),
             legacy_images: Vec::new(),
         }
     }
@@ -201,11 +209,20 @@ impl NodeState {
         let landlord = KeyPair::from_secret(SecretKey(snap.landlord_secret))?;
         let mut keys =
             KeyTable { landlord: Some((landlord.secret.clone(), snap.landlord_console)), ..KeyTable::default() };
+        let partners: BTreeMap<LeaseId, Vec<PublicKey>> = snap
+            .replica_partners
+            .into_iter()
+            .filter(|(_, p)| p.len() <= mgmt_proto::fleet::MAX_REPLICA_PARTNERS)
+            .collect();
         let mut leases = BTreeMap::new();
         for l in snap.leases {
             let pair = KeyPair::from_secret(SecretKey(l.secret))?;
             keys.tenants.insert(l.lease, (pair.secret.clone(), l.console));
-            leases.insert(l.lease, Lease { cluster: l.cluster, node_key: pair.public, signing_key: l.signing_key });
+            let replica_partners = partners.get(&l.lease).cloned().unwrap_or_default();
+            leases.insert(
+                l.lease,
+                Lease { cluster: l.cluster, node_key: pair.public, signing_key: l.signing_key, replica_partners },
+            );
         }
         let fleet: BTreeMap<VmId, crate::fleet::FleetVm> = snap.fleet.into_iter().collect();
         let waits_for_controller = |id: &VmId| fleet.get(id).is_some_and(|f| f.spec.protected || f.replica);
