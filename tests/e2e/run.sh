@@ -1160,8 +1160,8 @@ check_agent_qemu() {
     want "^\[agent-1\] BMLINUX agent starting$"
     # (bm-agent's "ready" may be split by init's own lines on the console,
     # and init's role line may follow bm-agent's prefix: two writers.)
-    want "^\[agent-1\] (bm-agent: )?ready$"
-    want "^\[agent-2\] (bm-agent: )?ready$"
+    want "^\[agent-1\] (bm-agent: )?ready"
+    want "^\[agent-2\] (bm-agent: )?ready"
     want "^\[agent-1\] (bm-agent: )?BMLINUX role agent$"
     want "^node: shutdown requested by the landlord$"
 }
