@@ -215,7 +215,7 @@ run_fleet_partition() {
     serve_pids=$serve_pid
     fleet_create_vms || { fleet_stop_all; return; }
     fleet_wait_synced "$dir/serve.log" 120 || { fail "db's replica did not catch up within 120 s"; fleet_stop_all; return; }
-    local t_cut t_fenced t_other healed='' i
+    local t_cut t_fenced t_other healed="" i moved=""
     t_cut=$(fleet_now)
     facility_partition "$fdir" 1
     wait_log "$(fleet_nlog 1)" "^fleet: no heartbeat from the facility controller within the fencing lease: protected VM db stopped" 30
@@ -231,13 +231,21 @@ run_fleet_partition() {
     sleep 2
     facility_heal "$fdir" 1
     wait_log "$dir/serve.log" "node n1 rejoined" 60
-    sleep 5
+    sleep 3
+    # Lifecycle: drain the node db healed on (a move: copied while it
+    # runs, stopped, copied to the end, fenced, promoted, started), then
+    # remove it.
+    fleet_ctl node drain "n$healed" >>"$dir/ops.log" 2>&1 || fail "node drain n$healed failed: $(tail -2 "$dir/ops.log")"
+    wait_log "$dir/serve.log" "node n$healed drained" 120
+    fleet_ctl node remove "n$healed" >>"$dir/ops.log" 2>&1 || fail "node remove n$healed failed: $(tail -2 "$dir/ops.log")"
+    moved=$(grep -o "moved db on n[0-9] from n$healed" "$dir/serve.log" | tail -1 | cut -c14)
+    [[ -n $moved ]] && wait_log "$(fleet_nlog "$moved")" "^\[db\] diskprobe fleet: intact" 60
     fleet_ctl status >"$dir/status.txt" 2>&1
     fleet_stop_all
     {
         echo "fleet-partition: n1 cut off -> its db stopped itself after $(fleet_ms "$t_cut" "$t_fenced") ms (fencing lease 3000 ms)"
         echo "fleet-partition: n1 cut off -> db started on n${healed:-?} after $(fleet_ms "$t_cut" "$t_other") ms"
-        grep -h "declared dead\|healed \|rejoin\|fenced\|destroy" "$dir/serve.log" | sed 's/^/fleet-partition: controller: /'
+        grep -h "declared dead\|healed \|rejoin\|fenced\|destroy\|drain\|moved \|removed" "$dir/serve.log" | sed 's/^/fleet-partition: controller: /'
     } >"$dir/figures.txt"
     local log=$dir/serve.log
     want "node n1 declared dead"
@@ -261,6 +269,22 @@ run_fleet_partition() {
     want "^mgmt: landlord fence-vm: ok$"
     log=$dir/n$healed.serial
     want "^\[db\] diskprobe fleet: intact 256 sectors seed=7 sum=$db_sum$"
+    # The drain moved db with all of its disk (the final copy is taken with
+    # the VM stopped: nothing unreadable), and n$healed left the facility.
+    log=$dir/serve.log
+    want "draining n$healed: [1-9][0-9]* moves planned"
+    want "moved db on n[0-9] from n$healed in [0-9]+ms \(epoch 3\)"
+    want "node n$healed drained"
+    want "node n$healed removed"
+    if [[ -n ${moved:-} ]]; then
+        log=$dir/n$moved.serial
+        want "^\[db\] diskprobe fleet: intact 256 sectors seed=7 sum=$db_sum$"
+        want "^\[db\] diskprobe fleet: stream region at pass [0-9]+ \(64 of 64 sectors written, 0 unreadable\)$"
+    else
+        fail "db was not moved off n$healed"
+    fi
+    grep -q "^node n$healed .* Removed" "$dir/status.txt" || fail "status does not list n$healed as removed: $(grep "^node n$healed" "$dir/status.txt")"
+    grep -q "^vm db on n${moved:-?} .*epoch 3 Running" "$dir/status.txt" || fail "status: $(grep '^vm db' "$dir/status.txt")"
     log=$dir/serial.log
     no_hypervisor_fault
 }

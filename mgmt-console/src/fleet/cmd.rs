@@ -335,6 +335,9 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
             Ok(())
         }
         FacilityCmd::Node(NodeCmd::Drain { name }) => {
+            // Plan only: the running controller (`serve`) carries the moves
+            // out, so two processes never copy one disk at once.
+            c.set_step_limit(Some(0));
             let n = retry_conflicts(&mut c, |c| c.drain_node(&name))?;
             println!("draining {name}: {n} VM(s) to move (the controller moves them)");
             Ok(())
