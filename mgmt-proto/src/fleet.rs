@@ -28,6 +28,9 @@ pub const MAX_REPLICA_BLOCKS: u32 = 14;
 /// Most member addresses of one cluster a node takes from its controller.
 pub const MAX_CLUSTER_MEMBERS: usize = 256;
 
+/// Most clusters whose members a node keeps.
+pub const MAX_MEMBER_CLUSTERS: usize = 64;
+
 /// Most replica partners a tenant approves for one lease.
 pub const MAX_REPLICA_PARTNERS: usize = 16;
 

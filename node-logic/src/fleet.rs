@@ -13,7 +13,7 @@ use mgmt_proto::fleet::{
     open_volume_secret, seal_volume_secret, FleetReport, FleetSpec, FleetVmInfo, ReplicaBlock, MAX_NOTICE,
     MAX_REPLICA_BLOCKS, REPLICA_BLOCK,
 };
-use mgmt_proto::fleet::{LeaseInfo, MAX_CLUSTER_MEMBERS, MAX_REPLICA_PARTNERS};
+use mgmt_proto::fleet::{LeaseInfo, MAX_CLUSTER_MEMBERS, MAX_MEMBER_CLUSTERS, MAX_REPLICA_PARTNERS};
 use mgmt_proto::msg::{ClusterId, ErrorCode, ErrorReply, Response, Role, VmId, VmSpec, VmState};
 
 use crate::limits::{internal, not_found};
@@ -377,6 +377,15 @@ impl NodeState {
         }
         if cluster.0 == 0 {
             return Err(invalid("cluster: clusters are numbered from 1"));
+        }
+        if !members.is_empty()
+            && !self.fleet.members.contains_key(cluster)
+            && self.fleet.members.len() >= MAX_MEMBER_CLUSTERS
+        {
+            return Err(ErrorReply::new(
+                ErrorCode::Limit,
+                format!("cluster: members of at most {MAX_MEMBER_CLUSTERS} clusters are kept (MAX_MEMBER_CLUSTERS)"),
+            ));
         }
         let mut list = members.to_vec();
         list.sort_unstable();

@@ -710,3 +710,35 @@ fn lease_keepers(
         }
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_strictly_and_derived_ones_are_unicast_and_stable() {
+        assert_eq!(parse_mac("02:00:00:00:00:1a").unwrap(), [2, 0, 0, 0, 0, 0x1a]);
+        for bad in ["01:00:00:00:00:01", "02:00:00:00:00", "02:00:00:00:00:zz", "02-00-00-00-00-01"] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        assert_eq!(mac_of("db"), mac_of("db"));
+        assert_ne!(mac_of("db"), mac_of("web"));
+        assert_eq!(mac_of("db")[0] & 1, 0);
+        assert_eq!(mac_of("db")[0] & 2, 2, "locally administered");
+    }
+
+    #[test]
+    fn a_reservation_replaces_lines_of_the_same_mac_ip_or_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "52:54:00:77:00:01,10.77.0.11,n1\n52:54:00:77:00:02,10.77.0.12,n2\n").unwrap();
+        reserve(&hosts, None, "n1", "52:54:00:77:00:09", "10.77.0.19".parse().unwrap()).unwrap();
+        reserve(&hosts, None, "n3", "52:54:00:77:00:03", "10.77.0.12".parse().unwrap()).unwrap();
+        let text = std::fs::read_to_string(&hosts).unwrap();
+        assert_eq!(text, "52:54:00:77:00:09,10.77.0.19,n1\n52:54:00:77:00:03,10.77.0.12,n3\n");
+        assert!(reserve(&hosts, None, "bad name!", "52:54:00:77:00:04", "10.77.0.14".parse().unwrap()).is_err());
+        assert!(reserve(&hosts, None, "n4", "01:54:00:77:00:04", "10.77.0.14".parse().unwrap()).is_err());
+        assert_eq!(std::fs::read_to_string(&hosts).unwrap(), text, "a refused reservation changes nothing");
+    }
+}

@@ -328,3 +328,21 @@ fn the_secret_is_sealed_only_for_a_partner_the_tenant_approved() {
     let back = NodeState::restore(Box::new(HashDrbg::new([9; 32])), snap).unwrap();
     assert_eq!(back.leases[&a.lease].replica_partners, a.state.leases[&a.lease].replica_partners);
 }
+
+#[test]
+fn cluster_members_are_bounded() {
+    let mut a = Node::new(1);
+    let many: Vec<[u8; 4]> = (0..257u32).map(|i| [10, 9, (i >> 8) as u8, i as u8]).collect();
+    let r = a.req(Request::SetClusterMembers { cluster: ClusterId(1), members: many });
+    assert_eq!(r.unwrap_err().code, ErrorCode::Limit);
+    for c in 1..=64u32 {
+        a.req(Request::SetClusterMembers { cluster: ClusterId(c), members: vec![[10, 9, 0, 1]] }).unwrap();
+    }
+    let r = a.req(Request::SetClusterMembers { cluster: ClusterId(65), members: vec![[10, 9, 0, 1]] });
+    assert_eq!(r.unwrap_err().code, ErrorCode::Limit);
+    // Replacing a kept cluster's list, or clearing one, still works.
+    a.req(Request::SetClusterMembers { cluster: ClusterId(3), members: vec![[10, 9, 0, 2]] }).unwrap();
+    a.req(Request::SetClusterMembers { cluster: ClusterId(3), members: Vec::new() }).unwrap();
+    a.req(Request::SetClusterMembers { cluster: ClusterId(65), members: vec![[10, 9, 0, 1]] }).unwrap();
+    assert_eq!(a.state.fleet.members.len(), 64);
+}

@@ -263,7 +263,12 @@ impl NodeState {
                 vms: fleet,
                 lease_deadline_ms: None,
                 now_ms: 0,
-                members: snap.fleet_members.into_iter().filter(|(_, m)| m.len() <= MAX_CLUSTER_MEMBERS).collect(),
+                members: snap
+                    .fleet_members
+                    .into_iter()
+                    .filter(|(_, m)| m.len() <= MAX_CLUSTER_MEMBERS)
+                    .take(mgmt_proto::fleet::MAX_MEMBER_CLUSTERS)
+                    .collect(),
             },
             reboot_requested: false,
             shutdown_requested: false,
