@@ -245,6 +245,11 @@ type RuleState = BTreeMap<Target, KeyState>;
 #[derive(Debug)]
 struct PolicyState {
     version: u32,
+    /// The policy itself: a stored policy whose version did not move but
+    /// whose rules differ (a restored or re-provisioned node numbering
+    /// versions again) is a new policy too, not a licence to keep state
+    /// made under other rules.
+    policy: super::Policy,
     rules: BTreeMap<String, RuleState>,
 }
 
@@ -383,6 +388,11 @@ fn advance(
     while ks.acts.front().is_some_and(|&t| now.saturating_sub(t) >= p.window_ms) {
         ks.acts.pop_front();
     }
+    // A rule replaced with a lower max_repeats keeps only its newest action
+    // times: what it allows, and what the engine keeps, is its own bound.
+    while ks.acts.len() > p.max_repeats {
+        ks.acts.pop_front();
+    }
     if ks.acts.len() < p.max_repeats {
         ks.limit_said = false;
     }
@@ -450,7 +460,7 @@ impl Engine {
         // Forget policies that changed or went away.
         self.policies.retain(|key, st| {
             let found = live.binary_search_by(|(k, _)| (*k).cmp(key)).ok().and_then(|i| live.get(i));
-            found.is_some_and(|(_, p)| p.version == st.version)
+            found.is_some_and(|(_, p)| p.version == st.version && p.policy == st.policy)
         });
         // Each VM once, grouped by cluster in the facts' order.
         let mut known = BTreeSet::new();
@@ -463,10 +473,11 @@ impl Engine {
         let failed = self.admit_failures(facts);
         let mut out = Vec::new();
         for (&(cluster, owner), vp) in live {
-            let st = self
-                .policies
-                .entry((cluster, owner))
-                .or_insert_with(|| PolicyState { version: vp.version, rules: BTreeMap::new() });
+            let st = self.policies.entry((cluster, owner)).or_insert_with(|| PolicyState {
+                version: vp.version,
+                policy: vp.policy.clone(),
+                rules: BTreeMap::new(),
+            });
             let rules = usable_rules(owner, &vp.policy.rules);
             st.rules.retain(|name, _| rules.iter().any(|r| r.name == *name));
             let vms = by_cluster.get(&cluster).map(Vec::as_slice).unwrap_or_default();
