@@ -152,6 +152,8 @@ pub struct Controller<D: NodeDriver, S: Store> {
     origin: Instant,
     step_limit: Option<u64>,
     steps_done: u64,
+    heal_step_limit: Option<u64>,
+    heal_steps_done: u64,
 }
 
 impl<D: NodeDriver, S: Store> Controller<D, S> {
@@ -175,6 +177,8 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             origin: Instant::now(),
             step_limit: None,
             steps_done: 0,
+            heal_step_limit: None,
+            heal_steps_done: 0,
         };
         let n = c.state.intents.len();
         c.log(
@@ -239,6 +243,12 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
     /// a controller dying mid-way, and for handing over at a step boundary.
     pub fn set_step_limit(&mut self, n: Option<u64>) {
         self.step_limit = n.map(|n| self.steps_done.saturating_add(n));
+    }
+
+    /// Stop acting after `n` more steps of healing (None: no limit): for
+    /// tests of a controller dying in the middle of healing a dead node.
+    pub fn set_heal_step_limit(&mut self, n: Option<u64>) {
+        self.heal_step_limit = n.map(|n| self.heal_steps_done.saturating_add(n));
     }
 
     fn log(&mut self, now: Instant, text: String) {
@@ -530,6 +540,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             from,
             to: to.to_string(),
             epoch,
+            source_epoch: 0,
             steps: steps(kind, protected, replica_on_target),
             done: 0,
             planned_ms: unix_ms(),
@@ -737,8 +748,15 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             if self.step_limit.is_some_and(|l| self.steps_done >= l) {
                 return Err(ControlError::Halted);
             }
+            let healing = it.kind == IntentKind::Heal;
+            if healing && self.heal_step_limit.is_some_and(|l| self.heal_steps_done >= l) {
+                return Err(ControlError::Halted);
+            }
             self.exec(&it, step, now)?;
             self.steps_done = self.steps_done.saturating_add(1);
+            if healing {
+                self.heal_steps_done = self.heal_steps_done.saturating_add(1);
+            }
             if let Some(i) = self.state.intents.iter_mut().find(|i| i.id == id) {
                 i.done = i.done.saturating_add(1);
             }
@@ -803,7 +821,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             }
             Step::ReplicaToTarget => {
                 let from = need_from()?;
-                self.make_replica(&from, &to, &rec.spec, rec.instance, it.epoch)
+                self.make_replica(&from, &to, &rec.spec, rec.instance, it.copy_epoch())
             }
             Step::ReplicaToPartner => {
                 // For a Repartner intent the partner is `to` and the primary
@@ -819,7 +837,8 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 }
             }
             Step::CatchUp => {
-                let pair = Pair { vm: vm.to_string(), primary: need_from()?, partner: to.clone(), epoch: it.epoch };
+                let pair =
+                    Pair { vm: vm.to_string(), primary: need_from()?, partner: to.clone(), epoch: it.copy_epoch() };
                 // Bounded: a busy VM stays dirty; the final drain ends it.
                 match Replicator::drain(d, &pair, self.cfg.replica_blocks, self.cfg.catch_up_pulls) {
                     Ok(_) => Ok(()),
@@ -836,7 +855,8 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 d.stop_vm(&from, vm).map_err(Self::node_err(&from, &format!("stopping {vm}")))
             }
             Step::FinalDrain => {
-                let pair = Pair { vm: vm.to_string(), primary: need_from()?, partner: to.clone(), epoch: it.epoch };
+                let pair =
+                    Pair { vm: vm.to_string(), primary: need_from()?, partner: to.clone(), epoch: it.copy_epoch() };
                 Replicator::drain(d, &pair, self.cfg.replica_blocks, self.cfg.final_drain_pulls)
                     .map(|_| ())
                     .map_err(Self::node_err(&pair.primary, &format!("final copy of {vm}")))
@@ -1086,6 +1106,9 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             rec.spec.protected,
             via_partner.is_some(),
         );
+        if let Some(i) = self.state.intents.last_mut() {
+            i.source_epoch = rec.epoch;
+        }
         Ok(())
     }
 

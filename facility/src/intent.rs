@@ -66,6 +66,11 @@ pub struct Intent {
     pub to: NodeName,
     /// Epoch the VM runs with once done.
     pub epoch: u64,
+    /// For a move: the epoch the source copy still runs at. Its data is
+    /// copied under that epoch (a replica refuses pushes below what it has
+    /// seen, and promotion must go above it); 0 when not a move.
+    #[serde(default)]
+    pub source_epoch: u64,
     /// The steps, in order.
     pub steps: Vec<Step>,
     /// Steps done so far (the cursor, saved after each step).
@@ -75,6 +80,16 @@ pub struct Intent {
 }
 
 impl Intent {
+    /// The epoch data is copied under while the source still writes (a
+    /// move's source epoch; else the intent's own).
+    pub fn copy_epoch(&self) -> u64 {
+        if self.source_epoch > 0 {
+            self.source_epoch
+        } else {
+            self.epoch
+        }
+    }
+
     /// The next step, or None when all are done.
     pub fn next(&self) -> Option<Step> {
         self.steps.get(self.done).copied()

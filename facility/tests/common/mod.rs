@@ -333,6 +333,16 @@ impl NodeDriver for Fleet {
             if node.vms.get(&vm.name).is_some_and(|v| v.instance == instance) {
                 return Ok(());
             }
+            // As a BMonitor node: promotion must go above every epoch the
+            // replica has seen (pushes raise it).
+            let seen = node
+                .replicas
+                .get(&vm.name)
+                .map(|(e, _)| *e)
+                .ok_or(DriverError::Refused("no replica to promote".into()))?;
+            if epoch <= seen {
+                return Err(DriverError::Refused(format!("epoch: must be above {seen}")));
+            }
             let (_, disk) =
                 node.replicas.remove(&vm.name).ok_or(DriverError::Refused("no replica to promote".into()))?;
             node.vms.insert(

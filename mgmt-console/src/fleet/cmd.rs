@@ -117,8 +117,8 @@ pub enum FacilityCmd {
         #[arg(long, default_value = "3")]
         leader_ttl: u64,
         /// Fault injection for tests: exit at once (as a crash: no
-        /// resignation, state as saved) after this many steps of healing
-        /// or moving work.
+        /// resignation, state as saved) after this many steps of healing a
+        /// dead node's VMs.
         #[arg(long, value_name = "N", hide = true)]
         crash_after_steps: Option<u64>,
     },
@@ -383,8 +383,11 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
                 mac,
                 protected,
             };
-            // A conflict after our save (while the creation ran) leaves the
-            // VM recorded: then it is ours, not a second one.
+            // Record the placement only: the running controller (`serve`)
+            // carries the creation out, so two processes never work on one
+            // node for one VM (uploads, copies) at once. A conflict after our
+            // save leaves the VM recorded: then it is ours, not a second one.
+            c.set_step_limit(Some(0));
             let mut attempted = false;
             let node = retry_conflicts(&mut c, |c| {
                 if attempted {
@@ -393,19 +396,27 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
                     }
                 }
                 attempted = true;
-                c.create_vm_on(spec.clone(), on.as_deref())
+                match c.create_vm_on(spec.clone(), on.as_deref()) {
+                    Err(facility::engine::ControlError::Halted) => {
+                        Ok(c.state().vms.get(&name).map(|v| v.node.clone()).unwrap_or_default())
+                    }
+                    r => r,
+                }
             })?;
-            // Run the creation now, so the command returns with the VM up.
-            let deadline = Instant::now() + Duration::from_secs(120);
+            // Wait for the controller to finish it.
+            let deadline = Instant::now() + Duration::from_secs(180);
             loop {
-                let (_, failed) = retry_conflicts(&mut c, |c| c.run_intents(Instant::now()))?;
+                c.refresh().map_err(|e| anyhow!("{e}"))?;
                 if !c.state().intents.iter().any(|i| i.vm == name) {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("VM {name} placed on {node} but not yet running ({failed} step(s) failed); `bmctl facility serve` finishes it");
+                    bail!(
+                        "VM {name} is placed on {node}; the facility controller has not finished creating it \
+                         within 180 s (is `bmctl facility serve` running? `bmctl facility status` shows the step)"
+                    );
                 }
-                std::thread::sleep(Duration::from_millis(200));
+                std::thread::sleep(Duration::from_millis(250));
             }
             print_events(&c, 0, json_out);
             if json_out {
@@ -481,7 +492,7 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
             Ok(())
         }
         FacilityCmd::Serve { run_for, id, leader_ttl, crash_after_steps } => {
-            c.set_step_limit(crash_after_steps);
+            c.set_heal_step_limit(crash_after_steps);
             let election = etcd.map(|client| {
                 std::sync::Arc::new(std::sync::Mutex::new(Election::new(
                     client,
