@@ -464,7 +464,7 @@ pub fn retry_busy<T>(timeout: Duration, mut attempt: impl FnMut() -> Result<T, C
 
 /// Opens TCP to `addr`, trying each address it resolves to for at most the
 /// link's timeout, and sets the read and write timeouts.
-pub fn tcp(addr: &str, link: &Link) -> Result<TcpStream, ClientError> {
+fn tcp(addr: &str, link: &Link) -> Result<TcpStream, ClientError> {
     let connect = |reason: String| ClientError::Connect { node: link.node.clone(), reason };
     let addrs: Vec<SocketAddr> =
         addr.to_socket_addrs().map_err(|e| connect(format!("cannot resolve the address: {e}")))?.collect();

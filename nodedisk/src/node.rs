@@ -455,6 +455,30 @@ impl<D: BlockDevice> NodeDisk<D> {
         sectors: u64,
         random: &[u8; RANDOM_LEN],
     ) -> Result<(), DiskError> {
+        let e = Entropy::new(random);
+        let (entry, crypt_sectors) = self.place_volume(name, lease, sectors, || Ok(VolumeId(e.id(b"volume id")?)))?;
+        if self.table.entries.iter().any(|x| x.id == entry.id) {
+            // 2^-128: the caller's RNG is broken; refuse rather than share keys.
+            return Err(DiskError::Crypto);
+        }
+        let dev = self.volume_device(&entry)?;
+        let vol = Volume::create(dev, self.disk_key(&entry)?, crypt_sectors, &e.seed(entry.id)?)
+            .map_err(|err| volume_error(name, err))?;
+        drop(vol);
+        self.commit_new_volume(entry)
+    }
+
+    /// The checks and the room every new volume needs (name valid and
+    /// unused, size, a table entry free, a free range): its table entry,
+    /// with the id `id` gives once all else is known to fit, and its
+    /// blockcrypt sector count. Nothing is written.
+    pub(crate) fn place_volume(
+        &self,
+        name: &str,
+        lease: LeaseId,
+        sectors: u64,
+        id: impl FnOnce() -> Result<VolumeId, DiskError>,
+    ) -> Result<(VolumeEntry, u64), DiskError> {
         if !valid_name(name.as_bytes()) {
             return Err(DiskError::BadName);
         }
@@ -469,12 +493,6 @@ impl<D: BlockDevice> NodeDisk<D> {
             .table
             .allocate(blocks, self.header.data_start, self.header.disk_blocks)
             .ok_or(DiskError::NoSpace { needed_blocks: blocks })?;
-        let e = Entropy::new(random);
-        let id = VolumeId(e.id(b"volume id")?);
-        if self.table.entries.iter().any(|x| x.id == id) {
-            // 2^-128: the caller's RNG is broken; refuse rather than share keys.
-            return Err(DiskError::Crypto);
-        }
         let entry = VolumeEntry {
             name: String::from(name),
             lease,
@@ -483,12 +501,19 @@ impl<D: BlockDevice> NodeDisk<D> {
             blocks,
             landlord_epoch: self.store.landlord_epoch,
             tenant_epoch: self.store.tenant_epoch(lease),
-            id,
+            id: id()?,
         };
-        let dev = self.root.sub(start_block, blocks).ok_or(DiskError::NoSpace { needed_blocks: blocks })?;
-        let vol = Volume::create(dev, self.disk_key(&entry)?, crypt_sectors, &e.seed(id)?)
-            .map_err(|err| volume_error(name, err))?;
-        drop(vol);
+        Ok((entry, crypt_sectors))
+    }
+
+    /// The device view of a new volume's range.
+    pub(crate) fn volume_device(&self, entry: &VolumeEntry) -> Result<SharedDevice<D>, DiskError> {
+        self.root.sub(entry.start_block, entry.blocks).ok_or(DiskError::NoSpace { needed_blocks: entry.blocks })
+    }
+
+    /// Commits a volume built in free space: the table is written last, so
+    /// after a crash the space is still free or the volume exists.
+    pub(crate) fn commit_new_volume(&mut self, entry: VolumeEntry) -> Result<(), DiskError> {
         let mut table = self.table.clone();
         table.insert(entry);
         self.commit_table(table)

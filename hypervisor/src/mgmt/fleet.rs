@@ -3,17 +3,12 @@
 //! write gates that refuse a fenced copy's disk writes at once, replica
 //! promotion on the disk, and notices for tenants.
 
+use super::ports::now_ms;
 use super::Mgmt;
 use alloc::string::String;
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicU64, Ordering};
 use mgmt_proto::msg::{ErrorCode, ErrorReply, Request, Response, Role, VmId};
-
-/// Node time in ms for the fencing lease.
-fn now_ms() -> u64 {
-    use crate::arch::x86_64::time;
-    time::tsc_to_ms(time::rdtsc())
-}
 
 /// The write gate of a facility VM: its fence, shared with its disk.
 pub(super) type Gate = Arc<AtomicU64>;

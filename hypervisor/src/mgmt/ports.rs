@@ -128,7 +128,8 @@ fn busy_message(why: &str) -> String {
     format!("node busy: {why}; retry in a moment")
 }
 
-fn now_ms() -> u64 {
+/// Node time in ms (the management plane's clock: deadlines, leases).
+pub(super) fn now_ms() -> u64 {
     time::tsc_to_ms(time::rdtsc())
 }
 

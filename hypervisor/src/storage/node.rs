@@ -84,7 +84,7 @@ const STATE_VOLUME_MIB: u32 = 20;
 const IMAGE_POOL_MIB: u32 = 72;
 
 /// Sectors (512 bytes) of a disk of `mib` MiB.
-fn sectors(mib: u32) -> u64 {
+pub(super) fn sectors(mib: u32) -> u64 {
     u64::from(mib) * 2048
 }
 

@@ -4,7 +4,7 @@
 //! verbatim; promotion gives the replica a key of its own
 //! (docs/fleet.md, "Replication"). Nothing here sees plaintext.
 
-use super::node::{random, Storage};
+use super::node::{random, sectors, Storage};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
@@ -13,11 +13,6 @@ use nodedisk::{LeaseId, VolumeSecret, BLOCK_SIZE};
 
 /// A replica region block: its index and its ciphertext.
 pub type CipherBlock = (u64, Vec<u8>);
-
-/// Sectors (512 bytes) of `mib` MiB.
-fn sectors(mib: u32) -> u64 {
-    u64::from(mib) * 2048
-}
 
 impl Storage {
     fn exists(&self, name: &str) -> bool {

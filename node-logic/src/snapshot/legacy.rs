@@ -163,10 +163,10 @@ pub(crate) struct SnapshotV4 {
 }
 
 impl SnapshotV4 {
-    /// The current layout, with no policies.
+    /// The current layout, with no policies (through version 5).
     pub(crate) fn upgrade(self) -> Snapshot {
-        Snapshot {
-            version: SNAPSHOT_VERSION,
+        SnapshotV5 {
+            version: 5,
             landlord_secret: self.landlord_secret,
             landlord_console: self.landlord_console,
             leases: self.leases,
@@ -179,11 +179,8 @@ impl SnapshotV4 {
             next_id: self.next_id,
             clock: self.clock,
             policies: Vec::new(),
-            fleet: Vec::new(),
-            fleet_members: Vec::new(),
-            replica_partners: Vec::new(),
-            legacy_images: Vec::new(),
         }
+        .upgrade()
     }
 }
 

@@ -21,7 +21,7 @@ use zeroize::Zeroize;
 
 use super::{volume_error, NodeDisk, SharedDevice};
 use crate::crypto::{Entropy, RANDOM_LEN};
-use crate::table::{geometry, max_entries, valid_name, VolumeEntry};
+use crate::table::{geometry, VolumeEntry};
 use crate::{DiskError, LeaseId, BLOCK_SIZE};
 
 /// The most memory one volume's dirty bitmap may take (one bit per
@@ -336,43 +336,20 @@ impl<D: BlockDevice> NodeDisk<D> {
         secret: &VolumeSecret,
         random: &[u8; RANDOM_LEN],
     ) -> Result<(), DiskError> {
-        if !valid_name(name.as_bytes()) {
-            return Err(DiskError::BadName);
-        }
-        if self.table.find(name).is_some() {
-            return Err(DiskError::VolumeExists);
-        }
-        let id = VolumeId(secret.volume_id);
-        if let Some(other) = self.table.entries.iter().find(|x| x.id == id) {
-            return Err(DiskError::VolumeIdExists { id: id.0, volume: other.name.clone() });
-        }
-        let (crypt_sectors, blocks) = geometry(secret.sectors)?;
-        if self.table.entries.len() >= max_entries(self.table_len()) {
-            return Err(DiskError::TableFull { what: "volume table" });
-        }
-        let start_block = self
-            .table
-            .allocate(blocks, self.header.data_start, self.header.disk_blocks)
-            .ok_or(DiskError::NoSpace { needed_blocks: blocks })?;
-        let entry = VolumeEntry {
-            name: String::from(name),
-            lease,
-            sectors: secret.sectors,
-            start_block,
-            blocks,
-            landlord_epoch: self.store.landlord_epoch,
-            tenant_epoch: self.store.tenant_epoch(lease),
-            id,
-        };
-        let dev = self.root.sub(start_block, blocks).ok_or(DiskError::NoSpace { needed_blocks: blocks })?;
-        let seed = Entropy::new(random).seed(id)?;
+        let (entry, crypt_sectors) = self.place_volume(name, lease, secret.sectors, || {
+            let id = VolumeId(secret.volume_id);
+            match self.table.entries.iter().find(|x| x.id == id) {
+                Some(other) => Err(DiskError::VolumeIdExists { id: id.0, volume: other.name.clone() }),
+                None => Ok(id),
+            }
+        })?;
+        let dev = self.volume_device(&entry)?;
+        let seed = Entropy::new(random).seed(entry.id)?;
         let key = VolumeKey::from_bytes(secret.key);
         let vol = Volume::create_replica(dev, self.disk_key(&entry)?, crypt_sectors, key, secret.key_epoch, &seed)
             .map_err(|err| volume_error(name, err))?;
         drop(vol);
-        let mut table = self.table.clone();
-        table.insert(entry);
-        self.commit_table(table)
+        self.commit_new_volume(entry)
     }
 
     /// Number of replicable blocks of a volume: every block of its range
