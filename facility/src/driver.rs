@@ -55,6 +55,55 @@ impl NodeReport {
     }
 }
 
+/// A supervised service in a guest, as its agent last reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceHealth {
+    /// Service name (the tenant's).
+    pub name: String,
+    /// The agent's last event text for it ("started pid 42", "exited with status 1", ...).
+    pub last_event: String,
+    /// Whether that event says it runs (started, and no failure since).
+    pub up: bool,
+}
+
+/// A VM's health through its agent: what runbook `verify` steps and
+/// rolling upgrades wait for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmHealth {
+    /// The VM runs.
+    pub running: bool,
+    /// An agent is attached.
+    pub agent_attached: bool,
+    /// The agent's heartbeats stopped for longer than its bound.
+    pub agent_hung: bool,
+    /// Milliseconds since the agent's last heartbeat (None: never heard).
+    pub since_heartbeat_ms: Option<u64>,
+    /// Heartbeats received since the VM started.
+    pub heartbeats: u64,
+    /// Services the agent reported, by name (at most 32).
+    pub services: Vec<ServiceHealth>,
+}
+
+impl VmHealth {
+    /// The service `name` if the agent reported it.
+    pub fn service(&self, name: &str) -> Option<&ServiceHealth> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// What a VM boots: one version of a service's software.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BootImage {
+    /// Kernel image name on the nodes (a file in the controller's images directory).
+    pub image: String,
+    /// Initrd image name, if any.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub cmdline: String,
+}
+
 /// Blocks of a primary's disk not yet on its partner (ciphertext).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaBatch {
@@ -142,4 +191,10 @@ pub trait NodeDriver: Send + Sync {
     ) -> Result<(), DriverError>;
     /// Tell the VM's tenant something (healed, moved).
     fn notify_tenant(&self, n: &NodeAddr, vm: &str, text: &str) -> Result<(), DriverError>;
+    /// The VM's health as its agent reports it (runbook verify, rollouts).
+    fn vm_health(&self, n: &NodeAddr, vm: &str) -> Result<VmHealth, DriverError>;
+    /// Boot the (stopped) VM from `boot` from its next start on, keeping
+    /// its disk: a rolling upgrade's step. Images the node lacks are
+    /// uploaded first. Ok if it already boots exactly that.
+    fn set_vm_image(&self, n: &NodeAddr, vm: &str, boot: &BootImage) -> Result<(), DriverError>;
 }

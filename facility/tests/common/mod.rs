@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use facility::driver::{DriverError, NodeDriver, NodeReport, NodeVm, ReplicaBatch};
+use facility::driver::{BootImage, DriverError, NodeDriver, NodeReport, NodeVm, ReplicaBatch, ServiceHealth, VmHealth};
 use facility::model::{FacilityState, NodeAddr, Resources, VmPlacementSpec};
 use facility::store::{Rev, Store, StoreError};
 
@@ -24,6 +24,8 @@ pub struct FVm {
     pub disk: Disk,
     /// Blocks written since the replica last took them.
     pub dirty: BTreeSet<u64>,
+    /// What it boots (None: the image it was created with).
+    pub boot: Option<BootImage>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -47,6 +49,15 @@ pub struct Fleet {
     /// Fail the next N replica pushes.
     pub fail_pushes: Mutex<u32>,
     pub filter_delay: Duration,
+    /// Services every running VM's agent reports up.
+    pub services: Mutex<Vec<String>>,
+    /// Services reported down (exited) instead.
+    pub down_services: Mutex<BTreeSet<String>>,
+}
+
+/// What a VM defined from `vm` boots.
+pub fn boot_of(vm: &VmPlacementSpec) -> BootImage {
+    BootImage { image: vm.image.clone(), initrd: vm.initrd.clone(), cmdline: vm.cmdline.clone() }
 }
 
 fn unreachable(n: &str) -> DriverError {
@@ -183,7 +194,14 @@ impl NodeDriver for Fleet {
             None => {
                 node.vms.insert(
                     vm.name.clone(),
-                    FVm { instance, epoch, min_epoch: epoch, protected: vm.protected, ..FVm::default() },
+                    FVm {
+                        instance,
+                        epoch,
+                        min_epoch: epoch,
+                        protected: vm.protected,
+                        boot: Some(boot_of(vm)),
+                        ..FVm::default()
+                    },
                 );
                 Ok(())
             }
@@ -347,15 +365,66 @@ impl NodeDriver for Fleet {
                 node.replicas.remove(&vm.name).ok_or(DriverError::Refused("no replica to promote".into()))?;
             node.vms.insert(
                 vm.name.clone(),
-                FVm { instance, epoch, min_epoch: epoch, protected: vm.protected, disk, ..FVm::default() },
+                FVm {
+                    instance,
+                    epoch,
+                    min_epoch: epoch,
+                    protected: vm.protected,
+                    disk,
+                    boot: Some(boot_of(vm)),
+                    ..FVm::default()
+                },
             );
             Ok(())
         })
     }
 
     fn notify_tenant(&self, n: &NodeAddr, vm: &str, text: &str) -> Result<(), DriverError> {
+        self.rec(n, "notify");
         self.with(n, |node| {
             node.notes.push(format!("{vm}: {text}"));
+            Ok(())
+        })
+    }
+
+    fn vm_health(&self, n: &NodeAddr, vm: &str) -> Result<VmHealth, DriverError> {
+        let services = self.services.lock().unwrap().clone();
+        let down = self.down_services.lock().unwrap().clone();
+        self.with(n, |node| {
+            let v = node.vms.get(vm).ok_or(DriverError::Refused("no such VM".into()))?;
+            if !v.running {
+                return Ok(VmHealth::default());
+            }
+            Ok(VmHealth {
+                running: true,
+                agent_attached: true,
+                agent_hung: false,
+                since_heartbeat_ms: Some(100),
+                heartbeats: 5,
+                services: services
+                    .iter()
+                    .map(|s| ServiceHealth {
+                        name: s.clone(),
+                        up: !down.contains(s),
+                        last_event: if down.contains(s) {
+                            "exited with status 1".into()
+                        } else {
+                            "started pid 7".into()
+                        },
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn set_vm_image(&self, n: &NodeAddr, vm: &str, boot: &BootImage) -> Result<(), DriverError> {
+        self.rec(n, "set-image");
+        self.with(n, |node| {
+            let v = node.vms.get_mut(vm).ok_or(DriverError::Refused("no such VM".into()))?;
+            if v.running {
+                return Err(DriverError::Refused("stop the VM first".into()));
+            }
+            v.boot = Some(boot.clone());
             Ok(())
         })
     }
@@ -417,6 +486,12 @@ impl NodeDriver for &Fleet {
     }
     fn notify_tenant(&self, n: &NodeAddr, vm: &str, t: &str) -> Result<(), DriverError> {
         (**self).notify_tenant(n, vm, t)
+    }
+    fn vm_health(&self, n: &NodeAddr, vm: &str) -> Result<VmHealth, DriverError> {
+        (**self).vm_health(n, vm)
+    }
+    fn set_vm_image(&self, n: &NodeAddr, vm: &str, b: &BootImage) -> Result<(), DriverError> {
+        (**self).set_vm_image(n, vm, b)
     }
 }
 

@@ -457,4 +457,12 @@ impl NodeDriver for ConsoleDriver {
         let text: String = text.chars().filter(|c| !c.is_control()).take(mgmt_proto::fleet::MAX_NOTICE).collect();
         self.done(n, Request::NotifyTenant { vm: id, text })
     }
+
+    fn vm_health(&self, n: &NodeAddr, _vm: &str) -> Result<facility::driver::VmHealth, DriverError> {
+        Err(DriverError::Other(format!("{}: vm health is not implemented yet", n.name)))
+    }
+
+    fn set_vm_image(&self, n: &NodeAddr, _vm: &str, _boot: &facility::driver::BootImage) -> Result<(), DriverError> {
+        Err(DriverError::Other(format!("{}: set image is not implemented yet", n.name)))
+    }
 }
