@@ -849,6 +849,9 @@ fn the_facility_driver_sets_a_stopped_vms_boot_and_reads_its_health() {
         ip: None,
         mac: [2, 0, 0, 0, 0, 1],
         protected: false,
+        service: None,
+        domain: None,
+        version: None,
     };
     driver.create_vm(&node, &vm, 7, 1).unwrap();
     let id = |s: &Setup| *s.server.state.lock().unwrap().vms.keys().next().unwrap();
