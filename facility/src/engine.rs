@@ -854,7 +854,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             }
             Step::Promote => {
                 let rep = d.status(&to).map_err(Self::node_err(&to, "checking before promote"))?;
-                if !rep.vm(vm).is_some_and(|v| v.instance == rec.instance) {
+                if rep.vm(vm).is_none_or(|v| v.instance != rec.instance) {
                     d.promote_replica(&to, &rec.spec, rec.instance, it.epoch)
                         .map_err(Self::node_err(&to, &format!("promoting the replica of {vm}")))?;
                 }
