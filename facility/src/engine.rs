@@ -993,6 +993,14 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
         if rep.replica(&spec.name) == Some(epoch) {
             return Ok(());
         }
+        // A stopped copy the facility moved on from (a primary deposed by
+        // a move or a run) is in the way of the replica: it goes first.
+        if let Some(old) = rep.vm(&spec.name).filter(|v| v.epoch < epoch && !v.running) {
+            d.destroy_vm(partner, &spec.name).map_err(Self::node_err(
+                partner,
+                &format!("removing the stale copy of {} (epoch {} < {epoch})", spec.name, old.epoch),
+            ))?;
+        }
         let key = d
             .replica_key(primary, &spec.name, partner)
             .map_err(Self::node_err(primary, &format!("sealing the key of {}", spec.name)))?;

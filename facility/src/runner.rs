@@ -386,7 +386,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 VmState::Waiting(format!("stopped by run {id}, which failed: run migrate or failback, or start it"))
             };
         }
-        if failed.is_none() && r.switched() {
+        if r.switched() {
             self.remove_stale_source(&svc, &from, r.epoch, now);
         }
         if failed.is_none() {

@@ -147,7 +147,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             domain_ms: Vec::new(),
             log: Vec::new(),
         };
-        r.note(format!("rollout {name} {from} -> {to} started by {who} over domains {:?}", r.domains));
+        r.note(format!("started by {who} over domains {:?}", r.domains));
         if let Some(d) = r.current() {
             svc.domain_versions.insert(d, to.to_string());
         }

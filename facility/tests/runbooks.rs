@@ -229,6 +229,11 @@ fn failure_policies_do_what_they_say() {
             .all(|s| s.status == StepStatus::Skipped));
         // The service runs where the switch put it; the next run starts from there.
         assert_eq!(c.state().vms["db"].state, VmState::Running);
+        // The deposed source copy is gone, so it can hold the replica again.
+        let from = r.from.clone().unwrap();
+        ticks(&mut c, &mut t, 2).unwrap();
+        assert!(!fleet.nodes.lock().unwrap()[&from].vms.contains_key("db"), "{policy}: stale copy on {from}");
+        assert!(c.state().intents.is_empty(), "{policy}: {:?}", c.state().intents);
     }
     for (n, policy) in ["warn", "retry 1 then warn"].iter().enumerate() {
         let steps = migrate_steps(Some(verify(policy, &["nosuch"], 1)));

@@ -287,6 +287,10 @@ impl NodeDriver for Fleet {
             if node.replicas.get(&vm.name).is_some_and(|(e, _)| *e > epoch) {
                 return Err(DriverError::Refused("stale epoch".into()));
             }
+            // As on BMonitor: one name is either a VM or a replica here.
+            if node.vms.contains_key(&vm.name) {
+                return Err(DriverError::Refused("this instance runs here as the primary, not a replica".into()));
+            }
             node.replicas.insert(vm.name.clone(), (epoch, Disk::new()));
             node.replica_boot.insert(vm.name.clone(), boot_of(vm));
             Ok(())
