@@ -351,13 +351,18 @@ build_agent() {
         --out "$LOUT/agent" >/dev/null || die "bmimage guest failed"
     # Two versions of the same service for the runbook-* scenarios
     # (tests/e2e/runbook.sh): DIR/agent-v1 and DIR/agent-v2 differ only in
-    # /srv/www/version ("v1" or "v2"), which the web service serves on 8080.
+    # /srv/www/version ("v1" or "v2"), which the web service serves on 8080;
+    # a second service says it on the console at each boot ("BMLINUX web
+    # version v1"), so a node's log shows which version each boot ran.
     local v
+    mkdir -p "$files/usr/bin"
+    printf '#!/bin/sh\necho "BMLINUX web version $(cat /srv/www/version)" >/dev/console\nexec sleep 2147483647\n' >"$files/usr/bin/bm-version"
+    chmod 755 "$files/usr/bin/bm-version"
     for v in v1 v2; do
         printf '%s\n' "$v" >"$files/srv/www/version"
         "$tdir/release/bmimage" guest --kernel "$LOUT/vmlinuz" --base-initrd "$LOUT/initramfs.cpio.gz" \
             --agent "$agent" --files "$files" --service 'web=httpd -f -p 8080 -h /srv/www' \
-            --out "$LOUT/agent-$v" >/dev/null || die "bmimage guest ($v) failed"
+            --service 'version=/usr/bin/bm-version' --out "$LOUT/agent-$v" >/dev/null || die "bmimage guest ($v) failed"
     done
     rm -rf "$files"
     say "agent image: $LOUT/agent/vmlinuz ($(du -k "$LOUT/agent/vmlinuz" | cut -f1) KiB), initrd.img $(du -k "$LOUT/agent/initrd.img" | cut -f1) KiB (bm-agent $(du -k "$agent" | cut -f1) KiB, service web)"

@@ -225,18 +225,20 @@ rb_probe_ok_since() {
 # replica-key, replica-create, set-cluster-members, notify-tenant, upload-*,
 # ...) would be a step of a run.
 RB_BACKGROUND='^(fleet-heartbeat|replica-pull|replica-push|list-leases|connect|read-audit|node-status|list-vms)$'
+# rb_audit_read I FROM: node I's audit entries from index FROM (JSON);
+# a read from where the last one ended is short (the whole log is
+# thousands of entries: heartbeats, replication).
+rb_audit_read() { rb_bm -p "ll-n$1" --json landlord audit --from "$2" 2>/dev/null; }
 # rb_audit_mark: each node's next audit index into $dir/audit-mark.
 rb_audit_mark() {
-    local i n
-    : >"$dir/audit-mark"
+    local i n from
+    : >"$dir/audit-mark.new"
     for i in 1 2 3; do
-        n=$(rb_bm -p "ll-n$i" --json landlord audit 2>/dev/null | python3 -c '
-import json, sys
-d = json.load(sys.stdin)
-e = d if isinstance(d, list) else d.get("entries", [])
-print(max((x["index"] for x in e), default=-1) + 1)' 2>/dev/null)
-        echo "n$i ${n:-?}" >>"$dir/audit-mark"
+        from=$(awk -v n="n$i" '$1 == n { print $2 }' "$dir/audit-mark" 2>/dev/null)
+        n=$(rb_audit_read "$i" "${from:-0}" | python3 -c 'import json, sys; print(json.load(sys.stdin)["next"])' 2>/dev/null)
+        echo "n$i ${n:-${from:-0}}" >>"$dir/audit-mark.new"
     done
+    mv "$dir/audit-mark.new" "$dir/audit-mark"
 }
 # rb_audit_since OUT: each node's landlord-role entries since the mark, one
 # line "nI INDEX ACTION OUTCOME", into OUT; prints the count of entries that
@@ -246,7 +248,7 @@ rb_audit_since() {
     : >"$out"
     for i in 1 2 3; do
         from=$(awk -v n="n$i" '$1 == n { print $2 }' "$dir/audit-mark")
-        rb_bm -p "ll-n$i" --json landlord audit 2>/dev/null | python3 -c '
+        rb_audit_read "$i" "${from:-0}" | python3 -c '
 import json, sys
 node, frm = sys.argv[1], int(sys.argv[2])
 d = json.load(sys.stdin)
