@@ -148,14 +148,14 @@ rb_wait_agent() {
     return 1
 }
 # rb_wait_state VM ERE SECS: until VM's facility state (node:state) matches.
-rb_wait_state() {
+rb_wait_state() { # (checked at least once, also with SECS 0)
     local until=$((SECONDS + $3)) s
-    while ((SECONDS < until)); do
+    while :; do
         s="$(rb_vm_field "$1" node):$(rb_vm_field "$1" state)"
         [[ $s =~ $2 ]] && return 0
+        ((SECONDS < until)) || return 1
         sleep 1
     done
-    return 1
 }
 
 # rb_vm_create NAME NODE INITRD LAST_OCTET [ARGS...]: a Linux agent VM of
@@ -259,3 +259,485 @@ for x in d if isinstance(d, list) else d.get("entries", []):
     done
     awk -v re="$RB_BACKGROUND" '$3 !~ re' "$out" | wc -l
 }
+
+# --- runs ----------------------------------------------------------------
+# rb_doc OUT [HOSTS] [POLICY]: db.json with alice's key; HOSTS (a JSON list)
+# replaces the allow-listed hosts; POLICY makes migrate's verify check a
+# service that does not exist (nosuch, 2 s) under that on_failure.
+rb_doc() {
+    python3 - "$RB_T/db.json" "$1" "$rb_alice" "${2:-}" "${3:-}" <<'PY'
+import json, sys
+src, out, key, hosts, policy = sys.argv[1:6]
+d = json.loads(open(src).read().replace("ALICE_PUBLIC_KEY", key))
+if hosts:
+    d["allow"]["hosts"] = json.loads(hosts)
+if policy:
+    for s in d["actions"]["migrate"]:
+        if s["step"] == "verify":
+            s.update(services=["nosuch"], timeout_s=2, on_failure=policy)
+open(out, "w").write(json.dumps(d, indent=1) + "\n")
+PY
+}
+# rb_set_doc NAME [HOSTS] [POLICY]: writes $dir/NAME.json and stores it.
+rb_set_doc() {
+    rb_doc "$dir/$1.json" "${2:-}" "${3:-}" || { fail "cannot write runbook $1"; return 1; }
+    fleet_ctl runbook set "$dir/$1.json" >"$dir/runbook-set-$1.txt" 2>&1 ||
+        { fail "runbook set $1 failed: $(tail -2 "$dir/runbook-set-$1.txt" | tr '\n' ' ')"; return 1; }
+    grep -q "^runbook for db stored$" "$dir/runbook-set-$1.txt" ||
+        fail "runbook set $1 did not say 'runbook for db stored': $(head -1 "$dir/runbook-set-$1.txt")"
+}
+# rb_run TAG ARGS...: `bmctl facility run ARGS...` (bounded), output in
+# $dir/run-TAG.txt; sets rb_rc (exit status), rb_id_run (its run number),
+# rb_secs_run (the run's own duration from its final line, if it gave one).
+rb_run() {
+    local tag=$1
+    shift
+    facility_exec "$fdir" timeout "${RB_RUN_TIMEOUT:-300}" "${FA[@]}" run "$@" >"$dir/run-$tag.txt" 2>&1
+    rb_rc=$?
+    rb_id_run=$(grep -m1 -o '^run [0-9]*' "$dir/run-$tag.txt" | cut -d' ' -f2)
+    rb_secs_run=$(grep -Eo '^run [0-9]+ succeeded( with [0-9]+ warning\(s\))? in [0-9.]+s' "$dir/run-$tag.txt" | tail -1 | grep -Eo '[0-9.]+s$' | tr -d s)
+    echo "== run $tag: bmctl facility run $* -> exit $rb_rc" >>"$dir/runs.log"
+    cat "$dir/run-$tag.txt" >>"$dir/runs.log"
+}
+# rb_in TAG ERE: the run's output has a line matching ERE (else a failure
+# naming the run, the line wanted and its last line).
+rb_in() {
+    grep -Eq -- "$2" "$dir/run-$1.txt" ||
+        fail "run $1: no line matching '$2' (exit $rb_rc; last line: $(tail -1 "$dir/run-$1.txt"))"
+}
+rb_exit() { # TAG WANT
+    [[ $rb_rc == "$2" ]] || fail "run $1 exited $rb_rc, not $2: $(tail -2 "$dir/run-$1.txt" | tr '\n' ' ')"
+}
+# rb_step_json ID STEP_INDEX FIELD: a field of one step of run ID (`runs --json`).
+rb_step_json() {
+    fleet_ctl --json runs 2>/dev/null | python3 -c '
+import json, sys
+rid, i, f = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+d = json.load(sys.stdin)
+runs = d if isinstance(d, list) else d.get("runs", [])
+for r in runs:
+    if r.get("id") == rid:
+        print(r["steps"][i].get(f))' "$1" "$2" "$3" 2>/dev/null
+}
+
+# rb_wait_synced VM SECS: until the controller's log, after the line count
+# in $dir/serve.mark, says VM's replica caught up (0 blocks pending).
+rb_serve_mark() { wc -l <"$dir/serve.log" >"$dir/serve.mark"; }
+rb_wait_synced() {
+    local until=$((SECONDS + $2)) from
+    from=$(cat "$dir/serve.mark" 2>/dev/null || echo 0)
+    while ((SECONDS < until)); do
+        tail -n +"$((from + 1))" "$dir/serve.log" | grep -q "^replication lag $1: 0 block(s) pending" && return 0
+        sleep 1
+    done
+    return 1
+}
+# rb_wait_client NODE VM FROM N SECS: until the client has N replies after
+# its uptime FROM.
+rb_wait_client() {
+    local until=$((SECONDS + $5)) n
+    while ((SECONDS < until)); do
+        n=$(rb_probe_ok_since "$1" "$2" "$3")
+        ((${n:-0} >= $4)) && return 0
+        sleep 1
+    done
+    return 1
+}
+
+# --- runbook-dr-qemu --------------------------------------------------------
+run_runbook_dr() {
+    RB_NODE_MEM=${RB_NODE_MEM:-640} rb_setup || { rb_stop; return; }
+    : >"$dir/figures.txt"
+    local t_all
+    t_all=$(rb_now)
+    rb_dr_body
+    fleet_ctl status >"$dir/status.txt" 2>&1
+    fleet_ctl runs >"$dir/runs-list.txt" 2>&1
+    fleet_ctl audit >"$dir/facility-audit.txt" 2>&1
+    rb_stop
+    echo "runbook-dr: whole scenario after the facility was up: $(rb_secs "$t_all") s" >>"$dir/figures.txt"
+    local log=$dir/serial.log
+    no_hypervisor_fault
+}
+
+rb_dr_body() {
+    # Operators: alice (on db's allow-list) and mallory (not).
+    local out
+    out=$(fleet_ctl operator-key alice --out "$dir/alice.key" 2>&1)
+    rb_alice=$(sed -n 's/^operator alice public-key \([0-9a-f]\{64\}\)$/\1/p' <<<"$out")
+    [[ -n $rb_alice ]] || { fail "operator-key alice did not print 'operator alice public-key HEX': $out"; return; }
+    [[ $(stat -c %a "$dir/alice.key") == 600 ]] || fail "alice's key file has mode $(stat -c %a "$dir/alice.key"), not 600"
+    grep -Eqx '[0-9a-f]{64}' "$dir/alice.key" || fail "alice's key file is not 64 hex digits"
+    out=$(fleet_ctl operator-key mallory --out "$dir/mallory.key" 2>&1)
+    grep -q "^operator mallory public-key [0-9a-f]\{64\}$" <<<"$out" || { fail "operator-key mallory: $out"; return; }
+
+    # db (protected, its data on /dev/vda) on n1; the client on n3.
+    rb_vm_create db 1 web-v1.img 10 --disk 8 --protected || { fail "vm create db failed: $(tail -2 "$dir/ops.log")"; return; }
+    rb_vm_create client 3 web-v1.img 20 || { fail "vm create client failed: $(tail -2 "$dir/ops.log")"; return; }
+    rb_wait_agent 1 db 180 || { fail "db's agent did not answer within 180 s on n1: $(grep -a '^\[db\]' "$(fleet_nlog 1)" | tail -1)"; return; }
+    rb_wait_agent 3 client 180 || { fail "the client's agent did not answer within 180 s on n3"; return; }
+    local partner sum now_sum
+    partner=$(rb_vm_field db partner)
+    echo "runbook-dr: db on n1, partner ${partner:-none}; client on n3" >>"$dir/figures.txt"
+    sum=$(rb_write_data 1 db 7)
+    [[ $sum =~ ^[0-9a-f]{64}$ ]] || { fail "writing db's data through its agent failed: '$sum'"; return; }
+    echo "$sum" >"$dir/db.sha256"
+    rb_probe_start 3 client 10.0.0.10 || { fail "could not start the client's probe loop"; return; }
+    local m0
+    m0=$(rb_probe_mark 3 client)
+    rb_wait_client 3 client "$m0" 3 60 || { fail "the client on n3 never reached db's httpd at 10.0.0.10:8080 within 60 s"; return; }
+    rb_serve_mark
+    rb_wait_synced db 150 || { fail "db's replica did not catch up within 150 s"; return; }
+
+    rb_dr_gates || return
+    rb_set_doc db || return
+    rb_dr_policies || return
+    rb_dr_migrate || return
+    rb_dr_takeover || return
+    rb_dr_failback
+}
+
+# a. Gates: each refused (exit 2, the gate named), with no node command.
+rb_dr_gates() {
+    rb_set_doc gates '["n1", "n2"]' || return 1
+    rb_audit_mark
+    local t
+    t=$(rb_now)
+    rb_run gate-operator db migrate --operator mallory --operator-key "$dir/mallory.key" --wait 30
+    rb_exit gate-operator 2
+    rb_in gate-operator "^run [0-9]+: refused at gate 1 \(allow-list\): .*mallory"
+    rb_run gate-host db migrate --param to=n3 --operator alice --operator-key "$dir/alice.key" --wait 30
+    rb_exit gate-host 2
+    rb_in gate-host "^run [0-9]+: refused at gate 1 \(allow-list\): .*n3"
+    rb_run gate-state db failback --operator alice --operator-key "$dir/alice.key" --wait 30
+    rb_exit gate-state 2
+    rb_in gate-state "^run [0-9]+: refused at gate 2 \(state\)"
+    rb_run gate-schema db migrate --param bogus=1 --operator alice --operator-key "$dir/alice.key" --wait 30
+    rb_exit gate-schema 2
+    rb_in gate-schema "^run [0-9]+: refused at gate 3 \(schema\)"
+    rb_run gate-auth db migrate --operator alice --operator-key "$dir/mallory.key" --wait 30
+    rb_exit gate-auth 2
+    rb_in gate-auth "^run [0-9]+: refused at gate 4 \(authentication\)"
+    local gates_s
+    gates_s=$(rb_secs "$t")
+    sleep 2 # anything a refused run might still send would be in the logs by now
+    local n
+    n=$(rb_audit_since "$dir/audit-gates.txt")
+    awk '{print $1, $3}' "$dir/audit-gates.txt" | sort | uniq -c | sed 's/^ */runbook-dr: audit during the gates: /' >>"$dir/figures.txt"
+    [[ $n == 0 ]] || fail "refused runs sent node commands ($n audit entries that are not background traffic): $(awk -v re="$RB_BACKGROUND" '$3 !~ re' "$dir/audit-gates.txt" | head -5 | tr '\n' ';')"
+    [[ -s $dir/audit-gates.txt ]] || fail "no landlord audit entries read at all during the gates (heartbeats expected): the audit check saw nothing"
+    echo "runbook-dr: 5 gate refusals in $gates_s s; landlord commands other than background traffic during them: $n" >>"$dir/figures.txt"
+    fleet_ctl runs >"$dir/runs-gates.txt" 2>&1
+    local c
+    c=$(grep -c "Refused" "$dir/runs-gates.txt")
+    ((c >= 5)) || fail "bmctl facility runs lists $c refused runs, not 5: $(head -3 "$dir/runs-gates.txt" | tr '\n' ';')"
+    [[ $(rb_node_of db) == 1 && $(rb_vm_field db state) == Running ]] || fail "db moved or stopped during the refused runs: $(rb_vm_field db node) $(rb_vm_field db state)"
+}
+
+# b. Failure policies: migrate runs whose verify checks a service that does
+# not exist. db goes n1 -> n2 -> n1 -> n2 -> n1 (each run moves it: verify
+# comes after start, as the step order requires).
+rb_dr_policies() {
+    local p tag to attempts i=0 st
+    for p in "die" "retry 2 then die" "warn" "retry 1 then warn"; do
+        i=$((i + 1))
+        tag=policy-${p// /-}
+        to=n2
+        [[ $(rb_node_of db) == 2 ]] && to=n1
+        rb_set_doc "$tag" "" "$p" || return 1
+        rb_run "$tag" db migrate --param "to=$to" --operator alice --operator-key "$dir/alice.key" --wait 240
+        # The verify step is step 6 of 9 (index 5).
+        attempts=$(grep -Ec "^run [0-9]+ step 6/9 verify: attempt [0-9]+ failed: .*; retrying \([0-9]+ of [0-9]+\)" "$dir/run-$tag.txt")
+        st=$(rb_step_json "$rb_id_run" 5 attempts)
+        case $p in
+        die)
+            rb_exit "$tag" 1
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed: .*; die: run stops"
+            rb_in "$tag" "^run [0-9]+ failed at step 6 \(verify\): "
+            ((attempts == 0)) || fail "run $tag: $attempts retries, want none"
+            grep -Eq "^run [0-9]+ step [789]/9 " "$dir/run-$tag.txt" && fail "run $tag: steps after the failed verify ran: $(grep -Em1 "^run [0-9]+ step [789]/9 " "$dir/run-$tag.txt")"
+            ;;
+        "retry 2 then die")
+            rb_exit "$tag" 1
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 1 failed: .*; retrying \(1 of 2\)"
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 2 failed: .*; retrying \(2 of 2\)"
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed: .*; die: run stops"
+            rb_in "$tag" "^run [0-9]+ failed at step 6 \(verify\): "
+            [[ $st == 3 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 3"
+            ;;
+        warn)
+            rb_exit "$tag" 0
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed: .*; warn: continuing"
+            rb_in "$tag" "^run [0-9]+ step 9/9 notify: done"
+            rb_in "$tag" "^run [0-9]+ succeeded with 1 warning\(s\) in [0-9.]+s"
+            ;;
+        "retry 1 then warn")
+            rb_exit "$tag" 0
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 1 failed: .*; retrying \(1 of 1\)"
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed: .*; warn: continuing"
+            rb_in "$tag" "^run [0-9]+ succeeded with 1 warning\(s\) in [0-9.]+s"
+            [[ $st == 2 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 2"
+            ;;
+        esac
+        echo "runbook-dr: policy '$p': exit $rb_rc, $((attempts + 1)) verify attempt(s) in the output (record: ${st:-?}); db now on $(rb_vm_field db node) $(rb_vm_field db state); $(tail -1 "$dir/run-$tag.txt")" >>"$dir/figures.txt"
+        [[ $(rb_vm_field db state) == Running ]] || fail "after the '$p' run db is $(rb_vm_field db state), not Running"
+    done
+}
+
+# c. migrate db to n2 (from n1): same data, same address, the client's view
+# of the downtime.
+rb_dr_migrate() {
+    local from to m1 m2 gap s
+    from=$(rb_node_of db)
+    to=2
+    [[ $from == 2 ]] && to=1
+    rb_set_doc db || return 1
+    rb_wait_agent "$from" db 120 || { fail "db's agent on n$from does not answer before the migrate"; return 1; }
+    m1=$(rb_probe_mark 3 client)
+    rb_run migrate db migrate --param "to=n$to" --operator alice --operator-key "$dir/alice.key" --wait 240
+    rb_exit migrate 0
+    rb_in migrate "^run [0-9]+: gates passed \(allow-list, state, schema, authentication\)"
+    rb_in migrate "^run [0-9]+ succeeded( with [0-9]+ warning\(s\))? in [0-9.]+s"
+    [[ $(rb_node_of db) == "$to" ]] || { fail "after migrate db is on $(rb_vm_field db node), not n$to"; return 1; }
+    m2=$(rb_probe_mark 3 client)
+    rb_wait_client 3 client "$m2" 3 120 || fail "the client did not reach db (10.0.0.10) again within 120 s of the migrate"
+    gap=$(rb_probe_gap 3 client "$m1")
+    rb_wait_agent "$to" db 120 || { fail "db's agent on n$to does not answer after the migrate"; return 1; }
+    s=$(rb_read_sum "$to" db)
+    [[ $s == "$(cat "$dir/db.sha256")" ]] || fail "db's data after the migrate: sha256 '$s', not $(cat "$dir/db.sha256")"
+    echo "runbook-dr: migrate n$from -> n$to: downtime seen by the client ${gap} ms; the run's own duration ${rb_secs_run:-?} s; data sha256 $([[ $s == "$(cat "$dir/db.sha256")" ]] && echo identical || echo DIFFERENT)" >>"$dir/figures.txt"
+}
+
+# d. Kill db's node: db waits for an operator; takeover.
+rb_dr_takeover() {
+    local from m1 t_kill t_wait gap s to p
+    from=$(rb_node_of db)
+    # The replica must be complete before the primary dies.
+    rb_serve_mark
+    p=$(rb_vm_field db partner)
+    local until=$((SECONDS + 60))
+    while [[ -z $p ]] && ((SECONDS < until)); do sleep 1; p=$(rb_vm_field db partner); done
+    [[ -n $p ]] || { fail "db has no partner 60 s after the migrate"; return 1; }
+    rb_wait_synced db 150 || { fail "db's replica on $p did not catch up within 150 s"; return 1; }
+    m1=$(rb_probe_mark 3 client)
+    t_kill=$(rb_now)
+    facility_node_kill "$fdir" "$from"
+    rb_wait_state db "^n$from:Waiting: .*awaiting takeover" 60 ||
+        { fail "db did not become Waiting(... awaiting takeover) within 60 s of n$from's death: $(rb_vm_field db node) $(rb_vm_field db state)"; return 1; }
+    t_wait=$(rb_now)
+    sleep 3 # not healed by itself: still waiting
+    rb_wait_state db "^n$from:Waiting: .*awaiting takeover" 1 || fail "db did not stay waiting for takeover: $(rb_vm_field db node) $(rb_vm_field db state)"
+    grep -q "healed db on" "$dir/serve.log" && fail "the controller healed db by itself: $(grep -m1 'healed db on' "$dir/serve.log")"
+    rb_run takeover db takeover --operator alice --operator-key "$dir/alice.key" --wait 240
+    rb_exit takeover 0
+    rb_in takeover "^run [0-9]+ succeeded( with [0-9]+ warning\(s\))? in [0-9.]+s"
+    to=$(rb_node_of db)
+    [[ "n$to" == "$p" ]] || fail "takeover put db on n$to, not its partner $p"
+    rb_wait_client 3 client "$m1" 3 150 || fail "the client did not reach db again within 150 s of the takeover"
+    gap=$(rb_probe_gap 3 client "$m1")
+    rb_wait_agent "$to" db 120 || { fail "db's agent on n$to does not answer after the takeover"; return 1; }
+    s=$(rb_read_sum "$to" db)
+    [[ $s == "$(cat "$dir/db.sha256")" ]] || fail "db's data after the takeover: sha256 '$s', not $(cat "$dir/db.sha256")"
+    echo "runbook-dr: n$from killed -> db Waiting for takeover after $(rb_secs "$t_kill" "$t_wait") s; takeover to n$to: the run's own duration ${rb_secs_run:-?} s; downtime seen by the client (kill to first reply, the operator's 3 s included) ${gap} ms; data sha256 $([[ $s == "$(cat "$dir/db.sha256")" ]] && echo identical || echo DIFFERENT)" >>"$dir/figures.txt"
+    rb_killed=$from
+}
+
+# e. The killed node comes back; failback returns db to it.
+rb_dr_failback() {
+    local back=$rb_killed m1 gap s t0
+    t0=$(rb_now)
+    rb_serve_mark
+    facility_node_start "$fdir" "$back" >>"$dir/ops.log" 2>&1 || { fail "n$back did not start again: $(tail -1 "$dir/ops.log")"; return 1; }
+    local until=$((SECONDS + 180))
+    until tail -n +"$(($(cat "$dir/serve.mark") + 1))" "$dir/serve.log" | grep -q "node n$back rejoined" || ((SECONDS > until)); do sleep 1; done
+    tail -n +"$(($(cat "$dir/serve.mark") + 1))" "$dir/serve.log" | grep -q "node n$back rejoined" ||
+        { fail "n$back did not rejoin within 180 s of its restart: $(tail -2 "$dir/serve.log" | tr '\n' ' ')"; return 1; }
+    echo "runbook-dr: n$back restarted -> rejoined after $(rb_secs "$t0") s" >>"$dir/figures.txt"
+    m1=$(rb_probe_mark 3 client)
+    rb_run failback db failback --operator alice --operator-key "$dir/alice.key" --wait 240
+    rb_exit failback 0
+    rb_in failback "^run [0-9]+ succeeded( with [0-9]+ warning\(s\))? in [0-9.]+s"
+    [[ $(rb_node_of db) == "$back" ]] || { fail "after failback db is on $(rb_vm_field db node), not n$back"; return 1; }
+    rb_wait_client 3 client "$m1" 3 150 || fail "the client did not reach db again within 150 s of the failback"
+    gap=$(rb_probe_gap 3 client "$m1")
+    rb_wait_agent "$back" db 120 || { fail "db's agent on n$back does not answer after the failback"; return 1; }
+    s=$(rb_read_sum "$back" db)
+    [[ $s == "$(cat "$dir/db.sha256")" ]] || fail "db's data after the failback: sha256 '$s', not $(cat "$dir/db.sha256")"
+    echo "runbook-dr: failback to n$back: downtime seen by the client ${gap} ms; the run's own duration ${rb_secs_run:-?} s; data sha256 $([[ $s == "$(cat "$dir/db.sha256")" ]] && echo identical || echo DIFFERENT)" >>"$dir/figures.txt"
+}
+
+# --- runbook-rolling-qemu ---------------------------------------------------
+# rb_web_create NAME DOMAIN NODE LAST_OCTET: a VM of service web (its
+# image: the service's current version), protected.
+rb_web_create() {
+    fleet_ctl vm create "$1" --service web --domain "$2" --tenant a --tenant-key "$TA" --cluster 1 \
+        --memory "$RB_VM_MEM" --disk 8 --protected --on "n$3" \
+        --mac "$(printf '02:4d:00:00:00:%02x' "$4")" --ip "10.0.0.$4" >>"$dir/ops.log" 2>&1
+}
+# rb_boot_versions NODE VM: the versions VM's boots on NODE said on the
+# console, in order ("v1 v2").
+rb_boot_versions() {
+    tr -d '\r' <"$(fleet_nlog "$1")" 2>/dev/null | sed -n "s/^\[$2\] .*BMLINUX web version \(v[0-9]*\)$/\1/p" | tr '\n' ' ' | sed 's/ $//'
+}
+
+run_runbook_rolling() {
+    RB_NODE_MEM=${RB_NODE_MEM:-640} rb_setup || { rb_stop; return; }
+    : >"$dir/figures.txt"
+    local t_all
+    t_all=$(rb_now)
+    rb_rolling_body
+    [[ -n ${rb_up_pid:-} ]] && { kill "$rb_up_pid" 2>/dev/null; wait "$rb_up_pid" 2>/dev/null; }
+    fleet_ctl status >"$dir/status.txt" 2>&1
+    fleet_ctl service status web >"$dir/service-status.txt" 2>&1
+    fleet_ctl audit >"$dir/facility-audit.txt" 2>&1
+    rb_stop
+    echo "runbook-rolling: whole scenario after the facility was up: $(rb_secs "$t_all") s" >>"$dir/figures.txt"
+    local log=$dir/serial.log
+    no_hypervisor_fault
+}
+
+rb_rolling_body() {
+    local out
+    fleet_ctl service define web --version v1 --image vmlinuz --initrd web-v1.img --cmdline "console=ttyS0" --check web \
+        >"$dir/svc-define.txt" 2>&1 || { fail "service define web failed: $(tail -2 "$dir/svc-define.txt" | tr '\n' ' ')"; return; }
+    fleet_ctl service add-version web v2 --image vmlinuz --initrd web-v2.img --cmdline "console=ttyS0" \
+        >"$dir/svc-add.txt" 2>&1 || { fail "service add-version web v2 failed: $(tail -2 "$dir/svc-add.txt" | tr '\n' ' ')"; return; }
+    # web-0 and web-2 on n1 (domains 0 and 2), web-1 on n2 (domain 1).
+    rb_web_create web-0 0 1 40 || { fail "vm create web-0 failed: $(tail -2 "$dir/ops.log" | tr '\n' ' ')"; return; }
+    rb_web_create web-1 1 2 41 || { fail "vm create web-1 failed: $(tail -2 "$dir/ops.log" | tr '\n' ' ')"; return; }
+    rb_web_create web-2 2 1 42 || { fail "vm create web-2 failed: $(tail -2 "$dir/ops.log" | tr '\n' ' ')"; return; }
+    local v n w sum
+    declare -A at=([web-0]=1 [web-1]=2 [web-2]=1)
+    for w in web-0 web-1 web-2; do
+        rb_wait_agent "${at[$w]}" "$w" 180 || { fail "$w's agent did not answer within 180 s on n${at[$w]}"; return; }
+        v=$(rb_version "${at[$w]}" "$w")
+        [[ $v == v1 ]] || fail "$w reports version '$v' before the upgrade, not v1"
+        sum=$(rb_write_data "${at[$w]}" "$w" "$w")
+        [[ $sum =~ ^[0-9a-f]{64}$ ]] || { fail "writing $w's data failed: '$sum'"; return; }
+        echo "$sum" >"$dir/$w.sha256"
+    done
+    fleet_ctl service status web >"$dir/service-status-before.txt" 2>&1
+    grep -Eq "^vm web-1 domain 1 version v1 on n2 Running" "$dir/service-status-before.txt" ||
+        fail "service status before the upgrade: $(tr '\n' ';' <"$dir/service-status-before.txt")"
+    rb_serve_mark
+    for w in web-0 web-1 web-2; do
+        rb_wait_synced "$w" 150 || { fail "$w's replica did not catch up within 150 s"; return; }
+    done
+    echo "runbook-rolling: partners: web-0 $(rb_vm_field web-0 partner), web-1 $(rb_vm_field web-1 partner), web-2 $(rb_vm_field web-2 partner)" >>"$dir/figures.txt"
+
+    # The rollout in the background; n1 dies while domain 1 upgrades.
+    local t_up t_kill
+    t_up=$(rb_now)
+    facility_exec "$fdir" timeout 900 "${FA[@]}" service upgrade web --to v2 --wait 800 >"$dir/upgrade.txt" 2>&1 &
+    rb_up_pid=$!
+    local until=$((SECONDS + 300))
+    until grep -q "^rollout web v1 -> v2: domain 1: upgrading web-1" "$dir/upgrade.txt" || ((SECONDS > until)); do
+        kill -0 "$rb_up_pid" 2>/dev/null || break
+        sleep 0.5
+    done
+    grep -q "^rollout web v1 -> v2: domain 1: upgrading web-1" "$dir/upgrade.txt" ||
+        { fail "the rollout did not reach domain 1 within 300 s: $(tail -2 "$dir/upgrade.txt" | tr '\n' ' ')"; return; }
+    t_kill=$(rb_now)
+    facility_node_kill "$fdir" 1
+    echo "runbook-rolling: n1 killed $(rb_secs "$t_up" "$t_kill") s into the rollout, while domain 1 upgraded" >>"$dir/figures.txt"
+
+    # While healing: upgrade-domain refused without --force; forced, audited.
+    local refused='' rc
+    until=$((SECONDS + 90))
+    while ((SECONDS < until)); do
+        if grep -q "^rollout web: paused: web-[02] is being healed" "$dir/upgrade.txt"; then
+            facility_exec "$fdir" timeout 60 "${FA[@]}" service upgrade-domain web --domain 1 --to v2 >"$dir/upgrade-domain.txt" 2>&1
+            rc=$?
+            refused=$rc
+            break
+        fi
+        sleep 0.3
+    done
+    if [[ -z $refused ]]; then
+        fail "the rollout never said 'paused: web-0/web-2 is being healed' within 90 s of n1's death: $(tail -2 "$dir/upgrade.txt" | tr '\n' ' ')"
+    else
+        ((refused == 2)) || fail "upgrade-domain during healing exited $refused, not 2: $(tr '\n' ' ' <"$dir/upgrade-domain.txt")"
+        grep -q "refused" "$dir/upgrade-domain.txt" && grep -q "healing" "$dir/upgrade-domain.txt" ||
+            fail "upgrade-domain during healing does not say refused ... healing: $(tr '\n' ' ' <"$dir/upgrade-domain.txt")"
+        facility_exec "$fdir" timeout 240 "${FA[@]}" service upgrade-domain web --domain 1 --to v2 --force >"$dir/upgrade-domain-force.txt" 2>&1 &
+        rb_bg_pids="${rb_bg_pids:-} $!"
+        rb_force_pid=$!
+    fi
+
+    # The healed VMs: web-0 (domain 0, done) on v2, web-2 (domain 2, not
+    # reached) on v1 with its data; each asked through its own httpd.
+    local w0 w2 v0 v2 reached s t_h0='' t_h2=''
+    until=$((SECONDS + 150))
+    while ((SECONDS < until)) && [[ -z $t_h0 || -z $t_h2 ]]; do
+        [[ -z $t_h0 ]] && rb_wait_state web-0 "^n[23]:Running$" 0 && t_h0=$(rb_now)
+        [[ -z $t_h2 ]] && rb_wait_state web-2 "^n[23]:Running$" 0 && t_h2=$(rb_now)
+        sleep 0.5
+    done
+    [[ -n $t_h0 && -n $t_h2 ]] || { fail "web-0/web-2 not running on n2 or n3 within 150 s of n1's death: web-0 $(rb_vm_field web-0 node) $(rb_vm_field web-0 state), web-2 $(rb_vm_field web-2 node) $(rb_vm_field web-2 state)"; return; }
+    w0=$(rb_node_of web-0) w2=$(rb_node_of web-2)
+    echo "runbook-rolling: n1 killed -> web-0 running on n$w0 after $(rb_secs "$t_kill" "$t_h0") s, web-2 on n$w2 after $(rb_secs "$t_kill" "$t_h2") s" >>"$dir/figures.txt"
+    fleet_ctl service status web >"$dir/service-status-healed.txt" 2>&1
+    rb_wait_agent "$w2" web-2 150 || fail "healed web-2's agent on n$w2 did not answer within 150 s"
+    v2=$(rb_version "$w2" web-2)
+    reached=0
+    grep -q "domain 2: upgrading web-2" "$dir/upgrade.txt" && reached=1
+    if ((reached)); then
+        # The rollout got to domain 2 before we asked: only the boot's own
+        # console line and the status taken right after healing can tell.
+        echo "runbook-rolling: note: the rollout reached domain 2 before web-2's httpd was asked (it said '$v2')" >>"$dir/figures.txt"
+    else
+        [[ $v2 == v1 ]] || fail "healed web-2 (domain 2, not yet reached) reports '$v2' through its httpd, not v1"
+    fi
+    n=$(rb_boot_versions "$w2" web-2)
+    [[ ${n%% *} == v1 ]] || fail "healed web-2's first boot on n$w2 said version '${n%% *}' on its console, not v1 (boots: $n)"
+    grep -Eq "^vm web-2 domain 2 version v1 on n$w2 " "$dir/service-status-healed.txt" ||
+        fail "service status right after healing: $(grep '^vm web-2' "$dir/service-status-healed.txt")"
+    s=$(rb_read_sum "$w2" web-2)
+    [[ $s == "$(cat "$dir/web-2.sha256")" ]] || fail "healed web-2's data: sha256 '$s', not $(cat "$dir/web-2.sha256")"
+    rb_wait_agent "$w0" web-0 150 || fail "healed web-0's agent on n$w0 did not answer within 150 s"
+    v0=$(rb_version "$w0" web-0)
+    [[ $v0 == v2 ]] || fail "healed web-0 (domain 0, already upgraded) reports '$v0', not v2"
+    n=$(rb_boot_versions "$w0" web-0)
+    [[ ${n%% *} == v2 ]] || fail "healed web-0's first boot on n$w0 said version '${n%% *}', not v2"
+    s=$(rb_read_sum "$w0" web-0)
+    [[ $s == "$(cat "$dir/web-0.sha256")" ]] || fail "healed web-0's data: sha256 '$s', not $(cat "$dir/web-0.sha256")"
+    echo "runbook-rolling: right after healing: web-0 says $v0 (httpd), web-2 says ${v2:-nothing} (httpd; the rollout had $( ((reached)) && echo "already" || echo "not yet") reached domain 2), data of both intact: $([[ $(rb_read_sum "$w2" web-2) == "$(cat "$dir/web-2.sha256")" ]] && echo yes || echo no)" >>"$dir/figures.txt"
+
+    # The rollout resumes and finishes.
+    wait "$rb_up_pid"
+    rc=$?
+    rb_up_pid=''
+    ((rc == 0)) || fail "service upgrade exited $rc: $(tail -2 "$dir/upgrade.txt" | tr '\n' ' ')"
+    local log=$dir/upgrade.txt
+    want "^rollout web v1 -> v2: domain 0: upgrading web-0"
+    want "^rollout web v1 -> v2: domain 0 healthy in [0-9.]+s"
+    want "^rollout web v1 -> v2: domain 1 healthy in [0-9.]+s"
+    want "^rollout web v1 -> v2: domain 2: upgrading web-2"
+    want "^rollout web v1 -> v2: domain 2 healthy in [0-9.]+s"
+    want "^rollout web: paused: web-[02] is being healed"
+    want "^rollout web: resumed"
+    want "^rollout web v1 -> v2 done in [0-9.]+s"
+    before "^rollout web: paused" "^rollout web v1 -> v2: domain 2: upgrading web-2"
+    sed -n 's/^rollout web v1 -> v2: \(domain [0-9] healthy in [0-9.]*s\)$/runbook-rolling: \1/p; s/^rollout web v1 -> v2 \(done in [0-9.]*s\)$/runbook-rolling: rollout \1/p' "$dir/upgrade.txt" >>"$dir/figures.txt"
+    echo "runbook-rolling: rollout wall time from the command's start: $(rb_secs "$t_up") s" >>"$dir/figures.txt"
+    [[ -n ${rb_force_pid:-} ]] && { wait "$rb_force_pid"; rc=$?; ((rc == 0)) || fail "the forced upgrade-domain exited $rc: $(tr '\n' ' ' <"$dir/upgrade-domain-force.txt")"; }
+    fleet_ctl audit >"$dir/facility-audit.txt" 2>&1
+    grep -i "force" "$dir/facility-audit.txt" | grep -q "web" ||
+        fail "the facility audit log has no forced upgrade-domain of web: $(tail -3 "$dir/facility-audit.txt" | tr '\n' ';')"
+    # Every VM on v2, through its own httpd; web-2's data carried.
+    for w in web-0 web-1 web-2; do
+        n=$(rb_node_of "$w")
+        rb_wait_agent "$n" "$w" 150 || { fail "$w's agent on n$n did not answer after the rollout"; continue; }
+        v=$(rb_version "$n" "$w")
+        [[ $v == v2 ]] || fail "after the rollout $w (on n$n) reports '$v', not v2"
+    done
+    s=$(rb_read_sum "$(rb_node_of web-2)" web-2)
+    [[ $s == "$(cat "$dir/web-2.sha256")" ]] || fail "web-2's data after its upgrade: sha256 '$s', not $(cat "$dir/web-2.sha256")"
+    fleet_ctl service status web >"$dir/service-status-after.txt" 2>&1
+    for w in web-0 web-1 web-2; do
+        grep -Eq "^vm $w domain [0-2] version v2 on n[23] Running" "$dir/service-status-after.txt" ||
+            fail "service status after the rollout: $(grep "^vm $w" "$dir/service-status-after.txt")"
+    done
+}
+
+check_runbook() { :; }
