@@ -137,23 +137,26 @@ fn unix_ms() -> u64 {
 
 /// The facility controller over a node driver and a store.
 pub struct Controller<D: NodeDriver, S: Store> {
-    driver: D,
-    store: S,
-    cfg: ControllerConfig,
-    state: FacilityState,
-    rev: Rev,
-    detectors: BTreeMap<NodeName, Detector>,
-    suspects: BTreeSet<NodeName>,
-    dead_at: BTreeMap<NodeName, Instant>,
-    answered: BTreeSet<NodeName>,
-    unprotected: BTreeSet<String>,
-    repl: Replicator,
-    events: Vec<Event>,
-    origin: Instant,
-    step_limit: Option<u64>,
-    steps_done: u64,
-    heal_step_limit: Option<u64>,
-    heal_steps_done: u64,
+    pub(crate) driver: D,
+    pub(crate) store: S,
+    pub(crate) cfg: ControllerConfig,
+    pub(crate) state: FacilityState,
+    pub(crate) rev: Rev,
+    pub(crate) detectors: BTreeMap<NodeName, Detector>,
+    pub(crate) suspects: BTreeSet<NodeName>,
+    pub(crate) dead_at: BTreeMap<NodeName, Instant>,
+    pub(crate) answered: BTreeSet<NodeName>,
+    pub(crate) unprotected: BTreeSet<String>,
+    pub(crate) repl: Replicator,
+    pub(crate) events: Vec<Event>,
+    pub(crate) origin: Instant,
+    pub(crate) step_limit: Option<u64>,
+    pub(crate) steps_done: u64,
+    pub(crate) heal_step_limit: Option<u64>,
+    pub(crate) heal_steps_done: u64,
+    /// Run steps this controller started (a Running step it did not start
+    /// was interrupted by a failover).
+    pub(crate) started_here: BTreeSet<(u64, usize)>,
 }
 
 impl<D: NodeDriver, S: Store> Controller<D, S> {
@@ -179,6 +182,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             steps_done: 0,
             heal_step_limit: None,
             heal_steps_done: 0,
+            started_here: BTreeSet::new(),
         };
         let n = c.state.intents.len();
         c.log(
@@ -251,12 +255,12 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
         self.heal_step_limit = n.map(|n| self.heal_steps_done.saturating_add(n));
     }
 
-    fn log(&mut self, now: Instant, text: String) {
+    pub(crate) fn log(&mut self, now: Instant, text: String) {
         let at = now.saturating_duration_since(self.origin);
         self.events.push(Event { at, text });
     }
 
-    fn save(&mut self) -> Result<(), ControlError> {
+    pub(crate) fn save(&mut self) -> Result<(), ControlError> {
         match self.store.save(&self.state, self.rev) {
             Ok(r) => {
                 self.rev = r;
@@ -272,11 +276,11 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
         }
     }
 
-    fn addr(&self, n: &str) -> Result<NodeAddr, ControlError> {
+    pub(crate) fn addr(&self, n: &str) -> Result<NodeAddr, ControlError> {
         self.state.addr(n).cloned().ok_or_else(|| ControlError::Invalid(format!("unknown node {n}")))
     }
 
-    fn node_err(node: &NodeAddr, what: &str) -> impl FnOnce(DriverError) -> ControlError {
+    pub(crate) fn node_err(node: &NodeAddr, what: &str) -> impl FnOnce(DriverError) -> ControlError {
         let node = node.name.clone();
         let what = what.to_string();
         move |err| ControlError::Node { node, what, err }
@@ -343,6 +347,8 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
         let (done, failed) = self.run_intents(now)?;
         sum.intents_done = done;
         sum.intents_failed = failed;
+        self.run_runs(now)?;
+        self.run_rollouts(now)?;
         sum.replication_failures = self.replicate(now);
         self.finish_drains(now)?;
         Ok(sum)
@@ -383,7 +389,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 .vms
                 .get(&nv.name)
                 .is_some_and(|r| r.node == addr.name && r.epoch == nv.epoch && r.state == VmState::Running);
-            if !ours || self.state.intent_for(&nv.name).is_some() {
+            if !ours || self.state.busy(&nv.name) {
                 continue;
             }
             let text = match self.driver.start_vm(addr, &nv.name, nv.epoch) {
@@ -411,11 +417,26 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 silent.as_secs_f64()
             ),
         );
+        // An upgrade under way there is abandoned: healing comes first.
+        let upgrading: Vec<(u64, String)> = self
+            .state
+            .intents
+            .iter()
+            .filter(|i| i.kind == IntentKind::Upgrade && i.to == name)
+            .map(|i| (i.id, i.vm.clone()))
+            .collect();
+        for (id, vm) in upgrading {
+            self.state.intents.retain(|i| i.id != id);
+            self.log(
+                now,
+                format!("upgrade of {vm} (intent #{id}) abandoned: its node {name} died; healing comes first"),
+            );
+        }
         let on_it: Vec<String> = self
             .state
             .vms
             .values()
-            .filter(|v| v.node == name && self.state.intent_for(&v.spec.name).is_none())
+            .filter(|v| v.node == name && !self.state.busy(&v.spec.name))
             .map(|v| v.spec.name.clone())
             .collect();
         for vm in on_it {
@@ -436,6 +457,17 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             return;
         };
         let from = rec.node.clone();
+        self.mark_healing(vm, format!("{vm} is being healed: its node {from} failed"), now);
+        if self.state.manual_takeover(vm) {
+            let why = format!("node {from} is dead: awaiting an operator's takeover run (its runbook)");
+            if rec.state != VmState::Waiting(why.clone()) {
+                self.log(now, format!("{vm} is not healed automatically: {why}"));
+            }
+            if let Some(v) = self.state.vms.get_mut(vm) {
+                v.state = VmState::Waiting(why);
+            }
+            return;
+        }
         let mut via_replica = false;
         let target = if rec.spec.protected {
             match &rec.partner {
@@ -476,24 +508,34 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             }
         };
         let partner = if rec.spec.protected { self.new_partner(vm, &to, now) } else { None };
+        // A service member comes back on the version its domain calls for.
+        let wanted = crate::rollout::wanted_version(&self.state, vm);
+        let mut version_note = String::new();
         if let Some(v) = self.state.vms.get_mut(vm) {
             v.node = to.clone();
             v.epoch = epoch;
             v.partner = partner;
             v.state = VmState::Moving;
+            if let Some((ver, img)) = wanted {
+                version_note = format!(", version {ver}");
+                v.spec.version = Some(ver);
+                v.spec.image = img.image;
+                v.spec.initrd = img.initrd;
+                v.spec.cmdline = img.cmdline;
+            }
         }
         self.push_intent(IntentKind::Heal, vm, Some(from.clone()), &to, epoch, rec.spec.protected, via_replica);
         self.log(
             now,
             format!(
-                "heal planned: {vm} from {from} to {to} at epoch {epoch}{}",
+                "heal planned: {vm} from {from} to {to} at epoch {epoch}{}{version_note}",
                 if via_replica { " (from its replica)" } else { " (fresh disk)" }
             ),
         );
     }
 
     /// A partner for `vm` once it runs on `primary` (None, logged, if none fits).
-    fn new_partner(&mut self, vm: &str, primary: &str, now: Instant) -> Option<NodeName> {
+    pub(crate) fn new_partner(&mut self, vm: &str, primary: &str, now: Instant) -> Option<NodeName> {
         let rec = self.state.vms.get(vm)?.clone();
         // Count the VM on its new node and no old replica while choosing.
         let mut hypo = self.state.clone();
@@ -512,7 +554,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
 
     /// Whether `p` (holding the VM's replica) can run the VM: the replica's
     /// disk becomes the VM's, so only its CPUs and memory are new.
-    fn partner_can_host(&self, rec: &VmRecord, p: &str) -> bool {
+    pub(crate) fn partner_can_host(&self, rec: &VmRecord, p: &str) -> bool {
         if !self.state.is_active(p) {
             return false;
         }
@@ -521,7 +563,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push_intent(
+    pub(crate) fn push_intent(
         &mut self,
         kind: IntentKind,
         vm: &str,
@@ -684,7 +726,8 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 continue;
             };
             let ours = rec.node == addr.name && rec.instance == nv.instance && rec.epoch == nv.epoch;
-            let in_flight = self.state.intent_for(&nv.name).is_some_and(|i| i.to == addr.name);
+            let in_flight = self.state.intent_for(&nv.name).is_some_and(|i| i.to == addr.name)
+                || self.run_targets(&addr.name, &nv.name);
             if ours || in_flight {
                 continue;
             }
@@ -704,7 +747,8 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
         }
         for (vm, _) in &rep.replicas {
             let keep = self.state.vms.get(vm).is_some_and(|r| r.partner.as_deref() == Some(&addr.name))
-                || self.state.intent_for(vm).is_some_and(|i| i.to == addr.name);
+                || self.state.intent_for(vm).is_some_and(|i| i.to == addr.name)
+                || self.run_targets(&addr.name, vm);
             if !keep {
                 self.driver
                     .replica_drop(addr, vm)
@@ -718,7 +762,10 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
 
     /// Run every unfinished intent as far as it goes; returns (finished, failed).
     pub fn run_intents(&mut self, now: Instant) -> Result<(usize, usize), ControlError> {
-        let ids: Vec<u64> = self.state.intents.iter().map(|i| i.id).collect();
+        // Healing first: it pre-empts moves and upgrades.
+        let mut ids: Vec<(bool, u64)> = self.state.intents.iter().map(|i| (i.kind != IntentKind::Heal, i.id)).collect();
+        ids.sort_unstable();
+        let ids: Vec<u64> = ids.into_iter().map(|(_, id)| id).collect();
         let (mut done, mut failed) = (0, 0);
         for id in ids {
             match self.run_intent(id, now) {
@@ -776,6 +823,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             IntentKind::Heal => "healed",
             IntentKind::Move => "moved",
             IntentKind::Repartner => "replica set up for",
+            IntentKind::Upgrade => "upgraded",
         };
         let from = it.from.as_deref().map(|f| format!(" from {f}")).unwrap_or_default();
         self.log(now, format!("{what} {} on {}{from} in {ms}ms (epoch {})", it.vm, it.to, it.epoch));
@@ -852,6 +900,10 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             }
             Step::StopSource => {
                 let from = need_from()?;
+                let rep = d.status(&from).map_err(Self::node_err(&from, "checking before stop"))?;
+                if !rep.vm(vm).is_some_and(|v| v.running) {
+                    return Ok(());
+                }
                 d.stop_vm(&from, vm).map_err(Self::node_err(&from, &format!("stopping {vm}")))
             }
             Step::FinalDrain => {
@@ -907,6 +959,14 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 }
                 _ => Ok(()),
             },
+            Step::SetImage => {
+                let boot = crate::driver::BootImage {
+                    image: rec.spec.image.clone(),
+                    initrd: rec.spec.initrd.clone(),
+                    cmdline: rec.spec.cmdline.clone(),
+                };
+                d.set_vm_image(&to, vm, &boot).map_err(Self::node_err(&to, &format!("re-imaging {vm}")))
+            }
             Step::Notify => {
                 let text = match it.kind {
                     IntentKind::Heal => format!("{vm} was restarted on another node after its node failed"),
@@ -922,7 +982,7 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
 
     /// A replica of `spec` on `partner` fed from `primary` at `epoch`,
     /// unless the partner already holds one at that epoch.
-    fn make_replica(
+    pub(crate) fn make_replica(
         &self,
         primary: &NodeAddr,
         partner: &NodeAddr,

@@ -17,6 +17,9 @@ pub enum IntentKind {
     Move,
     /// Its partner died or is draining: a new replica elsewhere.
     Repartner,
+    /// A rolling upgrade: stop it, boot it from its new version, start it
+    /// (same node, same disk, same epoch).
+    Upgrade,
 }
 
 /// One idempotent step. Each checks the node's report where that tells
@@ -49,6 +52,8 @@ pub enum Step {
     DropOldReplica,
     /// Tell the tenant.
     Notify,
+    /// Boot it from the image its record names (a rolling upgrade).
+    SetImage,
 }
 
 /// One plan in flight.
@@ -133,5 +138,6 @@ pub fn steps(kind: IntentKind, protected: bool, has_replica_on_target: bool) -> 
             s
         }
         IntentKind::Repartner => vec![ReplicaToPartner, DropOldReplica],
+        IntentKind::Upgrade => vec![StopSource, SetImage, Start],
     }
 }

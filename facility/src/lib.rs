@@ -18,7 +18,12 @@ pub mod locks;
 pub mod model;
 pub mod placement;
 pub mod replication;
+pub mod rollout;
+pub mod run;
+pub mod runbook;
+mod runner;
 pub mod store;
+mod upgrader;
 
 pub use driver::{DriverError, NodeDriver, NodeReport, NodeVm, ReplicaBatch};
 pub use engine::{ControlError, Controller, ControllerConfig, Event, TickSummary};

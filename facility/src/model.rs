@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::intent::Intent;
 use crate::locks::LockTable;
+use crate::rollout::ServiceRecord;
+use crate::run::{AuditRecord, Run};
+use crate::runbook::RunbookDoc;
 
 /// A node's name, unique in the facility (the inventory's key).
 pub type NodeName = String;
@@ -111,6 +114,15 @@ pub struct VmPlacementSpec {
     pub mac: [u8; 6],
     /// Protected VMs keep a replica of their disk on a partner node.
     pub protected: bool,
+    /// The service (update-domain group) it belongs to, if any.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Its update domain within the service.
+    #[serde(default)]
+    pub domain: Option<u32>,
+    /// The service version its image is.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// Where a node is in its lifecycle.
@@ -184,6 +196,27 @@ pub struct FacilityState {
     pub next_instance: u64,
     /// Next intent ID to hand out.
     pub next_intent: u64,
+    /// Disaster-recovery runbooks by service.
+    #[serde(default)]
+    pub runbooks: BTreeMap<String, RunbookDoc>,
+    /// Runbook runs, oldest first (at most [`crate::run::MAX_RUNS`] kept).
+    #[serde(default)]
+    pub runs: Vec<Run>,
+    /// Next run ID to hand out.
+    #[serde(default)]
+    pub next_run: u64,
+    /// Nonces of signed run requests seen recently, with when (unix ms).
+    #[serde(default)]
+    pub nonces: Vec<(u64, u64)>,
+    /// Where each service goes back to on failback: the node its last takeover left.
+    #[serde(default)]
+    pub failback_to: BTreeMap<String, NodeName>,
+    /// Services with update domains and versions, by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceRecord>,
+    /// The facility's audit log (runs, refusals, forced upgrades), oldest first.
+    #[serde(default)]
+    pub audit: Vec<AuditRecord>,
 }
 
 impl FacilityState {
@@ -200,5 +233,21 @@ impl FacilityState {
     /// The unfinished intent working on `vm`, if any.
     pub fn intent_for(&self, vm: &str) -> Option<&Intent> {
         self.intents.iter().find(|i| i.vm == vm)
+    }
+
+    /// The run under way on `vm`, if any.
+    pub fn run_for(&self, vm: &str) -> Option<&Run> {
+        self.runs.iter().find(|r| r.request.service == vm && r.state == crate::run::RunState::Running)
+    }
+
+    /// Whether an intent or a run is working on `vm`.
+    pub fn busy(&self, vm: &str) -> bool {
+        self.intent_for(vm).is_some() || self.run_for(vm).is_some()
+    }
+
+    /// Whether `vm` is recovered by an operator's takeover runbook rather
+    /// than healed automatically.
+    pub fn manual_takeover(&self, vm: &str) -> bool {
+        self.runbooks.get(vm).is_some_and(RunbookDoc::manual_takeover)
     }
 }

@@ -89,6 +89,12 @@ impl Replicator {
     }
 
     /// Forget VMs no longer protected or gone.
+    /// Whether a pulled batch for `vm` waits to be pushed again (it would
+    /// be lost if `vm` left replication now).
+    pub fn holds_retry(&self, vm: &str) -> bool {
+        self.tracks.get(vm).is_some_and(|t| t.retry.is_some())
+    }
+
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.tracks.retain(|k, _| keep(k));
     }

@@ -1,12 +1,15 @@
 //! The small HTTP server of `bmctl watch --listen`: `/metrics` for
-//! Prometheus, `/api/state` as JSON, `/` a self-contained dashboard.
+//! Prometheus, `/api/state` as JSON, `/` a self-contained dashboard. The
+//! same bounded server serves any other set of [`Pages`] (the facility
+//! dashboard of `bmctl facility serve --listen`).
 //!
 //! Written on std rather than an HTTP crate so every bound is ours: a fixed
 //! pool of [`WORKERS`] threads, a [`QUEUE`] of accepted connections
 //! (beyond it a connection is closed at once), request heads of at most
 //! [`MAX_HEAD`] bytes read within [`IO_TIMEOUT`], no request bodies. The
-//! view is locked only to render a page, never while a client reads, so a
-//! slow client cannot hold up the subscription threads.
+//! pages are asked for a body only once a whole request head was read (the
+//! view is locked only to render it), so a slow client cannot hold up the
+//! threads that update what the pages show.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -32,6 +35,31 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What a server answers `GET` and `HEAD` with, so one bounded server
+/// (pool, queue, limits) serves both the watch and the facility dashboard.
+pub trait Pages: Send + Sync {
+    /// The content type and body for `path` (query removed), or `None` for
+    /// a 404. Called from a worker thread once per request, so it should
+    /// only take short locks.
+    fn get(&self, path: &str) -> Option<(&'static str, Vec<u8>)>;
+}
+
+/// The watch's pages, rendered from its view under a short lock.
+impl Pages for Mutex<View> {
+    fn get(&self, path: &str) -> Option<(&'static str, Vec<u8>)> {
+        let render = |f: &dyn Fn(&View) -> String| match self.lock() {
+            Ok(v) => f(&v),
+            Err(p) => f(&p.into_inner()),
+        };
+        match path {
+            "/metrics" => Some(("text/plain; version=0.0.4; charset=utf-8", render(&|v| v.metrics()).into_bytes())),
+            "/api/state" => Some(("application/json", render(&|v| v.state_json(now_ms()).to_string()).into_bytes())),
+            "/" | "/index.html" => Some(("text/html; charset=utf-8", DASHBOARD.as_bytes().to_vec())),
+            _ => None,
+        }
+    }
+}
+
 /// A running server: its address and threads.
 pub struct HttpServer {
     /// The address it listens on (with the port chosen when 0 was asked).
@@ -42,6 +70,12 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `addr` and serves `view` until `stop` is set.
     pub fn start(addr: &str, view: Arc<Mutex<View>>, stop: Arc<AtomicBool>) -> std::io::Result<HttpServer> {
+        Self::start_pages(addr, view, stop)
+    }
+
+    /// Binds `addr` and serves `pages` until `stop` is set, with the same
+    /// bounds as the watch (so another page set needs no server of its own).
+    pub fn start_pages(addr: &str, pages: Arc<dyn Pages>, stop: Arc<AtomicBool>) -> std::io::Result<HttpServer> {
         let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
         // Non-blocking accept, so the acceptor sees `stop` within 50 ms.
@@ -50,8 +84,8 @@ impl HttpServer {
         let rx = Arc::new(Mutex::new(rx));
         let mut threads = Vec::new();
         for _ in 0..WORKERS {
-            let (rx, view) = (rx.clone(), view.clone());
-            threads.push(std::thread::spawn(move || worker(&rx, &view)));
+            let (rx, pages) = (rx.clone(), pages.clone());
+            threads.push(std::thread::spawn(move || worker(&rx, &*pages)));
         }
         let st = stop;
         threads.push(std::thread::spawn(move || {
@@ -87,14 +121,14 @@ impl HttpServer {
     }
 }
 
-fn worker(rx: &Mutex<Receiver<TcpStream>>, view: &Mutex<View>) {
+fn worker(rx: &Mutex<Receiver<TcpStream>>, pages: &dyn Pages) {
     loop {
         let next = match rx.lock() {
             Ok(r) => r.recv(),
             Err(_) => return,
         };
         let Ok(s) = next else { return };
-        let _ = serve(s, view);
+        let _ = serve(s, pages);
     }
 }
 
@@ -131,7 +165,7 @@ pub fn parse_head(head: &str) -> Option<RequestHead> {
 }
 
 /// Status, content type and body for a request.
-pub fn route(head: &RequestHead, view: &Mutex<View>) -> (u16, &'static str, Vec<u8>) {
+pub fn route(head: &RequestHead, pages: &dyn Pages) -> (u16, &'static str, Vec<u8>) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if head.has_body {
         return (413, TEXT, b"request bodies are not accepted\n".to_vec());
@@ -139,15 +173,9 @@ pub fn route(head: &RequestHead, view: &Mutex<View>) -> (u16, &'static str, Vec<
     if head.method != "GET" && head.method != "HEAD" {
         return (405, TEXT, b"only GET and HEAD\n".to_vec());
     }
-    let render = |f: &dyn Fn(&View) -> String| match view.lock() {
-        Ok(v) => f(&v),
-        Err(p) => f(&p.into_inner()),
-    };
-    match head.path.as_str() {
-        "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", render(&|v| v.metrics()).into_bytes()),
-        "/api/state" => (200, "application/json", render(&|v| v.state_json(now_ms()).to_string()).into_bytes()),
-        "/" | "/index.html" => (200, "text/html; charset=utf-8", DASHBOARD.as_bytes().to_vec()),
-        _ => (404, TEXT, b"not found\n".to_vec()),
+    match pages.get(&head.path) {
+        Some((ctype, body)) => (200, ctype, body),
+        None => (404, TEXT, b"not found\n".to_vec()),
     }
 }
 
@@ -163,7 +191,7 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-fn serve(mut s: TcpStream, view: &Mutex<View>) -> std::io::Result<()> {
+fn serve(mut s: TcpStream, pages: &dyn Pages) -> std::io::Result<()> {
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut buf = vec![0u8; MAX_HEAD];
@@ -188,7 +216,7 @@ fn serve(mut s: TcpStream, view: &Mutex<View>) -> std::io::Result<()> {
         Some(i) => match parse_head(&String::from_utf8_lossy(buf.get(..i).unwrap_or(&[]))) {
             None => (400, "text/plain", b"bad request\n".to_vec(), false),
             Some(h) => {
-                let (c, t, b) = route(&h, view);
+                let (c, t, b) = route(&h, pages);
                 (c, t, b, h.method == "HEAD")
             }
         },

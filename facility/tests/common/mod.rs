@@ -53,6 +53,8 @@ pub struct Fleet {
     pub services: Mutex<Vec<String>>,
     /// Services reported down (exited) instead.
     pub down_services: Mutex<BTreeSet<String>>,
+    /// VMs whose services all report down.
+    pub sick_vms: Mutex<BTreeSet<String>>,
 }
 
 /// What a VM defined from `vm` boots.
@@ -389,7 +391,10 @@ impl NodeDriver for Fleet {
 
     fn vm_health(&self, n: &NodeAddr, vm: &str) -> Result<VmHealth, DriverError> {
         let services = self.services.lock().unwrap().clone();
-        let down = self.down_services.lock().unwrap().clone();
+        let mut down = self.down_services.lock().unwrap().clone();
+        if self.sick_vms.lock().unwrap().contains(vm) {
+            down.extend(services.iter().cloned());
+        }
         self.with(n, |node| {
             let v = node.vms.get(vm).ok_or(DriverError::Refused("no such VM".into()))?;
             if !v.running {
@@ -539,5 +544,8 @@ pub fn spec(name: &str, cluster: u32, mem: u32, ip: u8, protected: bool) -> VmPl
         ip: Some([10, 1, 0, ip]),
         mac: [2, 0, 0, 0, 0, ip],
         protected,
+        service: None,
+        domain: None,
+        version: None,
     }
 }

@@ -382,6 +382,9 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
                 ip: ip.map(|i| i.octets()),
                 mac,
                 protected,
+                service: None,
+                domain: None,
+                version: None,
             };
             // Record the placement only: the running controller (`serve`)
             // carries the creation out, so two processes never work on one

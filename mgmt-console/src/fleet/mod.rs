@@ -2,4 +2,5 @@
 //! channel and the `bmctl facility` commands (docs/fleet.md).
 
 pub mod cmd;
+pub mod dashboard;
 pub mod driver;
