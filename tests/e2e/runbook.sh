@@ -496,8 +496,10 @@ rb_dr_migrate() {
     m1=$(rb_probe_mark 3 client)
     rb_run migrate db migrate --param "to=n$to" --operator alice --operator-key "$dir/alice.key" --wait 240
     rb_exit migrate 0
+    echo "runbook-dr: migrate output: $(tr '\n' '|' <"$dir/run-migrate.txt")" >>"$dir/figures.txt"
     rb_in migrate "^run [0-9]+: gates passed \(allow-list, state, schema, authentication\)"
     rb_in migrate "^run [0-9]+ succeeded( with [0-9]+ warning\(s\))? in [0-9.]+s"
+    rb_in migrate "^run [0-9]+ step 6/9 verify: done in [0-9.]+s"
     [[ $(rb_node_of db) == "$to" ]] || { fail "after migrate db is on $(rb_vm_field db node), not n$to"; return 1; }
     m2=$(rb_probe_mark 3 client)
     rb_wait_client 3 client "$m2" 3 120 || fail "the client did not reach db (10.0.0.10) again within 120 s of the migrate"
@@ -513,24 +515,26 @@ rb_dr_takeover() {
     local from m1 t_kill t_wait gap s to p
     from=$(rb_node_of db)
     # The replica must be complete before the primary dies.
-    rb_serve_mark
     p=$(rb_vm_field db partner)
     local until=$((SECONDS + 60))
     while [[ -z $p ]] && ((SECONDS < until)); do sleep 1; p=$(rb_vm_field db partner); done
     [[ -n $p ]] || { fail "db has no partner 60 s after the migrate"; return 1; }
+    rb_serve_mark
     rb_wait_synced db 150 || { fail "db's replica on $p did not catch up within 150 s"; return 1; }
     m1=$(rb_probe_mark 3 client)
     t_kill=$(rb_now)
     facility_node_kill "$fdir" "$from"
-    rb_wait_state db "^n$from:Waiting: .*awaiting takeover" 60 ||
+    rb_wait_state db "^n$from:Waiting: .*awaiting.*takeover" 60 ||
         { fail "db did not become Waiting(... awaiting takeover) within 60 s of n$from's death: $(rb_vm_field db node) $(rb_vm_field db state)"; return 1; }
     t_wait=$(rb_now)
     sleep 3 # not healed by itself: still waiting
-    rb_wait_state db "^n$from:Waiting: .*awaiting takeover" 1 || fail "db did not stay waiting for takeover: $(rb_vm_field db node) $(rb_vm_field db state)"
+    echo "runbook-dr: db's state while waiting: $(rb_vm_field db state)" >>"$dir/figures.txt"
+    rb_wait_state db "^n$from:Waiting: .*awaiting.*takeover" 1 || fail "db did not stay waiting for takeover: $(rb_vm_field db node) $(rb_vm_field db state)"
     grep -q "healed db on" "$dir/serve.log" && fail "the controller healed db by itself: $(grep -m1 'healed db on' "$dir/serve.log")"
     rb_run takeover db takeover --operator alice --operator-key "$dir/alice.key" --wait 240
     rb_exit takeover 0
     rb_in takeover "^run [0-9]+ succeeded( with [0-9]+ warning\(s\))? in [0-9.]+s"
+    rb_in takeover "^run [0-9]+ step 4/7 verify: done in [0-9.]+s"
     to=$(rb_node_of db)
     [[ "n$to" == "$p" ]] || fail "takeover put db on n$to, not its partner $p"
     rb_wait_client 3 client "$m1" 3 150 || fail "the client did not reach db again within 150 s of the takeover"
@@ -557,6 +561,7 @@ rb_dr_failback() {
     rb_run failback db failback --operator alice --operator-key "$dir/alice.key" --wait 240
     rb_exit failback 0
     rb_in failback "^run [0-9]+ succeeded( with [0-9]+ warning\(s\))? in [0-9.]+s"
+    rb_in failback "^run [0-9]+ step 6/9 verify: done in [0-9.]+s"
     [[ $(rb_node_of db) == "$back" ]] || { fail "after failback db is on $(rb_vm_field db node), not n$back"; return 1; }
     rb_wait_client 3 client "$m1" 3 150 || fail "the client did not reach db again within 150 s of the failback"
     gap=$(rb_probe_gap 3 client "$m1")
