@@ -23,7 +23,7 @@ pub const MAX_CHECKS: usize = 16;
 /// Update domains per service.
 pub const MAX_DOMAINS: u32 = 64;
 /// Log lines kept per rollout.
-pub const MAX_ROLLOUT_LOG: usize = 64;
+pub const MAX_ROLLOUT_LOG: usize = 512;
 /// A heartbeat older than this does not count as live.
 pub const HEARTBEAT_FRESH_MS: u64 = 5_000;
 /// Default bound on one domain becoming healthy.

@@ -103,6 +103,50 @@ pub enum FacilityCmd {
     },
     /// The inventory, placements, epochs and unfinished work.
     Status,
+    /// A new operator signing key (ed25519) in FILE, mode 0600; prints the
+    /// public key for runbook allow-lists.
+    OperatorKey {
+        /// The operator's name.
+        name: String,
+        /// Where the secret key goes (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Disaster-recovery runbooks (docs/runbooks.md).
+    #[command(subcommand)]
+    Runbook(RunbookCmd),
+    /// Run a service's runbook: migrate, takeover or failback. Gates are
+    /// checked by the controller before any node is told anything; the
+    /// steps are followed live. Exit 0 succeeded, 1 failed, 2 refused,
+    /// 3 not finished within --wait.
+    Run {
+        /// The service (protected VM).
+        service: String,
+        /// migrate, takeover or failback.
+        action: String,
+        /// Run parameter KEY=VALUE (migrate, takeover: to=NODE).
+        #[arg(long = "param", value_name = "KEY=VALUE")]
+        params: Vec<String>,
+        /// Your name on the runbook's allow-list.
+        #[arg(long)]
+        operator: String,
+        /// Your signing key (bmctl facility operator-key).
+        #[arg(long, value_name = "FILE")]
+        operator_key: PathBuf,
+        /// Follow for at most this long.
+        #[arg(long, value_name = "SECS", default_value = "600")]
+        wait: u64,
+    },
+    /// Runbook runs, or one run's step log.
+    Runs {
+        /// The run.
+        id: Option<u64>,
+    },
+    /// Services with update domains and versions; rolling upgrades.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// The facility's audit log: runs, refusals, upgrades.
+    Audit,
     /// Run the controller: heartbeats, detection, healing, replication,
     /// filters. Prints one line per event. With --etcd, campaigns for
     /// leadership and acts only while leading.
@@ -121,6 +165,110 @@ pub enum FacilityCmd {
         /// dead node's VMs.
         #[arg(long, value_name = "N", hide = true)]
         crash_after_steps: Option<u64>,
+        /// Serve the live dashboard on ADDR (HOST:PORT): `/` and `/api/facility`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+}
+
+/// `bmctl facility runbook`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RunbookCmd {
+    /// Store a service's runbooks from a JSON document (checked against the schema).
+    Set {
+        /// The document.
+        file: PathBuf,
+        /// Who stores it (for the audit log).
+        #[arg(long, default_value = "landlord")]
+        operator: String,
+    },
+    /// Print a service's runbooks.
+    Show {
+        /// The service.
+        service: String,
+    },
+    /// Print the published JSON schema of runbook documents.
+    Schema,
+}
+
+/// `bmctl facility service`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCmd {
+    /// Define a service with its first version.
+    Define {
+        /// Service name.
+        name: String,
+        /// The first version's name.
+        #[arg(long)]
+        version: String,
+        /// Its kernel image (a file in --images).
+        #[arg(long)]
+        image: String,
+        /// Its initrd (a file in --images).
+        #[arg(long)]
+        initrd: Option<String>,
+        /// Its kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// An agent service that must be up for a VM to count healthy (repeatable).
+        #[arg(long = "check", value_name = "SERVICE")]
+        checks: Vec<String>,
+    },
+    /// Add a version a rollout can go to.
+    AddVersion {
+        /// Service name.
+        name: String,
+        /// The version's name.
+        version: String,
+        /// Its kernel image.
+        #[arg(long)]
+        image: String,
+        /// Its initrd.
+        #[arg(long)]
+        initrd: Option<String>,
+        /// Its kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+    },
+    /// Rolling upgrade to a version, one update domain at a time; follows it.
+    Upgrade {
+        /// Service name.
+        name: String,
+        /// The version to go to.
+        #[arg(long)]
+        to: String,
+        /// Bound on a domain becoming healthy.
+        #[arg(long, value_name = "SECS", default_value = "120")]
+        health_timeout: u32,
+        /// Follow for at most this long (0: start it and return).
+        #[arg(long, value_name = "SECS", default_value = "1800")]
+        wait: u64,
+        /// Who asks (for the audit log).
+        #[arg(long, default_value = "landlord")]
+        operator: String,
+    },
+    /// Upgrade one domain by hand; refused while a VM of the service is
+    /// being healed unless --force (which is audited).
+    UpgradeDomain {
+        /// Service name.
+        name: String,
+        /// The domain.
+        #[arg(long)]
+        domain: u32,
+        /// The version.
+        #[arg(long)]
+        to: String,
+        /// Upgrade even during healing.
+        #[arg(long)]
+        force: bool,
+        /// Who asks (for the audit log).
+        #[arg(long, default_value = "landlord")]
+        operator: String,
+    },
+    /// The service's VMs, their domains and versions, its rollout.
+    Status {
+        /// Service name.
+        name: String,
     },
 }
 
@@ -176,9 +324,9 @@ pub enum FacilityVmCmd {
         /// Cluster number (the nodes' [[cluster]] order).
         #[arg(long)]
         cluster: u32,
-        /// Image file name in --images.
-        #[arg(long)]
-        image: String,
+        /// Image file name in --images (from the service's version with --service).
+        #[arg(long, required_unless_present = "service")]
+        image: Option<String>,
         /// Initrd file name in --images.
         #[arg(long)]
         initrd: Option<String>,
@@ -206,6 +354,12 @@ pub enum FacilityVmCmd {
         /// Put it on this node (default: where placement chooses).
         #[arg(long, value_name = "NODE")]
         on: Option<String>,
+        /// The service it belongs to (its image is the version its domain calls for).
+        #[arg(long, requires = "domain")]
+        service: Option<String>,
+        /// Its update domain in the service.
+        #[arg(long, requires = "service")]
+        domain: Option<u32>,
     },
 }
 
@@ -299,6 +453,15 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
         println!("reserved {ip} for {name} ({mac})");
         return Ok(());
     }
+    // Commands that need neither the landlord key nor the store.
+    match &a.cmd {
+        FacilityCmd::OperatorKey { name, out } => return super::ops::operator_key(name, out),
+        FacilityCmd::Runbook(RunbookCmd::Schema) => {
+            print!("{}", facility::runbook::SCHEMA);
+            return Ok(());
+        }
+        _ => {}
+    }
     let health = HealthConfig {
         interval: Duration::from_millis(a.interval_ms),
         misses: a.misses,
@@ -362,6 +525,8 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
             mac,
             protected,
             on,
+            service,
+            domain,
         }) => {
             if mgmt_proto::PublicKey::from_hex(tenant_key.trim()).is_none() {
                 bail!("tenant-key: 64 hex digits (the tenant's `bmctl keygen` output)");
@@ -370,21 +535,35 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
                 Some(m) => parse_mac(&m)?,
                 None => mac_of(&name),
             };
+            let (version, boot) = match (&service, domain) {
+                (Some(svc), Some(d)) => {
+                    let (v, b) = c.service_image(svc, d).map_err(|e| anyhow!("{e}"))?;
+                    (Some(v), b)
+                }
+                _ => (
+                    None,
+                    facility::driver::BootImage {
+                        image: image.clone().unwrap_or_default(),
+                        initrd: initrd.clone(),
+                        cmdline: cmdline.clone(),
+                    },
+                ),
+            };
             let spec = VmPlacementSpec {
                 name: name.clone(),
                 tenant,
                 tenant_console_key: tenant_key.trim().to_lowercase(),
                 cluster,
                 res: Resources { vcpus, memory_mib: memory, disk_mib: disk },
-                image,
-                initrd,
-                cmdline,
+                image: boot.image,
+                initrd: boot.initrd,
+                cmdline: boot.cmdline,
                 ip: ip.map(|i| i.octets()),
                 mac,
                 protected,
-                service: None,
-                domain: None,
-                version: None,
+                service,
+                domain,
+                version,
             };
             // Record the placement only: the running controller (`serve`)
             // carries the creation out, so two processes never work on one
@@ -494,8 +673,85 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
             }
             Ok(())
         }
-        FacilityCmd::Serve { run_for, id, leader_ttl, crash_after_steps } => {
+        FacilityCmd::OperatorKey { .. } | FacilityCmd::Runbook(RunbookCmd::Schema) => Ok(()),
+        FacilityCmd::Runbook(RunbookCmd::Set { file, operator }) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let what = retry_conflicts(&mut c, |c| c.set_runbook(&text, &operator))?;
+            println!("{what}");
+            Ok(())
+        }
+        FacilityCmd::Runbook(RunbookCmd::Show { service }) => {
+            let doc = c.state().runbooks.get(&service).ok_or_else(|| anyhow!("{service} has no runbooks"))?;
+            println!("{}", serde_json::to_string_pretty(doc)?);
+            Ok(())
+        }
+        FacilityCmd::Run { service, action, params, operator, operator_key, wait } => {
+            let args = super::ops::RunArgs {
+                service: &service,
+                action: &action,
+                params: &params,
+                operator: &operator,
+                key: &operator_key,
+                wait: Duration::from_secs(wait),
+            };
+            let code = super::ops::run(&mut c, &args, json_out, |c, req, sig| {
+                retry_conflicts(c, |c| c.request_run(req.clone(), sig.to_string()))
+            })?;
+            exit_with(code)
+        }
+        FacilityCmd::Runs { id } => super::ops::runs(c.state(), id, json_out),
+        FacilityCmd::Audit => super::ops::audit(c.state(), json_out),
+        FacilityCmd::Service(ServiceCmd::Define { name, version, image, initrd, cmdline, checks }) => {
+            let boot = facility::driver::BootImage { image, initrd, cmdline };
+            retry_conflicts(&mut c, |c| c.define_service(&name, &version, boot.clone(), checks.clone()))?;
+            println!("service {name} defined at version {version}");
+            Ok(())
+        }
+        FacilityCmd::Service(ServiceCmd::AddVersion { name, version, image, initrd, cmdline }) => {
+            let boot = facility::driver::BootImage { image, initrd, cmdline };
+            retry_conflicts(&mut c, |c| c.add_version(&name, &version, boot.clone()))?;
+            println!("service {name}: version {version} added");
+            Ok(())
+        }
+        FacilityCmd::Service(ServiceCmd::Upgrade { name, to, health_timeout, wait, operator }) => {
+            retry_conflicts(&mut c, |c| c.start_rollout(&name, &to, health_timeout, &operator))?;
+            if wait == 0 {
+                println!("rollout of {name} to {to} started");
+                return Ok(());
+            }
+            let code = super::ops::follow_rollout(&mut c, &name, Duration::from_secs(wait), json_out)?;
+            exit_with(code)
+        }
+        FacilityCmd::Service(ServiceCmd::UpgradeDomain { name, domain, to, force, operator }) => {
+            match retry_conflicts(&mut c, |c| c.upgrade_domain(&name, domain, &to, force, &operator)) {
+                Ok(n) => {
+                    println!(
+                        "service {name} domain {domain}: {n} VM(s) to upgrade to {to}{}",
+                        if force { " (forced, audited)" } else { "" }
+                    );
+                    Ok(())
+                }
+                Err(e) if e.to_string().starts_with("refused") => {
+                    println!("service {name} domain {domain}: {e}");
+                    exit_with(super::ops::EXIT_REFUSED)
+                }
+                Err(e) => Err(e),
+            }
+        }
+        FacilityCmd::Service(ServiceCmd::Status { name }) => super::ops::service_status(c.state(), &name, json_out),
+        FacilityCmd::Serve { run_for, id, leader_ttl, crash_after_steps, listen } => {
             c.set_heal_step_limit(crash_after_steps);
+            let dashboard = match listen {
+                Some(addr) => {
+                    let pages = std::sync::Arc::new(super::dashboard::FacilityPages::new());
+                    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let srv = super::dashboard::start(&addr, pages.clone(), stop.clone())
+                        .with_context(|| format!("dashboard: cannot listen on {addr}"))?;
+                    println!("facility: dashboard on http://{}/", srv.addr);
+                    Some((pages, stop, srv))
+                }
+                None => None,
+            };
             let election = etcd.map(|client| {
                 std::sync::Arc::new(std::sync::Mutex::new(Election::new(
                     client,
@@ -507,7 +763,23 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
             let period =
                 Duration::from_millis(a.interval_ms).min(Duration::from_millis(u64::from(a.fence_after_ms) / 3));
             let ttl = Duration::from_secs(leader_ttl.max(1));
-            serve(&mut c, election, ttl, keeper, period, Duration::from_millis(a.interval_ms), run_for, json_out)
+            let pages = dashboard.as_ref().map(|(p, _, _)| p.clone());
+            let r = serve(
+                &mut c,
+                election,
+                ttl,
+                keeper,
+                period,
+                Duration::from_millis(a.interval_ms),
+                run_for,
+                json_out,
+                pages,
+            );
+            if let Some((_, stop, srv)) = dashboard {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                srv.join();
+            }
+            r
         }
     }
 }
@@ -557,6 +829,7 @@ fn serve<S: Store>(
     interval: Duration,
     run_for: Option<u64>,
     json_out: bool,
+    pages: Option<std::sync::Arc<super::dashboard::FacilityPages>>,
 ) -> Result<()> {
     crate::watch::handle_stop_signals();
     let leased: std::sync::Arc<std::sync::Mutex<Vec<NodeAddr>>> = Default::default();
@@ -651,6 +924,9 @@ fn serve<S: Store>(
             }
         }
         printed = print_events(c, printed, json_out);
+        if let Some(p) = &pages {
+            p.publish(published_state(c, leading));
+        }
         if last_lag.elapsed() >= Duration::from_secs(5) {
             last_lag = Instant::now();
             for (vm, lag) in c.lag() {
@@ -677,6 +953,30 @@ fn serve<S: Store>(
         let _ = lock_election(e).resign();
     }
     Ok(())
+}
+
+/// What the dashboard shows: the stored state, the newest controller
+/// events, and whether this controller leads.
+fn published_state<D: facility::driver::NodeDriver, S: Store>(
+    c: &Controller<D, S>,
+    leading: bool,
+) -> serde_json::Value {
+    let mut v = serde_json::to_value(c.state()).unwrap_or_default();
+    let events: Vec<String> = c.events().iter().rev().take(200).rev().map(|e| e.to_string()).collect();
+    if let Some(m) = v.as_object_mut() {
+        m.insert("events".into(), json!(events));
+        m.insert("leading".into(), json!(leading));
+    }
+    v
+}
+
+/// Ends the process with `code` after flushing what was printed.
+fn exit_with(code: u8) -> Result<()> {
+    let _ = std::io::stdout().flush();
+    if code == 0 {
+        return Ok(());
+    }
+    std::process::exit(i32::from(code));
 }
 
 fn lock_election(e: &std::sync::Mutex<Election>) -> std::sync::MutexGuard<'_, Election> {

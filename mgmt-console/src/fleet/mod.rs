@@ -4,3 +4,4 @@
 pub mod cmd;
 pub mod dashboard;
 pub mod driver;
+pub mod ops;
