@@ -264,13 +264,18 @@ for x in d if isinstance(d, list) else d.get("entries", []):
 # rb_doc OUT [HOSTS] [POLICY]: db.json with alice's key; HOSTS (a JSON list)
 # replaces the allow-listed hosts; POLICY makes migrate's verify check a
 # service that does not exist (nosuch, 2 s) under that on_failure.
+# RB_VERIFY_TIMEOUT (90) bounds the other verify steps.
 rb_doc() {
-    python3 - "$RB_T/db.json" "$1" "$rb_alice" "${2:-}" "${3:-}" <<'PY'
+    python3 - "$RB_T/db.json" "$1" "$rb_alice" "${2:-}" "${3:-}" "${RB_VERIFY_TIMEOUT:-90}" <<'PY'
 import json, sys
-src, out, key, hosts, policy = sys.argv[1:6]
+src, out, key, hosts, policy, vt = sys.argv[1:7]
 d = json.loads(open(src).read().replace("ALICE_PUBLIC_KEY", key))
 if hosts:
     d["allow"]["hosts"] = json.loads(hosts)
+for steps in d["actions"].values():
+    for s in steps:
+        if s["step"] == "verify":
+            s["timeout_s"] = int(vt)
 if policy:
     for s in d["actions"]["migrate"]:
         if s["step"] == "verify":
@@ -452,7 +457,7 @@ rb_dr_policies() {
         case $p in
         die)
             rb_exit "$tag" 1
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed: .*; die: run stops"
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; die: run stops"
             rb_in "$tag" "^run [0-9]+ failed at step 6 \(verify\): "
             ((attempts == 0)) || fail "run $tag: $attempts retries, want none"
             grep -Eq "^run [0-9]+ step [789]/9 " "$dir/run-$tag.txt" && fail "run $tag: steps after the failed verify ran: $(grep -Em1 "^run [0-9]+ step [789]/9 " "$dir/run-$tag.txt")"
@@ -461,20 +466,20 @@ rb_dr_policies() {
             rb_exit "$tag" 1
             rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 1 failed: .*; retrying \(1 of 2\)"
             rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 2 failed: .*; retrying \(2 of 2\)"
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed: .*; die: run stops"
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; die: run stops"
             rb_in "$tag" "^run [0-9]+ failed at step 6 \(verify\): "
             [[ $st == 3 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 3"
             ;;
         warn)
             rb_exit "$tag" 0
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed: .*; warn: continuing"
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; warn: continuing"
             rb_in "$tag" "^run [0-9]+ step 9/9 notify: done"
             rb_in "$tag" "^run [0-9]+ succeeded with 1 warning\(s\) in [0-9.]+s"
             ;;
         "retry 1 then warn")
             rb_exit "$tag" 0
             rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 1 failed: .*; retrying \(1 of 1\)"
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed: .*; warn: continuing"
+            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; warn: continuing"
             rb_in "$tag" "^run [0-9]+ succeeded with 1 warning\(s\) in [0-9.]+s"
             [[ $st == 2 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 2"
             ;;
