@@ -288,7 +288,7 @@ rb_set_doc() {
     rb_doc "$dir/$1.json" "${2:-}" "${3:-}" || { fail "cannot write runbook $1"; return 1; }
     fleet_ctl runbook set "$dir/$1.json" >"$dir/runbook-set-$1.txt" 2>&1 ||
         { fail "runbook set $1 failed: $(tail -2 "$dir/runbook-set-$1.txt" | tr '\n' ' ')"; return 1; }
-    grep -q "^runbook for db stored$" "$dir/runbook-set-$1.txt" ||
+    grep -q "^runbook for db stored" "$dir/runbook-set-$1.txt" ||
         fail "runbook set $1 did not say 'runbook for db stored': $(head -1 "$dir/runbook-set-$1.txt")"
 }
 # rb_run TAG ARGS...: `bmctl facility run ARGS...` (bounded), output in
@@ -395,11 +395,35 @@ rb_dr_body() {
     rb_wait_synced db 150 || { fail "db's replica did not catch up within 150 s"; return; }
 
     rb_dr_gates || return
-    rb_set_doc db || return
-    rb_dr_policies || return
+    # b. The policies that let a run finish first: a run that dies after
+    # its start step leaves db busy (see rb_dr_policy), and every later run
+    # would be refused at gate 2; the two that die come after e.
+    rb_dr_policy "retry 1 then warn" || return
+    rb_dr_policy "warn" || return
     rb_dr_migrate || return
     rb_dr_takeover || return
-    rb_dr_failback
+    rb_dr_failback || return
+    rb_dr_policy "retry 2 then die" || return
+    rb_dr_policy "die"
+}
+
+# rb_settled SECS: db Running (no intent working on it) within SECS; else
+# a failure naming db's state and the controller's last word on it.
+rb_settled() {
+    rb_wait_state db ":Running$" "$1" && return 0
+    fail "db is still $(rb_vm_field db state) on $(rb_vm_field db node) $1 s after $2; the controller's last line on it: $(grep -E "intent|db" "$dir/serve.log" | grep -v "replication lag" | tail -1)"
+    return 1
+}
+# rb_unstick I: restart node I (its stale copies are fenced and destroyed
+# when it rejoins), then db settles.
+rb_unstick() {
+    local t0
+    t0=$(rb_now)
+    rb_serve_mark
+    facility_node_kill "$fdir" "$1"
+    facility_node_start "$fdir" "$1" >>"$dir/ops.log" 2>&1 || { fail "n$1 did not start again"; return 1; }
+    rb_settled 180 "restarting n$1 to clear its stale copy of db" || return 1
+    echo "runbook-dr: workaround: n$1 restarted; db Running again on $(rb_vm_field db node) after $(rb_secs "$t0") s" >>"$dir/figures.txt"
 }
 
 # a. Gates: each refused (exit 2, the gate named), with no node command.
@@ -439,54 +463,64 @@ rb_dr_gates() {
     [[ $(rb_node_of db) == 1 && $(rb_vm_field db state) == Running ]] || fail "db moved or stopped during the refused runs: $(rb_vm_field db node) $(rb_vm_field db state)"
 }
 
-# b. Failure policies: migrate runs whose verify checks a service that does
-# not exist. db goes n1 -> n2 -> n1 -> n2 -> n1 (each run moves it: verify
-# comes after start, as the step order requires).
-rb_dr_policies() {
-    local p tag to attempts i=0 st
-    for p in "die" "retry 2 then die" "warn" "retry 1 then warn"; do
-        i=$((i + 1))
-        tag=policy-${p// /-}
-        to=n2
-        [[ $(rb_node_of db) == 2 ]] && to=n1
-        rb_set_doc "$tag" "" "$p" || return 1
-        rb_run "$tag" db migrate --param "to=$to" --operator alice --operator-key "$dir/alice.key" --wait 240
-        # The verify step is step 6 of 9 (index 5).
-        attempts=$(grep -Ec "^run [0-9]+ step 6/9 verify: attempt [0-9]+ failed: .*; retrying \([0-9]+ of [0-9]+\)" "$dir/run-$tag.txt")
-        st=$(rb_step_json "$rb_id_run" 5 attempts)
-        case $p in
-        die)
-            rb_exit "$tag" 1
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; die: run stops"
-            rb_in "$tag" "^run [0-9]+ failed at step 6 \(verify\): "
-            ((attempts == 0)) || fail "run $tag: $attempts retries, want none"
-            grep -Eq "^run [0-9]+ step [789]/9 " "$dir/run-$tag.txt" && fail "run $tag: steps after the failed verify ran: $(grep -Em1 "^run [0-9]+ step [789]/9 " "$dir/run-$tag.txt")"
-            ;;
-        "retry 2 then die")
-            rb_exit "$tag" 1
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 1 failed: .*; retrying \(1 of 2\)"
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 2 failed: .*; retrying \(2 of 2\)"
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; die: run stops"
-            rb_in "$tag" "^run [0-9]+ failed at step 6 \(verify\): "
-            [[ $st == 3 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 3"
-            ;;
-        warn)
-            rb_exit "$tag" 0
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; warn: continuing"
-            rb_in "$tag" "^run [0-9]+ step 9/9 notify: done"
-            rb_in "$tag" "^run [0-9]+ succeeded with 1 warning\(s\) in [0-9.]+s"
-            ;;
-        "retry 1 then warn")
-            rb_exit "$tag" 0
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 1 failed: .*; retrying \(1 of 1\)"
-            rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; warn: continuing"
-            rb_in "$tag" "^run [0-9]+ succeeded with 1 warning\(s\) in [0-9.]+s"
-            [[ $st == 2 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 2"
-            ;;
-        esac
-        echo "runbook-dr: policy '$p': exit $rb_rc, $((attempts + 1)) verify attempt(s) in the output (record: ${st:-?}); db now on $(rb_vm_field db node) $(rb_vm_field db state); $(tail -1 "$dir/run-$tag.txt")" >>"$dir/figures.txt"
-        [[ $(rb_vm_field db state) == Running ]] || fail "after the '$p' run db is $(rb_vm_field db state), not Running"
-    done
+# b. Failure policies: a migrate run whose verify checks a service that
+# does not exist, under policy P; db goes to the other of n1 and n2 (each
+# run moves it: verify comes after start, as the step order requires).
+rb_dr_policy() {
+    local p=$1 tag to from attempts st
+    tag=policy-${p// /-}
+    from=$(rb_node_of db)
+    to=n2
+    [[ $from == 2 ]] && to=n1
+    rb_set_doc "$tag" "" "$p" || return 1
+    rb_run "$tag" db migrate --param "to=$to" --operator alice --operator-key "$dir/alice.key" --wait 240
+    # The verify step is step 6 of 9 (index 5).
+    attempts=$(grep -Ec "^run [0-9]+ step 6/9 verify: attempt [0-9]+ failed: .*; retrying \([0-9]+ of [0-9]+\)" "$dir/run-$tag.txt")
+    st=$(rb_step_json "$rb_id_run" 5 attempts)
+    case $p in
+    die)
+        rb_exit "$tag" 1
+        rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; die: run stops"
+        rb_in "$tag" "^run [0-9]+ failed at step 6 \(verify\): "
+        ((attempts == 0)) || fail "run $tag: $attempts retries, want none"
+        [[ $st == 1 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 1"
+        ;;
+    "retry 2 then die")
+        rb_exit "$tag" 1
+        rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 1 failed: .*; retrying \(1 of 2\)"
+        rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 2 failed: .*; retrying \(2 of 2\)"
+        rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; die: run stops"
+        rb_in "$tag" "^run [0-9]+ failed at step 6 \(verify\): "
+        [[ $st == 3 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 3"
+        ;;
+    warn)
+        rb_exit "$tag" 0
+        rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; warn: continuing"
+        rb_in "$tag" "^run [0-9]+ step 9/9 notify: done"
+        rb_in "$tag" "^run [0-9]+ succeeded with 1 warning\(s\) in [0-9.]+s"
+        [[ $st == 1 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 1"
+        ;;
+    "retry 1 then warn")
+        rb_exit "$tag" 0
+        rb_in "$tag" "^run [0-9]+ step 6/9 verify: attempt 1 failed: .*; retrying \(1 of 1\)"
+        rb_in "$tag" "^run [0-9]+ step 6/9 verify: failed( after [0-9]+ attempt\(s\))?: .*; warn: continuing"
+        rb_in "$tag" "^run [0-9]+ step 9/9 notify: done"
+        rb_in "$tag" "^run [0-9]+ succeeded with 1 warning\(s\) in [0-9.]+s"
+        [[ $st == 2 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 2"
+        ;;
+    esac
+    if [[ $p == *die ]]; then
+        # A run that dies stops there: nothing after the failed step ran.
+        grep -Eq "^run [0-9]+ step [789]/9 .*: (started|done)" "$dir/run-$tag.txt" &&
+            fail "run $tag: steps after the failed verify ran: $(grep -Em1 "^run [0-9]+ step [789]/9 " "$dir/run-$tag.txt")"
+    fi
+    echo "runbook-dr: policy '$p' (migrate n$from -> $to): exit $rb_rc, $((attempts + 1)) verify attempt(s) in the output (step record: ${st:-?}); $(tail -1 "$dir/run-$tag.txt")" >>"$dir/figures.txt"
+    if ! rb_settled 60 "run $rb_id_run ($p)"; then
+        echo "runbook-dr: after the '$p' run db stayed $(rb_vm_field db state) on $(rb_vm_field db node): $(grep -E "intent" "$dir/serve.log" | tail -1)" >>"$dir/figures.txt"
+        [[ $p == die ]] && return 0 # the last run: nothing depends on it
+        rb_unstick "$from" || return 1
+    fi
+    echo "runbook-dr: after the '$p' run db is $(rb_vm_field db state) on $(rb_vm_field db node)" >>"$dir/figures.txt"
 }
 
 # c. migrate db to n2 (from n1): same data, same address, the client's view
@@ -497,6 +531,7 @@ rb_dr_migrate() {
     to=2
     [[ $from == 2 ]] && to=1
     rb_set_doc db || return 1
+    rb_settled 120 "the policy runs" || return 1
     rb_wait_agent "$from" db 120 || { fail "db's agent on n$from does not answer before the migrate"; return 1; }
     m1=$(rb_probe_mark 3 client)
     rb_run migrate db migrate --param "to=n$to" --operator alice --operator-key "$dir/alice.key" --wait 240
@@ -562,6 +597,7 @@ rb_dr_failback() {
     tail -n +"$(($(cat "$dir/serve.mark") + 1))" "$dir/serve.log" | grep -q "node n$back rejoined" ||
         { fail "n$back did not rejoin within 180 s of its restart: $(tail -2 "$dir/serve.log" | tr '\n' ' ')"; return 1; }
     echo "runbook-dr: n$back restarted -> rejoined after $(rb_secs "$t0") s" >>"$dir/figures.txt"
+    rb_settled 120 "n$back rejoined" || return 1
     m1=$(rb_probe_mark 3 client)
     rb_run failback db failback --operator alice --operator-key "$dir/alice.key" --wait 240
     rb_exit failback 0
