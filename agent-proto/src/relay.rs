@@ -204,10 +204,56 @@ pub struct Relay {
     service_events: VecDeque<ServiceNote>,
     /// Service events dropped because the monitor did not take them.
     service_events_dropped: u64,
+    /// The last event of each service, for the landlord's health view
+    /// (at most [`MAX_SERVICE_TABLE`]; reset when the agent comes or goes).
+    services: Vec<ServiceLast>,
+    /// Orders the table's updates, so a full table evicts the oldest.
+    services_clock: u64,
 }
 
 /// Service events kept for the node's monitor between two takes.
 pub const MAX_SERVICE_NOTES: usize = 64;
+
+/// Services whose last event a relay remembers: the guest names its
+/// services, and a hostile one must not grow the node's memory by
+/// inventing names. A new name in a full table evicts the entry updated
+/// longest ago.
+pub const MAX_SERVICE_TABLE: usize = 32;
+
+/// Longest service name the table keeps, in characters (longer ones are
+/// cut): what the landlord sees of a tenant's service stays small.
+pub const MAX_SERVICE_NAME_CHARS: usize = 32;
+
+/// Longest event text the table keeps, in characters (longer ones are cut).
+pub const MAX_SERVICE_EVENT_CHARS: usize = 128;
+
+/// The last event the agent reported for one service, as the relay keeps
+/// it for the landlord's health view: the name and text cut to
+/// [`MAX_SERVICE_NAME_CHARS`] and [`MAX_SERVICE_EVENT_CHARS`], control
+/// characters dropped (the guest chose them; a console prints them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceLast {
+    /// Service name.
+    pub name: String,
+    /// Its last event's text ("started pid 42", "exited with status 1").
+    pub what: String,
+    /// When it was last updated, in the relay's update order.
+    stamp: u64,
+}
+
+impl ServiceLast {
+    /// Whether the last event says the service runs: only a start does
+    /// ("restarting in ...", exits and failures do not).
+    pub fn up(&self) -> bool {
+        self.what.starts_with("started")
+    }
+}
+
+/// Guest text cut to `max` characters, without control characters, so it
+/// is safe to keep and to print.
+pub fn clean_guest_text(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
 
 /// A service event as the agent reported it, for the node's monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,7 +296,39 @@ impl Relay {
             scratch: Vec::new(),
             service_events: VecDeque::new(),
             service_events_dropped: 0,
+            services: Vec::new(),
+            services_clock: 0,
         }
+    }
+
+    /// The last event of each service since the agent attached (at most
+    /// [`MAX_SERVICE_TABLE`], in no particular order).
+    pub fn services(&self) -> &[ServiceLast] {
+        &self.services
+    }
+
+    /// Remembers `what` as service `name`'s last event, evicting the
+    /// oldest-updated entry when a new name finds the table full.
+    fn remember_service(&mut self, name: &str, what: &str) {
+        let name = clean_guest_text(name, MAX_SERVICE_NAME_CHARS);
+        if name.is_empty() {
+            return;
+        }
+        let what = clean_guest_text(what, MAX_SERVICE_EVENT_CHARS);
+        self.services_clock += 1;
+        let stamp = self.services_clock;
+        if let Some(s) = self.services.iter_mut().find(|s| s.name == name) {
+            s.what = what;
+            s.stamp = stamp;
+            return;
+        }
+        if self.services.len() >= MAX_SERVICE_TABLE {
+            let oldest = self.services.iter().enumerate().min_by_key(|(_, s)| s.stamp).map(|(i, _)| i);
+            if let Some(i) = oldest {
+                self.services.swap_remove(i);
+            }
+        }
+        self.services.push(ServiceLast { name, what, stamp });
     }
 
     /// Service events since the last take (oldest first), and how many
@@ -307,6 +385,9 @@ impl Relay {
             self.note(now_ms, "agent attached".to_string());
         }
         self.layout = Some(layout);
+        // A new agent reports its services afresh: nothing from before
+        // it (a "started" of another boot) may look healthy now.
+        self.services.clear();
         self.g2h_tail = 0;
         self.h2g_head = 0;
         self.to_agent.clear();
@@ -334,6 +415,7 @@ impl Relay {
         self.layout = None;
         self.to_agent.clear();
         self.to_agent_bytes = 0;
+        self.services.clear();
         self.abort_streams(why);
         self.last_fault = Some(why.to_string());
         self.note(now_ms, format!("agent detached: {why}"));
@@ -628,6 +710,7 @@ impl Relay {
             FromAgent::ServiceEvent { name, what } => {
                 let name: String = name.chars().take(64).collect();
                 let what: String = what.chars().take(200).collect();
+                self.remember_service(&name, &what);
                 self.note(now_ms, format!("service {name}: {what}"));
                 if self.service_events.len() >= MAX_SERVICE_NOTES {
                     self.service_events.pop_front();
@@ -881,6 +964,79 @@ mod tests {
         let (v, next) = r.log_since(0, 100);
         assert_eq!(v.len(), 4);
         assert_eq!(next, 10);
+    }
+
+    fn service(a: &mut FakeAgent, r: &mut Relay, name: &str, what: &str, now: u64) {
+        assert!(a.send(&FromAgent::ServiceEvent { name: name.into(), what: what.into() }));
+        r.kick(&mut a.mem[..], now).unwrap();
+    }
+
+    fn last<'r>(r: &'r Relay, name: &str) -> Option<&'r ServiceLast> {
+        r.services().iter().find(|s| s.name == name)
+    }
+
+    #[test]
+    fn the_service_table_keeps_the_last_event_per_name_and_its_up_state() {
+        let (mut r, mut a) = attached();
+        service(&mut a, &mut r, "api", "started pid 42", 1);
+        assert!(last(&r, "api").unwrap().up());
+        service(&mut a, &mut r, "api", "exited with status 1", 2);
+        assert_eq!(last(&r, "api").unwrap().what, "exited with status 1");
+        assert!(!last(&r, "api").unwrap().up());
+        service(&mut a, &mut r, "api", "restarting in 20 ms (restart 1)", 3);
+        assert!(!last(&r, "api").unwrap().up(), "restarting is not up");
+        service(&mut a, &mut r, "api", "started pid 43", 4);
+        assert!(last(&r, "api").unwrap().up());
+        service(&mut a, &mut r, "api", "failed: 3 restarts in 60 s (max_restarts)", 5);
+        assert!(!last(&r, "api").unwrap().up());
+        assert_eq!(r.services().len(), 1);
+    }
+
+    #[test]
+    fn the_service_table_is_bounded_and_evicts_the_oldest_updated() {
+        let (mut r, mut a) = attached();
+        for i in 0..MAX_SERVICE_TABLE {
+            service(&mut a, &mut r, &format!("s{i}"), "started pid 1", i as u64);
+        }
+        // s0 is updated again: s1 is now the oldest.
+        service(&mut a, &mut r, "s0", "started pid 2", 100);
+        service(&mut a, &mut r, "new", "started pid 3", 101);
+        assert_eq!(r.services().len(), MAX_SERVICE_TABLE);
+        assert!(last(&r, "s1").is_none(), "the oldest-updated entry is evicted");
+        assert!(last(&r, "s0").is_some() && last(&r, "new").is_some());
+        // A hostile agent inventing names never grows the table.
+        for i in 0..200 {
+            service(&mut a, &mut r, &format!("x{i}"), "started pid 1", 200 + i);
+            assert!(r.services().len() <= MAX_SERVICE_TABLE);
+        }
+    }
+
+    #[test]
+    fn service_names_and_texts_are_cut_and_cleaned() {
+        let (mut r, mut a) = attached();
+        let long = "n".repeat(60);
+        service(&mut a, &mut r, &long, &format!("started \u{1b}[2J{}", "x".repeat(190)), 1);
+        service(&mut a, &mut r, "\u{7}", "started pid 1", 2);
+        assert_eq!(r.services().len(), 1, "a name of control characters only is not kept");
+        let s = &r.services()[0];
+        assert_eq!(s.name.chars().count(), MAX_SERVICE_NAME_CHARS);
+        assert_eq!(s.what.chars().count(), MAX_SERVICE_EVENT_CHARS);
+        assert!(!s.what.chars().any(char::is_control));
+        assert!(s.up());
+    }
+
+    #[test]
+    fn the_service_table_is_reset_when_the_agent_comes_or_goes() {
+        let (mut r, mut a) = attached();
+        service(&mut a, &mut r, "api", "started pid 42", 1);
+        // The agent restarts (re-attaches): a stale "started" must go.
+        let mut b = FakeAgent::new();
+        r.attach(b.layout, 2);
+        assert!(r.services().is_empty());
+        service(&mut b, &mut r, "api", "started pid 7", 3);
+        assert!(last(&r, "api").unwrap().up());
+        r.detach("the agent detached", 4);
+        assert!(r.services().is_empty());
     }
 
     proptest::proptest! {

@@ -428,6 +428,11 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
     fn exec_run_step(&mut self, id: u64, i: usize, now: Instant) -> Outcome {
         match self.try_run_step(id, i, now) {
             Ok(o) => o,
+            // Another writer (an operator's command) saved first: the state
+            // was reloaded; the attempt is made again, not counted.
+            Err(ControlError::Store(crate::store::StoreError::Conflict { .. })) => {
+                Outcome::Wait("the store changed under the step; trying again".into())
+            }
             Err(e) => Outcome::Fail(e.to_string()),
         }
     }

@@ -640,6 +640,16 @@ fn requests() -> Vec<(&'static str, Request)> {
         ),
         ("read-audit", Request::ReadAudit { from: 0 }),
         ("list-images", Request::ListImages { verify: true }),
+        ("fleet-vm-health", Request::FleetVmHealth { vm: VmId(1) }),
+        (
+            "fleet-set-image",
+            Request::FleetSetImage {
+                vm: VmId(1),
+                image: "web-2.img".into(),
+                initrd: Some("web-2.initrd".into()),
+                cmdline: "console=ttyS0".into(),
+            },
+        ),
     ]
 }
 

@@ -5,7 +5,8 @@
 //! to the other (genuine, tampered or garbage), replica pulls and pushes
 //! (genuine batches or hostile block counts and sizes), promotions,
 //! heartbeats, fencing-lease ticks, cluster members, tenant notices, guest
-//! writes through the write gate, and snapshot round trips (a reboot).
+//! writes through the write gate, boot image changes, health reads, and
+//! snapshot round trips (a reboot).
 //!
 //! After every step (assertions, so a violation is a crash):
 //! - a facility VM's fence never goes down (reboots included);
@@ -15,7 +16,10 @@
 //!   `ReplicaPush` to it;
 //! - after a reboot no protected facility VM (or replica) runs, and the
 //!   facility records are those saved;
-//! - tenants are refused every facility request and change nothing.
+//! - tenants are refused every facility request and change nothing;
+//! - a boot image change never touches a running or fenced VM (unless it
+//!   is the same boot) nor any facility record, and what it sets is stored;
+//! - a health read changes nothing and answers within its bounds.
 //!
 //! Input layout: a sequence of steps, each an op byte (bit 7: sent as the
 //! node's tenant instead of the landlord; bit 6: on node B instead of A;
@@ -34,7 +38,7 @@ use node_logic::sim::SimNode;
 use node_logic::{NodeState, Snapshot};
 
 const MAX_STEPS: usize = 64;
-const OPS: u8 = 17;
+const OPS: u8 = 19;
 const NAMES: [&str; 4] = ["web", "db", "app", "web2"];
 /// A node key neither node has.
 const STRANGER: PublicKey = PublicKey([7; 32]);
@@ -58,6 +62,7 @@ fn base() -> &'static [(Vec<u8>, LeaseId); 2] {
             let mut state = NodeState::provision(Box::new(HashDrbg::new([seed + 50; 32])), console.public)
                 .expect("a provisioned node");
             state.preload_image("k", b"kernel bytes").expect("an image");
+            state.preload_image("k2", b"kernel version 2").expect("an image");
             let req = Request::CreateLease { tenant_console_key: tenant.public, cluster: ClusterId(1) };
             let Ok(Response::LeaseCreated { lease, .. }) = state.handle(Role::Landlord, &req, &mut SimNode::default())
             else {
@@ -305,6 +310,18 @@ fuzz_target!(|data: &[u8]| {
                 }
                 None
             }
+            17 => {
+                let (v, b) = (vm(n, input.byte()), input.byte());
+                let image = ["k", "k2", "missing"][usize::from(b & 3) % 3];
+                let initrd = match (b >> 2) & 3 {
+                    0 => None,
+                    1 => Some(String::from("k")),
+                    _ => Some(String::from("missing")),
+                };
+                let cmdline = if b & 0x10 != 0 { "x".repeat(5000) } else { format!("v={}", b >> 5) };
+                Some(Request::FleetSetImage { vm: v, image: image.into(), initrd, cmdline })
+            }
+            18 => Some(Request::FleetVmHealth { vm: vm(n, input.byte()) }),
             _ => {
                 // A guest write, through the hypervisor's write gate.
                 let (v, i) = (vm(n, input.byte()), input.byte());
@@ -317,6 +334,10 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut accepted_push = None;
         if let Some(req) = req {
+            let vm_before = match &req {
+                Request::FleetSetImage { vm, .. } => n.state.vms.get(vm).map(|v| (v.spec.clone(), v.state)),
+                _ => None,
+            };
             let r = n.state.handle(role, &req, &mut n.sim);
             if trace() {
                 eprintln!(
@@ -340,6 +361,28 @@ fuzz_target!(|data: &[u8]| {
                 (Request::ReplicaCreate { .. }, Ok(Response::VmCreated { vm })) => {
                     let f = n.state.fleet.vms[vm];
                     assert!(f.replica && f.spec.protected);
+                }
+                (Request::FleetSetImage { vm, image, initrd, cmdline }, r) => {
+                    assert_eq!(n.state.fleet.vms, fleet_before, "a boot image change touched facility records");
+                    let after = n.state.vms.get(vm).map(|v| v.spec.clone());
+                    let (spec_before, state_before) = vm_before.clone().unzip();
+                    if r.is_ok() {
+                        let s = after.expect("a VM whose boot was set");
+                        assert_eq!((&s.image, &s.initrd, &s.cmdline), (image, initrd, cmdline));
+                        let f = n.state.fleet.vms[vm];
+                        assert!(f.replica || f.spec.epoch >= f.fence, "a fenced VM's boot changed");
+                        if state_before == Some(VmState::Running) {
+                            assert_eq!(Some(s), spec_before, "a running VM's boot changed");
+                        }
+                    } else {
+                        assert_eq!(after, spec_before, "a refused boot image change changed the VM");
+                    }
+                }
+                (Request::FleetVmHealth { .. }, r) => {
+                    assert_eq!(n.state.fleet.vms, fleet_before, "a health read touched facility records");
+                    if let Ok(Response::VmHealth(h)) = r {
+                        assert_eq!(h.check(), Ok(()));
+                    }
                 }
                 _ => {}
             }

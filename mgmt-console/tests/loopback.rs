@@ -819,3 +819,75 @@ fn vm_create_with_initrd_checks_the_image_and_lists_it() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["spec"]["initrd"], "initramfs");
 }
+
+#[test]
+fn the_facility_driver_sets_a_stopped_vms_boot_and_reads_its_health() {
+    use bmctl::fleet::driver::ConsoleDriver;
+    use facility::driver::{BootImage, DriverError, NodeDriver};
+    use facility::model::{NodeAddr, Resources, VmPlacementSpec};
+    use mgmt_proto::fleet::{ServiceHealthReport, VmHealthReport};
+
+    let s = setup();
+    let images = tempfile::tempdir().unwrap();
+    for (name, bytes) in [("k1", &b"kernel one"[..]), ("k2", b"kernel two"), ("rd", b"an initrd")] {
+        std::fs::write(images.path().join(name), bytes).unwrap();
+    }
+    let timeout = Duration::from_secs(20);
+    let driver = ConsoleDriver::new(s.landlord.secret.clone(), timeout, timeout, images.path().to_path_buf(), 0);
+    let node =
+        NodeAddr { name: "n1".into(), addr: s.server.addr.parse().unwrap(), node_key: s.landlord_key().to_hex() };
+    let tenant = KeyPair::generate(&mut OsEntropy).unwrap();
+    let vm = VmPlacementSpec {
+        name: "web".into(),
+        tenant: "t".into(),
+        tenant_console_key: tenant.public.to_hex(),
+        cluster: 1,
+        res: Resources { vcpus: 1, memory_mib: 16, disk_mib: 0 },
+        image: "k1".into(),
+        initrd: None,
+        cmdline: String::new(),
+        ip: None,
+        mac: [2, 0, 0, 0, 0, 1],
+        protected: false,
+        service: None,
+        domain: None,
+        version: None,
+    };
+    driver.create_vm(&node, &vm, 7, 1).unwrap();
+    let id = |s: &Setup| *s.server.state.lock().unwrap().vms.keys().next().unwrap();
+    let vm_id = id(&s);
+    let spec = |s: &Setup| s.server.state.lock().unwrap().vms[&vm_id].spec.clone();
+
+    // Stopped: no health but that; a new boot is uploaded, then set.
+    let h = driver.vm_health(&node, "web").unwrap();
+    assert!(!h.running && h.services.is_empty());
+    let boot = BootImage { image: "k2".into(), initrd: Some("rd".into()), cmdline: "v=2".into() };
+    driver.set_vm_image(&node, "web", &boot).unwrap();
+    let now = spec(&s);
+    assert_eq!((now.image.as_str(), now.initrd.as_deref(), now.cmdline.as_str()), ("k2", Some("rd"), "v=2"));
+    driver.set_vm_image(&node, "web", &boot).unwrap();
+
+    // Running: what the agent says; a new boot is refused.
+    driver.start_vm(&node, "web", 1).unwrap();
+    let report = VmHealthReport {
+        running: true,
+        agent_attached: true,
+        agent_hung: false,
+        since_heartbeat_ms: Some(15),
+        heartbeats: 4,
+        services: vec![ServiceHealthReport {
+            name: "api".into(),
+            last_event: "exited with status 1".into(),
+            up: false,
+        }],
+    };
+    s.server.knobs.node.lock().unwrap().health.insert(vm_id, report);
+    let h = driver.vm_health(&node, "web").unwrap();
+    assert!(h.running && h.agent_attached && h.heartbeats == 4);
+    assert_eq!(h.service("api").map(|x| x.up), Some(false));
+    let back = BootImage { image: "k1".into(), initrd: None, cmdline: String::new() };
+    assert!(
+        matches!(driver.set_vm_image(&node, "web", &back), Err(DriverError::Refused(m)) if m.contains("stop the VM"))
+    );
+    assert!(matches!(driver.vm_health(&node, "nope"), Err(DriverError::Refused(_))));
+}

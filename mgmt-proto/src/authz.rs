@@ -87,7 +87,9 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
             | Request::PromoteReplica { .. }
             | Request::NotifyTenant { .. }
             | Request::SetClusterMembers { .. }
-            | Request::ListLeases => Ok(()),
+            | Request::ListLeases
+            | Request::FleetVmHealth { .. }
+            | Request::FleetSetImage { .. } => Ok(()),
             Request::ReloadImage { .. }
             | Request::ConsoleRead { .. }
             | Request::ConsoleWrite { .. }
@@ -135,7 +137,9 @@ pub fn authorize(role: &Role, req: &Request, owners: &dyn Ownership) -> Result<(
                 | Request::PromoteReplica { .. }
                 | Request::NotifyTenant { .. }
                 | Request::SetClusterMembers { .. }
-                | Request::ListLeases => Err(Denied::LandlordOnly),
+                | Request::ListLeases
+                | Request::FleetVmHealth { .. }
+                | Request::FleetSetImage { .. } => Err(Denied::LandlordOnly),
                 Request::ReadAudit { .. }
                 | Request::ListVms
                 | Request::SetSubBoundary { .. }
@@ -235,6 +239,9 @@ mod tests {
             Request::DestroyVm { vm: VmId(1) },
             Request::RotateLandlordKey,
             Request::RegenerateTenantKey { lease: LeaseId(1), tenant_console_key: None },
+            // A tenant's own VM: facility requests are the landlord's still.
+            Request::FleetVmHealth { vm: VmId(1) },
+            Request::FleetSetImage { vm: VmId(1), image: String::from("x"), initrd: None, cmdline: String::new() },
         ]
     }
 

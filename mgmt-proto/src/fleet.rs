@@ -52,6 +52,106 @@ pub struct LeaseInfo {
 /// Longest text a controller may leave for a tenant ([`crate::Request::NotifyTenant`]).
 pub const MAX_NOTICE: usize = 256;
 
+/// Most services a VM's health report names: the relay's table bound
+/// ([`agent_proto::relay::MAX_SERVICE_TABLE`]), so a hostile guest cannot
+/// grow a reply.
+pub const MAX_HEALTH_SERVICES: usize = agent_proto::relay::MAX_SERVICE_TABLE;
+
+/// Longest service name in a health report, in characters.
+pub const MAX_HEALTH_NAME: usize = agent_proto::relay::MAX_SERVICE_NAME_CHARS;
+
+/// Longest event text in a health report, in characters.
+pub const MAX_HEALTH_EVENT: usize = agent_proto::relay::MAX_SERVICE_EVENT_CHARS;
+
+/// One supervised service in a VM, as the landlord sees it
+/// ([`crate::Request::FleetVmHealth`]): its name and whether it runs,
+/// with the agent's last event text for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHealthReport {
+    /// Service name (at most [`MAX_HEALTH_NAME`] characters).
+    pub name: String,
+    /// The agent's last event for it (at most [`MAX_HEALTH_EVENT`] characters).
+    pub last_event: String,
+    /// Whether that event is a start (nothing failed or restarted since).
+    pub up: bool,
+}
+
+/// A facility VM's health through its agent, for the controller's runbook
+/// checks and rolling upgrades ([`crate::Request::FleetVmHealth`]). A VM
+/// that is not running reports `running: false` and nothing else.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmHealthReport {
+    /// The VM runs.
+    pub running: bool,
+    /// An agent is attached in it.
+    pub agent_attached: bool,
+    /// The agent's heartbeats stopped for longer than its bound.
+    pub agent_hung: bool,
+    /// Milliseconds since the agent's last heartbeat (or its attach).
+    pub since_heartbeat_ms: Option<u64>,
+    /// Heartbeats received in this run.
+    pub heartbeats: u64,
+    /// The services the agent reported since it attached, by name (at
+    /// most [`MAX_HEALTH_SERVICES`]).
+    pub services: Vec<ServiceHealthReport>,
+}
+
+impl VmHealthReport {
+    /// The report of a running VM from its agent relay: the relay's agent
+    /// state and service table, bounded and sorted by name.
+    pub fn of_relay(relay: &agent_proto::relay::Relay, now_ms: u64) -> VmHealthReport {
+        let status = relay.status(now_ms);
+        let mut services: Vec<ServiceHealthReport> = relay
+            .services()
+            .iter()
+            .take(MAX_HEALTH_SERVICES)
+            .map(|s| ServiceHealthReport {
+                name: agent_proto::relay::clean_guest_text(&s.name, MAX_HEALTH_NAME),
+                last_event: agent_proto::relay::clean_guest_text(&s.what, MAX_HEALTH_EVENT),
+                up: s.up(),
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        VmHealthReport {
+            running: true,
+            agent_attached: status.attached,
+            agent_hung: status.hung,
+            since_heartbeat_ms: status.since_heartbeat_ms,
+            heartbeats: status.heartbeats,
+            services,
+        }
+    }
+
+    /// Whether the report keeps the bounds (checked by the node before it
+    /// answers and by the console on what it receives): at most
+    /// [`MAX_HEALTH_SERVICES`] services, names of 1 to [`MAX_HEALTH_NAME`]
+    /// and texts of at most [`MAX_HEALTH_EVENT`] characters without
+    /// control characters, and nothing but `running: false` for a VM that
+    /// does not run. The error names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.running && *self != VmHealthReport::default() {
+            return Err(String::from("health: a VM that does not run reports nothing else"));
+        }
+        if self.services.len() > MAX_HEALTH_SERVICES {
+            return Err(alloc::format!("services: at most {MAX_HEALTH_SERVICES} (MAX_HEALTH_SERVICES)"));
+        }
+        let bounded = |t: &str, max: usize| t.chars().count() <= max && !t.chars().any(char::is_control);
+        for s in &self.services {
+            if s.name.is_empty() || !bounded(&s.name, MAX_HEALTH_NAME) {
+                return Err(alloc::format!(
+                    "services.name: 1 to {MAX_HEALTH_NAME} characters without control characters"
+                ));
+            }
+            if !bounded(&s.last_event, MAX_HEALTH_EVENT) {
+                return Err(alloc::format!(
+                    "services.last_event: at most {MAX_HEALTH_EVENT} characters without control characters"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The Noise pattern of the sealed volume secret: one-way, the sender's
 /// static key transmitted encrypted and authenticated, the recipient's
 /// known in advance.
@@ -263,6 +363,59 @@ mod tests {
             open_volume_secret(&b.secret, &b.public, &a.public, "web", &vec![0; MAX_SEALED + 1]),
             Err(SealError::Oversize)
         );
+    }
+
+    fn largest_report() -> VmHealthReport {
+        let services = (0..MAX_HEALTH_SERVICES)
+            .map(|i| ServiceHealthReport {
+                name: alloc::format!("{i:\u{10FFFF}>32}"),
+                last_event: "\u{10FFFF}".repeat(MAX_HEALTH_EVENT),
+                up: true,
+            })
+            .collect();
+        VmHealthReport {
+            running: true,
+            agent_attached: true,
+            agent_hung: false,
+            since_heartbeat_ms: Some(u64::MAX),
+            heartbeats: u64::MAX,
+            services,
+        }
+    }
+
+    #[test]
+    fn the_largest_health_report_fits_one_reply_and_checks() {
+        let report = largest_report();
+        assert_eq!(report.check(), Ok(()));
+        let reply = crate::msg::Reply { seq: u64::MAX, body: Ok(crate::msg::Response::VmHealth(report)) };
+        assert!(crate::msg::encode(&reply, crate::MAX_MESSAGE).is_ok());
+    }
+
+    #[test]
+    fn health_reports_past_their_bounds_fail_the_check() {
+        let mut more = largest_report();
+        more.services.push(more.services[0].clone());
+        assert!(more.check().unwrap_err().contains("MAX_HEALTH_SERVICES"));
+        let mut long = largest_report();
+        long.services[3].name.push('x');
+        assert!(long.check().unwrap_err().starts_with("services.name"));
+        let mut empty = largest_report();
+        empty.services[0].name.clear();
+        assert!(empty.check().is_err());
+        let mut escape = largest_report();
+        escape.services[1].last_event = String::from("started \u{1b}[2J");
+        assert!(escape.check().unwrap_err().starts_with("services.last_event"));
+        let stopped_with_services = VmHealthReport { running: false, ..largest_report() };
+        assert!(stopped_with_services.check().is_err());
+        assert_eq!(VmHealthReport::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn a_relay_report_is_bounded_sorted_and_says_up_for_starts_only() {
+        let relay = agent_proto::relay::Relay::new(agent_proto::relay::RelayLimits::default());
+        let report = VmHealthReport::of_relay(&relay, 5);
+        assert!(report.running && !report.agent_attached && report.services.is_empty());
+        assert_eq!(report.check(), Ok(()));
     }
 
     #[test]

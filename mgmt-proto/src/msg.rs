@@ -779,6 +779,28 @@ pub enum Request {
         /// At most [`crate::fleet::MAX_NOTICE`] bytes, printable.
         text: String,
     },
+    /// A facility VM's health through its agent (attached, hung,
+    /// heartbeats, each service's last event and whether it is up): what
+    /// the controller's runbook checks and rolling upgrades wait for. The
+    /// landlord learns service names and up/down, nothing else of the guest.
+    FleetVmHealth {
+        /// The VM.
+        vm: VmId,
+    },
+    /// Boot a stopped facility VM from other stored images from its next
+    /// start on, keeping its disk, MAC, address, lease and epoch: a
+    /// rolling upgrade's step. Refused while it runs or is fenced; the
+    /// same boot again is `Done`.
+    FleetSetImage {
+        /// The VM.
+        vm: VmId,
+        /// A stored image to boot (as [`VmSpec::image`]).
+        image: String,
+        /// A stored image loaded as its initrd, if any (as [`VmSpec::initrd`]).
+        initrd: Option<String>,
+        /// Its kernel command line (as [`VmSpec::cmdline`]).
+        cmdline: String,
+    },
 }
 
 impl Request {
@@ -837,6 +859,8 @@ impl Request {
             Request::SetClusterMembers { .. } => "set-cluster-members",
             Request::ListLeases => "list-leases",
             Request::SetReplicaPartners { .. } => "set-replica-partners",
+            Request::FleetVmHealth { .. } => "fleet-vm-health",
+            Request::FleetSetImage { .. } => "fleet-set-image",
         }
     }
 }
@@ -1007,6 +1031,8 @@ pub enum Response {
         /// Blocks still changed after these.
         remaining: u64,
     },
+    /// A facility VM's health ([`Request::FleetVmHealth`]).
+    VmHealth(crate::fleet::VmHealthReport),
 }
 
 /// Why a message failed to decode or encode.

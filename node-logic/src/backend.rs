@@ -9,7 +9,7 @@
 
 use alloc::vec::Vec;
 
-use mgmt_proto::fleet::ReplicaBlock;
+use mgmt_proto::fleet::{ReplicaBlock, VmHealthReport};
 use mgmt_proto::msg::{Counter, ErrorCode, ErrorReply, NodeStatus, VmId, VmSpec};
 
 use crate::NodeState;
@@ -72,6 +72,14 @@ pub trait NodeBackend: Send {
     fn replica_push(&mut self, vm: VmId, blocks: &[ReplicaBlock]) -> Result<(), ErrorReply> {
         let _ = (vm, blocks);
         Err(no_disk())
+    }
+
+    /// VM `vm`'s health through its agent in run `run`, while that run is
+    /// live on the node ([`VmHealthReport::of_relay`]); `None` when it is
+    /// not (not started yet, or ended), which reports a VM that does not run.
+    fn vm_health(&mut self, vm: VmId, run: u64) -> Option<VmHealthReport> {
+        let _ = (vm, run);
+        None
     }
 }
 

@@ -66,6 +66,7 @@ impl NodeState {
             }
             Request::ReplicaPull { vm, max_blocks, resync } => self.replica_pull(vm, *max_blocks, *resync, node),
             Request::ReplicaPush { vm, epoch, blocks } => self.replica_push(vm, *epoch, blocks, node),
+            Request::FleetVmHealth { vm } => self.fleet_vm_health(vm, node),
             _ => self.apply(role, req),
         }
     }
@@ -139,6 +140,9 @@ impl NodeState {
             Request::SetClusterMembers { cluster, members } => self.set_cluster_members(cluster, members),
             Request::ListLeases => Ok(self.list_leases()),
             Request::SetReplicaPartners { partners } => self.set_replica_partners(role, partners),
+            Request::FleetSetImage { vm, image, initrd, cmdline } => {
+                self.fleet_set_image(vm, crate::fleet::Boot { image, initrd: initrd.as_deref(), cmdline })
+            }
             // Answered by `handle` through the backend.
             Request::NodeStatus
             | Request::ReadCounters { .. }
@@ -148,7 +152,8 @@ impl NodeState {
             | Request::ReplicaKey { .. }
             | Request::ReplicaCreate { .. }
             | Request::ReplicaPull { .. }
-            | Request::ReplicaPush { .. } => Err(internal()),
+            | Request::ReplicaPush { .. }
+            | Request::FleetVmHealth { .. } => Err(internal()),
         }
     }
 }

@@ -155,7 +155,7 @@ impl NodeState {
         Ok(Response::VmCreated { vm })
     }
 
-    fn fleet_vm(&mut self, vm: &VmId) -> Result<&mut FleetVm, ErrorReply> {
+    pub(crate) fn fleet_vm(&mut self, vm: &VmId) -> Result<&mut FleetVm, ErrorReply> {
         if !self.vms.contains_key(vm) {
             return Err(not_found("VM"));
         }
@@ -439,6 +439,9 @@ impl NodeState {
         self.fleet.vms.remove(vm);
     }
 }
+
+mod boot;
+pub(crate) use boot::Boot;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]

@@ -7,7 +7,7 @@ use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use mgmt_proto::fleet::ReplicaBlock;
+use mgmt_proto::fleet::{ReplicaBlock, VmHealthReport};
 use mgmt_proto::msg::{Counter, ErrorCode, ErrorReply, NodeStatus, VmId, VmSpec, VmState};
 
 use crate::backend::console_page;
@@ -21,6 +21,8 @@ pub struct SimNode {
     /// Volumes by VM: the secret that opens them and their blocks (a
     /// stand-in for the node disk's replica regions).
     pub volumes: BTreeMap<VmId, SimVolume>,
+    /// What each running VM's agent reports (none: not live yet).
+    pub health: BTreeMap<VmId, VmHealthReport>,
 }
 
 /// A simulated volume: its secret, blocks and which are pending.
@@ -107,6 +109,10 @@ impl NodeBackend for SimNode {
             out.push(ReplicaBlock { index: i, bytes: v.blocks.get(&i).cloned().unwrap_or_default() });
         }
         Ok((out, v.pending.len() as u64))
+    }
+
+    fn vm_health(&mut self, vm: VmId, _run: u64) -> Option<VmHealthReport> {
+        self.health.get(&vm).cloned()
     }
 
     fn replica_push(&mut self, vm: VmId, blocks: &[ReplicaBlock]) -> Result<(), ErrorReply> {

@@ -11,7 +11,33 @@ use mgmt_proto::MAX_CONSOLE_BYTES;
 use crate::limits::{check_name, limit, not_found};
 use crate::{NodeBackend, NodeState, Vm};
 
+/// A kernel command line within the config's bound, so every VM that is
+/// defined (or re-pointed at other images) can be built.
+pub(crate) fn check_cmdline(cmdline: &str) -> Result<(), ErrorReply> {
+    if cmdline.len() > vmm_config::config::MAX_CMDLINE_LEN {
+        return Err(ErrorReply::new(
+            ErrorCode::Invalid,
+            format!("cmdline: at most {} bytes", vmm_config::config::MAX_CMDLINE_LEN),
+        ));
+    }
+    Ok(())
+}
+
 impl NodeState {
+    /// The images a VM boots must be stored here: refused naming the field
+    /// and the image otherwise.
+    pub(crate) fn check_boot_images(&self, image: &str, initrd: Option<&str>) -> Result<(), ErrorReply> {
+        if !self.images.contains_key(image) {
+            return Err(ErrorReply::new(ErrorCode::NotFound, format!("image: no image named {image:?}")));
+        }
+        if let Some(initrd) = initrd {
+            if !self.images.contains_key(initrd) {
+                return Err(ErrorReply::new(ErrorCode::NotFound, format!("initrd: no image named {initrd:?}")));
+            }
+        }
+        Ok(())
+    }
+
     /// [`mgmt_proto::Request::CreateVm`]: a checked definition, stopped,
     /// in its lease's cluster.
     pub(crate) fn create_vm(&mut self, spec: &VmSpec) -> Result<Response, ErrorReply> {
@@ -38,23 +64,11 @@ impl NodeState {
                 format!("memory_mib: must be between 2 and {}", vmm_config::config::MAX_VM_MEMORY_MIB),
             ));
         }
-        if spec.cmdline.len() > vmm_config::config::MAX_CMDLINE_LEN {
-            return Err(ErrorReply::new(
-                ErrorCode::Invalid,
-                format!("cmdline: at most {} bytes", vmm_config::config::MAX_CMDLINE_LEN),
-            ));
-        }
+        check_cmdline(&spec.cmdline)?;
         if self.vms.len() >= self.limits.max_vms {
             return Err(limit(format!("the node keeps at most {} VM definitions (max_vms)", self.limits.max_vms)));
         }
-        if !self.images.contains_key(&spec.image) {
-            return Err(ErrorReply::new(ErrorCode::NotFound, format!("image: no image named {:?}", spec.image)));
-        }
-        if let Some(initrd) = &spec.initrd {
-            if !self.images.contains_key(initrd) {
-                return Err(ErrorReply::new(ErrorCode::NotFound, format!("initrd: no image named {initrd:?}")));
-            }
-        }
+        self.check_boot_images(&spec.image, spec.initrd.as_deref())?;
         if spec.vcpus == 0 || spec.memory_mib == 0 {
             return Err(ErrorReply::new(ErrorCode::Invalid, "vcpus/memory_mib: must be positive"));
         }

@@ -4,6 +4,7 @@
 
 use super::reconcile::volume_name;
 use super::{monitor::Monitor, Mgmt, NodeFacts};
+use crate::devices::agent::AgentChannel;
 use crate::devices::console::Console;
 use crate::devices::Shared;
 use crate::vm::counters::ExitCounters;
@@ -11,7 +12,7 @@ use crate::vm::Vm;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use mgmt_proto::fleet::ReplicaBlock;
+use mgmt_proto::fleet::{ReplicaBlock, VmHealthReport};
 use mgmt_proto::msg::{Counter, ErrorCode, ErrorReply, NodeStatus, Request, Response, Role, VmId, VmSpec};
 use node_logic::backend::console_page;
 use node_logic::{NodeBackend, NodeState};
@@ -43,6 +44,8 @@ struct LiveVm {
     counters: ExitCounters,
     cpu_tsc: u64,
     console: Shared<Console>,
+    /// Its agent channel, for the landlord's health view.
+    agent: Shared<AgentChannel>,
 }
 
 impl<'a> LiveNode<'a> {
@@ -69,6 +72,7 @@ impl<'a> LiveNode<'a> {
                         counters: v.counters,
                         cpu_tsc: v.cpu_tsc,
                         console: v.devices.console.clone(),
+                        agent: v.devices.agent.clone(),
                     })
                 })
                 .collect(),
@@ -161,6 +165,13 @@ impl NodeBackend for LiveNode<'_> {
         let st = self.disk()?;
         let list: Vec<(u64, &[u8])> = blocks.iter().map(|b| (b.index, b.bytes.as_slice())).collect();
         st.replica_push(&volume_name(vm.0), &list).map_err(|e| ErrorReply::new(ErrorCode::Invalid, e))
+    }
+
+    /// From the agent relay of the run, while it runs.
+    fn vm_health(&mut self, vm: VmId, run: u64) -> Option<VmHealthReport> {
+        let live = self.vm(vm, run).filter(|v| v.running)?;
+        let report = VmHealthReport::of_relay(&live.agent.lock().relay, super::ports::now_ms());
+        Some(report)
     }
 
     /// Its exits by reason and CPU time from the current (latest) run.

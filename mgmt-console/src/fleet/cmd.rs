@@ -195,6 +195,7 @@ pub enum RunbookCmd {
 #[derive(Debug, clap::Subcommand)]
 pub enum ServiceCmd {
     /// Define a service with its first version.
+    #[command(disable_version_flag = true)]
     Define {
         /// Service name.
         name: String,
@@ -215,6 +216,7 @@ pub enum ServiceCmd {
         checks: Vec<String>,
     },
     /// Add a version a rollout can go to.
+    #[command(disable_version_flag = true)]
     AddVersion {
         /// Service name.
         name: String,

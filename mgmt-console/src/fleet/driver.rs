@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use facility::driver::{DriverError, NodeDriver, NodeReport, NodeVm, ReplicaBatch};
+use facility::driver::{BootImage, DriverError, NodeDriver, NodeReport, NodeVm, ReplicaBatch, ServiceHealth, VmHealth};
 use facility::model::{NodeAddr, VmPlacementSpec};
 use indicatif::ProgressBar;
-use mgmt_proto::fleet::{FleetSpec, LeaseInfo, ReplicaBlock, MAX_REPLICA_BLOCKS};
+use mgmt_proto::fleet::{FleetSpec, LeaseInfo, ReplicaBlock, VmHealthReport, MAX_REPLICA_BLOCKS};
 use mgmt_proto::*;
 
 use crate::client::{Client, ClientError, Link};
@@ -458,11 +458,84 @@ impl NodeDriver for ConsoleDriver {
         self.done(n, Request::NotifyTenant { vm: id, text })
     }
 
-    fn vm_health(&self, n: &NodeAddr, _vm: &str) -> Result<facility::driver::VmHealth, DriverError> {
-        Err(DriverError::Other(format!("{}: vm health is not implemented yet", n.name)))
+    fn vm_health(&self, n: &NodeAddr, vm: &str) -> Result<VmHealth, DriverError> {
+        let id = self.need_vm(n, vm)?;
+        match self.call(n, Request::FleetVmHealth { vm: id }, true)? {
+            Response::VmHealth(report) => health_of(&n.name, report),
+            r => Err(unexpected(&n.name, "fleet-vm-health", &r)),
+        }
     }
 
-    fn set_vm_image(&self, n: &NodeAddr, _vm: &str, _boot: &facility::driver::BootImage) -> Result<(), DriverError> {
-        Err(DriverError::Other(format!("{}: set image is not implemented yet", n.name)))
+    fn set_vm_image(&self, n: &NodeAddr, vm: &str, boot: &BootImage) -> Result<(), DriverError> {
+        let id = self.need_vm(n, vm)?;
+        let mut names = vec![boot.image.as_str()];
+        names.extend(boot.initrd.as_deref());
+        self.images(n, &names)?;
+        let req = Request::FleetSetImage {
+            vm: id,
+            image: boot.image.clone(),
+            initrd: boot.initrd.clone(),
+            cmdline: boot.cmdline.clone(),
+        };
+        self.done(n, req)
+    }
+}
+
+/// A node's health report as the controller takes it: checked against the
+/// protocol's bounds first (the node relays what a guest said; a report
+/// past them is refused as a protocol error, not believed).
+fn health_of(node: &str, report: VmHealthReport) -> Result<VmHealth, DriverError> {
+    report.check().map_err(|e| DriverError::Other(format!("{node}: health report out of bounds: {e}")))?;
+    Ok(VmHealth {
+        running: report.running,
+        agent_attached: report.agent_attached,
+        agent_hung: report.agent_hung,
+        since_heartbeat_ms: report.since_heartbeat_ms,
+        heartbeats: report.heartbeats,
+        services: report
+            .services
+            .into_iter()
+            .map(|s| ServiceHealth { name: s.name, last_event: s.last_event, up: s.up })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use mgmt_proto::fleet::ServiceHealthReport;
+
+    fn report() -> VmHealthReport {
+        VmHealthReport {
+            running: true,
+            agent_attached: true,
+            agent_hung: false,
+            since_heartbeat_ms: Some(40),
+            heartbeats: 9,
+            services: vec![ServiceHealthReport { name: "api".into(), last_event: "started pid 4".into(), up: true }],
+        }
+    }
+
+    #[test]
+    fn a_health_report_maps_field_for_field() {
+        let h = health_of("n1", report()).unwrap();
+        assert!(h.running && h.agent_attached && !h.agent_hung);
+        assert_eq!((h.since_heartbeat_ms, h.heartbeats), (Some(40), 9));
+        assert_eq!(h.service("api").map(|s| (s.last_event.as_str(), s.up)), Some(("started pid 4", true)));
+    }
+
+    #[test]
+    fn a_health_report_past_its_bounds_is_not_believed() {
+        let mut many = report();
+        many.services = (0..=mgmt_proto::fleet::MAX_HEALTH_SERVICES)
+            .map(|i| ServiceHealthReport { name: format!("s{i}"), last_event: String::new(), up: false })
+            .collect();
+        assert!(matches!(health_of("n1", many), Err(DriverError::Other(m)) if m.contains("MAX_HEALTH_SERVICES")));
+        let mut escape = report();
+        escape.services[0].name = "api\u{1b}[2J".into();
+        assert!(health_of("n1", escape).is_err());
+        let stopped_but_talking = VmHealthReport { running: false, ..report() };
+        assert!(health_of("n1", stopped_but_talking).is_err());
     }
 }

@@ -346,3 +346,115 @@ fn cluster_members_are_bounded() {
     a.req(Request::SetClusterMembers { cluster: ClusterId(65), members: vec![[10, 9, 0, 1]] }).unwrap();
     assert_eq!(a.state.fleet.members.len(), 64);
 }
+
+fn set_image(image: &str, initrd: Option<&str>, cmdline: &str, vm: VmId) -> Request {
+    Request::FleetSetImage { vm, image: image.into(), initrd: initrd.map(String::from), cmdline: cmdline.into() }
+}
+
+/// A node with a second kernel and an initrd stored, and one stopped
+/// facility VM (unprotected, so it starts without a partner).
+fn upgradable() -> (Node, VmId) {
+    let mut n = Node::new(31);
+    n.state.preload_image("k2", b"kernel version 2").unwrap();
+    n.state.preload_image("rd", b"initrd bytes").unwrap();
+    let vm = n.create("web", FleetSpec { protected: false, ..fleet(1) });
+    (n, vm)
+}
+
+#[test]
+fn a_stopped_facility_vm_boots_new_images_and_keeps_the_rest_across_a_reboot() {
+    let (mut n, vm) = upgradable();
+    let before = n.state.vms[&vm].spec.clone();
+    let f_before = n.state.fleet.vms[&vm];
+    assert_eq!(n.req(set_image("k2", Some("rd"), "console=ttyS0 v=2", vm)), Ok(Response::Done));
+    let after = n.state.vms[&vm].spec.clone();
+    assert_eq!((after.image.as_str(), after.initrd.as_deref()), ("k2", Some("rd")));
+    assert_eq!(after.cmdline, "console=ttyS0 v=2");
+    let kept = VmSpec { image: before.image.clone(), initrd: None, cmdline: String::new(), ..after.clone() };
+    assert_eq!(kept, before, "disk, address, lease, name and cluster stay");
+    assert_eq!(n.state.fleet.vms[&vm], f_before, "MAC, instance, epoch and fence stay");
+    // The same boot again (a retried intent) is done, even once it runs.
+    assert_eq!(n.req(set_image("k2", Some("rd"), "console=ttyS0 v=2", vm)), Ok(Response::Done));
+    n.req(Request::FleetStartVm { vm, epoch: 1 }).unwrap();
+    assert_eq!(n.req(set_image("k2", Some("rd"), "console=ttyS0 v=2", vm)), Ok(Response::Done));
+    // A node reboot keeps the new boot.
+    let snap = crate::Snapshot::decode(&postcard::to_allocvec(&n.state.snapshot()).unwrap()).unwrap();
+    let back = NodeState::restore(Box::new(HashDrbg::new([9; 32])), snap).unwrap();
+    assert_eq!(back.vms[&vm].spec, after);
+    assert_eq!(back.fleet.vms[&vm], n.state.fleet.vms[&vm]);
+}
+
+#[test]
+fn a_running_vm_keeps_its_boot_image() {
+    let (mut n, vm) = upgradable();
+    n.req(Request::FleetStartVm { vm, epoch: 1 }).unwrap();
+    let e = n.req(set_image("k2", None, "", vm)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert!(e.message.contains("stop the VM"), "{e}");
+    assert_eq!(n.state.vms[&vm].spec.image, "k");
+    n.req(Request::StopVm { vm }).unwrap();
+    assert_eq!(n.req(set_image("k2", None, "", vm)), Ok(Response::Done));
+}
+
+#[test]
+fn a_fenced_vm_keeps_its_boot_image() {
+    let (mut n, vm) = upgradable();
+    n.req(Request::FenceVm { vm, epoch: 4 }).unwrap();
+    let e = n.req(set_image("k2", None, "", vm)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict);
+    assert!(e.message.starts_with("fenced"), "{e}");
+    assert_eq!(n.state.vms[&vm].spec.image, "k");
+}
+
+#[test]
+fn a_boot_of_images_the_node_lacks_or_too_long_a_cmdline_is_refused() {
+    let (mut n, vm) = upgradable();
+    let e = n.req(set_image("k3", None, "", vm)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("\"k3\""), "the image is named: {e}");
+    let e = n.req(set_image("k2", Some("rd2"), "", vm)).unwrap_err();
+    assert!(e.message.starts_with("initrd") && e.message.contains("\"rd2\""), "{e}");
+    let long = "x".repeat(vmm_config::config::MAX_CMDLINE_LEN + 1);
+    assert_eq!(n.req(set_image("k2", None, &long, vm)).unwrap_err().code, ErrorCode::Invalid);
+    assert_eq!(n.req(set_image("k2", None, "", VmId(999))).unwrap_err().code, ErrorCode::NotFound);
+    // A VM the controller did not place is not its to upgrade.
+    let spec = VmSpec { ip: None, ..n.spec("plain") };
+    let Ok(Response::VmCreated { vm: plain }) = n.req(Request::CreateVm { spec }) else { panic!() };
+    assert_eq!(n.req(set_image("k2", None, "", plain)).unwrap_err().code, ErrorCode::Invalid);
+    // Tenants may not.
+    let r = n.state.handle(Role::Tenant(n.lease), &set_image("k2", None, "", vm), &mut n.sim);
+    assert_eq!(r.unwrap_err().code, ErrorCode::Denied);
+    assert_eq!(n.state.vms[&vm].spec, n.spec("web"), "nothing changed");
+}
+
+#[test]
+fn health_is_reported_for_running_facility_vms_only_and_within_bounds() {
+    use mgmt_proto::fleet::{ServiceHealthReport, VmHealthReport};
+    let (mut n, vm) = upgradable();
+    let stopped = Ok(Response::VmHealth(VmHealthReport::default()));
+    assert_eq!(n.req(Request::FleetVmHealth { vm }), stopped);
+    let live = VmHealthReport {
+        running: true,
+        agent_attached: true,
+        agent_hung: false,
+        since_heartbeat_ms: Some(20),
+        heartbeats: 3,
+        services: vec![ServiceHealthReport { name: "api".into(), last_event: "started pid 4".into(), up: true }],
+    };
+    n.sim.health.insert(vm, live.clone());
+    // Stopped: nothing of what the agent said last run.
+    assert_eq!(n.req(Request::FleetVmHealth { vm }), stopped);
+    n.req(Request::FleetStartVm { vm, epoch: 1 }).unwrap();
+    assert_eq!(n.req(Request::FleetVmHealth { vm }), Ok(Response::VmHealth(live.clone())));
+    // A report past its bounds is never sent.
+    let mut bad = live;
+    bad.services[0].name = "x".repeat(40);
+    n.sim.health.insert(vm, bad);
+    assert_eq!(n.req(Request::FleetVmHealth { vm }).unwrap_err().code, ErrorCode::Internal);
+    // Running in the state but not live on the node yet: not running.
+    n.sim.health.clear();
+    assert_eq!(n.req(Request::FleetVmHealth { vm }), stopped);
+    assert_eq!(n.req(Request::FleetVmHealth { vm: VmId(999) }).unwrap_err().code, ErrorCode::NotFound);
+    let r = n.state.handle(Role::Tenant(n.lease), &Request::FleetVmHealth { vm }, &mut n.sim);
+    assert_eq!(r.unwrap_err().code, ErrorCode::Denied);
+}
