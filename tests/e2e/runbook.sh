@@ -169,18 +169,17 @@ rb_vm_create() {
         --on "n$node" "$@" >>"$dir/ops.log" 2>&1
 }
 
-# rb_write_data NODE VM SEED: 4 MiB of pseudo-random data (from SEED) onto
+# rb_write_data NODE VM TAG: 2 MiB of random data onto
 # the VM's /dev/vda through its agent; prints its sha256.
 rb_write_data() {
     rb_exec "$1" "$2" --cmd-timeout 120 -- sh -c "
-        i=0; while [ \$i -lt 64 ]; do echo $3-\$i | sha256sum; i=\$((i + 1)); done >/tmp/seed &&
-        dd if=/dev/urandom of=/tmp/data bs=65536 count=64 2>/dev/null &&
-        dd if=/tmp/data of=/dev/vda bs=65536 count=64 conv=fsync 2>/dev/null && sync &&
-        dd if=/dev/vda bs=65536 count=64 2>/dev/null | sha256sum | cut -d' ' -f1"
+        dd if=/dev/urandom of=/tmp/data bs=65536 count=32 2>/dev/null &&
+        dd if=/tmp/data of=/dev/vda bs=65536 count=32 conv=fsync 2>/dev/null && sync &&
+        dd if=/dev/vda bs=65536 count=32 2>/dev/null | sha256sum | cut -d' ' -f1"
 }
-# rb_read_sum NODE VM: the sha256 of the first 4 MiB of the VM's /dev/vda.
+# rb_read_sum NODE VM: the sha256 of the first 2 MiB of the VM's /dev/vda.
 rb_read_sum() {
-    rb_exec "$1" "$2" --cmd-timeout 120 -- sh -c 'echo 3 >/proc/sys/vm/drop_caches; dd if=/dev/vda bs=65536 count=64 iflag=direct 2>/dev/null | sha256sum | cut -d" " -f1'
+    rb_exec "$1" "$2" --cmd-timeout 120 -- sh -c 'echo 3 >/proc/sys/vm/drop_caches; dd if=/dev/vda bs=65536 count=32 iflag=direct 2>/dev/null | sha256sum | cut -d" " -f1'
 }
 # rb_version NODE VM: what VM's own httpd serves as /version.
 rb_version() {
@@ -288,6 +287,7 @@ rb_set_doc() {
     rb_doc "$dir/$1.json" "${2:-}" "${3:-}" || { fail "cannot write runbook $1"; return 1; }
     fleet_ctl runbook set "$dir/$1.json" >"$dir/runbook-set-$1.txt" 2>&1 ||
         { fail "runbook set $1 failed: $(tail -2 "$dir/runbook-set-$1.txt" | tr '\n' ' ')"; return 1; }
+    rb_contract "runbook-set-$1" "^runbook for db stored$" "^runbook for"
     grep -q "^runbook for db stored" "$dir/runbook-set-$1.txt" ||
         fail "runbook set $1 did not say 'runbook for db stored': $(head -1 "$dir/runbook-set-$1.txt")"
 }
@@ -323,6 +323,14 @@ runs = d if isinstance(d, list) else d.get("runs", [])
 for r in runs:
     if r.get("id") == rid:
         print(r["steps"][i].get(f))' "$1" "$2" "$3" 2>/dev/null
+}
+
+# rb_contract NAME ERE WORDS: the exact line the contract gives is in
+# $dir/NAME.txt (an output file); else the lines with WORDS that the command
+# printed instead go to $dir/contract.txt (the check itself accepts both).
+rb_contract() {
+    grep -Eq -- "$2" "$dir/$1.txt" && return 0
+    echo "$1: no line matching the contract's '$2'; printed: $(grep -E -- "$3" "$dir/$1.txt" | head -2 | tr '\n' '|')" >>"$dir/contract.txt"
 }
 
 # rb_wait_synced VM SECS: until the controller's log, after the line count
@@ -377,7 +385,7 @@ rb_dr_body() {
     grep -q "^operator mallory public-key [0-9a-f]\{64\}$" <<<"$out" || { fail "operator-key mallory: $out"; return; }
 
     # db (protected, its data on /dev/vda) on n1; the client on n3.
-    rb_vm_create db 1 web-v1.img 10 --disk 8 --protected || { fail "vm create db failed: $(tail -2 "$dir/ops.log")"; return; }
+    rb_vm_create db 1 web-v1.img 10 --disk 4 --protected || { fail "vm create db failed: $(tail -2 "$dir/ops.log")"; return; }
     rb_vm_create client 3 web-v1.img 20 || { fail "vm create client failed: $(tail -2 "$dir/ops.log")"; return; }
     rb_wait_agent 1 db 180 || { fail "db's agent did not answer within 180 s on n1: $(grep -a '^\[db\]' "$(fleet_nlog 1)" | tail -1)"; return; }
     rb_wait_agent 3 client 180 || { fail "the client's agent did not answer within 180 s on n3"; return; }
@@ -403,8 +411,9 @@ rb_dr_body() {
     rb_dr_migrate || return
     rb_dr_takeover || return
     rb_dr_failback || return
+    rb_dr_policy "die" || return
     rb_dr_policy "retry 2 then die" || return
-    rb_dr_policy "die"
+    rb_dr_after_die
 }
 
 # rb_settled SECS: db Running (no intent working on it) within SECS; else
@@ -470,10 +479,11 @@ rb_dr_policy() {
     local p=$1 tag to from attempts st
     tag=policy-${p// /-}
     from=$(rb_node_of db)
-    to=n2
-    [[ $from == 2 ]] && to=n1
     rb_set_doc "$tag" "" "$p" || return 1
-    rb_run "$tag" db migrate --param "to=$to" --operator alice --operator-key "$dir/alice.key" --wait 240
+    # To db's replica partner (the default target).
+    rb_run "$tag" db migrate --operator alice --operator-key "$dir/alice.key" --wait 240
+    to=$(sed -n 's/^run [0-9]*: gates passed .* from n[0-9] to \(n[0-9]\)$/\1/p' "$dir/run-$tag.txt")
+    rb_last_from=$from
     # The verify step is step 6 of 9 (index 5).
     attempts=$(grep -Ec "^run [0-9]+ step 6/9 verify: attempt [0-9]+ failed: .*; retrying \([0-9]+ of [0-9]+\)" "$dir/run-$tag.txt")
     st=$(rb_step_json "$rb_id_run" 5 attempts)
@@ -509,18 +519,29 @@ rb_dr_policy() {
         [[ $st == 2 ]] || fail "run $tag: the verify step's record says ${st:-no} attempts, want 2"
         ;;
     esac
+    rb_contract "run-$tag" "^run [0-9]+ step 6/9 verify: failed: .*; (die: run stops|warn: continuing)$" "step 6/9 verify: failed"
     if [[ $p == *die ]]; then
         # A run that dies stops there: nothing after the failed step ran.
         grep -Eq "^run [0-9]+ step [789]/9 .*: (started|done)" "$dir/run-$tag.txt" &&
             fail "run $tag: steps after the failed verify ran: $(grep -Em1 "^run [0-9]+ step [789]/9 " "$dir/run-$tag.txt")"
     fi
-    echo "runbook-dr: policy '$p' (migrate n$from -> $to): exit $rb_rc, $((attempts + 1)) verify attempt(s) in the output (step record: ${st:-?}); $(tail -1 "$dir/run-$tag.txt")" >>"$dir/figures.txt"
+    echo "runbook-dr: policy '$p' (migrate n$from -> ${to:-?}): exit $rb_rc, $((attempts + 1)) verify attempt(s) in the output (step record: ${st:-?}); $(tail -1 "$dir/run-$tag.txt")" >>"$dir/figures.txt"
     if ! rb_settled 60 "run $rb_id_run ($p)"; then
         echo "runbook-dr: after the '$p' run db stayed $(rb_vm_field db state) on $(rb_vm_field db node): $(grep -E "intent" "$dir/serve.log" | tail -1)" >>"$dir/figures.txt"
-        [[ $p == die ]] && return 0 # the last run: nothing depends on it
         rb_unstick "$from" || return 1
     fi
     echo "runbook-dr: after the '$p' run db is $(rb_vm_field db state) on $(rb_vm_field db node)" >>"$dir/figures.txt"
+}
+
+# After the runs that died: db can go back to the node the last one left
+# (a run that dies after switch_lock must not leave that node unusable).
+rb_dr_after_die() {
+    local back=$rb_last_from
+    rb_set_doc db || return 1
+    rb_run back-after-die db migrate --param "to=n$back" --operator alice --operator-key "$dir/alice.key" --wait 240
+    rb_exit back-after-die 0
+    rb_in back-after-die "^run [0-9]+ succeeded( with [0-9]+ warning\(s\))? in [0-9.]+s"
+    echo "runbook-dr: migrate back to n$back, the source of the run that died last: exit $rb_rc; $(tail -1 "$dir/run-back-after-die.txt")" >>"$dir/figures.txt"
 }
 
 # c. migrate db to n2 (from n1): same data, same address, the client's view
@@ -569,6 +590,8 @@ rb_dr_takeover() {
     t_wait=$(rb_now)
     sleep 3 # not healed by itself: still waiting
     echo "runbook-dr: db's state while waiting: $(rb_vm_field db state)" >>"$dir/figures.txt"
+    rb_vm_field db state >"$dir/waiting.txt"
+    rb_contract waiting "awaiting takeover" "Waiting"
     rb_wait_state db "^n$from:Waiting: .*awaiting.*takeover" 1 || fail "db did not stay waiting for takeover: $(rb_vm_field db node) $(rb_vm_field db state)"
     grep -q "healed db on" "$dir/serve.log" && fail "the controller healed db by itself: $(grep -m1 'healed db on' "$dir/serve.log")"
     rb_run takeover db takeover --operator alice --operator-key "$dir/alice.key" --wait 240
@@ -617,7 +640,7 @@ rb_dr_failback() {
 # image: the service's current version), protected.
 rb_web_create() {
     fleet_ctl vm create "$1" --service web --domain "$2" --tenant a --tenant-key "$TA" --cluster 1 \
-        --memory "$RB_VM_MEM" --disk 8 --protected --on "n$3" \
+        --memory "$RB_VM_MEM" --disk 4 --protected --on "n$3" \
         --mac "$(printf '02:4d:00:00:00:%02x' "$4")" --ip "10.0.0.$4" >>"$dir/ops.log" 2>&1
 }
 # rb_boot_versions NODE VM: the versions VM's boots on NODE said on the
@@ -691,7 +714,7 @@ rb_rolling_body() {
     local refused='' rc
     until=$((SECONDS + 90))
     while ((SECONDS < until)); do
-        if grep -q "^rollout web: paused: web-[02] is being healed" "$dir/upgrade.txt"; then
+        if grep -Eq "^rollout web( v1 -> v2)?: paused: web-[02] is being healed" "$dir/upgrade.txt"; then
             facility_exec "$fdir" timeout 60 "${FA[@]}" service upgrade-domain web --domain 1 --to v2 >"$dir/upgrade-domain.txt" 2>&1
             rc=$?
             refused=$rc
@@ -760,11 +783,16 @@ rb_rolling_body() {
     want "^rollout web v1 -> v2: domain 1 healthy in [0-9.]+s"
     want "^rollout web v1 -> v2: domain 2: upgrading web-2"
     want "^rollout web v1 -> v2: domain 2 healthy in [0-9.]+s"
-    want "^rollout web: paused: web-[02] is being healed"
-    want "^rollout web: resumed"
-    want "^rollout web v1 -> v2 done in [0-9.]+s"
-    before "^rollout web: paused" "^rollout web v1 -> v2: domain 2: upgrading web-2"
-    sed -n 's/^rollout web v1 -> v2: \(domain [0-9] healthy in [0-9.]*s\)$/runbook-rolling: \1/p; s/^rollout web v1 -> v2 \(done in [0-9.]*s\)$/runbook-rolling: rollout \1/p' "$dir/upgrade.txt" >>"$dir/figures.txt"
+    # (The contract's words; the lines the command printed instead, if any,
+    # are in contract.txt.)
+    want "^rollout web( v1 -> v2)?: paused: web-[02] is being healed"
+    want "^rollout web( v1 -> v2)?: resumed"
+    want "^rollout web v1 -> v2:? done in [0-9.]+s"
+    rb_contract upgrade "^rollout web: paused: web-[02] is being healed$" "paused: web-[02] is being healed"
+    rb_contract upgrade "^rollout web: resumed$" "resumed"
+    rb_contract upgrade "^rollout web v1 -> v2 done in [0-9.]+s$" "done"
+    before "^rollout web( v1 -> v2)?: paused" "^rollout web v1 -> v2: domain 2: upgrading web-2"
+    sed -n 's/^rollout web v1 -> v2: \(domain [0-9] healthy in [0-9.]*s\)$/runbook-rolling: \1/p; s/^rollout web v1 -> v2:\{0,1\} \(done in [0-9.]*s\)$/runbook-rolling: rollout \1/p' "$dir/upgrade.txt" >>"$dir/figures.txt"
     echo "runbook-rolling: rollout wall time from the command's start: $(rb_secs "$t_up") s" >>"$dir/figures.txt"
     [[ -n ${rb_force_pid:-} ]] && { wait "$rb_force_pid"; rc=$?; ((rc == 0)) || fail "the forced upgrade-domain exited $rc: $(tr '\n' ' ' <"$dir/upgrade-domain-force.txt")"; }
     fleet_ctl audit >"$dir/facility-audit.txt" 2>&1
