@@ -59,7 +59,7 @@ rb_setup() {
     done
     FAC_QEMU_MEM=${RB_QEMU_MEM:-1024} facility_up "$fdir" 3 "$dir/bundles" --wait 150 >"$dir/up.out" 2>&1 ||
         { fail "facility up failed: $(tail -3 "$dir/up.out")"; return 1; }
-    FA=("$B" facility --store "$dir/state.json" --key landlord --images "$dir/img")
+    FA=("$B" facility --store "$dir/state.json" --key landlord --images "$dir/img" ${RB_HEALTH_ARGS:-})
     for i in 1 2 3; do
         grep -q "DHCP lease 10\.77\.0\.1$i/" "$fdir/node$i.log" ||
             { fail "n$i did not get its reserved address 10.77.0.1$i: $(grep -m1 'DHCP lease' "$fdir/node$i.log")"; return 1; }
@@ -650,7 +650,13 @@ rb_boot_versions() {
 }
 
 run_runbook_rolling() {
-    RB_NODE_MEM=${RB_NODE_MEM:-640} rb_setup || { rb_stop; return; }
+    # Detection after 3 missed heartbeats, not 5 (fencing lease 2 s, margin
+    # 0.5 s: 3 x 1 s > 2.5 s as the controller requires): with two
+    # protected VMs on the dead node each round costs several seconds of
+    # connect timeouts, and at 5 misses the rollout finished domain 1
+    # (about 20 s) before n1 was declared dead.
+    RB_HEALTH_ARGS=${RB_HEALTH_ARGS:---misses 3 --fence-after-ms 2000 --margin-ms 500} \
+        RB_NODE_MEM=${RB_NODE_MEM:-640} rb_setup || { rb_stop; return; }
     : >"$dir/figures.txt"
     local t_all
     t_all=$(rb_now)
@@ -746,31 +752,47 @@ rb_rolling_body() {
     w0=$(rb_node_of web-0) w2=$(rb_node_of web-2)
     echo "runbook-rolling: n1 killed -> web-0 running on n$w0 after $(rb_secs "$t_kill" "$t_h0") s, web-2 on n$w2 after $(rb_secs "$t_kill" "$t_h2") s" >>"$dir/figures.txt"
     fleet_ctl service status web >"$dir/service-status-healed.txt" 2>&1
+    # What the controller planned for each (its log: "heal planned: VM
+    # from n1 to nX ..., version vN"), and whether the rollout had already
+    # reached domain 2 when healing began (then domain 2 is "being
+    # upgraded" and v2 is right for web-2: the case this scenario is after,
+    # a domain not yet reached, did not happen).
+    local plan0 plan2 early=0 pl ul
+    plan0=$(sed -n 's/.*heal planned: web-0 from n1 .*version \(v[0-9]*\).*/\1/p' "$dir/serve.log" | head -1)
+    plan2=$(sed -n 's/.*heal planned: web-2 from n1 .*version \(v[0-9]*\).*/\1/p' "$dir/serve.log" | head -1)
+    pl=$(grep -Enm1 "^rollout web( v1 -> v2)?: paused" "$dir/upgrade.txt" | cut -d: -f1)
+    ul=$(grep -nm1 "domain 2: upgrading web-2" "$dir/upgrade.txt" | cut -d: -f1)
+    [[ -n $ul && -n $pl ]] && ((ul < pl)) && early=1
+    echo "runbook-rolling: controller: $(grep -m1 "node n1 declared dead" "$dir/serve.log" | sed 's/^\[ *[0-9.]*s\] //'); heal planned web-0 ${plan0:-?}, web-2 ${plan2:-?}; rollout at domain 2 before healing: $( ((early)) && echo yes || echo no)" >>"$dir/figures.txt"
+    if ((early)); then
+        fail "premise not met: the rollout reached domain 2 before n1 was declared dead ($(grep -m1 "node n1 declared dead" "$dir/serve.log" | sed 's/^\[ *[0-9.]*s\] //'); domain 1 took $(sed -n 's/.*domain 1 healthy in \([0-9.]*s\).*/\1/p' "$dir/upgrade.txt")): a healed VM of a domain not yet reached was not seen"
+    else
+        [[ $plan2 == v1 ]] || fail "healing planned web-2 (domain 2, not yet reached) at version '${plan2:-?}', not v1"
+    fi
+    [[ $plan0 == v2 ]] || fail "healing planned web-0 (domain 0, upgraded) at version '${plan0:-?}', not v2"
+    # What each healed VM runs: its own console line at boot, its httpd.
     rb_wait_agent "$w2" web-2 150 || fail "healed web-2's agent on n$w2 did not answer within 150 s"
     v2=$(rb_version "$w2" web-2)
     reached=0
-    grep -q "domain 2: upgrading web-2" "$dir/upgrade.txt" && reached=1
-    if ((reached)); then
-        # The rollout got to domain 2 before we asked: only the boot's own
-        # console line and the status taken right after healing can tell.
-        echo "runbook-rolling: note: the rollout reached domain 2 before web-2's httpd was asked (it said '$v2')" >>"$dir/figures.txt"
-    else
-        [[ $v2 == v1 ]] || fail "healed web-2 (domain 2, not yet reached) reports '$v2' through its httpd, not v1"
-    fi
+    grep -q "domain 2: upgrading web-2" "$dir/upgrade.txt" && ((!early)) && reached=1
     n=$(rb_boot_versions "$w2" web-2)
-    [[ ${n%% *} == v1 ]] || fail "healed web-2's first boot on n$w2 said version '${n%% *}' on its console, not v1 (boots: $n)"
-    grep -Eq "^vm web-2 domain 2 version v1 on n$w2 " "$dir/service-status-healed.txt" ||
+    [[ -n $plan2 && ${n%% *} == "$plan2" ]] ||
+        fail "healed web-2's first boot on n$w2 said version '${n%% *}' on its console, but healing planned '${plan2:-?}' (boots there: $n)"
+    if ((!early && !reached)); then
+        [[ $v2 == "${plan2:-v1}" ]] || fail "healed web-2 reports '$v2' through its httpd before the rollout reached its domain, not ${plan2:-v1}"
+    fi
+    grep -Eq "^vm web-2 domain 2 version ${plan2:-v1} on n$w2 " "$dir/service-status-healed.txt" ||
         fail "service status right after healing: $(grep '^vm web-2' "$dir/service-status-healed.txt")"
     s=$(rb_read_sum "$w2" web-2)
     [[ $s == "$(cat "$dir/web-2.sha256")" ]] || fail "healed web-2's data: sha256 '$s', not $(cat "$dir/web-2.sha256")"
     rb_wait_agent "$w0" web-0 150 || fail "healed web-0's agent on n$w0 did not answer within 150 s"
     v0=$(rb_version "$w0" web-0)
-    [[ $v0 == v2 ]] || fail "healed web-0 (domain 0, already upgraded) reports '$v0', not v2"
+    [[ $v0 == v2 ]] || fail "healed web-0 (domain 0, already upgraded) reports '$v0' through its httpd, not v2 (the facility says $(grep '^vm web-0' "$dir/service-status-healed.txt"))"
     n=$(rb_boot_versions "$w0" web-0)
-    [[ ${n%% *} == v2 ]] || fail "healed web-0's first boot on n$w0 said version '${n%% *}', not v2"
+    [[ ${n%% *} == v2 ]] || fail "healed web-0's first boot on n$w0 said version '${n%% *}' on its console, not v2"
     s=$(rb_read_sum "$w0" web-0)
     [[ $s == "$(cat "$dir/web-0.sha256")" ]] || fail "healed web-0's data: sha256 '$s', not $(cat "$dir/web-0.sha256")"
-    echo "runbook-rolling: right after healing: web-0 says $v0 (httpd), web-2 says ${v2:-nothing} (httpd; the rollout had $( ((reached)) && echo "already" || echo "not yet") reached domain 2), data of both intact: $([[ $(rb_read_sum "$w2" web-2) == "$(cat "$dir/web-2.sha256")" ]] && echo yes || echo no)" >>"$dir/figures.txt"
+    echo "runbook-rolling: right after healing: web-0 says $v0 (httpd; console at boot: $(rb_boot_versions "$w0" web-0)), web-2 says ${v2:-nothing} (httpd; console at boot: $(rb_boot_versions "$w2" web-2); the rollout had $( ((reached || early)) && echo "already" || echo "not yet") reached domain 2); the facility says: $(grep -E '^vm web-[02]' "$dir/service-status-healed.txt" | tr '\n' ';')" >>"$dir/figures.txt"
 
     # The rollout resumes and finishes.
     wait "$rb_up_pid"
@@ -791,7 +813,6 @@ rb_rolling_body() {
     rb_contract upgrade "^rollout web: paused: web-[02] is being healed$" "paused: web-[02] is being healed"
     rb_contract upgrade "^rollout web: resumed$" "resumed"
     rb_contract upgrade "^rollout web v1 -> v2 done in [0-9.]+s$" "done"
-    before "^rollout web( v1 -> v2)?: paused" "^rollout web v1 -> v2: domain 2: upgrading web-2"
     sed -n 's/^rollout web v1 -> v2: \(domain [0-9] healthy in [0-9.]*s\)$/runbook-rolling: \1/p; s/^rollout web v1 -> v2:\{0,1\} \(done in [0-9.]*s\)$/runbook-rolling: rollout \1/p' "$dir/upgrade.txt" >>"$dir/figures.txt"
     echo "runbook-rolling: rollout wall time from the command's start: $(rb_secs "$t_up") s" >>"$dir/figures.txt"
     [[ -n ${rb_force_pid:-} ]] && { wait "$rb_force_pid"; rc=$?; ((rc == 0)) || fail "the forced upgrade-domain exited $rc: $(tr '\n' ' ' <"$dir/upgrade-domain-force.txt")"; }
