@@ -650,12 +650,13 @@ rb_boot_versions() {
 }
 
 run_runbook_rolling() {
-    # Detection after 3 missed heartbeats, not 5 (fencing lease 2 s, margin
-    # 0.5 s: 3 x 1 s > 2.5 s as the controller requires): with two
+    # Detection after 4 missed heartbeats, not 5 (fencing lease 3 s, margin
+    # 0.5 s: 4 x 1 s > 3.5 s as the controller requires): with two
     # protected VMs on the dead node each round costs several seconds of
-    # connect timeouts, and at 5 misses the rollout finished domain 1
-    # (about 20 s) before n1 was declared dead.
-    RB_HEALTH_ARGS=${RB_HEALTH_ARGS:---misses 3 --fence-after-ms 2000 --margin-ms 500} \
+    # connect timeouts, and at 5 misses the rollout had finished domain 1
+    # (about 20 s) before n1 was declared dead (silent 22 s). A 2 s lease
+    # made nodes fence their protected VMs while loading a Linux VM.
+    RB_HEALTH_ARGS=${RB_HEALTH_ARGS:---misses 4 --margin-ms 500} \
         RB_NODE_MEM=${RB_NODE_MEM:-640} rb_setup || { rb_stop; return; }
     : >"$dir/figures.txt"
     local t_all
