@@ -528,7 +528,11 @@ rb_dr_policy() {
     echo "runbook-dr: policy '$p' (migrate n$from -> ${to:-?}): exit $rb_rc, $((attempts + 1)) verify attempt(s) in the output (step record: ${st:-?}); $(tail -1 "$dir/run-$tag.txt")" >>"$dir/figures.txt"
     if ! rb_settled 60 "run $rb_id_run ($p)"; then
         echo "runbook-dr: after the '$p' run db stayed $(rb_vm_field db state) on $(rb_vm_field db node): $(grep -E "intent" "$dir/serve.log" | tail -1)" >>"$dir/figures.txt"
-        rb_unstick "$from" || return 1
+        # The node whose stale copy blocks the re-partnering (the
+        # controller's last intent line names it), else the run's source.
+        local stuck
+        stuck=$(grep -E "intent #[0-9]+: node n[0-9]: creating the replica of db: refused: .*primary" "$dir/serve.log" | tail -1 | sed -n 's/.*intent #[0-9]*: node n\([0-9]\):.*/\1/p')
+        rb_unstick "${stuck:-$from}" || return 1
     fi
     echo "runbook-dr: after the '$p' run db is $(rb_vm_field db state) on $(rb_vm_field db node)" >>"$dir/figures.txt"
 }
