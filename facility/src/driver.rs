@@ -104,6 +104,13 @@ pub struct BootImage {
     pub cmdline: String,
 }
 
+impl BootImage {
+    /// What a VM defined from `spec` boots.
+    pub fn of(spec: &VmPlacementSpec) -> Self {
+        BootImage { image: spec.image.clone(), initrd: spec.initrd.clone(), cmdline: spec.cmdline.clone() }
+    }
+}
+
 /// Blocks of a primary's disk not yet on its partner (ciphertext).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaBatch {

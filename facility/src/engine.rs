@@ -854,11 +854,14 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             }
             Step::Promote => {
                 let rep = d.status(&to).map_err(Self::node_err(&to, "checking before promote"))?;
-                if rep.vm(vm).is_some_and(|v| v.instance == rec.instance) {
-                    return Ok(());
+                if rep.vm(vm).is_none_or(|v| v.instance != rec.instance) {
+                    d.promote_replica(&to, &rec.spec, rec.instance, it.epoch)
+                        .map_err(Self::node_err(&to, &format!("promoting the replica of {vm}")))?;
                 }
-                d.promote_replica(&to, &rec.spec, rec.instance, it.epoch)
-                    .map_err(Self::node_err(&to, &format!("promoting the replica of {vm}")))
+                // The replica was defined with the image of its time; the
+                // VM boots what its record says now (a rollout's version).
+                d.set_vm_image(&to, vm, &crate::driver::BootImage::of(&rec.spec))
+                    .map_err(Self::node_err(&to, &format!("setting the image of {vm}")))
             }
             Step::Start => {
                 let rep = d.status(&to).map_err(Self::node_err(&to, "checking before start"))?;
@@ -959,14 +962,9 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
                 }
                 _ => Ok(()),
             },
-            Step::SetImage => {
-                let boot = crate::driver::BootImage {
-                    image: rec.spec.image.clone(),
-                    initrd: rec.spec.initrd.clone(),
-                    cmdline: rec.spec.cmdline.clone(),
-                };
-                d.set_vm_image(&to, vm, &boot).map_err(Self::node_err(&to, &format!("re-imaging {vm}")))
-            }
+            Step::SetImage => d
+                .set_vm_image(&to, vm, &crate::driver::BootImage::of(&rec.spec))
+                .map_err(Self::node_err(&to, &format!("re-imaging {vm}"))),
             Step::Notify => {
                 let text = match it.kind {
                     IntentKind::Heal => format!("{vm} was restarted on another node after its node failed"),

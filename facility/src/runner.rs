@@ -621,6 +621,8 @@ impl<D: NodeDriver, S: Store> Controller<D, S> {
             d.promote_replica(to, &rec.spec, rec.instance, epoch)
                 .map_err(Self::node_err(to, &format!("promoting the replica of {svc}")))?;
         }
+        d.set_vm_image(to, &svc, &crate::driver::BootImage::of(&rec.spec))
+            .map_err(Self::node_err(to, &format!("setting the image of {svc}")))?;
         Ok(Outcome::Done(format!(
             "lock of {svc}: {} -> {} at epoch {epoch}; {fenced}; replica on {} promoted",
             from.name, to.name, to.name

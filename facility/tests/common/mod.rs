@@ -36,6 +36,9 @@ pub struct FNode {
     pub disk: u32,
     pub vms: BTreeMap<String, FVm>,
     pub replicas: BTreeMap<String, (u64, Disk)>,
+    /// What each replica boots once promoted: its spec when it was made
+    /// (as on a BMonitor node, promotion does not change it).
+    pub replica_boot: BTreeMap<String, BootImage>,
     pub filters: BTreeMap<u32, Vec<[u8; 4]>>,
     pub filter_calls: u32,
     pub notes: Vec<String>,
@@ -285,6 +288,7 @@ impl NodeDriver for Fleet {
                 return Err(DriverError::Refused("stale epoch".into()));
             }
             node.replicas.insert(vm.name.clone(), (epoch, Disk::new()));
+            node.replica_boot.insert(vm.name.clone(), boot_of(vm));
             Ok(())
         })?;
         self.replica_resync(from, &vm.name)
@@ -373,7 +377,7 @@ impl NodeDriver for Fleet {
                     min_epoch: epoch,
                     protected: vm.protected,
                     disk,
-                    boot: Some(boot_of(vm)),
+                    boot: node.replica_boot.get(&vm.name).cloned(),
                     ..FVm::default()
                 },
             );
