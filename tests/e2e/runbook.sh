@@ -655,13 +655,13 @@ rb_boot_versions() {
 }
 
 run_runbook_rolling() {
-    # Detection after 4 missed heartbeats, not 5 (fencing lease 3 s, margin
-    # 0.5 s: 4 x 1 s > 3.5 s as the controller requires): with two
-    # protected VMs on the dead node each round costs several seconds of
-    # connect timeouts, and at 5 misses the rollout had finished domain 1
-    # (about 20 s) before n1 was declared dead (silent 22 s). A 2 s lease
-    # made nodes fence their protected VMs while loading a Linux VM.
-    RB_HEALTH_ARGS=${RB_HEALTH_ARGS:---misses 4 --margin-ms 500} \
+    # Detection after 3 missed heartbeats 1.2 s apart, not 5 x 1 s (fencing
+    # lease 3 s, margin 0.5 s: 3 x 1.2 s > 3.5 s as the controller
+    # requires): with two protected VMs on the dead node each round costs
+    # seconds of connect timeouts; at 5 misses n1 was declared dead after
+    # 22 s of silence, at 4 after 17-19 s, while domain 1 took 15-19 s. A
+    # 2 s lease made nodes fence their protected VMs while loading a VM.
+    RB_HEALTH_ARGS=${RB_HEALTH_ARGS:---interval-ms 1200 --misses 3 --margin-ms 500} \
         RB_NODE_MEM=${RB_NODE_MEM:-640} rb_setup || { rb_stop; return; }
     : >"$dir/figures.txt"
     local t_all
