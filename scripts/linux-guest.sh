@@ -4,7 +4,8 @@
 # plus one small overlay per role (tests/linux/roles), and the agent image
 # (DIR/agent/vmlinuz + initrd.img: bm-agent, built for
 # x86_64-unknown-linux-musl, and a demo service, put together by
-# `bmimage guest`). With --qemu-direct it boots that guest straight on QEMU
+# `bmimage guest`; DIR/agent-v1 and DIR/agent-v2 are the same image with
+# /srv/www/version saying v1 or v2). With --qemu-direct it boots that guest straight on QEMU
 # TCG as the baseline BMonitor is measured against. See tests/linux/README.md.
 #
 #   scripts/linux-guest.sh [--out DIR]            # build into target/linux
@@ -348,6 +349,21 @@ build_agent() {
     "$tdir/release/bmimage" guest --kernel "$LOUT/vmlinuz" --base-initrd "$LOUT/initramfs.cpio.gz" \
         --agent "$agent" --files "$files" --service 'web=httpd -f -p 8080 -h /srv/www' \
         --out "$LOUT/agent" >/dev/null || die "bmimage guest failed"
+    # Two versions of the same service for the runbook-* scenarios
+    # (tests/e2e/runbook.sh): DIR/agent-v1 and DIR/agent-v2 differ only in
+    # /srv/www/version ("v1" or "v2"), which the web service serves on 8080;
+    # a second service says it on the console at each boot ("BMLINUX web
+    # version v1"), so a node's log shows which version each boot ran.
+    local v
+    mkdir -p "$files/usr/bin"
+    printf '#!/bin/sh\necho "BMLINUX web version $(cat /srv/www/version)" >/dev/console\nexec sleep 2147483647\n' >"$files/usr/bin/bm-version"
+    chmod 755 "$files/usr/bin/bm-version"
+    for v in v1 v2; do
+        printf '%s\n' "$v" >"$files/srv/www/version"
+        "$tdir/release/bmimage" guest --kernel "$LOUT/vmlinuz" --base-initrd "$LOUT/initramfs.cpio.gz" \
+            --agent "$agent" --files "$files" --service 'web=httpd -f -p 8080 -h /srv/www' \
+            --service 'version=/usr/bin/bm-version' --out "$LOUT/agent-$v" >/dev/null || die "bmimage guest ($v) failed"
+    done
     rm -rf "$files"
     say "agent image: $LOUT/agent/vmlinuz ($(du -k "$LOUT/agent/vmlinuz" | cut -f1) KiB), initrd.img $(du -k "$LOUT/agent/initrd.img" | cut -f1) KiB (bm-agent $(du -k "$agent" | cut -f1) KiB, service web)"
 }

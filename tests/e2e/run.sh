@@ -1249,6 +1249,7 @@ check_agent_bochs() {
 
 source "$ROOT/tests/e2e/monitor.sh"
 source "$ROOT/tests/e2e/fleet.sh"
+source "$ROOT/tests/e2e/runbook.sh"
 
 # --- scenarios: NAME ENGINE CONFIG CHECK -----------------------------------
 scenarios=()
@@ -1290,6 +1291,9 @@ if [[ " $engines " == *" qemu-tcg "* ]]; then
     scenarios+=("fleet-heal-qemu qemu-tcg NONE check_fleet")
     scenarios+=("fleet-partition-qemu qemu-tcg NONE check_fleet")
     scenarios+=("fleet-etcd-qemu qemu-tcg NONE check_fleet")
+    # Runbooks and rolling upgrades (runbook.sh): three nodes too.
+    scenarios+=("runbook-dr-qemu qemu-tcg NONE check_runbook")
+    scenarios+=("runbook-rolling-qemu qemu-tcg NONE check_runbook")
 fi
 
 run_scenario() {
@@ -1330,7 +1334,7 @@ run_scenario() {
     uplink-dhcp*) UPLINK_LINE="^net: DHCP lease 10\.0\.2\.15/24 gateway 10\.0\.2\.2" ;;
     uplink-static*) UPLINK_LINE="^net: static management address 10\.0\.2\.15/24" ;;
     esac
-    if [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* || $name == fleet-* ]]; then
+    if [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* || $name == fleet-* || $name == runbook-* ]]; then
         log=$dir/serial.log result=$dir/result
         : >"$log"
         : >"$result"
@@ -1342,6 +1346,15 @@ run_scenario() {
             fleet-heal-*) run_fleet_heal ;;
             fleet-partition-*) run_fleet_partition ;;
             fleet-etcd-*) run_fleet_etcd ;;
+            esac
+        fi ;;
+        runbook-*) if [[ $(id -u) != 0 ]]; then
+            echo "needs root (network namespace, bridge and taps for the test facility)" >"$dir/skipped"
+        else
+            rm -f "$dir/skipped"
+            case $name in
+            runbook-dr-*) run_runbook_dr ;;
+            runbook-rolling-*) run_runbook_rolling ;;
             esac
         fi ;;
         disk-qemu) run_disk ;;
@@ -1362,7 +1375,7 @@ run_scenario() {
         boot_engine "${engine}" "$dir/node.bundle" "$dir/serial.log" "$BOOT_TIMEOUT" || rc=$?
     fi
     log=$dir/serial.log result=$dir/result
-    [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* || $name == fleet-* ]] || : >"$result"
+    [[ $name == disk-qemu || $name == linux-qemu || $name == mgmt-qemu || $name == disk-tpm-qemu || $name == mgmt-serial-bochs || $name == mgmt-rules-qemu || $name == mgmt-hostile-qemu || $name == agent-qemu || $name == agent-bochs || $name == monitor-* || $name == fleet-* || $name == runbook-* ]] || : >"$result"
     if [[ $rc == 124 ]]; then
         fail "timed out after ${BOOT_TIMEOUT}s (last line: $(tail -n1 "$log"))"
     fi
@@ -1383,7 +1396,7 @@ pids=()
 for s in "${scenarios[@]}"; do
     read -r name engine config check <<<"$s"
     selected "$name" || continue
-    [[ $name == fleet-* ]] && continue
+    [[ $name == fleet-* || $name == runbook-* ]] && continue
     # At most two emulators at once: each uses one core.
     while (($(jobs -rp | wc -l) >= 2)); do wait -n; done
     run_scenario "$name" "$engine" "$config" "$check" &
@@ -1393,16 +1406,19 @@ wait
 for s in "${scenarios[@]}"; do
     read -r name engine config check <<<"$s"
     selected "$name" || continue
-    [[ $name == fleet-* ]] || continue
+    [[ $name == fleet-* || $name == runbook-* ]] || continue
     run_scenario "$name" "$engine" "$config" "$check"
 done
 
-passed=0 failed=0
+passed=0 failed=0 skipped=0
 for s in "${scenarios[@]}"; do
     read -r name _ <<<"$s"
     selected "$name" || continue
     dir=$E2E/$name
-    if [[ ! -f $dir/seconds ]]; then
+    if [[ -f $dir/skipped ]]; then
+        skipped=$((skipped + 1))
+        echo "SKIP $name: $(cat "$dir/skipped")"
+    elif [[ ! -f $dir/seconds ]]; then
         failed=$((failed + 1))
         echo "FAIL $name (the scenario did not finish; see $dir)"
         cat "$dir"/*.err 2>/dev/null | tail -n 5 | sed 's/^/     /'
@@ -1415,5 +1431,5 @@ for s in "${scenarios[@]}"; do
         echo "PASS $name ($(cat "$dir/seconds" 2>/dev/null || echo ?)s)"
     fi
 done
-echo "e2e: $passed passed, $failed failed"
+echo "e2e: $passed passed, $failed failed$( ((skipped)) && echo ", $skipped skipped")"
 ((failed == 0))
