@@ -424,18 +424,6 @@ rb_settled() {
     fail "db is still $(rb_vm_field db state) on $(rb_vm_field db node) $1 s after $2; the controller's last line on it: $(grep -E "intent|db" "$dir/serve.log" | grep -v "replication lag" | tail -1)"
     return 1
 }
-# rb_unstick I: restart node I (its stale copies are fenced and destroyed
-# when it rejoins), then db settles.
-rb_unstick() {
-    local t0
-    t0=$(rb_now)
-    rb_serve_mark
-    facility_node_kill "$fdir" "$1"
-    facility_node_start "$fdir" "$1" >>"$dir/ops.log" 2>&1 || { fail "n$1 did not start again"; return 1; }
-    rb_settled 180 "restarting n$1 to clear its stale copy of db" || return 1
-    echo "runbook-dr: workaround: n$1 restarted; db Running again on $(rb_vm_field db node) after $(rb_secs "$t0") s" >>"$dir/figures.txt"
-}
-
 # a. Gates: each refused (exit 2, the gate named), with no node command.
 rb_dr_gates() {
     rb_set_doc gates '["n1", "n2"]' || return 1
@@ -527,14 +515,9 @@ rb_dr_policy() {
             fail "run $tag: steps after the failed verify ran: $(grep -Em1 "^run [0-9]+ step [789]/9 " "$dir/run-$tag.txt")"
     fi
     echo "runbook-dr: policy '$p' (migrate n$from -> ${to:-?}): exit $rb_rc, $((attempts + 1)) verify attempt(s) in the output (step record: ${st:-?}); $(tail -1 "$dir/run-$tag.txt")" >>"$dir/figures.txt"
-    if ! rb_settled 60 "run $rb_id_run ($p)"; then
-        echo "runbook-dr: after the '$p' run db stayed $(rb_vm_field db state) on $(rb_vm_field db node): $(grep -E "intent" "$dir/serve.log" | tail -1)" >>"$dir/figures.txt"
-        # The node whose stale copy blocks the re-partnering (the
-        # controller's last intent line names it), else the run's source.
-        local stuck
-        stuck=$(grep -E "intent #[0-9]+: node n[0-9]: creating the replica of db: refused: .*primary" "$dir/serve.log" | tail -1 | sed -n 's/.*intent #[0-9]*: node n\([0-9]\):.*/\1/p')
-        rb_unstick "${stuck:-$from}" || return 1
-    fi
+    # The facility re-protects db after a run that died (a new replica);
+    # a deposed copy must not be in the way of it.
+    rb_settled 120 "run $rb_id_run ($p)" || return 1
     echo "runbook-dr: after the '$p' run db is $(rb_vm_field db state) on $(rb_vm_field db node)" >>"$dir/figures.txt"
 }
 
