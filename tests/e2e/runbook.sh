@@ -70,7 +70,7 @@ rb_setup() {
         "$B" profile add "ll-n$i" --node "10.77.0.1$i:7700" --node-key "$(facility_node_key "$fdir" "$i")" \
             --role landlord --key landlord >>"$dir/ops.log" 2>&1 || { fail "profile ll-n$i failed"; return 1; }
     done
-    fleet_serve "$dir/serve.log"
+    fleet_serve "$dir/serve.log" --listen 127.0.0.1:8091
     rb_serve_pid=$serve_pid
     fleet_tenant_a || return 1
 }
@@ -557,6 +557,22 @@ rb_dr_migrate() {
     s=$(rb_read_sum "$to" db)
     [[ $s == "$(cat "$dir/db.sha256")" ]] || fail "db's data after the migrate: sha256 '$s', not $(cat "$dir/db.sha256")"
     echo "runbook-dr: migrate n$from -> n$to: downtime seen by the client ${gap} ms; the run's own duration ${rb_secs_run:-?} s; data sha256 $([[ $s == "$(cat "$dir/db.sha256")" ]] && echo identical || echo DIFFERENT)" >>"$dir/figures.txt"
+    rb_dr_dashboard "$rb_id_run"
+}
+
+# The controller's dashboard (headless Chromium, in the facility's netns)
+# shows run ID, then a new run appears without a reload: a failback with
+# no takeover behind it, refused at gate 2 (no node command).
+rb_dr_dashboard() {
+    local next=$(($1 + 1))
+    local trigger="BMCTL_CONFIG_DIR=$dir/bmctl timeout 60 ${FA[*]} run db failback --operator alice --operator-key $dir/alice.key --wait 30 >$dir/run-dashboard.txt 2>&1; test \$? = 2"
+    facility_exec "$fdir" python3 "$ROOT/scripts/dashboard-check.py" "http://127.0.0.1:8091/" --expect "run $1" \
+        --trigger "$trigger" --then-expect "run $next" --timeout 90 >"$dir/dashboard.txt" 2>&1
+    case $? in
+    0) echo "runbook-dr: dashboard: run $1 shown, run $next (refused) appeared live: $(tail -1 "$dir/dashboard.txt")" >>"$dir/figures.txt" ;;
+    2) fail "dashboard check could not run (chromium missing?): $(tail -2 "$dir/dashboard.txt")" ;;
+    *) fail "dashboard check failed: $(tail -2 "$dir/dashboard.txt" | tr '\n' ' ') (run: $(tail -1 "$dir/run-dashboard.txt"))" ;;
+    esac
 }
 
 # d. Kill db's node: db waits for an operator; takeover.
