@@ -6,31 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{spec, Fleet, MemStore};
-use facility::{ControlError, Controller, ControllerConfig, FileStore, HealthConfig, NodeState, Store, VmState};
-
-type Ctl<'a> = Controller<&'a Fleet, &'a MemStore>;
-
-fn setup<'a>(fleet: &'a Fleet, store: &'a MemStore, names: &[&str]) -> Ctl<'a> {
-    let mut c = Controller::new(fleet, store, ControllerConfig::default()).unwrap();
-    for (i, n) in names.iter().enumerate() {
-        c.add_node(Fleet::addr(n, i as u16), None).unwrap();
-    }
-    c
-}
-
-/// Tick once per heartbeat interval, `n` times; Halted is returned as is.
-fn ticks<D: facility::NodeDriver, S: Store>(
-    c: &mut Controller<D, S>,
-    t: &mut Instant,
-    n: u32,
-) -> Result<(), ControlError> {
-    for _ in 0..n {
-        *t += Duration::from_secs(1);
-        c.tick(*t)?;
-    }
-    Ok(())
-}
+use common::{setup, spec, ticks, Fleet, MemStore};
+use facility::{Controller, ControllerConfig, FileStore, HealthConfig, NodeState, Store, VmState};
 
 fn print_events<D: facility::NodeDriver, S: Store>(c: &Controller<D, S>) {
     for e in c.events() {

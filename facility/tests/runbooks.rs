@@ -9,38 +9,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{spec, Fleet, MemStore};
+use common::{setup, spec, ticks, Ctl, Fleet, MemStore};
 use ed25519_dalek::{Signer, SigningKey};
 use facility::driver::BootImage;
 use facility::rollout::RolloutState;
 use facility::run::{RunRequest, RunState, StepStatus};
 use facility::runbook::{encode_hex, Action};
-use facility::{ControlError, Controller, ControllerConfig, NodeState, Store, VmState};
+use facility::{Controller, ControllerConfig, NodeState, VmState};
 use serde_json::json;
 
-type Ctl<'a> = Controller<&'a Fleet, &'a MemStore>;
-
 const NAMES: [&str; 3] = ["n1", "n2", "n3"];
-
-fn setup<'a>(fleet: &'a Fleet, store: &'a MemStore) -> Ctl<'a> {
-    let mut c = Controller::new(fleet, store, ControllerConfig::default()).unwrap();
-    for (i, n) in NAMES.iter().enumerate() {
-        c.add_node(Fleet::addr(n, i as u16), None).unwrap();
-    }
-    c
-}
-
-fn ticks<D: facility::NodeDriver, S: Store>(
-    c: &mut Controller<D, S>,
-    t: &mut Instant,
-    n: u32,
-) -> Result<(), ControlError> {
-    for _ in 0..n {
-        *t += Duration::from_secs(1);
-        c.tick(*t)?;
-    }
-    Ok(())
-}
 
 fn key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
@@ -129,7 +107,7 @@ fn finish(c: &mut Ctl<'_>, t: &mut Instant, id: u64) -> RunState {
 /// A facility with protected db on n1 (partner n2), data written and replicated.
 fn with_db<'a>(fleet: &'a Fleet, store: &'a MemStore, t: &mut Instant) -> Ctl<'a> {
     *fleet.services.lock().unwrap() = vec!["web".into()];
-    let mut c = setup(fleet, store);
+    let mut c = setup(fleet, store, &NAMES);
     let mut s = spec("db", 1, 256, 5, true);
     s.cmdline = "console=ttyS0".into();
     c.create_vm_on(s, Some("n1")).unwrap();
@@ -311,7 +289,7 @@ fn boot(initrd: &str) -> BootImage {
 fn rollout_goes_domain_by_domain_and_healing_brings_back_the_right_version() {
     let (fleet, store) = (Fleet::new(&NAMES, 8, 4096), MemStore::default());
     *fleet.services.lock().unwrap() = vec!["web".into()];
-    let mut c = setup(&fleet, &store);
+    let mut c = setup(&fleet, &store, &NAMES);
     c.define_service("web", "v1", boot("web-v1.img"), vec!["web".into()]).unwrap();
     c.add_version("web", "v2", boot("web-v2.img")).unwrap();
     // web-0 (domain 0) and web-2 (domain 2) on n3, web-1 on n1.

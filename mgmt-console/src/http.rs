@@ -343,10 +343,11 @@ tick();
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn get(addr: SocketAddr, raw: &str) -> String {
+    /// Sends one raw request, returns the whole answer (the dashboard's tests use it too).
+    pub(crate) fn get(addr: SocketAddr, raw: &str) -> String {
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(raw.as_bytes()).unwrap();
         let mut out = String::new();

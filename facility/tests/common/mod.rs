@@ -5,11 +5,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use facility::driver::{BootImage, DriverError, NodeDriver, NodeReport, NodeVm, ReplicaBatch, ServiceHealth, VmHealth};
 use facility::model::{FacilityState, NodeAddr, Resources, VmPlacementSpec};
 use facility::store::{Rev, Store, StoreError};
+use facility::{ControlError, Controller, ControllerConfig};
 
 pub type Disk = BTreeMap<u64, Vec<u8>>;
 
@@ -556,4 +557,25 @@ pub fn spec(name: &str, cluster: u32, mem: u32, ip: u8, protected: bool) -> VmPl
         domain: None,
         version: None,
     }
+}
+
+/// A controller over `fleet` and `store`, with `names` enrolled.
+pub type Ctl<'a> = Controller<&'a Fleet, &'a MemStore>;
+
+/// A controller with the nodes `names` enrolled (addresses from [`Fleet::addr`]).
+pub fn setup<'a>(fleet: &'a Fleet, store: &'a MemStore, names: &[&str]) -> Ctl<'a> {
+    let mut c = Controller::new(fleet, store, ControllerConfig::default()).unwrap();
+    for (i, n) in names.iter().enumerate() {
+        c.add_node(Fleet::addr(n, i as u16), None).unwrap();
+    }
+    c
+}
+
+/// Tick once per heartbeat interval, `n` times; Halted is returned as is.
+pub fn ticks<D: NodeDriver, S: Store>(c: &mut Controller<D, S>, t: &mut Instant, n: u32) -> Result<(), ControlError> {
+    for _ in 0..n {
+        *t += Duration::from_secs(1);
+        c.tick(*t)?;
+    }
+    Ok(())
 }

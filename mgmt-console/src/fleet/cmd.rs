@@ -191,6 +191,26 @@ pub enum RunbookCmd {
     Schema,
 }
 
+/// What one version of a service boots.
+#[derive(Debug, clap::Args)]
+pub struct BootArgs {
+    /// Its kernel image (a file in --images).
+    #[arg(long)]
+    image: String,
+    /// Its initrd (a file in --images).
+    #[arg(long)]
+    initrd: Option<String>,
+    /// Its kernel command line.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+}
+
+impl BootArgs {
+    fn boot(self) -> facility::driver::BootImage {
+        facility::driver::BootImage { image: self.image, initrd: self.initrd, cmdline: self.cmdline }
+    }
+}
+
 /// `bmctl facility service`.
 #[derive(Debug, clap::Subcommand)]
 pub enum ServiceCmd {
@@ -202,15 +222,9 @@ pub enum ServiceCmd {
         /// The first version's name.
         #[arg(long)]
         version: String,
-        /// Its kernel image (a file in --images).
-        #[arg(long)]
-        image: String,
-        /// Its initrd (a file in --images).
-        #[arg(long)]
-        initrd: Option<String>,
-        /// Its kernel command line.
-        #[arg(long, default_value = "")]
-        cmdline: String,
+        /// What it boots.
+        #[command(flatten)]
+        boot: BootArgs,
         /// An agent service that must be up for a VM to count healthy (repeatable).
         #[arg(long = "check", value_name = "SERVICE")]
         checks: Vec<String>,
@@ -222,15 +236,9 @@ pub enum ServiceCmd {
         name: String,
         /// The version's name.
         version: String,
-        /// Its kernel image.
-        #[arg(long)]
-        image: String,
-        /// Its initrd.
-        #[arg(long)]
-        initrd: Option<String>,
-        /// Its kernel command line.
-        #[arg(long, default_value = "")]
-        cmdline: String,
+        /// What it boots.
+        #[command(flatten)]
+        boot: BootArgs,
     },
     /// Rolling upgrade to a version, one update domain at a time; follows it.
     Upgrade {
@@ -703,14 +711,14 @@ pub fn run(cfg: &Config, timeout: Duration, json_out: bool, a: FacilityArgs) -> 
         }
         FacilityCmd::Runs { id } => super::ops::runs(c.state(), id, json_out),
         FacilityCmd::Audit => super::ops::audit(c.state(), json_out),
-        FacilityCmd::Service(ServiceCmd::Define { name, version, image, initrd, cmdline, checks }) => {
-            let boot = facility::driver::BootImage { image, initrd, cmdline };
+        FacilityCmd::Service(ServiceCmd::Define { name, version, boot, checks }) => {
+            let boot = boot.boot();
             retry_conflicts(&mut c, |c| c.define_service(&name, &version, boot.clone(), checks.clone()))?;
             println!("service {name} defined at version {version}");
             Ok(())
         }
-        FacilityCmd::Service(ServiceCmd::AddVersion { name, version, image, initrd, cmdline }) => {
-            let boot = facility::driver::BootImage { image, initrd, cmdline };
+        FacilityCmd::Service(ServiceCmd::AddVersion { name, version, boot }) => {
+            let boot = boot.boot();
             retry_conflicts(&mut c, |c| c.add_version(&name, &version, boot.clone()))?;
             println!("service {name}: version {version} added");
             Ok(())

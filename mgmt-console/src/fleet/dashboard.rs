@@ -355,17 +355,8 @@ tick();
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpStream};
+    use crate::http::tests::get;
     use std::sync::atomic::Ordering;
-
-    fn get(addr: SocketAddr, raw: &str) -> String {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(raw.as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    }
 
     fn body(resp: &str) -> &str {
         resp.split_once("\r\n\r\n").unwrap().1
