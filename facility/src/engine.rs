@@ -131,7 +131,8 @@ pub struct TickSummary {
     pub replication_failures: usize,
 }
 
-fn unix_ms() -> u64 {
+/// Unix time in milliseconds (0 before 1970): what the store records.
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 

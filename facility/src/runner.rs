@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use crate::driver::{DriverError, NodeDriver};
-use crate::engine::{ControlError, Controller};
+use crate::engine::{unix_ms, ControlError, Controller};
 use crate::locks::Acquire;
 use crate::model::{NodeAddr, VmState};
 use crate::replication::{Pair, Replicator};
@@ -25,13 +25,6 @@ enum Outcome {
     Wait(String),
     /// Failed; the policy decides.
     Fail(String),
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn secs(ms: u64) -> String {

@@ -7,20 +7,13 @@
 use std::time::Instant;
 
 use crate::driver::{BootImage, NodeDriver};
-use crate::engine::{ControlError, Controller};
+use crate::engine::{unix_ms, ControlError, Controller};
 use crate::intent::IntentKind;
 use crate::model::VmState;
 use crate::rollout::{self, Rollout, RolloutState, ServiceRecord};
 use crate::run;
 use crate::runbook::valid_name;
 use crate::store::Store;
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 fn check_boot(version: &str, boot: &BootImage) -> Result<(), ControlError> {
     if !valid_name(version) {

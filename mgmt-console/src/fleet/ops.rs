@@ -28,10 +28,6 @@ pub const EXIT_FAILED: u8 = 1;
 /// Exit status when the run did not end within --wait.
 pub const EXIT_TIMEOUT: u8 = 3;
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 fn emit(json_out: bool, line: &str) {
     let mut out = std::io::stdout().lock();
     if json_out {
@@ -118,7 +114,7 @@ pub fn run<D: NodeDriver, S: Store>(
         params: parse_params(a.params)?,
         operator: a.operator.to_string(),
         nonce: u64::from_le_bytes(nonce),
-        issued_ms: unix_ms(),
+        issued_ms: crate::http::now_ms(),
     };
     let sig = encode_hex(&key.sign(&req.signing_bytes()).to_bytes());
     let id = retry(c, &req, &sig)?;
